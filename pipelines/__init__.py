@@ -1,0 +1,1 @@
+"""Pipeline entry points: options, ``build(pipeline, config)`` and ``run(argv)``."""

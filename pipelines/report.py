@@ -1,0 +1,34 @@
+"""The end-of-run summary a person reads: counters, throughput and where the outputs are."""
+
+from __future__ import annotations
+
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.runners.runner import PipelineResult
+
+from transforms.progress import NAMESPACE
+
+SHOWN = ("slides_opened", "slides_planned", "slides_failed", "patches_planned",
+         "patches_background", "patches_read", "patches_inferred", "patches_failed", "bytes_read")
+
+
+def counters(result: PipelineResult) -> dict[str, int]:
+    """This project's Beam counters of a finished run, by name."""
+    query = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))
+    out: dict[str, int] = {}
+    for counter in query["counters"]:
+        name = counter.key.metric.name
+        out[name] = out.get(name, 0) + int(counter.committed or counter.attempted or 0)
+    return out
+
+
+def print_report(result: PipelineResult, output: str, run_id: str, elapsed_s: float) -> None:
+    """Print slides done and failed, patches, patches/s and the output locations."""
+    c = counters(result)
+    inferred = c.get("patches_inferred", 0)
+    print(f"\nrun {run_id}: {result.state} in {elapsed_s:.1f}s")
+    print(f"  slides: {c.get('slides_planned', 0)} planned, {c.get('slides_failed', 0)} failed")
+    print(f"  patch inferences: {inferred} ({inferred / max(elapsed_s, 1e-9):.1f}/s overall)")
+    print("  counters: " + ", ".join(f"{k}={c.get(k, 0)}" for k in SHOWN))
+    base = output.rstrip("/")
+    print(f"  outputs: {base}/patch_predictions/, {base}/slide_summaries/, {base}/heatmaps/, "
+          f"{base}/errors/ (files starting {run_id})")

@@ -1,0 +1,1 @@
+"""Reusable PTransforms and DoFns of the slide and text inference pipelines."""

@@ -1,0 +1,277 @@
+"""Patch predictions -> slide summaries (+ heatmaps) -> case summaries.
+
+Per slide and model a ``CombineFn`` keeps running sums, counts, maxima and the compact patch
+positions a heatmap needs, so nothing holds the prediction rows. Every planned slide gets a summary
+row for every model, also when none of its patches had tissue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+
+from transforms import progress
+from transforms.errors import DEAD_LETTER, dead_letter
+from transforms.models import ModelSpec
+from transforms.sinks import metadata_record, safe_name
+
+HEATMAP_LONG_SIDE_PX = 1024
+
+
+@dataclass
+class SlideStats:
+    """Running statistics of one slide's predictions from one model."""
+
+    n: int = 0
+    sums: np.ndarray | None = None
+    counts: np.ndarray | None = None
+    maxima: np.ndarray | None = None
+    boxes: list[tuple[int, int, int]] = field(default_factory=list)
+    probs: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, box: tuple[int, int, int], probs: Sequence[float]) -> None:
+        p = np.asarray(probs, dtype=np.float64)
+        if self.sums is None:
+            self.sums, self.counts, self.maxima = np.zeros_like(p), np.zeros_like(p), p.copy()
+        assert self.counts is not None and self.maxima is not None
+        self.n += 1
+        self.sums += p
+        self.counts[int(np.argmax(p))] += 1
+        np.maximum(self.maxima, p, out=self.maxima)
+        self.boxes.append(box)
+        self.probs.append(p.astype(np.float16))
+
+    def merge(self, other: SlideStats) -> SlideStats:
+        if other.sums is None:
+            return self
+        if self.sums is None:
+            return other
+        assert self.counts is not None and self.maxima is not None
+        self.n += other.n
+        self.sums += other.sums
+        self.counts += other.counts
+        np.maximum(self.maxima, other.maxima, out=self.maxima)
+        self.boxes.extend(other.boxes)
+        self.probs.extend(other.probs)
+        return self
+
+    def class_stats(self) -> dict[str, list[float]]:
+        """``class_mean_prob``, ``class_fraction`` and ``class_max_prob`` (empty with no patches)."""
+        if self.n == 0 or self.sums is None:
+            return {"class_mean_prob": [], "class_fraction": [], "class_max_prob": []}
+        return {
+            "class_mean_prob": (self.sums / self.n).tolist(),
+            "class_fraction": (self.counts / self.n).tolist(),
+            "class_max_prob": self.maxima.tolist(),
+        }
+
+
+class SlideStatsFn(beam.CombineFn):
+    """``patch_predictions`` rows -> ``SlideStats``."""
+
+    def create_accumulator(self) -> SlideStats:
+        return SlideStats()
+
+    def add_input(self, acc: SlideStats, row: dict) -> SlideStats:
+        acc.add((row["x_px"], row["y_px"], row["size_px"]), row["probs"])
+        return acc
+
+    def merge_accumulators(self, accs: Iterable[SlideStats]) -> SlideStats:
+        out = SlideStats()
+        for acc in accs:
+            out = out.merge(acc)
+        return out
+
+    def extract_output(self, acc: SlideStats) -> SlideStats:
+        return acc
+
+
+def _key_slide_model(row: dict) -> tuple[tuple[str, str], dict]:
+    return (row["slide_id"], row["model_name"]), row
+
+
+def _key_stats_by_slide(item: tuple[tuple[str, str], SlideStats]) -> tuple[str, tuple]:
+    (slide_id, model_name), stats = item
+    return slide_id, (model_name, stats)
+
+
+def _key_info(info: dict) -> tuple[str, dict]:
+    return info["slide_id"], info
+
+
+class _SummarizeSlide(beam.DoFn):
+    STAGE = "RenderHeatmap"
+
+    def __init__(self, specs: Sequence[ModelSpec], heatmap_dir: str | None, run_id: str,
+                 storage_options: dict[str, Any] | None) -> None:
+        self._specs = list(specs)
+        self._heatmap_dir = heatmap_dir
+        self._run_id = run_id
+        self._storage_options = storage_options
+
+    def process(self, element: tuple[str, dict[str, list]]) -> Iterator[Any]:
+        slide_id, groups = element
+        infos = list(groups["info"])
+        if infos:  # predictions always come from a planned slide, so this holds
+            yield from self._summaries(slide_id, infos[0], dict(groups["stats"]))
+
+    def _summaries(self, slide_id: str, info: dict, by_model: dict) -> Iterator[Any]:
+        thumb = None
+        for spec in self._specs:
+            stats = by_model.get(spec.name, SlideStats())
+            heatmap_uri = None
+            if self._heatmap_dir is not None and stats.n:
+                try:
+                    thumb = thumb or self._thumbnail(info)
+                    heatmap_uri = self._write_heatmap(info, spec, stats, thumb)
+                except Exception as exc:  # noqa: BLE001 - the summary row still goes out
+                    yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(
+                        self.STAGE, f"{slide_id}/{spec.name}", exc, {"slide_id": slide_id}))
+            yield summary_row(info, spec, stats, heatmap_uri, self._run_id)
+        progress.count("slides_summarized")
+
+    def _thumbnail(self, info: dict) -> tuple[np.ndarray, float]:
+        from transforms.slide_io import open_slide, read_downsampled, slide_geometry
+
+        slide = open_slide(info["uri"], self._storage_options)
+        try:
+            geom = slide_geometry(slide)
+            longest = max(geom.width_px, geom.height_px)
+            return read_downsampled(slide, geom, longest / HEATMAP_LONG_SIDE_PX)
+        finally:
+            slide.close()
+
+    def _write_heatmap(self, info: dict, spec: ModelSpec, stats: SlideStats,
+                       thumb: tuple[np.ndarray, float]) -> str:
+        import fsspec
+
+        from transforms.heatmaps import render_heatmap
+
+        title = (f"{info['slide_id']} | {spec.name} {spec.version} | {stats.n} patches | "
+                 f"mean P = {np.round(stats.sums / stats.n, 3).tolist()}")
+        png = render_heatmap(thumb[0], thumb[1], stats.boxes,
+                             np.asarray(stats.probs, dtype=np.float32), title)
+        uri = (f"{self._heatmap_dir.rstrip('/')}/"
+               f"{safe_name(info['slide_id'])}__{safe_name(spec.name)}.png")
+        with fsspec.open(uri, "wb", auto_mkdir=True, **(self._storage_options or {})) as f:
+            f.write(png)
+        return uri
+
+
+def summary_row(info: dict, spec: ModelSpec, stats: SlideStats, heatmap_uri: str | None,
+                run_id: str) -> dict:
+    """One ``slide_summaries`` row."""
+    return {
+        "slide_id": info["slide_id"],
+        "model_name": spec.name,
+        "model_version": spec.version,
+        "uri": info["uri"],
+        "width_px": info["width_px"],
+        "height_px": info["height_px"],
+        "slide_mpp": info["mpp"],
+        "patches_planned": info["patches_planned"],
+        "patch_count": stats.n,
+        "tissue_area_mm2": info["tissue_area_mm2"],
+        **stats.class_stats(),
+        "heatmap_uri": heatmap_uri,
+        "metadata": metadata_record(info["metadata"]),
+        "run_id": run_id,
+    }
+
+
+class SummarizeSlides(beam.PTransform):
+    """(predictions, slide infos) -> ``slide_summaries`` rows, writing one heatmap per slide × model.
+
+    Out: a dict with ``summaries`` and ``DEAD_LETTER`` rows (heatmaps that failed to render).
+    """
+
+    def __init__(self, specs: Sequence[ModelSpec], heatmap_dir: str | None, run_id: str,
+                 storage_options: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self._fn = _SummarizeSlide(specs, heatmap_dir, run_id, storage_options)
+
+    def expand(self, inputs: tuple[beam.PCollection, beam.PCollection]) -> dict:
+        predictions, infos = inputs
+        stats = (
+            predictions
+            | "KeyBySlideAndModel" >> beam.Map(_key_slide_model)
+            | "CombineStats" >> beam.CombinePerKey(SlideStatsFn())
+            | "KeyStatsBySlide" >> beam.Map(_key_stats_by_slide)
+        )
+        keyed_infos = infos | "KeyInfos" >> beam.Map(_key_info)
+        out = (
+            {"info": keyed_infos, "stats": stats}
+            | "JoinStatsToSlides" >> beam.CoGroupByKey()
+            | "Summarize" >> beam.ParDo(self._fn).with_outputs(DEAD_LETTER, main="summaries")
+        )
+        return {"summaries": out.summaries, DEAD_LETTER: out[DEAD_LETTER]}
+
+
+def case_summary(group_by: str, group_value: str, rows: Iterable[dict]) -> dict:
+    """One ``case_summaries`` row from the slide summaries of one case and model.
+
+    Means and fractions are weighted by each slide's patch count; maxima are maxima.
+    """
+    rows = sorted(rows, key=lambda r: r["slide_id"])
+    n = sum(r["patch_count"] for r in rows)
+    with_patches = [r for r in rows if r["patch_count"]]
+    stats: dict[str, list[float]] = {"class_mean_prob": [], "class_fraction": [],
+                                     "class_max_prob": []}
+    if with_patches:
+        weights = np.array([r["patch_count"] for r in with_patches], dtype=np.float64)[:, None]
+        for name in ("class_mean_prob", "class_fraction"):
+            values = np.array([r[name] for r in with_patches])
+            stats[name] = ((values * weights).sum(axis=0) / n).tolist()
+        stats["class_max_prob"] = np.max([r["class_max_prob"] for r in with_patches], 0).tolist()
+    areas = [r["tissue_area_mm2"] for r in rows if r["tissue_area_mm2"] is not None]
+    return {
+        "group_by": group_by,
+        "group_value": group_value,
+        "model_name": rows[0]["model_name"],
+        "model_version": rows[0]["model_version"],
+        "slide_count": len(rows),
+        "slide_ids": [r["slide_id"] for r in rows],
+        "patch_count": n,
+        "tissue_area_mm2": float(sum(areas)) if areas else None,
+        **stats,
+        "run_id": rows[0]["run_id"],
+    }
+
+
+class _KeyByGroup(beam.DoFn):
+    def __init__(self, group_by: str) -> None:
+        self._group_by = group_by
+
+    def process(self, row: dict) -> Iterator[tuple]:
+        value = next((m["value"] for m in row["metadata"] if m["key"] == self._group_by),
+                     "(missing)")
+        yield (value, row["model_name"]), row
+
+
+class _CaseSummary(beam.DoFn):
+    def __init__(self, group_by: str) -> None:
+        self._group_by = group_by
+
+    def process(self, element: tuple[tuple[str, str], Iterable[dict]]) -> Iterator[dict]:
+        (value, _), rows = element
+        yield case_summary(self._group_by, value, rows)
+
+
+class SummarizeCases(beam.PTransform):
+    """Slide summaries -> ``case_summaries`` rows, grouped by a slide-manifest column."""
+
+    def __init__(self, group_by: str) -> None:
+        super().__init__()
+        self._group_by = group_by
+
+    def expand(self, summaries: beam.PCollection) -> beam.PCollection:
+        return (
+            summaries
+            | "KeyByGroup" >> beam.ParDo(_KeyByGroup(self._group_by))
+            | "GroupSlides" >> beam.GroupByKey()
+            | "CaseSummary" >> beam.ParDo(_CaseSummary(self._group_by))
+        )

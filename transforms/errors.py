@@ -1,0 +1,85 @@
+"""One exception hierarchy and the dead-letter record every stage emits.
+
+A dead letter is a plain dict with the columns of the ``errors`` table (see ``sinks.ERRORS``):
+``stage, key, error_type, message, input``. Every DoFn that can fail on one element emits one on
+the ``DEAD_LETTER`` tagged output instead of raising, so the rest of the run completes.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+DEAD_LETTER = "dead_letters"
+"""Tag of the tagged output that carries dead letters."""
+
+_MAX_INPUT_CHARS = 4000
+
+
+class PipelineError(Exception):
+    """Base class of every error this project raises on purpose."""
+
+
+class ConfigError(PipelineError):
+    """Bad configuration: raised before the pipeline starts. The message names the flag."""
+
+
+class ManifestError(PipelineError):
+    """A manifest row that cannot be used (missing column, bad value, duplicate)."""
+
+
+class SlideError(PipelineError):
+    """A slide that cannot be opened, read or tiled."""
+
+
+class UnsupportedFormatError(SlideError):
+    """A slide file in a format the reader does not support (e.g. DICOM for tiffslide)."""
+
+
+class OutOfBoundsError(SlideError):
+    """A patch that lies (partly) outside its slide."""
+
+
+class ModelLoadError(PipelineError):
+    """A model that cannot be loaded: fatal for the job, raised from ``setup()``."""
+
+
+class ModelOutputError(PipelineError):
+    """A model output that is not a usable prediction (wrong shape, NaN or infinite)."""
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items() if k != "pixels"}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, str | int | bool) or value is None:
+        return value
+    if isinstance(value, float):
+        return value if value == value else None  # NaN -> null
+    return repr(value)
+
+
+def dead_letter(stage: str, key: str, error: BaseException | str, element: Any = None) -> dict:
+    """Build one dead-letter row.
+
+    Args:
+      stage: the named pipeline stage that failed (``ReadManifest``, ``PlanPatches``, ...).
+      key: what failed, as a user finds it again: a ``slide_id``, ``slide_id@x,y`` or ``row 12``.
+      error: the exception, or a message when there was none.
+      element: the input that failed, stored as JSON (pixels and other bulk data are dropped).
+    """
+    if isinstance(error, BaseException):
+        error_type, message = type(error).__name__, str(error) or repr(error)
+    else:
+        error_type, message = "Rejected", error
+    text = json.dumps(_jsonable(element), sort_keys=True, default=repr)
+    if len(text) > _MAX_INPUT_CHARS:
+        text = text[:_MAX_INPUT_CHARS] + "...(truncated)"
+    return {
+        "stage": stage,
+        "key": str(key),
+        "error_type": error_type,
+        "message": message,
+        "input": text,
+    }

@@ -1,0 +1,244 @@
+"""Patch geometry: which level to read, the patch grid at a target MPP, and tile-aligned work units.
+
+Pure functions over plain numbers, so every rule here is unit-tested without a slide. All boxes in
+and out are level-0 pixels unless a name says otherwise (``*_lvl``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from transforms.errors import ConfigError, OutOfBoundsError, SlideError
+
+LEVEL_TOLERANCE = 0.02
+"""A level whose downsample exceeds the wanted one by at most 2% still counts as not upsampling."""
+
+MAX_UPSAMPLE = 1.1
+"""Refuse slides whose resolution is more than 10% coarser than ``--patch_mpp`` asks for."""
+
+
+@dataclass(frozen=True)
+class PatchingConfig:
+    """How patches are planned and cut.
+
+    Attributes:
+      patch_px: edge of the square patch handed to the model, in pixels.
+      patch_mpp: microns per pixel of that patch; ``None`` with ``patch_level``.
+      patch_level: tile at this pyramid level instead of at an MPP (for slides without MPP).
+      overlap_px: overlap of neighbouring grid patches, in patch pixels.
+      min_tissue: smallest tissue fraction of a grid patch that reaches a model (0 keeps all).
+      tissue_method: ``brightfield`` (H&E, IHC) or ``fluorescence`` (dark background).
+      block_px: edge of a work unit's block at the read level, rounded to whole tiles.
+      max_patches_per_unit: cap on patches in one work unit.
+    """
+
+    patch_px: int = 224
+    patch_mpp: float | None = 0.5
+    patch_level: int | None = None
+    overlap_px: int = 0
+    min_tissue: float = 0.5
+    tissue_method: str = "brightfield"
+    block_px: int = 2048
+    max_patches_per_unit: int = 64
+
+    def __post_init__(self) -> None:
+        if not 8 <= self.patch_px <= 8192:
+            raise ConfigError(f"--patch_px must be between 8 and 8192, got {self.patch_px}")
+        if (self.patch_mpp is None) == (self.patch_level is None):
+            raise ConfigError("give exactly one of --patch_mpp and --patch_level")
+        if self.patch_mpp is not None and not (0 < self.patch_mpp < 1000):
+            raise ConfigError(f"--patch_mpp must be a positive micron size, got {self.patch_mpp}")
+        if self.patch_level is not None and self.patch_level < 0:
+            raise ConfigError(f"--patch_level must be >= 0, got {self.patch_level}")
+        if not 0 <= self.overlap_px < self.patch_px:
+            raise ConfigError(f"--overlap_px must be in [0, --patch_px), got {self.overlap_px}")
+        if not 0.0 <= self.min_tissue <= 1.0:
+            raise ConfigError(f"--min_tissue must be in [0, 1], got {self.min_tissue}")
+        if self.tissue_method not in ("brightfield", "fluorescence"):
+            raise ConfigError(
+                f"--tissue_method must be brightfield or fluorescence, got {self.tissue_method!r}"
+            )
+        if self.max_patches_per_unit < 1 or self.block_px < 64:
+            raise ConfigError("--max_patches_per_unit must be >= 1 and --block_px >= 64")
+
+
+@dataclass(frozen=True)
+class SlideGeometry:
+    """What planning needs to know of one slide's pyramid."""
+
+    width_px: int
+    height_px: int
+    level_dims: tuple[tuple[int, int], ...]
+    level_downsamples: tuple[float, ...]
+    level_tiles: tuple[tuple[int, int], ...]
+    mpp: float | None
+
+
+@dataclass(frozen=True)
+class PatchBox:
+    """One patch: a level-0 box, read at ``level`` and resized to ``patch_px``."""
+
+    x_px: int
+    y_px: int
+    size_px: int
+    level: int
+
+
+@dataclass
+class WorkUnit:
+    """A block of patches in one slide, read with one tile-aligned region read.
+
+    ``region_lvl`` is ``(x, y, w, h)`` at ``level``; every patch box lies inside it.
+    """
+
+    slide_id: str
+    uri: str
+    level: int
+    region_lvl: tuple[int, int, int, int]
+    patches: list[PatchBox] = field(default_factory=list)
+    patch_px: int = 224
+    mpp: float | None = None
+
+
+def choose_level(downsamples: tuple[float, ...], wanted: float) -> int:
+    """The coarsest level whose downsample does not exceed ``wanted`` (never upsample)."""
+    best = 0
+    for i, ds in enumerate(downsamples):
+        if ds <= wanted * (1 + LEVEL_TOLERANCE) and ds >= downsamples[best]:
+            best = i
+    return best
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """The grid one slide is cut into."""
+
+    level: int
+    patch_l0_px: int
+    stride_l0_px: float
+    mpp: float | None
+
+
+def grid_spec(geom: SlideGeometry, cfg: PatchingConfig) -> GridSpec:
+    """Patch size and stride in level-0 pixels and the level to read, for one slide.
+
+    Raises:
+      SlideError: no MPP with ``--patch_mpp``, a missing level, or a resolution too coarse.
+    """
+    if cfg.patch_level is not None:
+        if cfg.patch_level >= len(geom.level_downsamples):
+            raise SlideError(
+                f"--patch_level {cfg.patch_level} does not exist: the slide has "
+                f"{len(geom.level_downsamples)} levels"
+            )
+        wanted = geom.level_downsamples[cfg.patch_level]
+        level = cfg.patch_level
+        mpp = geom.mpp * wanted if geom.mpp else None
+    else:
+        assert cfg.patch_mpp is not None
+        if not geom.mpp:
+            raise SlideError(
+                "slide has no mpp in its file or the manifest: add an mpp column to the slide "
+                "manifest, or tile by level with --patch_level"
+            )
+        wanted = cfg.patch_mpp / geom.mpp
+        if wanted < 1 / MAX_UPSAMPLE:
+            raise SlideError(
+                f"slide resolution {geom.mpp:.4g} mpp is coarser than --patch_mpp "
+                f"{cfg.patch_mpp:g}; refusing to upsample more than {MAX_UPSAMPLE:g}x"
+            )
+        level = choose_level(geom.level_downsamples, wanted)
+        mpp = cfg.patch_mpp
+    patch_l0 = max(1, round(cfg.patch_px * wanted))
+    stride_l0 = (cfg.patch_px - cfg.overlap_px) * wanted
+    return GridSpec(level=level, patch_l0_px=patch_l0, stride_l0_px=stride_l0, mpp=mpp)
+
+
+def grid_boxes(geom: SlideGeometry, spec: GridSpec) -> Iterator[PatchBox]:
+    """Every whole patch of the grid that lies inside the slide, row by row."""
+    ny = _steps(geom.height_px, spec.patch_l0_px, spec.stride_l0_px)
+    nx = _steps(geom.width_px, spec.patch_l0_px, spec.stride_l0_px)
+    for j in range(ny):
+        y = round(j * spec.stride_l0_px)
+        for i in range(nx):
+            yield PatchBox(round(i * spec.stride_l0_px), y, spec.patch_l0_px, spec.level)
+
+
+def _steps(extent: int, size: int, stride: float) -> int:
+    if size > extent:
+        return 0
+    n = int(math.floor((extent - size) / stride)) + 1
+    while n > 0 and round((n - 1) * stride) + size > extent:
+        n -= 1
+    return n
+
+
+def check_box(geom: SlideGeometry, box: PatchBox) -> None:
+    """Raise ``OutOfBoundsError`` or ``SlideError`` for a manifest patch the slide cannot serve."""
+    if box.level >= len(geom.level_downsamples):
+        raise SlideError(
+            f"level {box.level} does not exist: the slide has {len(geom.level_downsamples)} levels"
+        )
+    if box.x_px < 0 or box.y_px < 0 or box.size_px <= 0:
+        raise OutOfBoundsError(f"patch box {_box_text(box)} has a negative origin or empty size")
+    if box.x_px + box.size_px > geom.width_px or box.y_px + box.size_px > geom.height_px:
+        raise OutOfBoundsError(
+            f"patch box {_box_text(box)} lies outside the slide "
+            f"({geom.width_px}x{geom.height_px} px at level 0)"
+        )
+
+
+def _box_text(box: PatchBox) -> str:
+    return f"x={box.x_px} y={box.y_px} size={box.size_px}"
+
+
+def box_at_level(box: PatchBox, downsample: float) -> tuple[int, int, int]:
+    """``(x, y, size)`` of a level-0 box at a level with the given downsample."""
+    x = int(box.x_px / downsample)
+    y = int(box.y_px / downsample)
+    return x, y, max(1, round(box.size_px / downsample))
+
+
+def work_units(
+    slide_id: str,
+    uri: str,
+    geom: SlideGeometry,
+    boxes: Iterable[PatchBox],
+    cfg: PatchingConfig,
+    mpp: float | None,
+) -> Iterator[WorkUnit]:
+    """Group patch boxes into tile-aligned blocks at their read level.
+
+    Patches are bucketed by the block holding their top-left corner; each bucket becomes one or
+    more units of at most ``max_patches_per_unit`` patches, each with the tile-aligned bounding box
+    of its patches as its read region, so every compressed tile of a block is decoded once.
+    """
+    buckets: dict[tuple[int, int, int], list[PatchBox]] = {}
+    for box in boxes:
+        ds = geom.level_downsamples[box.level]
+        tile_w, tile_h = geom.level_tiles[box.level]
+        block_w = max(tile_w, cfg.block_px // tile_w * tile_w)
+        block_h = max(tile_h, cfg.block_px // tile_h * tile_h)
+        x, y, _ = box_at_level(box, ds)
+        buckets.setdefault((box.level, y // block_h, x // block_w), []).append(box)
+    for (level, _, _), members in sorted(buckets.items()):
+        for start in range(0, len(members), cfg.max_patches_per_unit):
+            chunk = members[start : start + cfg.max_patches_per_unit]
+            region = _aligned_region(geom, level, chunk)
+            yield WorkUnit(slide_id, uri, level, region, chunk, cfg.patch_px, mpp)
+
+
+def _aligned_region(
+    geom: SlideGeometry, level: int, boxes: list[PatchBox]
+) -> tuple[int, int, int, int]:
+    ds = geom.level_downsamples[level]
+    tile_w, tile_h = geom.level_tiles[level]
+    level_w, level_h = geom.level_dims[level]
+    lvl = [box_at_level(b, ds) for b in boxes]
+    x0 = min(x for x, _, _ in lvl) // tile_w * tile_w
+    y0 = min(y for _, y, _ in lvl) // tile_h * tile_h
+    x1 = min(level_w, -(-max(x + s for x, _, s in lvl) // tile_w) * tile_w)
+    y1 = min(level_h, -(-max(y + s for _, y, s in lvl) // tile_h) * tile_h)
+    return x0, y0, x1 - x0, y1 - y0

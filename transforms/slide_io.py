@@ -1,0 +1,180 @@
+"""Open slides with tiffslide over fsspec and read regions of one pyramid level.
+
+tiffslide reads TIFF-based formats (Aperio SVS, Hamamatsu NDPI, generic tiled TIFF, ...) from any
+fsspec URL, fetching only the byte ranges of the tiles a read touches. DICOM is not TIFF: it is
+recognised by its preamble and rejected with a clear message.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from typing import Any
+
+import fsspec
+import numpy as np
+
+from transforms.errors import SlideError, UnsupportedFormatError
+from transforms.geometry import SlideGeometry, choose_level
+
+STRIP_BYTES = 64 << 20
+"""Bound on one strip read while building a downsampled image (mask, thumbnail)."""
+
+
+def open_slide(uri: str, storage_options: dict[str, Any] | None = None) -> Any:
+    """Open a slide with tiffslide; raise ``SlideError`` subclasses with what to do.
+
+    Raises:
+      FileNotFoundError: the file does not exist.
+      UnsupportedFormatError: DICOM or another non-TIFF file.
+    """
+    import tifffile
+    import tiffslide
+
+    try:
+        return tiffslide.TiffSlide(uri, storage_options=storage_options)
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"slide file not found: {uri}") from exc
+    except tifffile.TiffFileError as exc:
+        if _is_dicom(uri, storage_options):
+            raise UnsupportedFormatError(
+                "DICOM whole-slide images are not supported: tiffslide reads TIFF-based formats "
+                "only. Convert the slide to a pyramidal TIFF first (e.g. with wsidicomizer)."
+            ) from exc
+        raise UnsupportedFormatError(f"not a TIFF-based slide ({exc})") from exc
+
+
+def _is_dicom(uri: str, storage_options: dict[str, Any] | None) -> bool:
+    try:
+        with fsspec.open(uri, "rb", **(storage_options or {})) as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    return head[128:132] == b"DICM"
+
+
+def slide_geometry(slide: Any, mpp_override: float | None = None) -> SlideGeometry:
+    """The pyramid of an open slide; the manifest's MPP wins over the file's."""
+    props = slide.properties
+    tiles = []
+    for i in range(slide.level_count):
+        tw = props.get(f"tiffslide.level[{i}].tile-width") or slide.level_dimensions[i][0]
+        th = props.get(f"tiffslide.level[{i}].tile-height") or slide.level_dimensions[i][1]
+        tiles.append((int(tw), int(th)))
+    mpp = mpp_override or _file_mpp(props)
+    width, height = slide.dimensions
+    return SlideGeometry(
+        width_px=int(width),
+        height_px=int(height),
+        level_dims=tuple((int(w), int(h)) for w, h in slide.level_dimensions),
+        level_downsamples=tuple(float(d) for d in slide.level_downsamples),
+        level_tiles=tuple(tiles),
+        mpp=mpp,
+    )
+
+
+def _file_mpp(props: dict[str, Any]) -> float | None:
+    try:
+        x, y = float(props["tiffslide.mpp-x"]), float(props["tiffslide.mpp-y"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if not (math.isfinite(x) and x > 0):
+        return None
+    return (x + y) / 2 if math.isfinite(y) and y > 0 else x
+
+
+def as_rgb(arr: np.ndarray) -> np.ndarray:
+    """An ``H x W x 3`` uint8 view of what tiffslide returned (grey, RGB or RGBA)."""
+    if arr.dtype != np.uint8:
+        raise UnsupportedFormatError(f"{arr.dtype} pixels are not supported; expected 8-bit RGB")
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    channels = arr.shape[2]
+    if channels == 1:
+        return np.repeat(arr, 3, axis=2)
+    if channels in (3, 4):
+        return arr[..., :3]
+    raise UnsupportedFormatError(f"{channels}-channel images are not supported; expected RGB")
+
+
+def read_level_region(slide: Any, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+    """Read ``w x h`` pixels at ``(x, y)`` in ``level`` coordinates as RGB uint8."""
+    ds = float(slide.level_downsamples[level])
+    # tiffslide takes a level-0 location and divides by the downsample, flooring; the ceiling of
+    # the product maps back to exactly (x, y) for any downsample >= 1.
+    loc = (math.ceil(x * ds), math.ceil(y * ds))
+    return as_rgb(slide.read_region(loc, level, (w, h), as_array=True))
+
+
+def compressed_bytes(slide: Any, level: int, region: tuple[int, int, int, int]) -> int:
+    """Compressed bytes of the tiles a region read at ``level`` fetches (0 if unknown)."""
+    try:
+        page = slide.ts_tifffile.series[0].levels[level].keyframe
+        counts = page.databytecounts
+        tw, th = page.tilewidth or page.imagewidth, page.tilelength or page.rowsperstrip
+        across = -(-page.imagewidth // tw)
+    except (AttributeError, IndexError, TypeError, ZeroDivisionError):
+        return 0
+    x, y, w, h = region
+    total = 0
+    for row in range(y // th, -(-(y + h) // th)):
+        start = row * across
+        total += sum(counts[start + x // tw : start + -(-(x + w) // tw)])
+    return int(total)
+
+
+def read_downsampled(slide: Any, geom: SlideGeometry, target_ds: float) -> tuple[np.ndarray, float]:
+    """The whole slide at about ``target_ds`` (level-0 pixels per output pixel), in RGB.
+
+    Reads the coarsest level at or finer than ``target_ds`` in horizontal strips and averages
+    ``k x k`` blocks, so memory stays bounded by one strip even for a slide without a pyramid.
+    Returns the image and its exact downsample from level 0.
+    """
+    level = choose_level(geom.level_downsamples, max(1.0, target_ds))
+    ds = geom.level_downsamples[level]
+    k = max(1, int(target_ds / ds))
+    width, height = geom.level_dims[level]
+    out_w, out_h = width // k, height // k
+    if out_w == 0 or out_h == 0:
+        k, out_w, out_h = 1, width, height
+    tile_h = geom.level_tiles[level][1]
+    rows = max(k * max(1, -(-tile_h // k)), (STRIP_BYTES // max(1, width * 3)) // k * k)
+    out = np.empty((out_h, out_w, 3), dtype=np.uint8)
+    for y0 in range(0, out_h * k, rows):
+        h = min(rows, out_h * k - y0)
+        strip = read_level_region(slide, level, 0, y0, out_w * k, h)
+        blocks = strip.reshape(h // k, k, out_w, k, 3).mean(axis=(1, 3))
+        out[y0 // k : (y0 + h) // k] = blocks.round().astype(np.uint8)
+    return out, ds * k
+
+
+class SlideCache:
+    """A few open slides per DoFn instance, least recently used closed first."""
+
+    def __init__(self, storage_options: dict[str, Any] | None = None, max_open: int = 4) -> None:
+        self._storage_options = storage_options
+        self._max_open = max_open
+        self._open: OrderedDict[str, Any] = OrderedDict()
+
+    def get(self, uri: str) -> Any:
+        """The open slide for ``uri``, opening it (and maybe closing the oldest) on a miss."""
+        slide = self._open.get(uri)
+        if slide is not None:
+            self._open.move_to_end(uri)
+            return slide
+        slide = open_slide(uri, self._storage_options)
+        self._open[uri] = slide
+        while len(self._open) > self._max_open:
+            _, oldest = self._open.popitem(last=False)
+            oldest.close()
+        return slide
+
+    def close(self) -> None:
+        """Close every open slide."""
+        while self._open:
+            _, slide = self._open.popitem()
+            try:
+                slide.close()
+            except Exception:  # noqa: BLE001 - closing must not mask the job's own error
+                pass
+

@@ -1,0 +1,79 @@
+"""Tissue masks from a low-resolution RGB image, and the tissue fraction of a patch box.
+
+Brightfield (H&E, IHC): tissue is coloured, glass is white or grey. A pixel is tissue when its
+HSV saturation is above an Otsu threshold (clamped, so an all-tissue or all-glass image still
+splits sensibly) and it is not near-black (scanner borders, out-of-focus debris).
+Fluorescence: tissue is brighter than a dark background; Otsu on the brightest channel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from transforms.geometry import PatchBox
+
+SATURATION_BOUNDS = (0.04, 0.15)
+"""Otsu's saturation threshold is clamped to this range (0..1)."""
+MIN_BRIGHTFIELD_VALUE = 40
+"""Brightfield pixels darker than this (0..255, HSV value) are not tissue."""
+MIN_FLUORESCENCE_VALUE = 8
+
+
+@dataclass(frozen=True)
+class TissueMask:
+    """A boolean mask and the level-0 pixels one mask pixel covers."""
+
+    mask: np.ndarray
+    downsample: float
+
+    def fraction(self, box: PatchBox) -> float:
+        """Fraction of the level-0 box that is tissue (0 where the box misses the mask)."""
+        x0 = int(box.x_px / self.downsample)
+        y0 = int(box.y_px / self.downsample)
+        x1 = max(x0 + 1, int(np.ceil((box.x_px + box.size_px) / self.downsample)))
+        y1 = max(y0 + 1, int(np.ceil((box.y_px + box.size_px) / self.downsample)))
+        window = self.mask[y0:y1, x0:x1]
+        return float(window.mean()) if window.size else 0.0
+
+    def area_mm2(self, mpp: float | None) -> float | None:
+        """Tissue area in mm², or ``None`` without an MPP."""
+        if not mpp:
+            return None
+        px_um = self.downsample * mpp
+        return float(self.mask.sum()) * px_um * px_um / 1e6
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold of a float array with values in [0, 1]."""
+    hist, edges = np.histogram(values, bins=bins, range=(0.0, 1.0))
+    hist = hist.astype(np.float64)
+    total = hist.sum()
+    if total == 0:
+        return 0.5
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist)
+    w1 = total - w0
+    m0 = np.cumsum(hist * centres)
+    mean0 = np.divide(m0, w0, out=np.zeros_like(m0), where=w0 > 0)
+    mean1 = np.divide(m0[-1] - m0, w1, out=np.zeros_like(m0), where=w1 > 0)
+    between = w0 * w1 * (mean0 - mean1) ** 2
+    return float(centres[int(np.argmax(between))])
+
+
+def tissue_mask(rgb: np.ndarray, method: str = "brightfield") -> np.ndarray:
+    """Boolean tissue mask of an ``H x W x 3`` uint8 image."""
+    if rgb.ndim != 3 or rgb.shape[2] < 3:
+        raise ValueError(f"expected an H x W x 3 image, got shape {rgb.shape}")
+    rgb = rgb[..., :3].astype(np.float32)
+    value = rgb.max(axis=2)
+    if method == "fluorescence":
+        level = otsu_threshold(value.ravel() / 255.0) * 255.0
+        return value > max(level, MIN_FLUORESCENCE_VALUE)
+    if method != "brightfield":
+        raise ValueError(f"unknown tissue method {method!r}")
+    saturation = np.divide(value - rgb.min(axis=2), value, out=np.zeros_like(value), where=value > 0)
+    lo, hi = SATURATION_BOUNDS
+    level = min(max(otsu_threshold(saturation.ravel()), lo), hi)
+    return (saturation > level) & (value >= MIN_BRIGHTFIELD_VALUE)
