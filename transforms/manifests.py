@@ -112,7 +112,9 @@ def resolve_uri(uri: str, manifest_uri: str) -> str:
     """A relative local path in a manifest is relative to the manifest's folder."""
     if "://" in uri or uri.startswith("/"):
         return uri
-    return posixpath.normpath(posixpath.join(posixpath.dirname(manifest_uri) or ".", uri))
+    scheme, sep, path = manifest_uri.rpartition("://")
+    joined = posixpath.normpath(posixpath.join(posixpath.dirname(path) or ".", uri))
+    return f"{scheme}{sep}{joined}"
 
 
 def validate_slide_row(row: dict[str, Any], manifest_uri: str = "") -> dict[str, Any]:

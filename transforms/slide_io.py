@@ -8,6 +8,7 @@ recognised by its preamble and rejected with a clear message.
 from __future__ import annotations
 
 import math
+import warnings
 from collections import OrderedDict
 from typing import Any
 
@@ -16,6 +17,10 @@ import numpy as np
 
 from transforms.errors import SlideError, UnsupportedFormatError
 from transforms.geometry import SlideGeometry, choose_level
+
+# tiffslide warns on every NDPI metadata read that its Hamamatsu parsing is partial; MPP and
+# levels, all this project reads, are parsed.
+warnings.filterwarnings("ignore", message=".*format metadata parsing only partially")
 
 STRIP_BYTES = 64 << 20
 """Bound on one strip read while building a downsampled image (mask, thumbnail)."""
@@ -178,3 +183,16 @@ class SlideCache:
             except Exception:  # noqa: BLE001 - closing must not mask the job's own error
                 pass
 
+
+
+def probe_decode(slide: Any) -> None:
+    """Decode a few pixels of the coarsest level, so a broken codec fails with a clear message
+    before any planning; raise ``SlideError``."""
+    level = slide.level_count - 1
+    width, height = slide.level_dimensions[level]
+    try:
+        read_level_region(slide, level, 0, 0, min(width, 16), min(height, 16))
+    except UnsupportedFormatError:
+        raise
+    except Exception as exc:  # codec errors come as many types (ValueError, imagecodecs errors)
+        raise SlideError(f"slide opens but its tiles cannot be decoded: {exc}") from exc

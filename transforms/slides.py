@@ -32,6 +32,7 @@ from transforms.slide_io import (
     SlideCache,
     compressed_bytes,
     open_slide,
+    probe_decode,
     read_downsampled,
     read_level_region,
     slide_geometry,
@@ -103,6 +104,7 @@ class _PlanSlide(beam.DoFn):
             return
         try:
             progress.count("slides_opened")
+            probe_decode(slide)
             geom = slide_geometry(slide, row["mpp"])
             if patch_rows is None:
                 spec = grid_spec(geom, self._cfg)
@@ -138,12 +140,7 @@ class _PlanSlide(beam.DoFn):
         })
 
     def _mask(self, slide: Any, geom: SlideGeometry, patch_l0_px: int | None) -> TissueMask:
-        try:
-            rgb, ds = read_downsampled(slide, geom, mask_downsample(geom, patch_l0_px))
-        except SlideError:
-            raise
-        except Exception as exc:  # codec errors come as many types
-            raise SlideError(f"slide opens but its tiles cannot be decoded: {exc}") from exc
+        rgb, ds = read_downsampled(slide, geom, mask_downsample(geom, patch_l0_px))
         return TissueMask(tissue_mask(rgb, self._cfg.tissue_method), ds)
 
     def _grid(self, geom: SlideGeometry, spec: Any, mask: TissueMask) -> list[PatchBox]:

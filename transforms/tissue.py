@@ -59,7 +59,7 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     mean0 = np.divide(m0, w0, out=np.zeros_like(m0), where=w0 > 0)
     mean1 = np.divide(m0[-1] - m0, w1, out=np.zeros_like(m0), where=w1 > 0)
     between = w0 * w1 * (mean0 - mean1) ** 2
-    return float(centres[int(np.argmax(between))])
+    return float(edges[int(np.argmax(between)) + 1])  # class 0 holds bins up to this edge
 
 
 def tissue_mask(rgb: np.ndarray, method: str = "brightfield") -> np.ndarray:

@@ -1,0 +1,6 @@
+# Sourced by the demo and test scripts. Without credentials, every Beam process would spend about
+# 20 s probing Google's metadata server; local runs need no credentials.
+export NO_GCE_CHECK=true
+export GCE_METADATA_HOST=127.0.0.1:9
+export GCE_METADATA_IP=127.0.0.1:9
+export TF_CPP_MIN_LOG_LEVEL=3

@@ -1,0 +1,54 @@
+"""Shared fixtures: the real data in ../shared/data, tiny exported models, a quiet environment."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+# Beam processes would otherwise spend ~20 s probing for Google credentials.
+os.environ.setdefault("NO_GCE_CHECK", "true")
+os.environ.setdefault("GCE_METADATA_HOST", "127.0.0.1:9")
+os.environ.setdefault("GCE_METADATA_IP", "127.0.0.1:9")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+LOCAL_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data``, or a clean skip where the shared folder is absent."""
+    if not (SHARED_DATA / "ground_truth.json").exists():
+        pytest.skip(f"real test data not found at {SHARED_DATA} (../shared/data is absent)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def ground_truth(shared_data: Path) -> dict[str, dict]:
+    records = json.loads((shared_data / "ground_truth.json").read_text())
+    return {r["file"]: r for r in records}
+
+
+@pytest.fixture(scope="session")
+def cmu1(shared_data: Path) -> Path:
+    return shared_data / "aperio_cmu1_small_region" / "CMU-1-Small-Region.svs"
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Two exported ``.pt2`` models (2 and 3 classes) and a state_dict of the 2-class one."""
+    import torch
+
+    from tests.models_for_tests import export_pt2, tiny_net
+
+    folder = tmp_path_factory.mktemp("models")
+    net2, net3 = tiny_net(2, seed=0), tiny_net(3, seed=1)
+    torch.save(net2.state_dict(), folder / "two.pth")
+    return {
+        "two": export_pt2(net2, str(folder / "two.pt2")),
+        "three": export_pt2(net3, str(folder / "three.pt2")),
+        "two_state_dict": str(folder / "two.pth"),
+    }

@@ -1,0 +1,37 @@
+"""Tiny real torch models that the tests build and export themselves (seeded, random weights)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class TinyPatchNet(nn.Module):
+    """Conv -> pool -> linear: a real (if small) patch classifier with ``n_classes`` outputs."""
+
+    def __init__(self, n_classes: int = 2) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )
+        self.head = nn.Linear(8, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def tiny_net(n_classes: int = 2, seed: int = 0) -> TinyPatchNet:
+    torch.manual_seed(seed)
+    return TinyPatchNet(n_classes).eval()
+
+
+def export_pt2(net: nn.Module, path: str, patch_px: int = 64) -> str:
+    """Save ``net`` as a ``torch.export`` program with a dynamic batch dimension."""
+    example = torch.zeros(2, 3, patch_px, patch_px)
+    program = torch.export.export(
+        net, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},)
+    )
+    torch.export.save(program, path)
+    return path

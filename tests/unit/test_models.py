@@ -1,0 +1,79 @@
+"""Model loading (.pt2 and state_dict + class), device choice, and prediction shape checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from transforms.errors import ConfigError, ModelLoadError
+from transforms.models import ModelSpec, load_model, predict_probs, select_device
+
+
+def patches(n, px=64, seed=0):
+    return list(np.random.default_rng(seed).integers(0, 256, (n, px, px, 3), dtype=np.uint8))
+
+
+def test_device_is_cpu_without_a_gpu_and_require_gpu_fails_clearly():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert select_device(require_gpu=False) == "cpu"
+    with pytest.raises(ModelLoadError, match="--require_gpu"):
+        select_device(require_gpu=True)
+
+
+def test_require_gpu_fails_the_model_load_not_the_elements(tiny_models):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ModelLoadError, match="--require_gpu"):
+        load_model(ModelSpec("two", tiny_models["two"], require_gpu=True))
+
+
+def test_pt2_and_state_dict_load_the_same_network(tiny_models):
+    from tests.models_for_tests import tiny_net
+
+    exported = load_model(ModelSpec("two", tiny_models["two"]))
+    from_state = load_model(ModelSpec("two", tiny_models["two_state_dict"],
+                                      model_class="tests.models_for_tests:TinyPatchNet"))
+    batch = patches(5)
+    spec = ModelSpec("two", tiny_models["two"])
+    a, b = predict_probs(exported, batch, spec), predict_probs(from_state, batch, spec)
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    assert a.shape == (5, 2) and np.allclose(a.sum(1), 1, atol=1e-6)
+    with torch.inference_mode():
+        x = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).float() / 255
+        x = (x - torch.tensor(spec.mean).view(1, 3, 1, 1)) / torch.tensor(spec.std).view(1, 3, 1, 1)
+        direct = torch.softmax(tiny_net(2, seed=0)(x), 1).numpy()
+    np.testing.assert_allclose(a, direct, atol=1e-5)
+
+
+def test_missing_or_corrupt_model_names_the_model_and_uri(tmp_path):
+    with pytest.raises(ModelLoadError, match=r"'tumor'.*nowhere\.pt2"):
+        load_model(ModelSpec("tumor", str(tmp_path / "nowhere.pt2")))
+    corrupt = tmp_path / "corrupt.pt2"
+    corrupt.write_bytes(b"not a zip archive")
+    with pytest.raises(ModelLoadError, match="corrupt.pt2"):
+        load_model(ModelSpec("tumor", str(corrupt)))
+    with pytest.raises(ModelLoadError, match="no_such_module"):
+        load_model(ModelSpec("tumor", str(corrupt), model_class="no_such_module:Net"))
+
+
+def test_wrong_output_shape_is_an_error(tmp_path):
+    from tests.models_for_tests import export_pt2
+
+    class Flat(torch.nn.Module):
+        def forward(self, x):
+            return x.mean(dim=(2, 3)).unsqueeze(-1)  # N x 3 x 1: not N x C
+
+    path = export_pt2(Flat(), str(tmp_path / "flat.pt2"))
+    spec = ModelSpec("flat", path)
+    with pytest.raises(ValueError, match="expected"):
+        predict_probs(load_model(spec), patches(2), spec)
+
+
+def test_version_is_part_of_the_shared_tag():
+    a = ModelSpec("m", "x.pt2", version="1")
+    b = ModelSpec("m", "x.pt2", version="2")
+    assert a.shared_tag != b.shared_tag and "2" in b.shared_tag
+    with pytest.raises(ConfigError):
+        ModelSpec("m", "x.pt2", std=(0.0, 1.0, 1.0))

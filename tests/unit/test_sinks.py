@@ -1,0 +1,39 @@
+"""Schemas are defined once and both sinks derive from them; names are made safe."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from transforms.sinks import (
+    ERRORS,
+    PATCH_PREDICTIONS,
+    SLIDE_SUMMARIES,
+    arrow_schema,
+    bigquery_schema,
+    safe_name,
+)
+
+
+def test_parquet_and_bigquery_schemas_have_the_same_columns_and_modes():
+    for table in (PATCH_PREDICTIONS, SLIDE_SUMMARIES, ERRORS):
+        arrow, bq = arrow_schema(table), bigquery_schema(table)["fields"]
+        assert arrow.names == [f["name"] for f in bq]
+        for field, column in zip(arrow, bq, strict=True):
+            assert pa.types.is_list(field.type) == (column["mode"] == "REPEATED")
+            assert field.nullable == (column["mode"] != "REQUIRED")
+
+
+def test_probs_are_a_repeated_float_and_metadata_a_repeated_record():
+    arrow = arrow_schema(PATCH_PREDICTIONS)
+    assert arrow.field("probs").type == pa.list_(pa.float64())
+    bq = {f["name"]: f for f in bigquery_schema(SLIDE_SUMMARIES)["fields"]}
+    assert bq["metadata"]["type"] == "RECORD" and bq["metadata"]["mode"] == "REPEATED"
+    assert [f["name"] for f in bq["metadata"]["fields"]] == ["key", "value"]
+
+
+def test_safe_name_keeps_clean_ids_and_neutralises_paths():
+    assert safe_name("TCGA-AB-1234_01.svs") == "TCGA-AB-1234_01.svs"
+    for hostile in ("../../x", "a/b", "..", "x\x00y", "é" * 300):
+        name = safe_name(hostile)
+        assert "/" not in name and not name.startswith(".") and len(name) <= 100
+    assert safe_name("a/b") != safe_name("a_b")
