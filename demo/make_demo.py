@@ -17,8 +17,11 @@ import numpy as np
 
 from demo.synthetic_slide import make_slide, write_svs
 
-SLIDES = (("demo-A1", "case-A", 6144, 4096, 1), ("demo-A2", "case-A", 4096, 4096, 2),
-          ("demo-B1", "case-B", 5120, 3072, 3))
+SLIDES = (
+    ("demo-A1", "case-A", 6144, 4096, 1),
+    ("demo-A2", "case-A", 4096, 4096, 2),
+    ("demo-B1", "case-B", 5120, 3072, 3),
+)
 PATCH_PX = 224
 MPP = 0.5
 
@@ -28,10 +31,18 @@ def tumour_net():  # noqa: ANN201 - torch is imported lazily
     import torch.nn as nn
 
     return nn.Sequential(
-        nn.Conv2d(3, 16, 5, stride=4, padding=2), nn.BatchNorm2d(16), nn.ReLU(),
-        nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-        nn.Conv2d(32, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 2),
+        nn.Conv2d(3, 16, 5, stride=4, padding=2),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 32, 3, stride=2, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.Conv2d(32, 32, 3, stride=2, padding=1),
+        nn.BatchNorm2d(32),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 2),
     )
 
 
@@ -42,13 +53,15 @@ def training_patches(slide, rng: np.random.Generator, n: int) -> tuple[np.ndarra
     xs, ys, labels = [], [], []
     while len(xs) < n:
         x, y = int(rng.integers(0, w - PATCH_PX)), int(rng.integers(0, h - PATCH_PX))
-        window = np.s_[y // ds:(y + PATCH_PX) // ds, x // ds:(x + PATCH_PX) // ds]
+        window = np.s_[y // ds : (y + PATCH_PX) // ds, x // ds : (x + PATCH_PX) // ds]
         if slide.tissue[window].mean() < 0.5:
             continue
         xs.append(x)
         ys.append(y)
         labels.append(int(slide.tumour[window].mean() > 0.5))
-    pixels = np.stack([slide.rgb[y:y + PATCH_PX, x:x + PATCH_PX] for x, y in zip(xs, ys)])
+    pixels = np.stack(
+        [slide.rgb[y : y + PATCH_PX, x : x + PATCH_PX] for x, y in zip(xs, ys, strict=True)]
+    )
     return pixels, np.array(labels)
 
 

@@ -69,20 +69,33 @@ def write_svs(path: str, rgb: np.ndarray, mpp: float, tile: int = 256, levels: i
     from PIL import Image
 
     height, width = rgb.shape[:2]
-    desc = (f"Aperio Image Library v12.0.15 \r\n{width}x{height} [0,0 {width}x{height}] "
-            f"({tile}x{tile}) JPEG/RGB Q=90|AppMag = 20|MPP = {mpp}|Filename = synthetic")
+    desc = (
+        f"Aperio Image Library v12.0.15 \r\n{width}x{height} [0,0 {width}x{height}] "
+        f"({tile}x{tile}) JPEG/RGB Q=90|AppMag = 20|MPP = {mpp}|Filename = synthetic"
+    )
     with tifffile.TiffWriter(path, bigtiff=False) as tif:
         opts = {"photometric": "rgb", "compression": "jpeg", "compressionargs": {"level": 90}}
         tif.write(rgb, tile=(tile, tile), description=desc, subfiletype=0, **opts)
         thumb = np.asarray(Image.fromarray(rgb).resize((max(1, width // 32), max(1, height // 32))))
-        tif.write(thumb, description=f"Aperio Image Library v12.0.15 \r\n{width}x{height} -> "
-                  f"{thumb.shape[1]}x{thumb.shape[0]} - ", **opts)
+        tif.write(
+            thumb,
+            description=f"Aperio Image Library v12.0.15 \r\n{width}x{height} -> "
+            f"{thumb.shape[1]}x{thumb.shape[0]} - ",
+            **opts,
+        )
         level_img = rgb
         for i in range(1, levels):
             h, w = level_img.shape[0] // 4, level_img.shape[1] // 4
             if min(h, w) < tile:
                 break
             level_img = np.asarray(Image.fromarray(level_img).resize((w, h), Image.BOX))
-            tif.write(level_img, tile=(tile, tile), subfiletype=1, description=(
-                f"Aperio Image Library v12.0.15 \r\n{width}x{height} -> {w}x{h} - "
-                f"|AppMag = 20|MPP = {mpp * 4 ** i}"), **opts)
+            tif.write(
+                level_img,
+                tile=(tile, tile),
+                subfiletype=1,
+                description=(
+                    f"Aperio Image Library v12.0.15 \r\n{width}x{height} -> {w}x{h} - "
+                    f"|AppMag = 20|MPP = {mpp * 4**i}"
+                ),
+                **opts,
+            )

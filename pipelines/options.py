@@ -35,12 +35,20 @@ class SlideInferenceOptions(PipelineOptions):
         add("--patches", help="optional patch manifest (slide_id, x_px, y_px, size_px[, level])")
         add("--model", action="append", default=[], help="NAME=URI (.pt2), repeatable")
         add("--model_version", action="append", default=[], help="NAME=VERSION")
-        add("--model_class", action="append", default=[],
-            help="NAME=package.module:Class for a state_dict model file")
+        add(
+            "--model_class",
+            action="append",
+            default=[],
+            help="NAME=package.module:Class for a state_dict model file",
+        )
         add("--model_mean", action="append", default=[], help="NAME=r,g,b (default ImageNet)")
         add("--model_std", action="append", default=[], help="NAME=r,g,b (default ImageNet)")
-        add("--model_activation", action="append", default=[],
-            help="NAME=softmax|sigmoid|none applied to the model's logits (default softmax)")
+        add(
+            "--model_activation",
+            action="append",
+            default=[],
+            help="NAME=softmax|sigmoid|none applied to the model's logits (default softmax)",
+        )
         add("--patch_px", type=int, default=224, help="patch edge handed to the models, px")
         add("--patch_mpp", type=float, default=None, help="patch resolution, µm/px (default 0.5)")
         add("--patch_level", type=int, default=None, help="tile at this level instead of an mpp")
@@ -100,8 +108,16 @@ def model_specs(opts: SlideInferenceOptions) -> tuple[ModelSpec, ...]:
     uris = named_values(opts.model, "--model")
     if not uris:
         raise ConfigError("--model NAME=URI is required (repeat it for several models)")
-    extras = {flag: named_values(getattr(opts, flag[2:]), flag) for flag in (
-        "--model_version", "--model_class", "--model_mean", "--model_std", "--model_activation")}
+    extras = {
+        flag: named_values(getattr(opts, flag[2:]), flag)
+        for flag in (
+            "--model_version",
+            "--model_class",
+            "--model_mean",
+            "--model_std",
+            "--model_activation",
+        )
+    }
     for flag, values in extras.items():
         unknown = sorted(set(values) - set(uris))
         if unknown:
@@ -113,9 +129,11 @@ def model_specs(opts: SlideInferenceOptions) -> tuple[ModelSpec, ...]:
             version=extras["--model_version"].get(name, "unversioned"),
             model_class=extras["--model_class"].get(name),
             mean=_floats(extras["--model_mean"][name], "--model_mean")
-            if name in extras["--model_mean"] else IMAGENET_MEAN,
+            if name in extras["--model_mean"]
+            else IMAGENET_MEAN,
             std=_floats(extras["--model_std"][name], "--model_std")
-            if name in extras["--model_std"] else IMAGENET_STD,
+            if name in extras["--model_std"]
+            else IMAGENET_STD,
             activation=extras["--model_activation"].get(name, "softmax"),
             require_gpu=opts.require_gpu,
         )

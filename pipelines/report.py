@@ -7,8 +7,17 @@ from apache_beam.runners.runner import PipelineResult
 
 from transforms.progress import NAMESPACE
 
-SHOWN = ("slides_opened", "slides_planned", "slides_failed", "patches_planned",
-         "patches_background", "patches_read", "patches_inferred", "patches_failed", "bytes_read")
+SHOWN = (
+    "slides_opened",
+    "slides_planned",
+    "slides_failed",
+    "patches_planned",
+    "patches_background",
+    "patches_read",
+    "patches_inferred",
+    "patches_failed",
+    "bytes_read",
+)
 
 
 def counters(result: PipelineResult) -> dict[str, int]:
@@ -30,5 +39,7 @@ def print_report(result: PipelineResult, output: str, run_id: str, elapsed_s: fl
     print(f"  patch inferences: {inferred} ({inferred / max(elapsed_s, 1e-9):.1f}/s overall)")
     print("  counters: " + ", ".join(f"{k}={c.get(k, 0)}" for k in SHOWN))
     base = output.rstrip("/")
-    print(f"  outputs: {base}/patch_predictions/, {base}/slide_summaries/, {base}/heatmaps/, "
-          f"{base}/errors/ (files starting {run_id})")
+    print(
+        f"  outputs: {base}/patch_predictions/, {base}/slide_summaries/, {base}/heatmaps/, "
+        f"{base}/errors/ (files starting {run_id})"
+    )

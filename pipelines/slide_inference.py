@@ -49,7 +49,7 @@ def build(pipeline: beam.Pipeline, cfg: SlideJobConfig) -> dict[str, beam.PColle
     predictions = []
     for spec in cfg.models:
         inferred = read["patches"] | f"RunModel/{spec.name}" >> RunModel(
-            spec, cfg.batching, cfg.run_id
+            spec, cfg.batching, cfg.run_id, cfg.patching.patch_px
         )
         predictions.append(inferred["predictions"])
         errors.append(inferred[DEAD_LETTER])
@@ -72,12 +72,15 @@ def build(pipeline: beam.Pipeline, cfg: SlideJobConfig) -> dict[str, beam.PColle
 def write(outputs: dict[str, beam.PCollection], cfg: SlideJobConfig) -> None:
     """Write every output table under ``cfg.output``."""
     outputs["predictions"] | "WritePredictions" >> WriteTable(
-        PATCH_PREDICTIONS, cfg.output, cfg.run_id)
+        PATCH_PREDICTIONS, cfg.output, cfg.run_id
+    )
     outputs["summaries"] | "WriteSlideSummaries" >> WriteTable(
-        SLIDE_SUMMARIES, cfg.output, cfg.run_id)
+        SLIDE_SUMMARIES, cfg.output, cfg.run_id
+    )
     if "cases" in outputs:
         outputs["cases"] | "WriteCaseSummaries" >> WriteTable(
-            CASE_SUMMARIES, cfg.output, cfg.run_id)
+            CASE_SUMMARIES, cfg.output, cfg.run_id
+        )
     outputs["errors"] | "WriteErrors" >> WriteErrors(cfg.output, cfg.run_id)
 
 

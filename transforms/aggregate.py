@@ -60,7 +60,7 @@ class SlideStats:
         return self
 
     def class_stats(self) -> dict[str, list[float]]:
-        """``class_mean_prob``, ``class_fraction`` and ``class_max_prob`` (empty with no patches)."""
+        """Per-class mean probability, label fraction and max probability (empty if no patches)."""
         if self.n == 0 or self.sums is None:
             return {"class_mean_prob": [], "class_fraction": [], "class_max_prob": []}
         return {
@@ -106,8 +106,13 @@ def _key_info(info: dict) -> tuple[str, dict]:
 class _SummarizeSlide(beam.DoFn):
     STAGE = "RenderHeatmap"
 
-    def __init__(self, specs: Sequence[ModelSpec], heatmap_dir: str | None, run_id: str,
-                 storage_options: dict[str, Any] | None) -> None:
+    def __init__(
+        self,
+        specs: Sequence[ModelSpec],
+        heatmap_dir: str | None,
+        run_id: str,
+        storage_options: dict[str, Any] | None,
+    ) -> None:
         self._specs = list(specs)
         self._heatmap_dir = heatmap_dir
         self._run_id = run_id
@@ -129,8 +134,12 @@ class _SummarizeSlide(beam.DoFn):
                     thumb = thumb or self._thumbnail(info)
                     heatmap_uri = self._write_heatmap(info, spec, stats, thumb)
                 except Exception as exc:  # noqa: BLE001 - the summary row still goes out
-                    yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(
-                        self.STAGE, f"{slide_id}/{spec.name}", exc, {"slide_id": slide_id}))
+                    yield beam.pvalue.TaggedOutput(
+                        DEAD_LETTER,
+                        dead_letter(
+                            self.STAGE, f"{slide_id}/{spec.name}", exc, {"slide_id": slide_id}
+                        ),
+                    )
             yield summary_row(info, spec, stats, heatmap_uri, self._run_id)
         progress.count("slides_summarized")
 
@@ -145,25 +154,32 @@ class _SummarizeSlide(beam.DoFn):
         finally:
             slide.close()
 
-    def _write_heatmap(self, info: dict, spec: ModelSpec, stats: SlideStats,
-                       thumb: tuple[np.ndarray, float]) -> str:
+    def _write_heatmap(
+        self, info: dict, spec: ModelSpec, stats: SlideStats, thumb: tuple[np.ndarray, float]
+    ) -> str:
         import fsspec
 
         from transforms.heatmaps import render_heatmap
 
-        title = (f"{info['slide_id']} | {spec.name} {spec.version} | {stats.n} patches | "
-                 f"mean P = {np.round(stats.sums / stats.n, 3).tolist()}")
-        png = render_heatmap(thumb[0], thumb[1], stats.boxes,
-                             np.asarray(stats.probs, dtype=np.float32), title)
-        uri = (f"{self._heatmap_dir.rstrip('/')}/"
-               f"{safe_name(info['slide_id'])}__{safe_name(spec.name)}.png")
+        title = (
+            f"{info['slide_id']} | {spec.name} {spec.version} | {stats.n} patches | "
+            f"mean P = {np.round(stats.sums / stats.n, 3).tolist()}"
+        )
+        png = render_heatmap(
+            thumb[0], thumb[1], stats.boxes, np.asarray(stats.probs, dtype=np.float32), title
+        )
+        uri = (
+            f"{self._heatmap_dir.rstrip('/')}/"
+            f"{safe_name(info['slide_id'])}__{safe_name(spec.name)}.png"
+        )
         with fsspec.open(uri, "wb", auto_mkdir=True, **(self._storage_options or {})) as f:
             f.write(png)
         return uri
 
 
-def summary_row(info: dict, spec: ModelSpec, stats: SlideStats, heatmap_uri: str | None,
-                run_id: str) -> dict:
+def summary_row(
+    info: dict, spec: ModelSpec, stats: SlideStats, heatmap_uri: str | None, run_id: str
+) -> dict:
     """One ``slide_summaries`` row."""
     return {
         "slide_id": info["slide_id"],
@@ -184,13 +200,18 @@ def summary_row(info: dict, spec: ModelSpec, stats: SlideStats, heatmap_uri: str
 
 
 class SummarizeSlides(beam.PTransform):
-    """(predictions, slide infos) -> ``slide_summaries`` rows, writing one heatmap per slide × model.
+    """(predictions, slide infos) -> ``slide_summaries`` rows and one heatmap per slide × model.
 
     Out: a dict with ``summaries`` and ``DEAD_LETTER`` rows (heatmaps that failed to render).
     """
 
-    def __init__(self, specs: Sequence[ModelSpec], heatmap_dir: str | None, run_id: str,
-                 storage_options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        specs: Sequence[ModelSpec],
+        heatmap_dir: str | None,
+        run_id: str,
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         self._fn = _SummarizeSlide(specs, heatmap_dir, run_id, storage_options)
 
@@ -219,8 +240,11 @@ def case_summary(group_by: str, group_value: str, rows: Iterable[dict]) -> dict:
     rows = sorted(rows, key=lambda r: r["slide_id"])
     n = sum(r["patch_count"] for r in rows)
     with_patches = [r for r in rows if r["patch_count"]]
-    stats: dict[str, list[float]] = {"class_mean_prob": [], "class_fraction": [],
-                                     "class_max_prob": []}
+    stats: dict[str, list[float]] = {
+        "class_mean_prob": [],
+        "class_fraction": [],
+        "class_max_prob": [],
+    }
     if with_patches:
         weights = np.array([r["patch_count"] for r in with_patches], dtype=np.float64)[:, None]
         for name in ("class_mean_prob", "class_fraction"):
@@ -247,8 +271,9 @@ class _KeyByGroup(beam.DoFn):
         self._group_by = group_by
 
     def process(self, row: dict) -> Iterator[tuple]:
-        value = next((m["value"] for m in row["metadata"] if m["key"] == self._group_by),
-                     "(missing)")
+        value = next(
+            (m["value"] for m in row["metadata"] if m["key"] == self._group_by), "(missing)"
+        )
         yield (value, row["model_name"]), row
 
 

@@ -8,16 +8,35 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 _SCALE = np.array(
-    [[49, 54, 149], [69, 117, 180], [171, 217, 233], [255, 255, 191], [253, 174, 97],
-     [215, 48, 39], [165, 0, 38]], dtype=np.float32
+    [
+        [49, 54, 149],
+        [69, 117, 180],
+        [171, 217, 233],
+        [255, 255, 191],
+        [253, 174, 97],
+        [215, 48, 39],
+        [165, 0, 38],
+    ],
+    dtype=np.float32,
 )
 PALETTE = np.array(
-    [[31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189],
-     [140, 86, 75], [227, 119, 194], [127, 127, 127], [188, 189, 34], [23, 190, 207]],
+    [
+        [31, 119, 180],
+        [255, 127, 14],
+        [44, 160, 44],
+        [214, 39, 40],
+        [148, 103, 189],
+        [140, 86, 75],
+        [227, 119, 194],
+        [127, 127, 127],
+        [188, 189, 34],
+        [23, 190, 207],
+    ],
     dtype=np.float32,
 )
 _LEGEND_PX = 56
@@ -65,18 +84,18 @@ def render_heatmap(
     return buf.getvalue()
 
 
-def _draw_legend(draw: object, top: int, width: int, n_classes: int, title: str) -> None:
-    draw.text((6, top + 4), title[:120], fill=(0, 0, 0))  # type: ignore[attr-defined]
+def _draw_legend(draw: Any, top: int, width: int, n_classes: int, title: str) -> None:
+    black = (0, 0, 0)
+    draw.text((6, top + 4), title[:120], fill=black)
     bar_top, bar_w = top + 24, min(256, width - 60)
     if n_classes <= 2:
         for i in range(bar_w):
             rgb = tuple(int(c) for c in colour_scale(np.array(i / (bar_w - 1))))
-            draw.line([(30 + i, bar_top), (30 + i, bar_top + 12)], fill=rgb)  # type: ignore[attr-defined]
-        draw.text((6, bar_top), "0", fill=(0, 0, 0))  # type: ignore[attr-defined]
-        draw.text((36 + bar_w, bar_top), "1  P(class %d)" % (n_classes - 1), fill=(0, 0, 0))  # type: ignore[attr-defined]
+            draw.line([(30 + i, bar_top), (30 + i, bar_top + 12)], fill=rgb)
+        draw.text((6, bar_top), "0", fill=black)
+        draw.text((36 + bar_w, bar_top), f"1  P(class {n_classes - 1})", fill=black)
         return
-    for c in range(min(n_classes, 10)):
+    for c in range(min(n_classes, len(PALETTE))):
         x = 6 + c * 40
-        rgb = tuple(int(v) for v in PALETTE[c])
-        draw.rectangle([x, bar_top, x + 12, bar_top + 12], fill=rgb)  # type: ignore[attr-defined]
-        draw.text((x + 16, bar_top), str(c), fill=(0, 0, 0))  # type: ignore[attr-defined]
+        draw.rectangle([x, bar_top, x + 12, bar_top + 12], fill=tuple(int(v) for v in PALETTE[c]))
+        draw.text((x + 16, bar_top), str(c), fill=black)

@@ -18,7 +18,7 @@ from apache_beam.utils.shared import Shared
 
 from transforms import progress
 from transforms.errors import DEAD_LETTER, ConfigError, ModelOutputError, dead_letter
-from transforms.models import LoadedModel, ModelSpec, PatchModelHandler
+from transforms.models import LoadedModel, ModelSpec
 
 
 @dataclass(frozen=True)
@@ -54,20 +54,23 @@ def prediction_row(patch: Any, probs: np.ndarray, spec: ModelSpec, run_id: str) 
 
 
 class _RunModelBatches(beam.DoFn):
-    def __init__(self, handler: PatchModelHandler, run_id: str) -> None:
-        self._handler = handler
+    def __init__(self, spec: ModelSpec, patch_px: int, run_id: str) -> None:
+        self._spec = spec
+        self._patch_px = patch_px
         self._run_id = run_id
         self._shared = Shared()
+        self._handler: Any = None
         self._model: LoadedModel | None = None
 
     def setup(self) -> None:
+        from transforms.model_handler import PatchModelHandler  # imports torch
+
+        self._handler = PatchModelHandler(self._spec, self._patch_px)
         # A load failure raises here and fails the job with the model's name, URI and cause.
-        self._model = self._shared.acquire(
-            self._handler.load_model, tag=self._handler.spec.shared_tag
-        )
+        self._model = self._shared.acquire(self._handler.load_model, tag=self._spec.shared_tag)
 
     def process(self, batch: Sequence[Any]) -> Iterator[Any]:
-        spec = self._handler.spec
+        spec = self._spec
         stage = f"RunModel/{spec.name}"
         try:
             results = self._handler.run_inference(batch, self._model)
@@ -95,8 +98,12 @@ class _RunModelBatches(beam.DoFn):
 
 def _patch_input(patch: Any, spec: ModelSpec) -> dict:
     return {
-        "slide_id": patch.slide_id, "x_px": patch.x_px, "y_px": patch.y_px,
-        "size_px": patch.size_px, "level": patch.level, "model_name": spec.name,
+        "slide_id": patch.slide_id,
+        "x_px": patch.x_px,
+        "y_px": patch.y_px,
+        "size_px": patch.size_px,
+        "level": patch.level,
+        "model_name": spec.name,
         "model_version": spec.version,
     }
 
@@ -107,19 +114,24 @@ class RunModel(beam.PTransform):
     In: ``Patch``. Out: a dict with ``predictions`` rows and ``DEAD_LETTER`` rows.
     """
 
-    def __init__(self, spec: ModelSpec, batching: BatchingConfig, run_id: str) -> None:
+    def __init__(
+        self, spec: ModelSpec, batching: BatchingConfig, run_id: str, patch_px: int
+    ) -> None:
         super().__init__()
-        self._handler = PatchModelHandler(
-            spec, batching.min_batch_size, batching.max_batch_size
-        )
+        self._spec = spec
+        self._batching = batching
         self._run_id = run_id
+        self._patch_px = patch_px
 
     def expand(self, patches: beam.PCollection) -> dict[str, beam.PCollection]:
+        infer = _RunModelBatches(self._spec, self._patch_px, self._run_id)
         out = (
             patches
-            | "Batch" >> beam.BatchElements(**self._handler.batch_elements_kwargs())
-            | "Infer" >> beam.ParDo(_RunModelBatches(self._handler, self._run_id)).with_outputs(
-                DEAD_LETTER, main="predictions"
+            | "Batch"
+            >> beam.BatchElements(
+                min_batch_size=self._batching.min_batch_size,
+                max_batch_size=self._batching.max_batch_size,
             )
+            | "Infer" >> beam.ParDo(infer).with_outputs(DEAD_LETTER, main="predictions")
         )
         return {"predictions": out.predictions, DEAD_LETTER: out[DEAD_LETTER]}

@@ -35,7 +35,10 @@ def read_rows(uri: str) -> Iterator[dict[str, Any] | ManifestError]:
             import pandas as pd
 
             frame = pd.read_csv(
-                f, sep="\t" if suffix == "tsv" else ",", dtype=str, keep_default_na=False,
+                f,
+                sep="\t" if suffix == "tsv" else ",",
+                dtype=str,
+                keep_default_na=False,
                 encoding="utf-8-sig",
             )
             frame.columns = [str(c).strip() for c in frame.columns]
@@ -52,7 +55,9 @@ def read_rows(uri: str) -> Iterator[dict[str, Any] | ManifestError]:
                     yield ManifestError(f"row {i}: not valid JSON ({exc.msg})")
                     continue
                 if not isinstance(row, dict):
-                    yield ManifestError(f"row {i}: expected a JSON object, got {type(row).__name__}")
+                    yield ManifestError(
+                        f"row {i}: expected a JSON object, got {type(row).__name__}"
+                    )
                     continue
                 yield {**row, "_row": i}
         elif suffix in ("parquet", "pq"):
@@ -207,9 +212,8 @@ class ReadManifest(beam.PTransform):
         read = (
             pbegin
             | "ManifestUri" >> beam.Create([self._uri])
-            | "ReadRows" >> beam.ParDo(_ReadAndValidate(self._kind)).with_outputs(
-                DEAD_LETTER, main="rows"
-            )
+            | "ReadRows"
+            >> beam.ParDo(_ReadAndValidate(self._kind)).with_outputs(DEAD_LETTER, main="rows")
         )
         if self._kind == "patches":
             return {"rows": read.rows, DEAD_LETTER: read[DEAD_LETTER]}
@@ -217,9 +221,8 @@ class ReadManifest(beam.PTransform):
             read.rows
             | "KeyBySlideId" >> beam.Map(_by_slide_id)
             | "GroupBySlideId" >> beam.GroupByKey()
-            | "DropDuplicates" >> beam.ParDo(_FirstOfDuplicates()).with_outputs(
-                DEAD_LETTER, main="rows"
-            )
+            | "DropDuplicates"
+            >> beam.ParDo(_FirstOfDuplicates()).with_outputs(DEAD_LETTER, main="rows")
         )
         errors = (read[DEAD_LETTER], unique[DEAD_LETTER]) | "Errors" >> beam.Flatten()
         return {"rows": unique.rows, DEAD_LETTER: errors}

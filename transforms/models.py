@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from transforms.errors import ConfigError, ModelLoadError
 
@@ -174,30 +173,3 @@ def predict_probs(model: LoadedModel, pixels: Sequence[np.ndarray], spec: ModelS
         elif spec.activation == "sigmoid":
             logits = torch.sigmoid(logits.float())
         return logits.float().cpu().numpy()
-
-
-class PatchModelHandler(ModelHandler):
-    """Beam ``ModelHandler`` for patch classifiers: ``Patch`` in, class probabilities out.
-
-    Usable with Beam's own ``RunInference`` too; this project's ``RunModel`` uses the same hooks
-    and adds per-element dead letters around them.
-    """
-
-    def __init__(self, spec: ModelSpec, min_batch_size: int = 1, max_batch_size: int = 64):
-        super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size)
-        self.spec = spec
-
-    def load_model(self) -> LoadedModel:
-        return load_model(self.spec)
-
-    def run_inference(
-        self, batch: Sequence[Any], model: LoadedModel, inference_args: dict | None = None
-    ) -> list[PredictionResult]:
-        probs = predict_probs(model, [patch.pixels for patch in batch], self.spec)
-        return [
-            PredictionResult(example=patch, inference=p, model_id=self.spec.shared_tag)
-            for patch, p in zip(batch, probs, strict=True)
-        ]
-
-    def get_num_bytes(self, batch: Sequence[Any]) -> int:
-        return sum(patch.pixels.nbytes for patch in batch)

@@ -46,9 +46,7 @@ def reset() -> None:
         _tally.clear()
 
 
-def progress_line(
-    tally: dict[str, int], elapsed_s: float, done_key: str, n_models: int = 1
-) -> str:
+def progress_line(tally: dict[str, int], elapsed_s: float, done_key: str, n_models: int = 1) -> str:
     """One human line: slides done of total, patch inferences done of planned, rate and ETA."""
     slides_total = tally.get("slides_planned", 0) + tally.get("slides_failed", 0)
     slides_done = tally.get("slides_summarized", 0) + tally.get("slides_failed", 0)

@@ -33,19 +33,22 @@ class Table:
 
 _KEY_VALUE = (Column("key", "STRING", "REQUIRED"), Column("value", "STRING"))
 
-PATCH_PREDICTIONS = Table("patch_predictions", (
-    Column("slide_id", "STRING", "REQUIRED"),
-    Column("model_name", "STRING", "REQUIRED"),
-    Column("model_version", "STRING", "REQUIRED"),
-    Column("x_px", "INT64", "REQUIRED", description="level-0 left edge"),
-    Column("y_px", "INT64", "REQUIRED", description="level-0 top edge"),
-    Column("size_px", "INT64", "REQUIRED", description="level-0 edge of the square patch"),
-    Column("level", "INT64", "REQUIRED", description="pyramid level the pixels were read from"),
-    Column("mpp", "FLOAT64", description="microns per pixel of the pixels the model saw"),
-    Column("probs", "FLOAT64", "REPEATED"),
-    Column("label", "INT64", "REQUIRED", description="argmax of probs"),
-    Column("run_id", "STRING", "REQUIRED"),
-))
+PATCH_PREDICTIONS = Table(
+    "patch_predictions",
+    (
+        Column("slide_id", "STRING", "REQUIRED"),
+        Column("model_name", "STRING", "REQUIRED"),
+        Column("model_version", "STRING", "REQUIRED"),
+        Column("x_px", "INT64", "REQUIRED", description="level-0 left edge"),
+        Column("y_px", "INT64", "REQUIRED", description="level-0 top edge"),
+        Column("size_px", "INT64", "REQUIRED", description="level-0 edge of the square patch"),
+        Column("level", "INT64", "REQUIRED", description="pyramid level the pixels were read from"),
+        Column("mpp", "FLOAT64", description="microns per pixel of the pixels the model saw"),
+        Column("probs", "FLOAT64", "REPEATED"),
+        Column("label", "INT64", "REQUIRED", description="argmax of probs"),
+        Column("run_id", "STRING", "REQUIRED"),
+    ),
+)
 
 _CLASS_STATS = (
     Column("class_mean_prob", "FLOAT64", "REPEATED"),
@@ -53,44 +56,53 @@ _CLASS_STATS = (
     Column("class_max_prob", "FLOAT64", "REPEATED"),
 )
 
-SLIDE_SUMMARIES = Table("slide_summaries", (
-    Column("slide_id", "STRING", "REQUIRED"),
-    Column("model_name", "STRING", "REQUIRED"),
-    Column("model_version", "STRING", "REQUIRED"),
-    Column("uri", "STRING", "REQUIRED"),
-    Column("width_px", "INT64", "REQUIRED"),
-    Column("height_px", "INT64", "REQUIRED"),
-    Column("slide_mpp", "FLOAT64"),
-    Column("patches_planned", "INT64", "REQUIRED"),
-    Column("patch_count", "INT64", "REQUIRED", description="patches with a prediction"),
-    Column("tissue_area_mm2", "FLOAT64", description="from the tissue mask and the slide mpp"),
-    *_CLASS_STATS,
-    Column("heatmap_uri", "STRING"),
-    Column("metadata", "RECORD", "REPEATED", _KEY_VALUE, "extra slide manifest columns"),
-    Column("run_id", "STRING", "REQUIRED"),
-))
+SLIDE_SUMMARIES = Table(
+    "slide_summaries",
+    (
+        Column("slide_id", "STRING", "REQUIRED"),
+        Column("model_name", "STRING", "REQUIRED"),
+        Column("model_version", "STRING", "REQUIRED"),
+        Column("uri", "STRING", "REQUIRED"),
+        Column("width_px", "INT64", "REQUIRED"),
+        Column("height_px", "INT64", "REQUIRED"),
+        Column("slide_mpp", "FLOAT64"),
+        Column("patches_planned", "INT64", "REQUIRED"),
+        Column("patch_count", "INT64", "REQUIRED", description="patches with a prediction"),
+        Column("tissue_area_mm2", "FLOAT64", description="from the tissue mask and the slide mpp"),
+        *_CLASS_STATS,
+        Column("heatmap_uri", "STRING"),
+        Column("metadata", "RECORD", "REPEATED", _KEY_VALUE, "extra slide manifest columns"),
+        Column("run_id", "STRING", "REQUIRED"),
+    ),
+)
 
-CASE_SUMMARIES = Table("case_summaries", (
-    Column("group_by", "STRING", "REQUIRED", description="the manifest column grouped by"),
-    Column("group_value", "STRING", "REQUIRED"),
-    Column("model_name", "STRING", "REQUIRED"),
-    Column("model_version", "STRING", "REQUIRED"),
-    Column("slide_count", "INT64", "REQUIRED"),
-    Column("slide_ids", "STRING", "REPEATED"),
-    Column("patch_count", "INT64", "REQUIRED"),
-    Column("tissue_area_mm2", "FLOAT64"),
-    *_CLASS_STATS,
-    Column("run_id", "STRING", "REQUIRED"),
-))
+CASE_SUMMARIES = Table(
+    "case_summaries",
+    (
+        Column("group_by", "STRING", "REQUIRED", description="the manifest column grouped by"),
+        Column("group_value", "STRING", "REQUIRED"),
+        Column("model_name", "STRING", "REQUIRED"),
+        Column("model_version", "STRING", "REQUIRED"),
+        Column("slide_count", "INT64", "REQUIRED"),
+        Column("slide_ids", "STRING", "REPEATED"),
+        Column("patch_count", "INT64", "REQUIRED"),
+        Column("tissue_area_mm2", "FLOAT64"),
+        *_CLASS_STATS,
+        Column("run_id", "STRING", "REQUIRED"),
+    ),
+)
 
-ERRORS = Table("errors", (
-    Column("stage", "STRING", "REQUIRED"),
-    Column("key", "STRING", "REQUIRED"),
-    Column("error_type", "STRING", "REQUIRED"),
-    Column("message", "STRING", "REQUIRED"),
-    Column("input", "STRING", description="the failed input as JSON, bulk data dropped"),
-    Column("run_id", "STRING", "REQUIRED"),
-))
+ERRORS = Table(
+    "errors",
+    (
+        Column("stage", "STRING", "REQUIRED"),
+        Column("key", "STRING", "REQUIRED"),
+        Column("error_type", "STRING", "REQUIRED"),
+        Column("message", "STRING", "REQUIRED"),
+        Column("input", "STRING", description="the failed input as JSON, bulk data dropped"),
+        Column("run_id", "STRING", "REQUIRED"),
+    ),
+)
 
 _ARROW_TYPES = {"STRING": "string", "INT64": "int64", "FLOAT64": "float64", "BOOL": "bool_"}
 

@@ -184,7 +184,6 @@ class SlideCache:
                 pass
 
 
-
 def probe_decode(slide: Any) -> None:
     """Decode a few pixels of the coarsest level, so a broken codec fails with a clear message
     before any planning; raise ``SlideError``."""

@@ -1,9 +1,9 @@
 """PlanPatches and ReadPatches: from slide rows to decoded patches, reading only what is needed.
 
 ``PlanPatches`` opens each slide once, builds its tissue mask from a low-resolution read, plans a
-grid at the target MPP (or takes the patch manifest's boxes), drops background and emits tile-aligned
-work units. ``ReadPatches`` spreads the units over workers with a Reshuffle, reads each unit's
-region once and cuts its patches out of it in memory.
+grid at the target MPP (or takes the patch manifest's boxes), drops background and emits
+tile-aligned work units. ``ReadPatches`` spreads the units over workers with a Reshuffle, reads
+each unit's region once and cuts its patches out of it in memory.
 """
 
 from __future__ import annotations
@@ -90,8 +90,12 @@ class _PlanSlide(beam.DoFn):
         slide_rows = list(groups["slides"])
         if not slide_rows:
             for row in groups["patches"]:
-                yield _patch_error(self.STAGE, row, "slide_id is not in the slide manifest "
-                                   "(or its slide row was rejected: see ReadManifest errors)")
+                yield _patch_error(
+                    self.STAGE,
+                    row,
+                    "slide_id is not in the slide manifest "
+                    "(or its slide row was rejected: see ReadManifest errors)",
+                )
             return
         yield from self._plan(slide_rows[0], groups["patches"])
 
@@ -128,16 +132,19 @@ class _PlanSlide(beam.DoFn):
             if patch_rows is not None:
                 unit.mpp = None  # each manifest patch keeps the MPP of its own read level
             yield unit
-        yield beam.pvalue.TaggedOutput(SLIDE_INFO, {
-            "slide_id": slide_id,
-            "uri": row["uri"],
-            "width_px": geom.width_px,
-            "height_px": geom.height_px,
-            "mpp": geom.mpp,
-            "tissue_area_mm2": mask.area_mm2(geom.mpp),
-            "patches_planned": len(boxes),
-            "metadata": row["metadata"],
-        })
+        yield beam.pvalue.TaggedOutput(
+            SLIDE_INFO,
+            {
+                "slide_id": slide_id,
+                "uri": row["uri"],
+                "width_px": geom.width_px,
+                "height_px": geom.height_px,
+                "mpp": geom.mpp,
+                "tissue_area_mm2": mask.area_mm2(geom.mpp),
+                "patches_planned": len(boxes),
+                "metadata": row["metadata"],
+            },
+        )
 
     def _mask(self, slide: Any, geom: SlideGeometry, patch_l0_px: int | None) -> TissueMask:
         rgb, ds = read_downsampled(slide, geom, mask_downsample(geom, patch_l0_px))
@@ -207,8 +214,11 @@ class PlanPatches(beam.PTransform):
         planned = grouped | "PlanSlides" >> beam.ParDo(
             _PlanSlide(self._cfg, self._storage_options)
         ).with_outputs(SLIDE_INFO, DEAD_LETTER, main="units")
-        return {"units": planned.units, SLIDE_INFO: planned[SLIDE_INFO],
-                DEAD_LETTER: planned[DEAD_LETTER]}
+        return {
+            "units": planned.units,
+            SLIDE_INFO: planned[SLIDE_INFO],
+            DEAD_LETTER: planned[DEAD_LETTER],
+        }
 
 
 class _ReadUnit(beam.DoFn):
@@ -281,7 +291,8 @@ class ReadPatches(beam.PTransform):
         read = (
             units
             | "SpreadWorkUnits" >> beam.Reshuffle()
-            | "ReadRegions" >> beam.ParDo(_ReadUnit(self._storage_options)).with_outputs(
+            | "ReadRegions"
+            >> beam.ParDo(_ReadUnit(self._storage_options)).with_outputs(
                 DEAD_LETTER, main="patches"
             )
         )

@@ -73,7 +73,9 @@ def tissue_mask(rgb: np.ndarray, method: str = "brightfield") -> np.ndarray:
         return value > max(level, MIN_FLUORESCENCE_VALUE)
     if method != "brightfield":
         raise ValueError(f"unknown tissue method {method!r}")
-    saturation = np.divide(value - rgb.min(axis=2), value, out=np.zeros_like(value), where=value > 0)
+    saturation = np.divide(
+        value - rgb.min(axis=2), value, out=np.zeros_like(value), where=value > 0
+    )
     lo, hi = SATURATION_BOUNDS
     level = min(max(otsu_threshold(saturation.ravel()), lo), hi)
     return (saturation > level) & (value >= MIN_BRIGHTFIELD_VALUE)

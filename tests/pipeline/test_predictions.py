@@ -32,10 +32,15 @@ def test_predictions_equal_a_direct_model_call(tmp_path, cmu1, tiny_models, batc
     manifest.write_text(f"slide_id,uri\ncmu1,{cmu1}\n")
     spec = ModelSpec("two", tiny_models["two"], version="t1")
     cfg = SlideJobConfig(
-        slides=str(manifest), patches=None, models=(spec,),
+        slides=str(manifest),
+        patches=None,
+        models=(spec,),
         patching=PatchingConfig(patch_px=64, patch_mpp=0.5, min_tissue=0.5),
-        batching=BatchingConfig(batch_size, batch_size), output=str(tmp_path / "out"),
-        group_by=None, run_id=f"b{batch_size}", heatmaps=False,
+        batching=BatchingConfig(batch_size, batch_size),
+        output=str(tmp_path / "out"),
+        group_by=None,
+        run_id=f"b{batch_size}",
+        heatmaps=False,
     )
     run_job(cfg)
     rows = pd.read_parquet(tmp_path / "out" / "patch_predictions")
@@ -44,10 +49,14 @@ def test_predictions_equal_a_direct_model_call(tmp_path, cmu1, tiny_models, batc
     assert set(rows.model_version) == {"t1"} and set(rows.run_id) == {f"b{batch_size}"}
 
     slide = tiffslide.TiffSlide(str(cmu1))
-    pixels = np.stack([
-        slide.read_region((int(r.x_px), int(r.y_px)), 0, (int(r.size_px), int(r.size_px)),
-                          as_array=True) for r in rows.itertuples()
-    ])
+    pixels = np.stack(
+        [
+            slide.read_region(
+                (int(r.x_px), int(r.y_px)), 0, (int(r.size_px), int(r.size_px)), as_array=True
+            )
+            for r in rows.itertuples()
+        ]
+    )
     assert pixels.shape[1:] == (64, 64, 3)  # 0.499 mpp slide: a 64 px patch at 0.5 mpp, no resize
     net = torch.export.load(tiny_models["two"]).module()
     with torch.inference_mode():

@@ -19,19 +19,31 @@ def _md5_of(patch):
     return patch.x_px, patch.y_px, hashlib.md5(patch.pixels.tobytes()).hexdigest()
 
 
-@pytest.mark.parametrize("slide_file", [
-    "aperio_cmu1_small_region/CMU-1-Small-Region.svs",
-    "ndpi_tritc/test3-TRITC-2-560.ndpi",
-])
+@pytest.mark.parametrize(
+    "slide_file",
+    [
+        "aperio_cmu1_small_region/CMU-1-Small-Region.svs",
+        "ndpi_tritc/test3-TRITC-2-560.ndpi",
+    ],
+)
 def test_level0_patches_match_the_reference_md5(shared_data, ground_truth, slide_file):
     truth = ground_truth[slide_file]["pixel_compare"]
     boxes = [truth["origin"]["xywh"], truth["centre"]["xywh"]]
-    slide_row = {"slide_id": "s", "uri": str(shared_data / slide_file), "mpp": None,
-                 "metadata": {}, "row": 1}
-    patch_rows = [{"slide_id": "s", "x_px": x, "y_px": y, "size_px": w, "level": 0, "row": i}
-                  for i, (x, y, w, _) in enumerate(boxes, start=1)]
-    expected = [(boxes[0][0], boxes[0][1], truth["origin"]["md5_ref_rgb"]),
-                (boxes[1][0], boxes[1][1], truth["centre"]["md5_ref_rgb"])]
+    slide_row = {
+        "slide_id": "s",
+        "uri": str(shared_data / slide_file),
+        "mpp": None,
+        "metadata": {},
+        "row": 1,
+    }
+    patch_rows = [
+        {"slide_id": "s", "x_px": x, "y_px": y, "size_px": w, "level": 0, "row": i}
+        for i, (x, y, w, _) in enumerate(boxes, start=1)
+    ]
+    expected = [
+        (boxes[0][0], boxes[0][1], truth["origin"]["md5_ref_rgb"]),
+        (boxes[1][0], boxes[1][1], truth["centre"]["md5_ref_rgb"]),
+    ]
     cfg = PatchingConfig(patch_px=256, patch_mpp=0.5, block_px=512)
     with beam.Pipeline(runner=FnApiRunner()) as p:
         slides = p | "Slides" >> beam.Create([slide_row])

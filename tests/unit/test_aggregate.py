@@ -24,26 +24,41 @@ def test_slide_stats_match_numpy_and_merge_in_any_split():
 
 
 def test_empty_stats_have_no_class_values():
-    assert SlideStats().class_stats() == {"class_mean_prob": [], "class_fraction": [],
-                                          "class_max_prob": []}
+    assert SlideStats().class_stats() == {
+        "class_mean_prob": [],
+        "class_fraction": [],
+        "class_max_prob": [],
+    }
 
 
 def row(slide_id, n, mean, frac, mx, area):
-    return {"slide_id": slide_id, "model_name": "m", "model_version": "v", "patch_count": n,
-            "class_mean_prob": mean, "class_fraction": frac, "class_max_prob": mx,
-            "tissue_area_mm2": area, "run_id": "r"}
+    return {
+        "slide_id": slide_id,
+        "model_name": "m",
+        "model_version": "v",
+        "patch_count": n,
+        "class_mean_prob": mean,
+        "class_fraction": frac,
+        "class_max_prob": mx,
+        "tissue_area_mm2": area,
+        "run_id": "r",
+    }
 
 
 def test_case_summary_weights_by_patch_count_and_skips_empty_slides():
-    rows = [row("b", 30, [0.2, 0.8], [0.1, 0.9], [0.5, 0.99], 2.0),
-            row("a", 10, [0.6, 0.4], [0.7, 0.3], [0.9, 0.6], 1.5),
-            row("c", 0, [], [], [], None)]
+    rows = [
+        row("b", 30, [0.2, 0.8], [0.1, 0.9], [0.5, 0.99], 2.0),
+        row("a", 10, [0.6, 0.4], [0.7, 0.3], [0.9, 0.6], 1.5),
+        row("c", 0, [], [], [], None),
+    ]
     out = case_summary("case_id", "P1", rows)
     assert out["slide_ids"] == ["a", "b", "c"] and out["slide_count"] == 3
     assert out["patch_count"] == 40
-    assert out["class_mean_prob"] == pytest.approx([(0.2 * 30 + 0.6 * 10) / 40,
-                                                    (0.8 * 30 + 0.4 * 10) / 40])
-    assert out["class_fraction"] == pytest.approx([(0.1 * 30 + 0.7 * 10) / 40,
-                                                   (0.9 * 30 + 0.3 * 10) / 40])
+    assert out["class_mean_prob"] == pytest.approx(
+        [(0.2 * 30 + 0.6 * 10) / 40, (0.8 * 30 + 0.4 * 10) / 40]
+    )
+    assert out["class_fraction"] == pytest.approx(
+        [(0.1 * 30 + 0.7 * 10) / 40, (0.9 * 30 + 0.3 * 10) / 40]
+    )
     assert out["class_max_prob"] == pytest.approx([0.9, 0.99])
     assert out["tissue_area_mm2"] == pytest.approx(3.5)

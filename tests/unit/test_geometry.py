@@ -55,8 +55,9 @@ def test_grid_covers_only_whole_patches_inside_the_slide():
     assert len(boxes) == 4 * 3
     assert max(b.x_px + b.size_px for b in boxes) <= 1000
     assert max(b.y_px + b.size_px for b in boxes) <= 700
-    assert {(b.x_px, b.y_px) for b in boxes} == {(x, y) for x in (0, 224, 448, 672)
-                                                 for y in (0, 224, 448)}
+    assert {(b.x_px, b.y_px) for b in boxes} == {
+        (x, y) for x in (0, 224, 448, 672) for y in (0, 224, 448)
+    }
 
 
 def test_slide_without_mpp_needs_patch_level():
@@ -74,14 +75,17 @@ def test_too_coarse_slide_and_missing_level_are_slide_errors():
         grid_spec(pyramid(), PatchingConfig(patch_mpp=None, patch_level=5))
 
 
-@pytest.mark.parametrize("kwargs, flag", [
-    ({"patch_px": 4}, "--patch_px"),
-    ({"patch_mpp": None}, "--patch_mpp"),
-    ({"patch_mpp": 0.5, "patch_level": 1}, "--patch_mpp"),
-    ({"overlap_px": 224}, "--overlap_px"),
-    ({"min_tissue": 1.5}, "--min_tissue"),
-    ({"tissue_method": "magic"}, "--tissue_method"),
-])
+@pytest.mark.parametrize(
+    "kwargs, flag",
+    [
+        ({"patch_px": 4}, "--patch_px"),
+        ({"patch_mpp": None}, "--patch_mpp"),
+        ({"patch_mpp": 0.5, "patch_level": 1}, "--patch_mpp"),
+        ({"overlap_px": 224}, "--overlap_px"),
+        ({"min_tissue": 1.5}, "--min_tissue"),
+        ({"tissue_method": "magic"}, "--tissue_method"),
+    ],
+)
 def test_bad_patching_flags_name_the_flag(kwargs, flag):
     with pytest.raises(ConfigError, match=flag):
         PatchingConfig(**kwargs)

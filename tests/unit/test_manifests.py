@@ -18,40 +18,52 @@ def test_slide_row_keeps_extra_columns_as_metadata_and_resolves_relative_uris():
         {"slide_id": " s1 ", "uri": "slides/a.svs", "mpp": "0.25", "case_id": "c7", "_row": 3},
         "/data/m/slides.csv",
     )
-    assert row == {"slide_id": "s1", "uri": "/data/m/slides/a.svs", "mpp": 0.25,
-                   "metadata": {"case_id": "c7"}, "row": 3}
+    assert row == {
+        "slide_id": "s1",
+        "uri": "/data/m/slides/a.svs",
+        "mpp": 0.25,
+        "metadata": {"case_id": "c7"},
+        "row": 3,
+    }
     assert resolve_uri("gs://b/x.svs", "/data/m.csv") == "gs://b/x.svs"
     assert resolve_uri("x.svs", "gs://b/manifests/m.csv") == "gs://b/manifests/x.svs"
 
 
-@pytest.mark.parametrize("row, column", [
-    ({"uri": "a.svs"}, "slide_id"),
-    ({"slide_id": "s", "uri": ""}, "uri"),
-    ({"slide_id": "s", "uri": "a.svs", "mpp": "fast"}, "mpp"),
-    ({"slide_id": "s", "uri": "a.svs", "mpp": "-1"}, "mpp"),
-])
+@pytest.mark.parametrize(
+    "row, column",
+    [
+        ({"uri": "a.svs"}, "slide_id"),
+        ({"slide_id": "s", "uri": ""}, "uri"),
+        ({"slide_id": "s", "uri": "a.svs", "mpp": "fast"}, "mpp"),
+        ({"slide_id": "s", "uri": "a.svs", "mpp": "-1"}, "mpp"),
+    ],
+)
 def test_bad_slide_rows_name_the_column(row, column):
     with pytest.raises(ManifestError, match=column):
         validate_slide_row({**row, "_row": 1})
 
 
-@pytest.mark.parametrize("row, column", [
-    ({"slide_id": "s", "y_px": 0, "size_px": 10}, "x_px"),
-    ({"slide_id": "s", "x_px": "ten", "y_px": 0, "size_px": 10}, "x_px"),
-    ({"slide_id": "s", "x_px": math.nan, "y_px": 0, "size_px": 10}, "x_px"),
-    ({"slide_id": "s", "x_px": 0, "y_px": -5, "size_px": 10}, "y_px"),
-    ({"slide_id": "s", "x_px": 0, "y_px": 0, "size_px": 10.5}, "size_px"),
-    ({"slide_id": "s", "x_px": 0, "y_px": 0, "size_px": 0}, "size_px"),
-    ({"slide_id": "s", "x_px": 0, "y_px": 0, "size_px": 8, "level": "top"}, "level"),
-])
+@pytest.mark.parametrize(
+    "row, column",
+    [
+        ({"slide_id": "s", "y_px": 0, "size_px": 10}, "x_px"),
+        ({"slide_id": "s", "x_px": "ten", "y_px": 0, "size_px": 10}, "x_px"),
+        ({"slide_id": "s", "x_px": math.nan, "y_px": 0, "size_px": 10}, "x_px"),
+        ({"slide_id": "s", "x_px": 0, "y_px": -5, "size_px": 10}, "y_px"),
+        ({"slide_id": "s", "x_px": 0, "y_px": 0, "size_px": 10.5}, "size_px"),
+        ({"slide_id": "s", "x_px": 0, "y_px": 0, "size_px": 0}, "size_px"),
+        ({"slide_id": "s", "x_px": 0, "y_px": 0, "size_px": 8, "level": "top"}, "level"),
+    ],
+)
 def test_bad_patch_rows_name_the_column(row, column):
     with pytest.raises(ManifestError, match=column):
         validate_patch_row({**row, "_row": 1})
 
 
 def test_patch_row_accepts_integral_floats_and_strings():
-    row = validate_patch_row({"slide_id": "s", "x_px": "12", "y_px": 4.0, "size_px": " 8 ",
-                              "_row": 2})
+    row = validate_patch_row(
+        {"slide_id": "s", "x_px": "12", "y_px": 4.0, "size_px": " 8 ", "_row": 2}
+    )
     assert row == {"slide_id": "s", "x_px": 12, "y_px": 4, "size_px": 8, "level": 0, "row": 2}
 
 
@@ -59,14 +71,20 @@ def test_csv_with_bom_and_crlf_reads_clean_column_names(tmp_path):
     path = tmp_path / "m.csv"
     path.write_bytes("\ufeffslide_id,uri\r\na,x.svs\r\nb,y.svs\r\n".encode())
     rows = list(read_rows(str(path)))
-    assert [(r["slide_id"], r["uri"], r["_row"]) for r in rows] == [("a", "x.svs", 1),
-                                                                   ("b", "y.svs", 2)]
+    assert [(r["slide_id"], r["uri"], r["_row"]) for r in rows] == [
+        ("a", "x.svs", 1),
+        ("b", "y.svs", 2),
+    ]
 
 
 def test_jsonl_bad_lines_become_errors_and_good_lines_survive(tmp_path):
     path = tmp_path / "m.jsonl"
-    path.write_text(json.dumps({"slide_id": "a", "uri": "x"}) + "\n{oops\n[1,2]\n\n"
-                    + json.dumps({"slide_id": "b", "uri": "y"}) + "\n")
+    path.write_text(
+        json.dumps({"slide_id": "a", "uri": "x"})
+        + "\n{oops\n[1,2]\n\n"
+        + json.dumps({"slide_id": "b", "uri": "y"})
+        + "\n"
+    )
     out = list(read_rows(str(path)))
     assert [r["slide_id"] for r in out if isinstance(r, dict)] == ["a", "b"]
     errors = [r for r in out if isinstance(r, ManifestError)]
@@ -75,8 +93,12 @@ def test_jsonl_bad_lines_become_errors_and_good_lines_survive(tmp_path):
 
 def test_parquet_with_wrong_types_fails_per_row_not_per_file(tmp_path):
     path = tmp_path / "p.parquet"
-    pq.write_table(pa.table({"slide_id": ["a", "a"], "x_px": ["10", "left"], "y_px": [0, 0],
-                             "size_px": [8, 8]}), path)
+    pq.write_table(
+        pa.table(
+            {"slide_id": ["a", "a"], "x_px": ["10", "left"], "y_px": [0, 0], "size_px": [8, 8]}
+        ),
+        path,
+    )
     rows = list(read_rows(str(path)))
     assert validate_patch_row(rows[0])["x_px"] == 10
     with pytest.raises(ManifestError, match="x_px"):

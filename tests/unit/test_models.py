@@ -33,8 +33,11 @@ def test_pt2_and_state_dict_load_the_same_network(tiny_models):
     from tests.models_for_tests import tiny_net
 
     exported = load_model(ModelSpec("two", tiny_models["two"]))
-    from_state = load_model(ModelSpec("two", tiny_models["two_state_dict"],
-                                      model_class="tests.models_for_tests:TinyPatchNet"))
+    from_state = load_model(
+        ModelSpec(
+            "two", tiny_models["two_state_dict"], model_class="tests.models_for_tests:TinyPatchNet"
+        )
+    )
     batch = patches(5)
     spec = ModelSpec("two", tiny_models["two"])
     a, b = predict_probs(exported, batch, spec), predict_probs(from_state, batch, spec)

@@ -16,8 +16,19 @@ BASE = ("--slides", "s.csv", "--model", "tumor=m.pt2")
 
 
 def test_a_good_command_line_becomes_a_config():
-    cfg = config(*BASE, "--model", "grade=g.pt2", "--model_version", "tumor=2026-11-01",
-                 "--model_mean", "grade=0.5,0.5,0.5", "--batch_size", "7", "--run_id", "r1")
+    cfg = config(
+        *BASE,
+        "--model",
+        "grade=g.pt2",
+        "--model_version",
+        "tumor=2026-11-01",
+        "--model_mean",
+        "grade=0.5,0.5,0.5",
+        "--batch_size",
+        "7",
+        "--run_id",
+        "r1",
+    )
     assert [m.name for m in cfg.models] == ["tumor", "grade"]
     assert cfg.models[0].version == "2026-11-01" and cfg.models[1].version == "unversioned"
     assert cfg.models[1].mean == (0.5, 0.5, 0.5)
@@ -25,21 +36,24 @@ def test_a_good_command_line_becomes_a_config():
     assert cfg.patching.patch_mpp == 0.5 and cfg.run_id == "r1"
 
 
-@pytest.mark.parametrize("args, flag", [
-    (("--model", "tumor=m.pt2"), "--slides"),
-    (("--slides", "s.csv"), "--model"),
-    (("--slides", "s.csv", "--model", "tumor"), "--model"),
-    ((*BASE, "--model", "tumor=n.pt2"), "--model"),
-    ((*BASE, "--model_version", "grade=1"), "--model_version"),
-    ((*BASE, "--model_mean", "tumor=a,b,c"), "--model_mean"),
-    ((*BASE, "--model_class", "tumor=nocolon"), "--model_class"),
-    (("--slides", "s.csv", "--model", "tumor=m.onnx"), "--model"),
-    (("--slides", "s.csv", "--model", "../x=m.pt2"), "--model"),
-    ((*BASE, "--batch_size", "0"), "--batch_size"),
-    ((*BASE, "--patch_level", "1", "--patch_mpp", "0.5"), "--patch_mpp"),
-    ((*BASE, "--run_id", "a b"), "--run_id"),
-    ((*BASE, "--model_activation", "tumor=relu"), "--model_activation"),
-])
+@pytest.mark.parametrize(
+    "args, flag",
+    [
+        (("--model", "tumor=m.pt2"), "--slides"),
+        (("--slides", "s.csv"), "--model"),
+        (("--slides", "s.csv", "--model", "tumor"), "--model"),
+        ((*BASE, "--model", "tumor=n.pt2"), "--model"),
+        ((*BASE, "--model_version", "grade=1"), "--model_version"),
+        ((*BASE, "--model_mean", "tumor=a,b,c"), "--model_mean"),
+        ((*BASE, "--model_class", "tumor=nocolon"), "--model_class"),
+        (("--slides", "s.csv", "--model", "tumor=m.onnx"), "--model"),
+        (("--slides", "s.csv", "--model", "../x=m.pt2"), "--model"),
+        ((*BASE, "--batch_size", "0"), "--batch_size"),
+        ((*BASE, "--patch_level", "1", "--patch_mpp", "0.5"), "--patch_mpp"),
+        ((*BASE, "--run_id", "a b"), "--run_id"),
+        ((*BASE, "--model_activation", "tumor=relu"), "--model_activation"),
+    ],
+)
 def test_bad_flags_raise_config_errors_naming_the_flag(args, flag):
     with pytest.raises(ConfigError, match=flag):
         config(*args)

@@ -1,0 +1,228 @@
+"""The slide pipeline through its CLI, on the real slides in ../shared/data, with two models."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.e2e
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines.slide_inference", *args, "--progress_interval_s", "2"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ},
+    )
+
+
+def read_errors(out: Path) -> list[dict]:
+    lines = []
+    for path in sorted((out / "errors").glob("*.jsonl")):
+        lines += [json.loads(line) for line in path.read_text().splitlines() if line]
+    return lines
+
+
+def test_mixed_vendor_manifest_with_bad_slides(tmp_path, shared_data, tiny_models):
+    d = shared_data
+    manifest = tmp_path / "slides.csv"
+    manifest.write_text(
+        "slide_id,uri,mpp,site\n"
+        f"cmu1,{d}/aperio_cmu1_small_region/CMU-1-Small-Region.svs,,skin\n"
+        f"ndpi,{d}/ndpi_tritc/test3-TRITC-2-560.ndpi,,kidney\n"
+        f"boxes,{d}/generic_tiff_boxes/boxes.tiff,0.25,skin\n"  # its file says 352 um/px
+        f"unreadable,{d}/negative_unreadable_svs/unreadable.svs,,x\n"
+        f"unopenable,{d}/negative_unopenable_tiff/unopenable.tiff,,x\n"
+        f"dicom,{d}/dicom_wsi2dcm_jpeg/wsi2dcm_jpeg.dcm,,x\n"
+        f"missing,{tmp_path}/no_such_slide.svs,,x\n"
+    )
+    out = tmp_path / "out"
+    proc = run_cli(
+        "--slides",
+        str(manifest),
+        "--model",
+        f"two={tiny_models['two']}",
+        "--model",
+        f"three={tiny_models['three']}",
+        "--model_version",
+        "three=v3",
+        "--patch_px",
+        "64",
+        "--patch_mpp",
+        "0.5",
+        "--group_by",
+        "site",
+        "--output",
+        str(out),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "slides: 3 planned, 4 failed" in proc.stdout
+
+    summaries = pd.read_parquet(out / "slide_summaries")
+    assert sorted(zip(summaries.slide_id, summaries.model_name, strict=True)) == [
+        (s, m) for s in ("boxes", "cmu1", "ndpi") for m in ("three", "two")
+    ]
+    assert set(summaries[summaries.model_name == "three"].model_version) == {"v3"}
+    by_slide = summaries[summaries.model_name == "two"].set_index("slide_id")
+    assert by_slide.loc["cmu1"].patch_count > 100 and by_slide.loc["boxes"].patch_count >= 1
+    assert by_slide.loc["cmu1"].tissue_area_mm2 > 0.1
+
+    errors = read_errors(out)
+    slide_errors = {e["key"]: (e["stage"], e["error_type"]) for e in errors}
+    assert slide_errors == {
+        "unreadable": ("PlanPatches", "SlideError"),
+        "unopenable": ("PlanPatches", "SlideError"),
+        "dicom": ("PlanPatches", "UnsupportedFormatError"),
+        "missing": ("PlanPatches", "FileNotFoundError"),
+    }
+    assert "DICOM" in next(e["message"] for e in errors if e["key"] == "dicom")
+    # Slides in = slides with results + slides with a dead letter.
+    assert 7 == summaries.slide_id.nunique() + len(errors)
+
+    predictions = pd.read_parquet(out / "patch_predictions")
+    for model, n_classes in (("two", 2), ("three", 3)):
+        rows = predictions[predictions.model_name == model]
+        planned = summaries[summaries.model_name == model].patches_planned.sum()
+        assert len(rows) == planned == summaries[summaries.model_name == model].patch_count.sum()
+        assert {len(p) for p in rows.probs} == {n_classes}
+        assert not rows.duplicated(["slide_id", "x_px", "y_px"]).any()
+
+    for row in summaries.itertuples():
+        png = Path(row.heatmap_uri)
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", row.heatmap_uri
+        assert png.name == f"{row.slide_id}__{row.model_name}.png"
+
+    cases = pd.read_parquet(out / "case_summaries")
+    skin = cases[(cases.group_value == "skin") & (cases.model_name == "two")].iloc[0]
+    assert list(skin.slide_ids) == ["boxes", "cmu1"]
+    assert skin.patch_count == by_slide.loc[["boxes", "cmu1"]].patch_count.sum()
+
+
+def test_patch_manifest_bad_rows_each_become_one_dead_letter(
+    tmp_path, cmu1, shared_data, tiny_models
+):
+    slides = tmp_path / "slides.jsonl"
+    unreadable = shared_data / "negative_unreadable_svs" / "unreadable.svs"
+    slides.write_text(
+        "\n".join(
+            json.dumps(r)
+            for r in [
+                {"slide_id": "cmu1", "uri": str(cmu1)},
+                {"slide_id": "cmu1", "uri": "elsewhere.svs"},
+                {"slide_id": "bad", "uri": str(unreadable)},
+            ]
+        )
+        + "\n"
+    )
+    patches = tmp_path / "patches.csv"
+    patches.write_text(
+        "slide_id,x_px,y_px,size_px,level\n"
+        "cmu1,0,0,256,0\ncmu1,982,1355,256,0\ncmu1,1000,1000,128,0\n"  # 3 good
+        "cmu1,2100,0,256,0\n"  # out of bounds (width 2220)
+        "cmu1,ten,0,256,0\n"  # not a number
+        "cmu1,,0,256,0\n"  # missing value
+        "ghost,0,0,256,0\n"  # slide not in the manifest
+        "cmu1,0,0,256,3\n"  # level that does not exist
+        "bad,0,0,8,0\nbad,8,0,8,0\n"  # patches of a slide whose tiles cannot be decoded
+    )
+    out = tmp_path / "out"
+    proc = run_cli(
+        "--slides",
+        str(slides),
+        "--patches",
+        str(patches),
+        "--patch_px",
+        "64",
+        "--model",
+        f"two={tiny_models['two']}",
+        "--model",
+        f"three={tiny_models['three']}",
+        "--output",
+        str(out),
+        "--no_heatmaps",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    predictions = pd.read_parquet(out / "patch_predictions")
+    errors = read_errors(out)
+    patch_errors = [e for e in errors if "@" in e["key"] or e["key"].startswith("patches.csv")]
+    for model in ("two", "three"):
+        rows = predictions[predictions.model_name == model]
+        assert sorted(zip(rows.x_px, rows.y_px, rows.size_px, strict=True)) == [
+            (0, 0, 256),
+            (982, 1355, 256),
+            (1000, 1000, 128),
+        ]
+        assert set(rows.mpp.round(4)) == {round(0.499 * 4, 4), round(0.499 * 2, 4)}
+        assert 10 == len(rows) + len(patch_errors)  # patches in = predictions + dead letters
+    reasons = {(e["stage"], e["key"]): e["error_type"] for e in errors}
+    assert reasons == {
+        ("ReadManifest", "cmu1"): "ManifestError",  # duplicate slide_id
+        ("ReadManifest", "patches.csv:row 5"): "ManifestError",  # x_px = ten
+        ("ReadManifest", "patches.csv:row 6"): "ManifestError",  # x_px missing
+        ("PlanPatches", "cmu1@2100,0"): "OutOfBoundsError",
+        ("PlanPatches", "ghost@0,0"): "Rejected",
+        ("PlanPatches", "cmu1@0,0"): "SlideError",  # level 3
+        ("PlanPatches", "bad"): "SlideError",
+        ("PlanPatches", "bad@0,0"): "Rejected",
+        ("PlanPatches", "bad@8,0"): "Rejected",
+    }
+
+
+def test_bad_flag_fails_before_the_pipeline_starts(tmp_path, cmu1):
+    out = tmp_path / "out"
+    proc = run_cli("--slides", str(cmu1), "--model", "tumor", "--output", str(out))
+    assert proc.returncode == 2
+    assert "--model expects NAME=VALUE" in proc.stderr
+    assert not out.exists()
+
+
+def test_building_the_graph_imports_neither_torch_nor_transformers(tmp_path):
+    code = (
+        "import sys, apache_beam as beam\n"
+        "from pipelines.options import SlideInferenceOptions, slide_job_config\n"
+        "from pipelines.slide_inference import build, write\n"
+        "cfg = slide_job_config(SlideInferenceOptions(['--slides', 's.csv', '--model',"
+        " 'a=a.pt2', '--patches', 'p.csv', '--group_by', 'case']))\n"
+        "p = beam.Pipeline()\n"
+        "write(build(p, cfg), cfg)\n"
+        "labels = {t.full_label for t in p.transforms_stack[0].parts}\n"
+        "assert 'PlanPatches' in labels and 'RunModel/a' in labels, labels\n"
+        "heavy = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def test_a_model_that_rejects_the_patch_size_fails_the_job_not_each_patch(
+    tmp_path, cmu1, tiny_models
+):
+    manifest = tmp_path / "slides.csv"
+    manifest.write_text(f"slide_id,uri\ncmu1,{cmu1}\n")
+    out = tmp_path / "out"
+    proc = run_cli(
+        "--slides",
+        str(manifest),
+        "--model",
+        f"two={tiny_models['two']}",
+        "--patch_px",
+        "128",
+        "--output",
+        str(out),
+    )
+    assert proc.returncode != 0
+    assert "ModelLoadError" in proc.stderr and "--patch_px 128" in proc.stderr

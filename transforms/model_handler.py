@@ -1,0 +1,59 @@
+"""A Beam ``ModelHandler`` for patch classifiers, usable with Beam's own ``RunInference`` too.
+
+Kept apart from ``models.py`` because importing ``apache_beam.ml.inference.base`` imports torch
+(Beam 2.77's model manager does), and building a pipeline graph must not: ``RunModel`` creates
+this handler inside its DoFn's ``setup()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+
+from transforms.errors import ModelLoadError
+from transforms.models import LoadedModel, ModelSpec, load_model, predict_probs
+
+
+class PatchModelHandler(ModelHandler):
+    """Beam ``ModelHandler`` for patch classifiers: ``Patch`` in, class probabilities out.
+
+    Usable with Beam's own ``RunInference`` too; this project's ``RunModel`` uses the same hooks
+    and adds per-element dead letters around them.
+    """
+
+    def __init__(
+        self, spec: ModelSpec, patch_px: int, min_batch_size: int = 1, max_batch_size: int = 64
+    ) -> None:
+        super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size)
+        self.spec = spec
+        self.patch_px = patch_px
+
+    def load_model(self) -> LoadedModel:
+        """Load the model and check it takes ``patch_px`` patches, so a mismatch fails the job
+        at setup instead of turning every patch into a dead letter."""
+        model = load_model(self.spec)
+        blank = np.zeros((self.patch_px, self.patch_px, 3), np.uint8)
+        try:
+            predict_probs(model, [blank], self.spec)
+        except Exception as exc:
+            raise ModelLoadError(
+                f"model {self.spec.name!r} from {self.spec.uri} fails on a "
+                f"{self.patch_px}x{self.patch_px} patch (--patch_px {self.patch_px}): "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        return model
+
+    def run_inference(
+        self, batch: Sequence[Any], model: LoadedModel, inference_args: dict | None = None
+    ) -> list[PredictionResult]:
+        probs = predict_probs(model, [patch.pixels for patch in batch], self.spec)
+        return [
+            PredictionResult(example=patch, inference=p, model_id=self.spec.shared_tag)
+            for patch, p in zip(batch, probs, strict=True)
+        ]
+
+    def get_num_bytes(self, batch: Sequence[Any]) -> int:
+        return sum(patch.pixels.nbytes for patch in batch)
