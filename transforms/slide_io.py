@@ -22,7 +22,7 @@ from transforms.geometry import SlideGeometry, choose_level
 # levels, all this project reads, are parsed.
 warnings.filterwarnings("ignore", message=".*format metadata parsing only partially")
 
-STRIP_BYTES = 64 << 20
+STRIP_BYTES = 16 << 20
 """Bound on one strip read while building a downsampled image (mask, thumbnail)."""
 
 
@@ -148,7 +148,7 @@ def read_downsampled(slide: Any, geom: SlideGeometry, target_ds: float) -> tuple
     for y0 in range(0, out_h * k, rows):
         h = min(rows, out_h * k - y0)
         strip = read_level_region(slide, level, 0, y0, out_w * k, h)
-        blocks = strip.reshape(h // k, k, out_w, k, 3).mean(axis=(1, 3))
+        blocks = strip.reshape(h // k, k, out_w, k, 3).mean(axis=(1, 3), dtype=np.float32)
         out[y0 // k : (y0 + h) // k] = blocks.round().astype(np.uint8)
     return out, ds * k
 
