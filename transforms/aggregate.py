@@ -22,28 +22,52 @@ from transforms.sinks import metadata_record, safe_name
 HEATMAP_LONG_SIDE_PX = 1024
 
 
+MAX_HEATMAP_CELLS = 65536
+"""Heatmap cells kept per slide and model; past it, cells merge 2 x 2, so memory stays bounded."""
+
+
 @dataclass
 class SlideStats:
-    """Running statistics of one slide's predictions from one model."""
+    """Running statistics of one slide's predictions from one model, in bounded memory.
+
+    Besides sums, label counts and maxima, it keeps a sparse heatmap raster: cells of ``cell_px``
+    level-0 pixels (at first the patch size) holding summed probabilities and a count. More than
+    ``MAX_HEATMAP_CELLS`` cells coarsen the raster by 2, so a slide of any size costs the same.
+    """
 
     n: int = 0
     sums: np.ndarray | None = None
     counts: np.ndarray | None = None
     maxima: np.ndarray | None = None
-    boxes: list[tuple[int, int, int]] = field(default_factory=list)
-    probs: list[np.ndarray] = field(default_factory=list)
+    cell_px: int = 0
+    cells: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
 
     def add(self, box: tuple[int, int, int], probs: Sequence[float]) -> None:
         p = np.asarray(probs, dtype=np.float64)
         if self.sums is None:
             self.sums, self.counts, self.maxima = np.zeros_like(p), np.zeros_like(p), p.copy()
+            self.cell_px = max(1, int(box[2]))
         assert self.counts is not None and self.maxima is not None
         self.n += 1
         self.sums += p
         self.counts[int(np.argmax(p))] += 1
         np.maximum(self.maxima, p, out=self.maxima)
-        self.boxes.append(box)
-        self.probs.append(p.astype(np.float16))
+        self._add_cell((box[0] // self.cell_px, box[1] // self.cell_px), np.append(p, 1.0))
+        if len(self.cells) > MAX_HEATMAP_CELLS:
+            self._coarsen()
+
+    def _add_cell(self, key: tuple[int, int], value: np.ndarray) -> None:
+        cell = self.cells.get(key)
+        if cell is None:
+            self.cells[key] = value.copy()
+        else:
+            cell += value
+
+    def _coarsen(self) -> None:
+        old, self.cells = self.cells, {}
+        self.cell_px *= 2
+        for (cx, cy), value in old.items():
+            self._add_cell((cx // 2, cy // 2), value)
 
     def merge(self, other: SlideStats) -> SlideStats:
         if other.sums is None:
@@ -55,9 +79,24 @@ class SlideStats:
         self.sums += other.sums
         self.counts += other.counts
         np.maximum(self.maxima, other.maxima, out=self.maxima)
-        self.boxes.extend(other.boxes)
-        self.probs.extend(other.probs)
+        while self.cell_px < other.cell_px:
+            self._coarsen()
+        half = other.cell_px // 2  # re-bin the other's cells by their centres
+        for (cx, cy), value in other.cells.items():
+            key = (
+                (cx * other.cell_px + half) // self.cell_px,
+                (cy * other.cell_px + half) // self.cell_px,
+            )
+            self._add_cell(key, value)
+        while len(self.cells) > MAX_HEATMAP_CELLS:
+            self._coarsen()
         return self
+
+    def heatmap_cells(self) -> tuple[list[tuple[int, int, int]], np.ndarray]:
+        """Level-0 boxes of the raster's cells and their mean probabilities (``N x C``)."""
+        boxes = [(cx * self.cell_px, cy * self.cell_px, self.cell_px) for cx, cy in self.cells]
+        values = np.array(list(self.cells.values()), dtype=np.float64).reshape(len(boxes), -1)
+        return boxes, (values[:, :-1] / values[:, -1:]).astype(np.float32)
 
     def class_stats(self) -> dict[str, list[float]]:
         """Per-class mean probability, label fraction and max probability (empty if no patches)."""
@@ -165,9 +204,7 @@ class _SummarizeSlide(beam.DoFn):
             f"{info['slide_id']} | {spec.name} {spec.version} | {stats.n} patches | "
             f"mean P = {np.round(stats.sums / stats.n, 3).tolist()}"
         )
-        png = render_heatmap(
-            thumb[0], thumb[1], stats.boxes, np.asarray(stats.probs, dtype=np.float32), title
-        )
+        png = render_heatmap(thumb[0], thumb[1], *stats.heatmap_cells(), title)
         uri = (
             f"{self._heatmap_dir.rstrip('/')}/"
             f"{safe_name(info['slide_id'])}__{safe_name(spec.name)}.png"

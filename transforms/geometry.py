@@ -214,15 +214,32 @@ def work_units(
     Patches are bucketed by the block holding their top-left corner; each bucket becomes one or
     more units of at most ``max_patches_per_unit`` patches, each with the tile-aligned bounding box
     of its patches as its read region, so every compressed tile of a block is decoded once.
+    Boxes sorted by level and row (as ``grid_boxes`` yields them) are flushed one block row at a
+    time, so planning a slide of any size holds one block row of boxes.
     """
     buckets: dict[tuple[int, int, int], list[PatchBox]] = {}
+    block_row: tuple[int, int] | None = None
     for box in boxes:
         ds = geom.level_downsamples[box.level]
         tile_w, tile_h = geom.level_tiles[box.level]
         block_w = max(tile_w, cfg.block_px // tile_w * tile_w)
         block_h = max(tile_h, cfg.block_px // tile_h * tile_h)
         x, y, _ = box_at_level(box, ds)
+        if (box.level, y // block_h) != block_row:
+            yield from _units(slide_id, uri, geom, buckets, cfg, mpp)
+            buckets, block_row = {}, (box.level, y // block_h)
         buckets.setdefault((box.level, y // block_h, x // block_w), []).append(box)
+    yield from _units(slide_id, uri, geom, buckets, cfg, mpp)
+
+
+def _units(
+    slide_id: str,
+    uri: str,
+    geom: SlideGeometry,
+    buckets: dict[tuple[int, int, int], list[PatchBox]],
+    cfg: PatchingConfig,
+    mpp: float | None,
+) -> Iterator[WorkUnit]:
     for (level, _, _), members in sorted(buckets.items()):
         for start in range(0, len(members), cfg.max_patches_per_unit):
             chunk = members[start : start + cfg.max_patches_per_unit]

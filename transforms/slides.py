@@ -113,7 +113,8 @@ class _PlanSlide(beam.DoFn):
             if patch_rows is None:
                 spec = grid_spec(geom, self._cfg)
                 mask = self._mask(slide, geom, spec.patch_l0_px)
-                boxes, rejected = self._grid(geom, spec, mask), []
+                boxes: Iterable[PatchBox] = self._grid(geom, spec, mask)
+                rejected: list[tuple[dict, Exception]] = []
                 mpp = spec.mpp
             else:
                 mask = self._mask(slide, geom, None)
@@ -126,12 +127,12 @@ class _PlanSlide(beam.DoFn):
             slide.close()
         for bad_row, error in rejected:
             yield _patch_error(self.STAGE, bad_row, error)
-        progress.count("slides_planned")
-        progress.count("patches_planned", len(boxes))
+        planned = 0
         for unit in work_units(slide_id, row["uri"], geom, boxes, self._cfg, mpp):
-            if patch_rows is not None:
-                unit.mpp = None  # each manifest patch keeps the MPP of its own read level
+            planned += len(unit.patches)
             yield unit
+        progress.count("slides_planned")
+        progress.count("patches_planned", planned)
         yield beam.pvalue.TaggedOutput(
             SLIDE_INFO,
             {
@@ -141,7 +142,7 @@ class _PlanSlide(beam.DoFn):
                 "height_px": geom.height_px,
                 "mpp": geom.mpp,
                 "tissue_area_mm2": mask.area_mm2(geom.mpp),
-                "patches_planned": len(boxes),
+                "patches_planned": planned,
                 "metadata": row["metadata"],
             },
         )
@@ -150,15 +151,15 @@ class _PlanSlide(beam.DoFn):
         rgb, ds = read_downsampled(slide, geom, mask_downsample(geom, patch_l0_px))
         return TissueMask(tissue_mask(rgb, self._cfg.tissue_method), ds)
 
-    def _grid(self, geom: SlideGeometry, spec: Any, mask: TissueMask) -> list[PatchBox]:
-        kept, background = [], 0
+    def _grid(self, geom: SlideGeometry, spec: Any, mask: TissueMask) -> Iterator[PatchBox]:
+        """The grid's tissue patches, row by row (lazily: a slide's grid is never held)."""
+        background = 0
         for box in grid_boxes(geom, spec):
             if self._cfg.min_tissue > 0 and mask.fraction(box) < self._cfg.min_tissue:
                 background += 1
             else:
-                kept.append(box)
+                yield box
         progress.count("patches_background", background)
-        return kept
 
     def _manifest_boxes(
         self, geom: SlideGeometry, rows: Iterable[dict[str, Any]]
@@ -172,6 +173,7 @@ class _PlanSlide(beam.DoFn):
                 rejected.append((row, exc))
                 continue
             boxes.append(box)
+        boxes.sort(key=lambda b: (b.level, b.y_px, b.x_px))  # lets work_units flush row by row
         return boxes, rejected
 
     def _slide_failed(

@@ -62,3 +62,23 @@ def test_case_summary_weights_by_patch_count_and_skips_empty_slides():
     )
     assert out["class_max_prob"] == pytest.approx([0.9, 0.99])
     assert out["tissue_area_mm2"] == pytest.approx(3.5)
+
+
+def test_heatmap_raster_stays_bounded_and_keeps_the_mean(monkeypatch):
+    import transforms.aggregate as agg
+
+    monkeypatch.setattr(agg, "MAX_HEATMAP_CELLS", 64)
+    parts = [SlideStats(), SlideStats()]
+    rng = np.random.default_rng(1)
+    probs = rng.dirichlet([1, 1], size=(40, 40))
+    for y in range(40):
+        for x in range(40):
+            parts[(x + y) % 2].add((x * 16, y * 16, 16), probs[y, x].tolist())
+    stats = parts[0].merge(parts[1])
+    boxes, cell_probs = stats.heatmap_cells()
+    assert len(boxes) <= 64 and stats.cell_px == 16 * 8  # 40x40 cells -> 5x5 after 3 halvings
+    assert stats.n == 1600
+    # Every cell is the mean of the patches inside it.
+    for (x, y, size), p in zip(boxes, cell_probs, strict=True):
+        inside = probs[y // 16 : (y + size) // 16, x // 16 : (x + size) // 16].reshape(-1, 2)
+        np.testing.assert_allclose(p, inside.mean(0), rtol=1e-5)
