@@ -1,7 +1,7 @@
 """Slide pipeline benchmark: throughput against the bare model, and peak RSS against patch count.
 
     python -m bench.bench_slides throughput [--patches 2025]
-    python -m bench.bench_slides rss [--sizes 1024,10000,102400]
+    python -m bench.bench_slides rss [--mpps 5,1.6,0.5]
 
 throughput: in one process, on the same patches of one synthetic JPEG slide, ResNet-18 at 224 px,
 batch 32:
@@ -10,8 +10,9 @@ batch 32:
     medians reported (this shared 2-core VM drifts by 10-20% from minute to minute);
   * the bare model: forward only, on normalised patches already in memory;
   * a per-patch ``read_region`` loop, and our tile-aligned block reads, without Beam.
-rss: the pipeline's peak RSS (a child process's ru_maxrss) over grids of 1k, 10k and 100k
-patches of 32 px with a tiny CNN, so the figure is about the pipeline, not the model.
+rss: the pipeline's peak RSS (a child process's ru_maxrss) on one 10240 x 10240 slide cut into
+about 1k, 10k and 100k patches of 32 px (patch MPP 5, 1.6, 0.5) with a tiny CNN, so the figure is
+about the pipeline, not the model or the slide.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def export_model(name: str, net, patch_px: int) -> Path:  # noqa: ANN001
     return path
 
 
-def run_pipeline(slide: Path, model: Path, patch_px: int, tag: str) -> dict:
+def run_pipeline(slide: Path, model: Path, patch_px: int, tag: str, patch_mpp: float) -> dict:
     """Run the CLI in a child process; return its counters, wall time and peak RSS."""
     manifest = OUT / f"{tag}.csv"
     manifest.write_text(f"slide_id,uri\n{tag},{slide}\n")
@@ -70,7 +71,7 @@ def run_pipeline(slide: Path, model: Path, patch_px: int, tag: str) -> dict:
         "print('BENCH ' + json.dumps({'wall_s': wall, 'rss_kb': rss, **counters(result)}))\n"
     )
     args = ["--slides", str(manifest), "--model", f"m={model}", "--patch_px", str(patch_px),
-            "--patch_mpp", "0.5", "--min_tissue", "0", "--batch_size", str(BATCH),
+            "--patch_mpp", str(patch_mpp), "--min_tissue", "0", "--batch_size", str(BATCH),
             "--output", str(out), "--run_id", tag, "--progress_interval_s", "30"]
     proc = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, env=env,
                           capture_output=True, text=True, check=True)
@@ -180,18 +181,20 @@ def throughput(n_patches: int, rounds: int) -> None:
                       "last_pipeline_wall_s": round(pipe["wall_s"], 1)}, indent=1))
 
 
-def rss(sizes: list[int]) -> None:
+def rss(mpps: list[float]) -> None:
+    """Peak RSS on ONE slide at patch MPPs that give about 1k, 10k and 100k patches, so the slide,
+    its mask and its thumbnail are the same and only the patch count changes."""
     import torch.nn as nn
 
     net = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
                         nn.Flatten(), nn.Linear(8, 2))
     model = export_model("tiny32", net, 32)
+    slide = synthetic_slide("rss-10240", 10240, 10240)
     rows = []
-    for n in sizes:
-        side = int(np.ceil(np.sqrt(n))) * 32
-        slide = synthetic_slide(f"rss-{side}", side, side)
-        result = run_pipeline(slide, model, 32, f"rss-{n}")
-        rows.append({"patches": result["patches_inferred"], "wall_s": round(result["wall_s"], 1),
+    for mpp in mpps:
+        result = run_pipeline(slide, model, 32, f"rss-{mpp:g}".replace(".", "p"), patch_mpp=mpp)
+        rows.append({"patch_mpp": mpp, "patches": result["patches_inferred"],
+                     "wall_s": round(result["wall_s"], 1),
                      "peak_rss_mb": round(result["rss_kb"] / 1024)})
         print(json.dumps(rows[-1]), flush=True)
     peaks = [r["peak_rss_mb"] for r in rows]
@@ -205,13 +208,14 @@ def main() -> None:
     parser.add_argument("--patches", type=int, default=2025)
     parser.add_argument("--rounds", type=int, default=2, help="pipeline runs, each followed by "
                         "a bare-model run; medians are reported")
-    parser.add_argument("--sizes", default="1024,10000,102400")
+    parser.add_argument("--mpps", default="5,1.6,0.5",
+                        help="patch MPPs for rss: ~1k, ~10k and ~100k patches of 32 px")
     args = parser.parse_args()
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     if args.mode == "throughput":
         throughput(args.patches, args.rounds)
     else:
-        rss([int(s) for s in args.sizes.split(",")])
+        rss([float(m) for m in args.mpps.split(",")])
 
 
 if __name__ == "__main__":

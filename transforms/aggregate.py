@@ -8,7 +8,7 @@ row for every model, also when none of its patches had tissue.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
@@ -22,17 +22,18 @@ from transforms.sinks import metadata_record, safe_name
 HEATMAP_LONG_SIDE_PX = 1024
 
 
-MAX_HEATMAP_CELLS = 65536
-"""Heatmap cells kept per slide and model; past it, cells merge 2 x 2, so memory stays bounded."""
+MAX_HEATMAP_SIDE = 1024
+"""Heatmap raster cells per side at most; past it, cells merge 2 x 2, so memory stays bounded."""
 
 
 @dataclass
 class SlideStats:
     """Running statistics of one slide's predictions from one model, in bounded memory.
 
-    Besides sums, label counts and maxima, it keeps a sparse heatmap raster: cells of ``cell_px``
-    level-0 pixels (at first the patch size) holding summed probabilities and a count. More than
-    ``MAX_HEATMAP_CELLS`` cells coarsen the raster by 2, so a slide of any size costs the same.
+    Besides sums, label counts and maxima, it keeps a dense heatmap raster of ``cell_px`` level-0
+    pixels per cell (at first the patch size) holding summed probabilities and a count in its
+    last channel. A raster wider than ``MAX_HEATMAP_SIDE`` cells coarsens by 2, so a slide of any
+    size costs at most a few MB however many patches it has.
     """
 
     n: int = 0
@@ -40,34 +41,46 @@ class SlideStats:
     counts: np.ndarray | None = None
     maxima: np.ndarray | None = None
     cell_px: int = 0
-    cells: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
+    raster: np.ndarray | None = None
 
     def add(self, box: tuple[int, int, int], probs: Sequence[float]) -> None:
         p = np.asarray(probs, dtype=np.float64)
         if self.sums is None:
             self.sums, self.counts, self.maxima = np.zeros_like(p), np.zeros_like(p), p.copy()
             self.cell_px = max(1, int(box[2]))
+            self.raster = np.zeros((1, 1, len(p) + 1), np.float32)
         assert self.counts is not None and self.maxima is not None
         self.n += 1
         self.sums += p
         self.counts[int(np.argmax(p))] += 1
         np.maximum(self.maxima, p, out=self.maxima)
-        self._add_cell((box[0] // self.cell_px, box[1] // self.cell_px), np.append(p, 1.0))
-        if len(self.cells) > MAX_HEATMAP_CELLS:
-            self._coarsen()
+        self._paint(np.array([box[0]]), np.array([box[1]]), np.append(p, 1.0)[None, :])
 
-    def _add_cell(self, key: tuple[int, int], value: np.ndarray) -> None:
-        cell = self.cells.get(key)
-        if cell is None:
-            self.cells[key] = value.copy()
-        else:
-            cell += value
+    def _paint(self, xs: np.ndarray, ys: np.ndarray, values: np.ndarray) -> None:
+        """Add ``values`` (``N x (C+1)``) at level-0 points, growing or coarsening the raster."""
+        assert self.raster is not None
+        cx, cy = xs // self.cell_px, ys // self.cell_px
+        while max(cx.max(), cy.max()) >= MAX_HEATMAP_SIDE:
+            self._coarsen()
+            cx, cy = xs // self.cell_px, ys // self.cell_px
+        h, w = self.raster.shape[:2]
+        if cy.max() >= h or cx.max() >= w:
+            new_h = min(MAX_HEATMAP_SIDE, max(int(cy.max()) + 1, 2 * h))
+            new_w = min(MAX_HEATMAP_SIDE, max(int(cx.max()) + 1, 2 * w))
+            grown = np.zeros((new_h, new_w, self.raster.shape[2]), np.float32)
+            grown[:h, :w] = self.raster
+            self.raster = grown
+        np.add.at(self.raster, (cy, cx), values.astype(np.float32))
 
     def _coarsen(self) -> None:
-        old, self.cells = self.cells, {}
+        assert self.raster is not None
+        h, w, c = self.raster.shape
+        padded = np.zeros((h + h % 2, w + w % 2, c), np.float32)
+        padded[:h, :w] = self.raster
+        self.raster = padded.reshape(padded.shape[0] // 2, 2, padded.shape[1] // 2, 2, c).sum(
+            axis=(1, 3)
+        )
         self.cell_px *= 2
-        for (cx, cy), value in old.items():
-            self._add_cell((cx // 2, cy // 2), value)
 
     def merge(self, other: SlideStats) -> SlideStats:
         if other.sums is None:
@@ -81,22 +94,17 @@ class SlideStats:
         np.maximum(self.maxima, other.maxima, out=self.maxima)
         while self.cell_px < other.cell_px:
             self._coarsen()
-        half = other.cell_px // 2  # re-bin the other's cells by their centres
-        for (cx, cy), value in other.cells.items():
-            key = (
-                (cx * other.cell_px + half) // self.cell_px,
-                (cy * other.cell_px + half) // self.cell_px,
-            )
-            self._add_cell(key, value)
-        while len(self.cells) > MAX_HEATMAP_CELLS:
-            self._coarsen()
+        cy, cx = np.nonzero(other.raster[..., -1])  # re-bin the other's cells by their centres
+        half = other.cell_px // 2
+        self._paint(cx * other.cell_px + half, cy * other.cell_px + half, other.raster[cy, cx])
         return self
 
-    def heatmap_cells(self) -> tuple[list[tuple[int, int, int]], np.ndarray]:
-        """Level-0 boxes of the raster's cells and their mean probabilities (``N x C``)."""
-        boxes = [(cx * self.cell_px, cy * self.cell_px, self.cell_px) for cx, cy in self.cells]
-        values = np.array(list(self.cells.values()), dtype=np.float64).reshape(len(boxes), -1)
-        return boxes, (values[:, :-1] / values[:, -1:]).astype(np.float32)
+    def heatmap_raster(self) -> tuple[np.ndarray, np.ndarray]:
+        """Mean probabilities per cell (``H x W x C``) and which cells hold any patch."""
+        assert self.raster is not None
+        counts = self.raster[..., -1:]
+        painted = counts[..., 0] > 0
+        return self.raster[..., :-1] / np.maximum(counts, 1), painted
 
     def class_stats(self) -> dict[str, list[float]]:
         """Per-class mean probability, label fraction and max probability (empty if no patches)."""
@@ -204,7 +212,7 @@ class _SummarizeSlide(beam.DoFn):
             f"{info['slide_id']} | {spec.name} {spec.version} | {stats.n} patches | "
             f"mean P = {np.round(stats.sums / stats.n, 3).tolist()}"
         )
-        png = render_heatmap(thumb[0], thumb[1], *stats.heatmap_cells(), title)
+        png = render_heatmap(thumb[0], thumb[1], stats.cell_px, *stats.heatmap_raster(), title)
         uri = (
             f"{self._heatmap_dir.rstrip('/')}/"
             f"{safe_name(info['slide_id'])}__{safe_name(spec.name)}.png"

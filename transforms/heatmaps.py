@@ -1,13 +1,12 @@
 """Heatmap pictures: patch probabilities over the slide thumbnail, with a title and a legend.
 
 Two classes (or one sigmoid output): the probability of the last class on a blue-yellow-red scale.
-More classes: each patch in its top class's colour, more opaque where the model is surer.
+More classes: each cell in its top class's colour, more opaque where the model is surer.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -50,35 +49,51 @@ def colour_scale(values: np.ndarray) -> np.ndarray:
     return _SCALE[lo] * (1 - frac) + _SCALE[lo + 1] * frac
 
 
+def overlay_rgba(probs: np.ndarray, painted: np.ndarray) -> np.ndarray:
+    """An ``H x W x 4`` uint8 overlay of a probability raster ``H x W x C``, clear where unpainted.
+
+    Two classes (or one): the last class's probability on the colour scale. More: the top class's
+    palette colour, more opaque where the model is surer.
+    """
+    h, w, n_classes = probs.shape
+    rgba = np.zeros((h, w, 4), np.uint8)
+    if n_classes <= 2:
+        rgba[..., :3] = colour_scale(probs[..., -1]).round().astype(np.uint8)
+        rgba[..., 3] = np.where(painted, 128, 0)
+    else:
+        top = probs.argmax(axis=2)
+        rgba[..., :3] = PALETTE[top % len(PALETTE)].astype(np.uint8)
+        confidence = np.take_along_axis(probs, top[..., None], axis=2)[..., 0]
+        rgba[..., 3] = np.where(painted, (64 + 128 * confidence).round(), 0).astype(np.uint8)
+    return rgba
+
+
 def render_heatmap(
     thumb: np.ndarray,
     thumb_downsample: float,
-    boxes: Sequence[tuple[int, int, int]],
+    cell_px: int,
     probs: np.ndarray,
+    painted: np.ndarray,
     title: str,
 ) -> bytes:
-    """A PNG of ``probs`` (``N x C``) painted at level-0 ``boxes`` over the thumbnail."""
+    """A PNG of a probability raster (cells of ``cell_px`` level-0 pixels) over the thumbnail.
+
+    The overlay is drawn at raster resolution and scaled with nearest-neighbour resampling, so
+    memory stays at a few thumbnail-sized uint8 images whatever the slide and patch count.
+    """
     from PIL import Image, ImageDraw
 
     h, w = thumb.shape[:2]
-    colour = np.zeros((h, w, 3), np.float32)
-    alpha = np.zeros((h, w), np.float32)
-    n_classes = probs.shape[1] if probs.ndim == 2 and len(probs) else 2
-    for (x, y, size), p in zip(boxes, probs, strict=True):
-        x0, y0 = int(x / thumb_downsample), int(y / thumb_downsample)
-        x1 = max(x0 + 1, int(round((x + size) / thumb_downsample)))
-        y1 = max(y0 + 1, int(round((y + size) / thumb_downsample)))
-        if n_classes <= 2:
-            colour[y0:y1, x0:x1] = colour_scale(np.array(p[-1]))
-            alpha[y0:y1, x0:x1] = 0.5
-        else:
-            top = int(np.argmax(p))
-            colour[y0:y1, x0:x1] = PALETTE[top % len(PALETTE)]
-            alpha[y0:y1, x0:x1] = 0.25 + 0.5 * float(p[top])
-    blended = thumb.astype(np.float32) * (1 - alpha[..., None]) + colour * alpha[..., None]
+    base = Image.fromarray(thumb).convert("RGBA")
+    scale = cell_px / thumb_downsample
+    size = (max(1, round(probs.shape[1] * scale)), max(1, round(probs.shape[0] * scale)))
+    overlay = Image.fromarray(overlay_rgba(probs, painted)).resize(size, Image.Resampling.NEAREST)
+    layer = Image.new("RGBA", (w, h), (0, 0, 0, 0))
+    layer.paste(overlay.crop((0, 0, min(size[0], w), min(size[1], h))), (0, 0))
+    blended = Image.alpha_composite(base, layer).convert("RGB")
     canvas = Image.new("RGB", (max(w, 320), h + _LEGEND_PX), "white")
-    canvas.paste(Image.fromarray(blended.round().astype(np.uint8)), (0, 0))
-    _draw_legend(ImageDraw.Draw(canvas), h, canvas.width, n_classes, title)
+    canvas.paste(blended, (0, 0))
+    _draw_legend(ImageDraw.Draw(canvas), h, canvas.width, probs.shape[2], title)
     buf = io.BytesIO()
     canvas.save(buf, format="PNG")
     return buf.getvalue()

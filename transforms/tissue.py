@@ -66,16 +66,15 @@ def tissue_mask(rgb: np.ndarray, method: str = "brightfield") -> np.ndarray:
     """Boolean tissue mask of an ``H x W x 3`` uint8 image."""
     if rgb.ndim != 3 or rgb.shape[2] < 3:
         raise ValueError(f"expected an H x W x 3 image, got shape {rgb.shape}")
-    rgb = rgb[..., :3].astype(np.float32)
-    value = rgb.max(axis=2)
+    rgb = rgb[..., :3]
+    value = rgb.max(axis=2)  # uint8 throughout where possible: masks can be 4096 px across
     if method == "fluorescence":
-        level = otsu_threshold(value.ravel() / 255.0) * 255.0
+        level = otsu_threshold(value.ravel() / np.float32(255.0)) * 255.0
         return value > max(level, MIN_FLUORESCENCE_VALUE)
     if method != "brightfield":
         raise ValueError(f"unknown tissue method {method!r}")
-    saturation = np.divide(
-        value - rgb.min(axis=2), value, out=np.zeros_like(value), where=value > 0
-    )
+    saturation = (value - rgb.min(axis=2)).astype(np.float32)
+    np.divide(saturation, value, out=saturation, where=value > 0)
     lo, hi = SATURATION_BOUNDS
     level = min(max(otsu_threshold(saturation.ravel()), lo), hi)
     return (saturation > level) & (value >= MIN_BRIGHTFIELD_VALUE)

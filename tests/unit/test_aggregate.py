@@ -67,7 +67,7 @@ def test_case_summary_weights_by_patch_count_and_skips_empty_slides():
 def test_heatmap_raster_stays_bounded_and_keeps_the_mean(monkeypatch):
     import transforms.aggregate as agg
 
-    monkeypatch.setattr(agg, "MAX_HEATMAP_CELLS", 64)
+    monkeypatch.setattr(agg, "MAX_HEATMAP_SIDE", 8)
     parts = [SlideStats(), SlideStats()]
     rng = np.random.default_rng(1)
     probs = rng.dirichlet([1, 1], size=(40, 40))
@@ -75,10 +75,32 @@ def test_heatmap_raster_stays_bounded_and_keeps_the_mean(monkeypatch):
         for x in range(40):
             parts[(x + y) % 2].add((x * 16, y * 16, 16), probs[y, x].tolist())
     stats = parts[0].merge(parts[1])
-    boxes, cell_probs = stats.heatmap_cells()
-    assert len(boxes) <= 64 and stats.cell_px == 16 * 8  # 40x40 cells -> 5x5 after 3 halvings
-    assert stats.n == 1600
+    cell_probs, painted = stats.heatmap_raster()
+    assert painted.shape <= (8, 8) and stats.cell_px == 16 * 8  # 40x40 -> 5x5 after 3 halvings
+    assert painted[:5, :5].all() and stats.n == 1600
     # Every cell is the mean of the patches inside it.
-    for (x, y, size), p in zip(boxes, cell_probs, strict=True):
-        inside = probs[y // 16 : (y + size) // 16, x // 16 : (x + size) // 16].reshape(-1, 2)
-        np.testing.assert_allclose(p, inside.mean(0), rtol=1e-5)
+    for cy, cx in zip(*np.nonzero(painted), strict=True):
+        inside = probs[cy * 8 : (cy + 1) * 8, cx * 8 : (cx + 1) * 8].reshape(-1, 2)
+        np.testing.assert_allclose(cell_probs[cy, cx], inside.mean(0), rtol=1e-5)
+
+
+def test_heatmap_png_paints_probabilities_over_the_thumbnail():
+    import io
+
+    from PIL import Image
+
+    from transforms.heatmaps import colour_scale, render_heatmap
+
+    thumb = np.full((100, 200, 3), 240, np.uint8)
+    probs = np.zeros((2, 4, 2), np.float32)
+    probs[0, 0] = (0.0, 1.0)  # a sure "class 1" cell at the top left
+    probs[1, 3] = (1.0, 0.0)
+    painted = np.zeros((2, 4), bool)
+    painted[0, 0] = painted[1, 3] = True
+    png = render_heatmap(thumb, 4.0, 200, probs, painted, "t")  # cells are 50 thumbnail px
+    image = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    assert image.shape[1] == 320 and image.shape[0] > 100  # legend below, min width 320
+    red, blue = colour_scale(np.array(1.0)), colour_scale(np.array(0.0))
+    np.testing.assert_allclose(image[25, 25], (240 + red) / 2, atol=2)
+    np.testing.assert_allclose(image[75, 175], (240 + blue) / 2, atol=2)
+    assert (image[25, 100] == 240).all()  # unpainted cells leave the thumbnail as it was
