@@ -14,10 +14,13 @@ from datetime import UTC, datetime
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from transforms.batching import TokenBatchingConfig
 from transforms.errors import ConfigError
 from transforms.geometry import PatchingConfig
 from transforms.inference import BatchingConfig
 from transforms.models import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
+from transforms.text import WindowConfig
+from transforms.text_models import TextModelSpec
 
 LOCAL_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
 """The local default: Beam 2.77's DirectRunner first tries to download a Prism binary."""
@@ -25,16 +28,32 @@ LOCAL_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
 _RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
+class InferenceOptions(PipelineOptions):
+    """Flags both pipelines share. Beam parses every options class's flags together, so each
+    flag is defined once, here or in one pipeline's class."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:  # type: ignore[no-untyped-def]
+        add = parser.add_argument
+        add("--model", action="append", default=[], help="NAME=URI, repeatable")
+        add("--model_version", action="append", default=[], help="NAME=VERSION")
+        add("--batch_size", type=int, default=None, help="fixed batch size (sets min and max)")
+        add("--min_batch_size", type=int, default=None)
+        add("--max_batch_size", type=int, default=None)
+        add("--require_gpu", action="store_true", help="fail worker setup without a CUDA device")
+        add("--output", default="results", help="output folder: local path or gs://bucket/prefix")
+        add("--run_id", default=None, help="id stamped on every row (default: time + random)")
+        add("--progress_interval_s", type=float, default=10.0)
+
+
 class SlideInferenceOptions(PipelineOptions):
-    """Flags of ``python -m pipelines.slide_inference``."""
+    """Flags of ``python -m pipelines.slide_inference`` (besides ``InferenceOptions``)."""
 
     @classmethod
     def _add_argparse_args(cls, parser) -> None:  # type: ignore[no-untyped-def]
         add = parser.add_argument
         add("--slides", help="slide manifest: CSV, TSV, JSONL or Parquet; local or gs://")
         add("--patches", help="optional patch manifest (slide_id, x_px, y_px, size_px[, level])")
-        add("--model", action="append", default=[], help="NAME=URI (.pt2), repeatable")
-        add("--model_version", action="append", default=[], help="NAME=VERSION")
         add(
             "--model_class",
             action="append",
@@ -57,15 +76,29 @@ class SlideInferenceOptions(PipelineOptions):
         add("--tissue_method", default="brightfield", help="brightfield | fluorescence")
         add("--block_px", type=int, default=2048, help="work-unit block edge at the read level")
         add("--max_patches_per_unit", type=int, default=64)
-        add("--batch_size", type=int, default=None, help="fixed batch size (sets min and max)")
-        add("--min_batch_size", type=int, default=None)
-        add("--max_batch_size", type=int, default=None)
-        add("--require_gpu", action="store_true", help="fail worker setup without a CUDA device")
-        add("--output", default="results", help="output folder: local path or gs://bucket/prefix")
         add("--group_by", default=None, help="slide-manifest column for case_summaries")
         add("--no_heatmaps", action="store_true", help="skip the heatmap PNGs")
-        add("--run_id", default=None, help="id stamped on every row (default: time + random)")
-        add("--progress_interval_s", type=float, default=10.0)
+
+
+class TextInferenceOptions(PipelineOptions):
+    """Flags of ``python -m pipelines.text_inference`` (besides ``InferenceOptions``)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:  # type: ignore[no-untyped-def]
+        add = parser.add_argument
+        add("--documents", help="documents: CSV, TSV, JSONL or Parquet with doc_id and text")
+        add("--doc_id_column", default="doc_id", help="the documents' id column")
+        add("--text_column", default="text", help="the documents' text column")
+        add(
+            "--task",
+            action="append",
+            default=[],
+            help="NAME=token-classification|text-classification|embedding, one per --model",
+        )
+        add("--max_tokens_per_batch", type=int, default=8192, help="padded tokens per batch")
+        add("--window_tokens", type=int, default=512, help="model window, specials included")
+        add("--stride_tokens", type=int, default=64, help="overlap of consecutive windows")
+        add("--sort_buffer", type=int, default=2048, help="windows sorted together by length")
 
 
 @dataclass(frozen=True)
@@ -103,66 +136,79 @@ def _floats(text: str, flag: str) -> tuple[float, ...]:
         raise ConfigError(f"{flag} expects comma-separated numbers, got {text!r}") from None
 
 
-def model_specs(opts: SlideInferenceOptions) -> tuple[ModelSpec, ...]:
+def _batching(common: InferenceOptions) -> BatchingConfig:
+    if common.batch_size is not None:
+        return BatchingConfig(common.batch_size, common.batch_size)
+    return BatchingConfig(common.min_batch_size or 1, common.max_batch_size or 32)
+
+
+def _run_id(common: InferenceOptions) -> str:
+    run_id = common.run_id or (
+        datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+    )
+    if not _RUN_ID.match(run_id):
+        raise ConfigError(f"--run_id must match {_RUN_ID.pattern}, got {run_id!r}")
+    return run_id
+
+
+def _check_output(common: InferenceOptions) -> None:
+    if common.output.startswith("bq://"):
+        raise ConfigError("--output bq://... is not available yet: give a folder or gs:// prefix")
+
+
+def _check_names(flag: str, values: dict[str, str], uris: dict[str, str]) -> None:
+    unknown = sorted(set(values) - set(uris))
+    if unknown:
+        raise ConfigError(f"{flag} names {', '.join(unknown)}, which no --model defines")
+
+
+def model_specs(options: PipelineOptions) -> tuple[ModelSpec, ...]:
     """The ``--model*`` flags as ``ModelSpec``s."""
-    uris = named_values(opts.model, "--model")
+    common = options.view_as(InferenceOptions)
+    opts = options.view_as(SlideInferenceOptions)
+    uris = named_values(common.model, "--model")
     if not uris:
         raise ConfigError("--model NAME=URI is required (repeat it for several models)")
-    extras = {
-        flag: named_values(getattr(opts, flag[2:]), flag)
-        for flag in (
-            "--model_version",
-            "--model_class",
-            "--model_mean",
-            "--model_std",
-            "--model_activation",
-        )
+    flags = {
+        "--model_version": common.model_version,
+        "--model_class": opts.model_class,
+        "--model_mean": opts.model_mean,
+        "--model_std": opts.model_std,
+        "--model_activation": opts.model_activation,
     }
+    extras = {flag: named_values(values, flag) for flag, values in flags.items()}
     for flag, values in extras.items():
-        unknown = sorted(set(values) - set(uris))
-        if unknown:
-            raise ConfigError(f"{flag} names {', '.join(unknown)}, which no --model defines")
+        _check_names(flag, values, uris)
+    means, stds = extras["--model_mean"], extras["--model_std"]
     return tuple(
         ModelSpec(
             name=name,
             uri=uri,
             version=extras["--model_version"].get(name, "unversioned"),
             model_class=extras["--model_class"].get(name),
-            mean=_floats(extras["--model_mean"][name], "--model_mean")
-            if name in extras["--model_mean"]
-            else IMAGENET_MEAN,
-            std=_floats(extras["--model_std"][name], "--model_std")
-            if name in extras["--model_std"]
-            else IMAGENET_STD,
+            mean=_floats(means[name], "--model_mean") if name in means else IMAGENET_MEAN,
+            std=_floats(stds[name], "--model_std") if name in stds else IMAGENET_STD,
             activation=extras["--model_activation"].get(name, "softmax"),
-            require_gpu=opts.require_gpu,
+            require_gpu=common.require_gpu,
         )
         for name, uri in uris.items()
     )
 
 
-def slide_job_config(opts: SlideInferenceOptions) -> SlideJobConfig:
-    """Validate the flags; raise ``ConfigError`` naming the first bad one."""
+def slide_job_config(options: PipelineOptions) -> SlideJobConfig:
+    """Validate the slide pipeline's flags; raise ``ConfigError`` naming the first bad one."""
+    common = options.view_as(InferenceOptions)
+    opts = options.view_as(SlideInferenceOptions)
     if not opts.slides:
         raise ConfigError("--slides is required: a slide manifest with slide_id and uri columns")
-    if opts.output.startswith("bq://"):
-        raise ConfigError("--output bq://... is not available yet: give a folder or gs:// prefix")
+    _check_output(common)
     patch_mpp = opts.patch_mpp
     if patch_mpp is None and opts.patch_level is None:
         patch_mpp = 0.5
-    if opts.batch_size is not None:
-        batching = BatchingConfig(opts.batch_size, opts.batch_size)
-    else:
-        batching = BatchingConfig(opts.min_batch_size or 1, opts.max_batch_size or 32)
-    run_id = opts.run_id or (
-        datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
-    )
-    if not _RUN_ID.match(run_id):
-        raise ConfigError(f"--run_id must match {_RUN_ID.pattern}, got {run_id!r}")
     return SlideJobConfig(
         slides=opts.slides,
         patches=opts.patches,
-        models=model_specs(opts),
+        models=model_specs(options),
         patching=PatchingConfig(
             patch_px=opts.patch_px,
             patch_mpp=patch_mpp,
@@ -173,9 +219,68 @@ def slide_job_config(opts: SlideInferenceOptions) -> SlideJobConfig:
             block_px=opts.block_px,
             max_patches_per_unit=opts.max_patches_per_unit,
         ),
-        batching=batching,
-        output=opts.output,
+        batching=_batching(common),
+        output=common.output,
         group_by=opts.group_by,
-        run_id=run_id,
+        run_id=_run_id(common),
         heatmaps=not opts.no_heatmaps,
+    )
+
+
+@dataclass(frozen=True)
+class TextJobConfig:
+    """Everything ``pipelines.text_inference.build`` needs, validated."""
+
+    documents: str
+    columns: dict[str, str]
+    models: tuple[TextModelSpec, ...]
+    windows: WindowConfig
+    batching: TokenBatchingConfig
+    output: str
+    run_id: str
+
+
+def text_job_config(options: PipelineOptions) -> TextJobConfig:
+    """Validate the text pipeline's flags; raise ``ConfigError`` naming the first bad one."""
+    common = options.view_as(InferenceOptions)
+    opts = options.view_as(TextInferenceOptions)
+    if not opts.documents:
+        raise ConfigError("--documents is required: a file with doc_id and text columns")
+    _check_output(common)
+    uris = named_values(common.model, "--model")
+    if not uris:
+        raise ConfigError("--model NAME=URI is required (a Hugging Face model folder)")
+    tasks = named_values(opts.task, "--task")
+    versions = named_values(common.model_version, "--model_version")
+    _check_names("--task", tasks, uris)
+    _check_names("--model_version", versions, uris)
+    missing = sorted(set(uris) - set(tasks))
+    if missing:
+        raise ConfigError(f"--task NAME=TASK is required for {', '.join(missing)}")
+    windows = WindowConfig(opts.window_tokens, opts.stride_tokens)
+    batching = TokenBatchingConfig(
+        opts.max_tokens_per_batch, common.max_batch_size or 64, opts.sort_buffer
+    )
+    if batching.max_tokens_per_batch < windows.window_tokens:
+        raise ConfigError(
+            f"--max_tokens_per_batch ({batching.max_tokens_per_batch}) must hold one window "
+            f"(--window_tokens {windows.window_tokens})"
+        )
+    return TextJobConfig(
+        documents=opts.documents,
+        columns={
+            c: ours
+            for c, ours in ((opts.doc_id_column, "doc_id"), (opts.text_column, "text"))
+            if c != ours
+        },
+        models=tuple(
+            TextModelSpec(
+                name, uri, tasks[name], versions.get(name, "unversioned"), common.require_gpu
+            )
+            for name, uri in uris.items()
+        ),
+        windows=windows,
+        batching=batching,
+        output=common.output,
+        run_id=_run_id(common),
     )

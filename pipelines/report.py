@@ -43,3 +43,21 @@ def print_report(result: PipelineResult, output: str, run_id: str, elapsed_s: fl
         f"  outputs: {base}/patch_predictions/, {base}/slide_summaries/, {base}/heatmaps/, "
         f"{base}/errors/ (files starting {run_id})"
     )
+
+
+def print_text_report(result: PipelineResult, output: str, run_id: str, elapsed_s: float) -> None:
+    """Print documents done, windows, padding fraction and the output locations."""
+    c = counters(result)
+    done, real, padded = (
+        c.get("documents_done", 0),
+        c.get("real_tokens", 0),
+        c.get("padded_tokens", 0),
+    )
+    fraction = padded / (real + padded) if real + padded else 0.0
+    print(f"\nrun {run_id}: {result.state} in {elapsed_s:.1f}s")
+    print(
+        f"  documents: {c.get('documents_tokenized', 0)} tokenized, {done} results "
+        f"({done / max(elapsed_s, 1e-9):.1f}/s overall), windows {c.get('windows', 0)}"
+    )
+    print(f"  tokens: {real} real, {padded} padding ({fraction:.1%} padding)")
+    print(f"  outputs: {output.rstrip('/')}/text_*/ and errors/ (files starting {run_id})")

@@ -17,7 +17,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineResult
 
-from pipelines.options import LOCAL_RUNNER, SlideInferenceOptions, SlideJobConfig, slide_job_config
+from pipelines.options import LOCAL_RUNNER, InferenceOptions, SlideJobConfig, slide_job_config
 from pipelines.report import print_report
 from transforms.aggregate import SummarizeCases, SummarizeSlides
 from transforms.errors import DEAD_LETTER, ConfigError
@@ -87,12 +87,12 @@ def write(outputs: dict[str, beam.PCollection], cfg: SlideJobConfig) -> None:
 def run(argv: list[str] | None = None) -> PipelineResult:
     """Parse flags, validate them (``ConfigError`` before anything starts), run, report."""
     options = PipelineOptions(argv)
-    cfg = slide_job_config(options.view_as(SlideInferenceOptions))
+    cfg = slide_job_config(options)
     standard = options.view_as(StandardOptions)
     if not standard.runner:
         standard.runner = LOCAL_RUNNER
     started = time.monotonic()
-    interval = options.view_as(SlideInferenceOptions).progress_interval_s
+    interval = options.view_as(InferenceOptions).progress_interval_s
     with ProgressReporter(interval, n_models=len(cfg.models)):
         pipeline = beam.Pipeline(options=options)
         write(build(pipeline, cfg), cfg)

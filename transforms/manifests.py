@@ -19,9 +19,10 @@ import fsspec
 from transforms.errors import DEAD_LETTER, ManifestError, dead_letter
 
 STAGE = "ReadManifest"
-SLIDE_COLUMNS = ("slide_id", "uri")
-PATCH_COLUMNS = ("slide_id", "x_px", "y_px", "size_px")
 _RESERVED = {"slide_id", "uri", "mpp"}
+_DOC_RESERVED = {"doc_id", "text"}
+MAX_DOC_CHARS = 5_000_000
+"""Documents longer than this are dead letters, not windows: 5 M characters is ~1,500 pages."""
 
 
 def read_rows(uri: str) -> Iterator[dict[str, Any] | ManifestError]:
@@ -46,7 +47,13 @@ def read_rows(uri: str) -> Iterator[dict[str, Any] | ManifestError]:
                 yield {**row, "_row": i}
         elif suffix in ("jsonl", "ndjson", "json"):
             for i, line in enumerate(f, start=1):
-                text = line.decode("utf-8-sig").strip()
+                try:
+                    text = line.decode("utf-8-sig").strip()
+                except UnicodeDecodeError as exc:
+                    yield ManifestError(
+                        f"row {i}: not valid UTF-8 ({exc.reason} at byte {exc.start})"
+                    )
+                    continue
                 if not text:
                     continue
                 try:
@@ -137,7 +144,7 @@ def validate_slide_row(row: dict[str, Any], manifest_uri: str = "") -> dict[str,
     return {"slide_id": slide_id, "uri": uri, "mpp": mpp, "metadata": metadata, "row": row["_row"]}
 
 
-def validate_patch_row(row: dict[str, Any]) -> dict[str, Any]:
+def validate_patch_row(row: dict[str, Any], manifest_uri: str = "") -> dict[str, Any]:
     """A clean patch row: ``slide_id, x_px, y_px, size_px, level, row``; raise ``ManifestError``."""
     level = 0 if _missing(row.get("level")) else _integer(row, "level", 0)
     return {
@@ -150,9 +157,38 @@ def validate_patch_row(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def validate_document_row(row: dict[str, Any], manifest_uri: str = "") -> dict[str, Any]:
+    """A clean document row: ``doc_id, text, metadata, row``; raise ``ManifestError``."""
+    doc_id = _text(row, "doc_id")
+    text = row.get("text")
+    if not isinstance(text, str):
+        raise ManifestError(f"row {row.get('_row')}: column 'text' is missing or not a string")
+    if not text.strip():
+        raise ManifestError(f"row {row.get('_row')}: column 'text' is empty or only whitespace")
+    if len(text) > MAX_DOC_CHARS:
+        raise ManifestError(
+            f"row {row.get('_row')}: text has {len(text):,} characters, over the "
+            f"{MAX_DOC_CHARS:,} limit; split the document"
+        )
+    metadata = {
+        str(k): str(v).strip()
+        for k, v in row.items()
+        if k not in _DOC_RESERVED and not str(k).startswith("_") and not _missing(v)
+    }
+    return {"doc_id": doc_id, "text": text, "metadata": metadata, "row": row["_row"]}
+
+
+_VALIDATORS = {
+    "slides": ("slide_id", validate_slide_row),
+    "patches": (None, validate_patch_row),
+    "documents": ("doc_id", validate_document_row),
+}
+
+
 class _ReadAndValidate(beam.DoFn):
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, rename: dict[str, str]) -> None:
         self._kind = kind
+        self._rename = rename
 
     def process(self, uri: str) -> Iterator[Any]:
         name = posixpath.basename(uri)
@@ -161,11 +197,11 @@ class _ReadAndValidate(beam.DoFn):
                 if isinstance(row, ManifestError):
                     yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(STAGE, name, row))
                     continue
+                for source, target in self._rename.items():
+                    if source in row:
+                        row[target] = row.pop(source)
                 try:
-                    if self._kind == "slides":
-                        yield validate_slide_row(row, uri)
-                    else:
-                        yield validate_patch_row(row)
+                    yield _VALIDATORS[self._kind][1](row, uri)
                 except ManifestError as exc:
                     key = f"{name}:row {row['_row']}"
                     yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(STAGE, key, exc, row))
@@ -175,54 +211,65 @@ class _ReadAndValidate(beam.DoFn):
 
 
 class _FirstOfDuplicates(beam.DoFn):
-    """Keep the first row of each ``slide_id``; every later row is a dead letter."""
+    """Keep the first row of each ``slide_id`` or ``doc_id``; later rows become dead letters."""
+
+    def __init__(self, id_column: str) -> None:
+        self._id_column = id_column
 
     def process(self, element: tuple[str, Iterable[dict[str, Any]]]) -> Iterator[Any]:
-        slide_id, rows = element
+        key, rows = element
         first, *rest = sorted(rows, key=lambda r: r["row"])
         yield first
         for row in rest:
-            same = "the same uri" if row["uri"] == first["uri"] else f"uri {first['uri']!r}"
             error = ManifestError(
-                f"duplicate slide_id {slide_id!r}: row {row['row']} repeats row {first['row']} "
-                f"({same}); slide_id must be unique in the manifest"
+                f"duplicate {self._id_column} {key!r}: row {row['row']} repeats row "
+                f"{first['row']}; {self._id_column} must be unique in the manifest"
             )
-            yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(STAGE, slide_id, error, row))
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(STAGE, key, error, row))
 
 
-def _by_slide_id(row: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    return row["slide_id"], row
+class _KeyById(beam.DoFn):
+    def __init__(self, id_column: str) -> None:
+        self._id_column = id_column
+
+    def process(self, row: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+        yield row[self._id_column], row
 
 
 class ReadManifest(beam.PTransform):
-    """Read a slide or patch manifest.
+    """Read a slide, patch or document manifest.
 
-    In: the pipeline root. Out: a ``DoOutputsTuple`` with the clean rows as the main output
-    (slide rows unique by ``slide_id``) and ``DEAD_LETTER`` rows.
+    In: the pipeline root. Out: a dict with the clean ``rows`` (slides unique by ``slide_id``,
+    documents by ``doc_id``) and ``DEAD_LETTER`` rows.
     """
 
-    def __init__(self, uri: str, kind: str) -> None:
+    def __init__(self, uri: str, kind: str, rename: dict[str, str] | None = None) -> None:
+        """``rename`` maps a file's column names to ours, e.g. ``{"pmid": "doc_id"}``."""
         super().__init__()
-        if kind not in ("slides", "patches"):
-            raise ValueError(f"kind must be 'slides' or 'patches', got {kind!r}")
+        if kind not in _VALIDATORS:
+            raise ValueError(f"kind must be one of {sorted(_VALIDATORS)}, got {kind!r}")
         self._uri = uri
         self._kind = kind
+        self._rename = dict(rename or {})
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> dict[str, beam.PCollection]:
         read = (
             pbegin
             | "ManifestUri" >> beam.Create([self._uri])
             | "ReadRows"
-            >> beam.ParDo(_ReadAndValidate(self._kind)).with_outputs(DEAD_LETTER, main="rows")
+            >> beam.ParDo(_ReadAndValidate(self._kind, self._rename)).with_outputs(
+                DEAD_LETTER, main="rows"
+            )
         )
-        if self._kind == "patches":
+        id_column = _VALIDATORS[self._kind][0]
+        if id_column is None:
             return {"rows": read.rows, DEAD_LETTER: read[DEAD_LETTER]}
         unique = (
             read.rows
-            | "KeyBySlideId" >> beam.Map(_by_slide_id)
-            | "GroupBySlideId" >> beam.GroupByKey()
+            | "KeyById" >> beam.ParDo(_KeyById(id_column))
+            | "GroupById" >> beam.GroupByKey()
             | "DropDuplicates"
-            >> beam.ParDo(_FirstOfDuplicates()).with_outputs(DEAD_LETTER, main="rows")
+            >> beam.ParDo(_FirstOfDuplicates(id_column)).with_outputs(DEAD_LETTER, main="rows")
         )
         errors = (read[DEAD_LETTER], unique[DEAD_LETTER]) | "Errors" >> beam.Flatten()
         return {"rows": unique.rows, DEAD_LETTER: errors}

@@ -92,6 +92,63 @@ CASE_SUMMARIES = Table(
     ),
 )
 
+_TEXT_KEYS = (
+    Column("doc_id", "STRING", "REQUIRED"),
+    Column("model_name", "STRING", "REQUIRED"),
+    Column("model_version", "STRING", "REQUIRED"),
+)
+_TEXT_SHAPE = (
+    Column("n_tokens", "INT64", "REQUIRED", description="tokens in the document, no specials"),
+    Column("n_windows", "INT64", "REQUIRED", description="model windows the document took"),
+    Column("run_id", "STRING", "REQUIRED"),
+)
+
+TEXT_ENTITIES = Table(
+    "text_entities",
+    (
+        *_TEXT_KEYS,
+        Column(
+            "entities",
+            "RECORD",
+            "REPEATED",
+            (
+                Column("label", "STRING", "REQUIRED"),
+                Column("score", "FLOAT64", "REQUIRED"),
+                Column("start", "INT64", "REQUIRED", description="character offset, inclusive"),
+                Column("end", "INT64", "REQUIRED", description="character offset, exclusive"),
+                Column("text", "STRING", "REQUIRED", description="equals text[start:end]"),
+            ),
+        ),
+        *_TEXT_SHAPE,
+    ),
+)
+
+TEXT_LABELS = Table(
+    "text_labels",
+    (
+        *_TEXT_KEYS,
+        Column(
+            "labels",
+            "RECORD",
+            "REPEATED",
+            (Column("label", "STRING", "REQUIRED"), Column("score", "FLOAT64", "REQUIRED")),
+            "every label with its score, best first",
+        ),
+        Column("top_label", "STRING", "REQUIRED"),
+        *_TEXT_SHAPE,
+    ),
+)
+
+TEXT_EMBEDDINGS = Table(
+    "text_embeddings",
+    (
+        *_TEXT_KEYS,
+        Column("embedding", "FLOAT64", "REPEATED", description="mean-pooled, L2-normalised"),
+        Column("dim", "INT64", "REQUIRED"),
+        *_TEXT_SHAPE,
+    ),
+)
+
 ERRORS = Table(
     "errors",
     (

@@ -190,9 +190,10 @@ def test_bad_flag_fails_before_the_pipeline_starts(tmp_path, cmu1):
 def test_building_the_graph_imports_neither_torch_nor_transformers(tmp_path):
     code = (
         "import sys, apache_beam as beam\n"
-        "from pipelines.options import SlideInferenceOptions, slide_job_config\n"
+        "from apache_beam.options.pipeline_options import PipelineOptions\n"
+        "from pipelines.options import slide_job_config\n"
         "from pipelines.slide_inference import build, write\n"
-        "cfg = slide_job_config(SlideInferenceOptions(['--slides', 's.csv', '--model',"
+        "cfg = slide_job_config(PipelineOptions(['--slides', 's.csv', '--model',"
         " 'a=a.pt2', '--patches', 'p.csv', '--group_by', 'case']))\n"
         "p = beam.Pipeline()\n"
         "write(build(p, cfg), cfg)\n"

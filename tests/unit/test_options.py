@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.options import SlideInferenceOptions, slide_job_config
+from pipelines.options import slide_job_config
 from transforms.errors import ConfigError
 
 
 def config(*args: str):
-    return slide_job_config(SlideInferenceOptions(list(args)))
+    return slide_job_config(PipelineOptions(list(args)))
 
 
 BASE = ("--slides", "s.csv", "--model", "tumor=m.pt2")

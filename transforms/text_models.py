@@ -1,0 +1,169 @@
+"""Hugging Face text models: specs, offline loading, and one padded forward pass per task.
+
+A model is a folder written by ``save_pretrained`` (local or any fsspec URL; a remote folder is
+copied once per worker process to a local cache). Nothing is fetched from a hub:
+``HF_HUB_OFFLINE=1`` and ``local_files_only=True``. transformers and torch are imported lazily.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from transforms.errors import ConfigError, ModelLoadError
+
+TASKS = ("token-classification", "text-classification", "embedding")
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
+
+
+@dataclass(frozen=True)
+class TextModelSpec:
+    """One text model branch."""
+
+    name: str
+    uri: str
+    task: str
+    version: str = "unversioned"
+    require_gpu: bool = False
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name):
+            raise ConfigError(
+                f"--model name {self.name!r} must start with a letter and hold only letters, "
+                "digits and underscores (at most 63)"
+            )
+        if self.task not in TASKS:
+            raise ConfigError(f"--task {self.name}={self.task}: one of {', '.join(TASKS)}")
+
+    @property
+    def shared_tag(self) -> str:
+        return f"{self.name}|{self.version}|{self.uri}|{self.task}"
+
+
+def local_folder(uri: str, cache_dir: str | None = None) -> str:
+    """A local path for a model folder: itself if local, else a copy made once per process."""
+    if "://" not in uri or uri.startswith("file://"):
+        return uri.removeprefix("file://")
+    import fsspec
+
+    cache_dir = cache_dir or os.path.join(tempfile.gettempdir(), "pathbeam-models")
+    target = os.path.join(cache_dir, hashlib.sha256(uri.encode()).hexdigest()[:16])
+    if not os.path.exists(os.path.join(target, ".complete")):
+        fs, path = fsspec.core.url_to_fs(uri)
+        partial = f"{target}.{os.getpid()}.partial"
+        fs.get(path.rstrip("/") + "/", partial, recursive=True)
+        open(os.path.join(partial, ".complete"), "w").close()
+        os.makedirs(cache_dir, exist_ok=True)
+        try:
+            os.replace(partial, target)
+        except OSError:  # another process finished first
+            pass
+    return target
+
+
+class LoadedTextModel:
+    """Tokenizer, model and device (a plain object, so ``Shared`` can hold a weak reference)."""
+
+    def __init__(self, tokenizer: Any, model: Any, device: str, spec: TextModelSpec) -> None:
+        self.tokenizer = tokenizer
+        self.model = model
+        self.device = device
+        self.spec = spec
+        config = getattr(model, "config", None)
+        self.id2label = {int(k): v for k, v in (getattr(config, "id2label", None) or {}).items()}
+        self.multi_label = getattr(config, "problem_type", None) == "multi_label_classification"
+
+
+def _offline() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+def load_tokenizer(spec: TextModelSpec) -> Any:
+    _offline()
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(local_folder(spec.uri), local_files_only=True)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"tokenizer of model {spec.name!r} could not be loaded from {spec.uri}: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    if not getattr(tokenizer, "is_fast", False):
+        raise ModelLoadError(
+            f"model {spec.name!r}: a fast tokenizer (tokenizer.json) is needed for offsets"
+        )
+    return tokenizer
+
+
+def load_text_model(spec: TextModelSpec) -> LoadedTextModel:
+    """Load tokenizer and model for ``spec.task`` onto the chosen device, in eval mode."""
+    _offline()
+    from transformers import (
+        AutoModel,
+        AutoModelForSequenceClassification,
+        AutoModelForTokenClassification,
+    )
+
+    from transforms.models import select_device
+
+    device = select_device(spec.require_gpu)
+    auto = {
+        "embedding": AutoModel,
+        "text-classification": AutoModelForSequenceClassification,
+        "token-classification": AutoModelForTokenClassification,
+    }[spec.task]
+    tokenizer = load_tokenizer(spec)
+    try:
+        model = auto.from_pretrained(local_folder(spec.uri), local_files_only=True)
+        model = model.to(device).eval()
+    except Exception as exc:
+        raise ModelLoadError(
+            f"model {spec.name!r} ({spec.task}) could not be loaded from {spec.uri}: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    return LoadedTextModel(tokenizer, model, device, spec)
+
+
+def forward(loaded: LoadedTextModel, windows: Sequence[list[int]]) -> list[np.ndarray]:
+    """One forward pass over windows of token ids, padded to the longest; one array per window.
+
+    embedding: the sum of token vectors (``H + 1``: the last value is the token count, so windows
+    merge into a document mean); text-classification: class probabilities ``C``;
+    token-classification: token probabilities ``T x C`` (padding dropped).
+    """
+    import torch
+
+    longest = max(len(w) for w in windows)
+    pad = loaded.tokenizer.pad_token_id or 0
+    ids = torch.full((len(windows), longest), pad, dtype=torch.long)
+    mask = torch.zeros((len(windows), longest), dtype=torch.long)
+    for i, w in enumerate(windows):
+        ids[i, : len(w)] = torch.tensor(w)
+        mask[i, : len(w)] = 1
+    ids, mask = ids.to(loaded.device), mask.to(loaded.device)
+    with torch.inference_mode():
+        out = loaded.model(input_ids=ids, attention_mask=mask)
+        task = loaded.spec.task
+        if task == "embedding":
+            hidden = out.last_hidden_state.float()
+            summed = (hidden * mask.unsqueeze(-1)).sum(dim=1)
+            counts = mask.sum(dim=1, keepdim=True).float()
+            result = torch.cat([summed, counts], dim=1).cpu().numpy()
+            return list(result.astype(np.float64))
+        logits = out.logits.float()
+        if task == "text-classification":
+            probs = torch.sigmoid(logits) if loaded.multi_label else torch.softmax(logits, -1)
+            return list(probs.cpu().numpy())
+        probs = torch.softmax(logits, dim=-1).cpu().numpy()
+        return [probs[i, : len(w)] for i, w in enumerate(windows)]
