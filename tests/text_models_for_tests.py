@@ -38,7 +38,7 @@ def tiny_bert(folder: Path, task: str, labels: tuple[str, ...], seed: int = 0) -
         intermediate_size=64,
         max_position_embeddings=512,
         id2label=dict(enumerate(labels)),
-        label2id={l: i for i, l in enumerate(labels)},
+        label2id={name: i for i, name in enumerate(labels)},
     )
     cls = (
         BertForTokenClassification

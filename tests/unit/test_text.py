@@ -42,8 +42,8 @@ def rule_model(window, tokenizer):
     probs = np.zeros((len(window.ids), 3), np.float32)
     probs[:, 0] = 1
     words = {}
-    for j, (start, end) in enumerate(window.offsets):
-        words.setdefault(window.word_ids[j], []).append(j)
+    for j, word_id in enumerate(window.word_ids):
+        words.setdefault(word_id, []).append(j)
     previous = None
     for wid, positions in sorted(words.items()):
         start, end = window.offsets[positions[0]][0], window.offsets[positions[-1]][1]
