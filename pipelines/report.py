@@ -45,7 +45,9 @@ def print_report(result: PipelineResult, output: str, run_id: str, elapsed_s: fl
     )
 
 
-def print_text_report(result: PipelineResult, output: str, run_id: str, elapsed_s: float) -> None:
+def print_text_report(
+    result: PipelineResult, output: str, run_id: str, elapsed_s: float, n_models: int
+) -> None:
     """Print documents done, windows, padding fraction and the output locations."""
     c = counters(result)
     done, real, padded = (
@@ -54,10 +56,11 @@ def print_text_report(result: PipelineResult, output: str, run_id: str, elapsed_
         c.get("padded_tokens", 0),
     )
     fraction = padded / (real + padded) if real + padded else 0.0
+    per_model = c.get("documents_tokenized", 0) // max(n_models, 1)
     print(f"\nrun {run_id}: {result.state} in {elapsed_s:.1f}s")
     print(
-        f"  documents: {c.get('documents_tokenized', 0)} tokenized, {done} results "
-        f"({done / max(elapsed_s, 1e-9):.1f}/s overall), windows {c.get('windows', 0)}"
+        f"  documents: {per_model} tokenized per model, {done} results from {n_models} "
+        f"model(s) ({done / max(elapsed_s, 1e-9):.1f}/s overall), {c.get('windows', 0)} windows"
     )
     print(f"  tokens: {real} real, {padded} padding ({fraction:.1%} padding)")
     print(f"  outputs: {output.rstrip('/')}/text_*/ and errors/ (files starting {run_id})")

@@ -72,7 +72,7 @@ def run(argv: list[str] | None = None) -> PipelineResult:
         write(build(pipeline, cfg), cfg)
         result = pipeline.run()
         result.wait_until_finish()
-    print_text_report(result, cfg.output, cfg.run_id, time.monotonic() - started)
+    print_text_report(result, cfg.output, cfg.run_id, time.monotonic() - started, len(cfg.models))
     return result
 
 

@@ -47,7 +47,15 @@ def reset() -> None:
 
 
 def progress_line(tally: dict[str, int], elapsed_s: float, done_key: str, n_models: int = 1) -> str:
-    """One human line: slides done of total, patch inferences done of planned, rate and ETA."""
+    """One human line: slides (or documents) done of total, work done of planned, rate, ETA."""
+    if done_key == "documents_done":
+        tokenized, done = tally.get("documents_tokenized", 0), tally.get(done_key, 0)
+        rate = done / elapsed_s if elapsed_s > 0 else 0.0
+        return (
+            f"documents {done}/{tokenized} done over {n_models} model(s), "
+            f"windows {tally.get('windows_inferred', 0)}/{tally.get('windows', 0)} inferred, "
+            f"{rate:.1f} document results/s"
+        )
     slides_total = tally.get("slides_planned", 0) + tally.get("slides_failed", 0)
     slides_done = tally.get("slides_summarized", 0) + tally.get("slides_failed", 0)
     planned = tally.get("patches_planned", 0) * n_models

@@ -52,12 +52,17 @@ def test_embeddings_equal_a_direct_call_whatever_the_batching(
 ):
     texts = ncbi_sentences(shared_data)[:60]
     docs = tmp_path / "docs.jsonl"
-    docs.write_text("".join(json.dumps({"doc_id": f"s{i}", "text": t}) + "\n"
-                            for i, t in enumerate(texts)))
+    docs.write_text(
+        "".join(json.dumps({"doc_id": f"s{i}", "text": t}) + "\n" for i, t in enumerate(texts))
+    )
     cfg = TextJobConfig(
-        documents=str(docs), columns={}, models=(TextModelSpec("emb", minilm, "embedding"),),
-        windows=WindowConfig(512, 64), batching=TokenBatchingConfig(max_tokens, max_batch, buffer),
-        output=str(tmp_path / "out"), run_id="emb",
+        documents=str(docs),
+        columns={},
+        models=(TextModelSpec("emb", minilm, "embedding"),),
+        windows=WindowConfig(512, 64),
+        batching=TokenBatchingConfig(max_tokens, max_batch, buffer),
+        output=str(tmp_path / "out"),
+        run_id="emb",
     )
     result = run_text_job(cfg)
     rows = pd.read_parquet(tmp_path / "out" / "text_embeddings").set_index("doc_id")
@@ -68,17 +73,20 @@ def test_embeddings_equal_a_direct_call_whatever_the_batching(
     assert c["documents_done"] == len(texts) and c["real_tokens"] == rows.n_tokens.sum() + 2 * 60
 
 
-def test_padding_stays_under_ten_percent_on_ncbi_sentences(tmp_path, shared_data,
-                                                           tiny_text_models):
+def test_padding_stays_under_ten_percent_on_ncbi_sentences(tmp_path, shared_data, tiny_text_models):
     texts = ncbi_sentences(shared_data)
     docs = tmp_path / "docs.csv"
     pd.DataFrame({"doc_id": [f"s{i}" for i in range(len(texts))], "text": texts}).to_csv(
-        docs, index=False)
+        docs, index=False
+    )
     cfg = TextJobConfig(
-        documents=str(docs), columns={},
+        documents=str(docs),
+        columns={},
         models=(TextModelSpec("ner", tiny_text_models["ner"], "token-classification"),),
-        windows=WindowConfig(512, 64), batching=TokenBatchingConfig(2048, 64, 2048),
-        output=str(tmp_path / "out"), run_id="pad",
+        windows=WindowConfig(512, 64),
+        batching=TokenBatchingConfig(2048, 64, 2048),
+        output=str(tmp_path / "out"),
+        run_id="pad",
     )
     result = run_text_job(cfg)
     c = counters(result)
