@@ -70,11 +70,34 @@ def run_pipeline(slide: Path, model: Path, patch_px: int, tag: str, patch_mpp: f
         "rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "print('BENCH ' + json.dumps({'wall_s': wall, 'rss_kb': rss, **counters(result)}))\n"
     )
-    args = ["--slides", str(manifest), "--model", f"m={model}", "--patch_px", str(patch_px),
-            "--patch_mpp", str(patch_mpp), "--min_tissue", "0", "--batch_size", str(BATCH),
-            "--output", str(out), "--run_id", tag, "--progress_interval_s", "30"]
-    proc = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, check=True)
+    args = [
+        "--slides",
+        str(manifest),
+        "--model",
+        f"m={model}",
+        "--patch_px",
+        str(patch_px),
+        "--patch_mpp",
+        str(patch_mpp),
+        "--min_tissue",
+        "0",
+        "--batch_size",
+        str(BATCH),
+        "--output",
+        str(out),
+        "--run_id",
+        tag,
+        "--progress_interval_s",
+        "30",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH "))
     return json.loads(line[6:])
 
@@ -87,10 +110,28 @@ def run_pipeline_here(slide: Path, model: Path, patch_px: int, tag: str) -> dict
     manifest = OUT / f"{tag}.csv"
     manifest.write_text(f"slide_id,uri\n{tag},{slide}\n")
     t = time.monotonic()
-    result = run(["--slides", str(manifest), "--model", f"m={model}", "--patch_px", str(patch_px),
-                  "--patch_mpp", "0.5", "--min_tissue", "0", "--batch_size", str(BATCH),
-                  "--output", str(OUT / f"results-{tag}"), "--run_id", tag,
-                  "--progress_interval_s", "30"])
+    result = run(
+        [
+            "--slides",
+            str(manifest),
+            "--model",
+            f"m={model}",
+            "--patch_px",
+            str(patch_px),
+            "--patch_mpp",
+            "0.5",
+            "--min_tissue",
+            "0",
+            "--batch_size",
+            str(BATCH),
+            "--output",
+            str(OUT / f"results-{tag}"),
+            "--run_id",
+            tag,
+            "--progress_interval_s",
+            "30",
+        ]
+    )
     return {"wall_s": time.monotonic() - t, **counters(result)}
 
 
@@ -128,8 +169,13 @@ def block_reads(slide: Path, patch_px: int, n: int) -> float:
     for unit in work_units("b", str(slide), geom, boxes, cfg, 0.5):
         region = read_level_region(s, unit.level, *unit.region_lvl)
         for b in unit.patches:
-            cut_patch(region, b.x_px - unit.region_lvl[0], b.y_px - unit.region_lvl[1],
-                      b.size_px, patch_px)
+            cut_patch(
+                region,
+                b.x_px - unit.region_lvl[0],
+                b.y_px - unit.region_lvl[1],
+                b.size_px,
+                patch_px,
+            )
             count += 1
     return count / (time.perf_counter() - t)
 
@@ -142,8 +188,9 @@ def bare_model(model: Path, pixels: np.ndarray) -> float:
 
     net = torch.export.load(str(model)).module()
     spec = ModelSpec("m", str(model))
-    batches = [preprocess(list(pixels[i:i + BATCH]), spec, "cpu")
-               for i in range(0, len(pixels), BATCH)]
+    batches = [
+        preprocess(list(pixels[i : i + BATCH]), spec, "cpu") for i in range(0, len(pixels), BATCH)
+    ]
     with torch.inference_mode():
         net(batches[0])
         t = time.perf_counter()
@@ -170,15 +217,23 @@ def throughput(n_patches: int, rounds: int) -> None:
     n = pipe["patches_inferred"]
     pipe_rate = statistics.median(pipe_rates)
     bare_rate = statistics.median(bare)
-    print(json.dumps({"patches": n, "pipeline_patches_per_s": round(pipe_rate, 2),
-                      "bare_model_patches_per_s": round(bare_rate, 2),
-                      "bare_model_runs": [round(b, 2) for b in bare],
-                      "pipeline_runs": [round(r, 2) for r in pipe_rates],
-                      "read_region_loop_patches_per_s": round(read_rate, 1),
-                      "block_reads_patches_per_s": round(block_rate, 1),
-                      "pipeline_over_bare_model": round(pipe_rate / bare_rate, 3),
-                      "block_reads_over_read_region": round(block_rate / read_rate, 2),
-                      "last_pipeline_wall_s": round(pipe["wall_s"], 1)}, indent=1))
+    print(
+        json.dumps(
+            {
+                "patches": n,
+                "pipeline_patches_per_s": round(pipe_rate, 2),
+                "bare_model_patches_per_s": round(bare_rate, 2),
+                "bare_model_runs": [round(b, 2) for b in bare],
+                "pipeline_runs": [round(r, 2) for r in pipe_rates],
+                "read_region_loop_patches_per_s": round(read_rate, 1),
+                "block_reads_patches_per_s": round(block_rate, 1),
+                "pipeline_over_bare_model": round(pipe_rate / bare_rate, 3),
+                "block_reads_over_read_region": round(block_rate / read_rate, 2),
+                "last_pipeline_wall_s": round(pipe["wall_s"], 1),
+            },
+            indent=1,
+        )
+    )
 
 
 def rss(mpps: list[float]) -> None:
@@ -186,30 +241,44 @@ def rss(mpps: list[float]) -> None:
     its mask and its thumbnail are the same and only the patch count changes."""
     import torch.nn as nn
 
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                        nn.Flatten(), nn.Linear(8, 2))
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2)
+    )
     model = export_model("tiny32", net, 32)
     slide = synthetic_slide("rss-10240", 10240, 10240)
     rows = []
     for mpp in mpps:
         result = run_pipeline(slide, model, 32, f"rss-{mpp:g}".replace(".", "p"), patch_mpp=mpp)
-        rows.append({"patch_mpp": mpp, "patches": result["patches_inferred"],
-                     "wall_s": round(result["wall_s"], 1),
-                     "peak_rss_mb": round(result["rss_kb"] / 1024)})
+        rows.append(
+            {
+                "patch_mpp": mpp,
+                "patches": result["patches_inferred"],
+                "wall_s": round(result["wall_s"], 1),
+                "peak_rss_mb": round(result["rss_kb"] / 1024),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     peaks = [r["peak_rss_mb"] for r in rows]
     print(json.dumps({"rss_spread_vs_smallest": round(max(peaks) / peaks[0] - 1, 3)}))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("mode", choices=("throughput", "rss"))
     parser.add_argument("--patches", type=int, default=2025)
-    parser.add_argument("--rounds", type=int, default=2, help="pipeline runs, each followed by "
-                        "a bare-model run; medians are reported")
-    parser.add_argument("--mpps", default="5,1.6,0.5",
-                        help="patch MPPs for rss: ~1k, ~10k and ~100k patches of 32 px")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="pipeline runs, each followed by a bare-model run; medians are reported",
+    )
+    parser.add_argument(
+        "--mpps",
+        default="5,1.6,0.5",
+        help="patch MPPs for rss: ~1k, ~10k and ~100k patches of 32 px",
+    )
     args = parser.parse_args()
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     if args.mode == "throughput":

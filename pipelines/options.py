@@ -99,6 +99,7 @@ class TextInferenceOptions(PipelineOptions):
         add("--window_tokens", type=int, default=512, help="model window, specials included")
         add("--stride_tokens", type=int, default=64, help="overlap of consecutive windows")
         add("--sort_buffer", type=int, default=2048, help="windows sorted together by length")
+        add("--max_padding", type=float, default=0.1, help="max padded share of a batch")
 
 
 @dataclass(frozen=True)
@@ -259,7 +260,7 @@ def text_job_config(options: PipelineOptions) -> TextJobConfig:
         raise ConfigError(f"--task NAME=TASK is required for {', '.join(missing)}")
     windows = WindowConfig(opts.window_tokens, opts.stride_tokens)
     batching = TokenBatchingConfig(
-        opts.max_tokens_per_batch, common.max_batch_size or 64, opts.sort_buffer
+        opts.max_tokens_per_batch, common.max_batch_size or 64, opts.sort_buffer, opts.max_padding
     )
     if batching.max_tokens_per_batch < windows.window_tokens:
         raise ConfigError(

@@ -6,7 +6,8 @@ of element sizes, while the cost of a padded batch is ``longest x count``. ``Bat
 ``length_fn``/``bucket_boundaries`` only buckets in streaming with ``max_batch_duration_secs``, and
 ``ModelHandler(max_batch_weight=...)`` raises TypeError in 2.77. Here a buffer of at most
 ``buffer_size`` elements is sorted longest first and cut so that ``longest x count`` stays within
-``max_tokens_per_batch``; each batch is later padded only to its own longest member.
+``max_tokens_per_batch`` and padding within ``max_padding`` of each batch; each batch is later
+padded only to its own longest member.
 """
 
 from __future__ import annotations
@@ -31,31 +32,49 @@ class TokenBatchingConfig:
     max_tokens_per_batch: int = 8192
     max_batch_size: int = 64
     buffer_size: int = 2048
+    max_padding: float = 0.1
 
     def __post_init__(self) -> None:
         if self.max_tokens_per_batch < 1 or self.max_batch_size < 1 or self.buffer_size < 1:
             raise ConfigError(
                 "--max_tokens_per_batch, --max_batch_size and --sort_buffer must be >= 1"
             )
+        if not 0.0 <= self.max_padding < 1.0:
+            raise ConfigError(f"--max_padding must be in [0, 1), got {self.max_padding}")
 
 
 def token_budget_batches(
-    items: Sequence[T], length: Callable[[T], int], max_tokens: int, max_size: int
+    items: Sequence[T],
+    length: Callable[[T], int],
+    max_tokens: int,
+    max_size: int,
+    max_padding: float = 1.0,
 ) -> list[list[T]]:
-    """Sort ``items`` longest first and cut batches with ``longest x count <= max_tokens``.
+    """Sort ``items`` longest first and cut batches with ``longest x count <= max_tokens``, at
+    most ``max_size`` items, and a padded share of at most ``max_padding``.
 
     An item longer than ``max_tokens`` on its own forms a batch of one.
     """
     ordered = sorted(items, key=length, reverse=True)
     batches: list[list[T]] = []
     current: list[T] = []
+    longest = real = 0
     for item in ordered:
-        # Sorted longest first, so the batch's first item is its longest.
-        longest = length(current[0]) if current else length(item)
-        if current and (len(current) >= max_size or longest * (len(current) + 1) > max_tokens):
-            batches.append(current)
-            current = []
+        n = length(item)
+        if current:
+            # Sorted longest first, so the batch's first item is its longest.
+            padded = longest * (len(current) + 1)
+            if (
+                len(current) >= max_size
+                or padded > max_tokens
+                or (padded - real - n) / padded > max_padding
+            ):
+                batches.append(current)
+                current = []
+        if not current:
+            longest, real = n, 0
         current.append(item)
+        real += n
     if current:
         batches.append(current)
     return batches
@@ -95,8 +114,13 @@ class _SortAndBatch(beam.DoFn):
             yield WindowedValue(batch, GlobalWindow().max_timestamp(), [GlobalWindow()])
 
     def _flush(self) -> Iterator[list[Any]]:
+        cfg = self._cfg
         batches = token_budget_batches(
-            self._buffer, self._length, self._cfg.max_tokens_per_batch, self._cfg.max_batch_size
+            self._buffer,
+            self._length,
+            cfg.max_tokens_per_batch,
+            cfg.max_batch_size,
+            cfg.max_padding,
         )
         self._buffer = []
         for batch in batches:

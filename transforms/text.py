@@ -183,8 +183,16 @@ class _RunTextModel(beam.DoFn):
         progress.count("windows_inferred", len(batch))
 
 
-def _key_by_doc(window: TextWindow) -> tuple[str, TextWindow]:
-    return window.doc_id, window
+class _RouteByWindows(beam.DoFn):
+    """Single-window documents skip the shuffle; only windowed documents are grouped."""
+
+    MULTI = "multi"
+
+    def process(self, window: TextWindow) -> Iterator[Any]:
+        if window.n_windows == 1:
+            yield window.doc_id, [window]
+        else:
+            yield beam.pvalue.TaggedOutput(self.MULTI, (window.doc_id, window))
 
 
 class _MergeWindows(beam.DoFn):
@@ -303,12 +311,17 @@ class RunTextModel(beam.PTransform):
         tokenized = docs | "Tokenize" >> beam.ParDo(
             _Tokenize(self._spec, self._windows)
         ).with_outputs(DEAD_LETTER, main="windows")
-        merged = (
+        routed = (
             tokenized.windows
             | "SortAndBatch" >> SortAndBatchByTokens(self._batching, window_length)
             | "Infer" >> beam.ParDo(_RunTextModel(self._spec))
-            | "KeyByDoc" >> beam.Map(_key_by_doc)
-            | "GroupWindows" >> beam.GroupByKey()
+            | "RouteByWindows"
+            >> beam.ParDo(_RouteByWindows()).with_outputs(_RouteByWindows.MULTI, main="single")
+        )
+        grouped = routed[_RouteByWindows.MULTI] | "GroupWindows" >> beam.GroupByKey()
+        merged = (
+            (routed.single, grouped)
+            | "AllDocuments" >> beam.Flatten()
             | "MergeWindows"
             >> beam.ParDo(_MergeWindows(self._spec, self._run_id)).with_outputs(
                 DEAD_LETTER, main="rows"
