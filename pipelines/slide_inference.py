@@ -9,21 +9,17 @@ one decoded patch stream) -> SummarizeSlides -> Write*.
 
 from __future__ import annotations
 
-import logging
-import sys
-import time
-
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineResult
 
-from pipelines.options import LOCAL_RUNNER, InferenceOptions, SlideJobConfig, slide_job_config
+from pipelines.launch import cli, launch
+from pipelines.options import SlideJobConfig, slide_job_config
 from pipelines.report import print_report
 from transforms.aggregate import SummarizeCases, SummarizeSlides
-from transforms.errors import DEAD_LETTER, ConfigError
+from transforms.errors import DEAD_LETTER
 from transforms.inference import RunModel
 from transforms.manifests import ReadManifest
-from transforms.progress import ProgressReporter
 from transforms.sinks import (
     CASE_SUMMARIES,
     PATCH_PREDICTIONS,
@@ -88,29 +84,17 @@ def run(argv: list[str] | None = None) -> PipelineResult:
     """Parse flags, validate them (``ConfigError`` before anything starts), run, report."""
     options = PipelineOptions(argv)
     cfg = slide_job_config(options)
-    standard = options.view_as(StandardOptions)
-    if not standard.runner:
-        standard.runner = LOCAL_RUNNER
-    started = time.monotonic()
-    interval = options.view_as(InferenceOptions).progress_interval_s
-    with ProgressReporter(interval, n_models=len(cfg.models)):
-        pipeline = beam.Pipeline(options=options)
+
+    def wire(pipeline: beam.Pipeline) -> None:
         write(build(pipeline, cfg), cfg)
-        result = pipeline.run()
-        result.wait_until_finish()
-    print_report(result, cfg.output, cfg.run_id, time.monotonic() - started)
+
+    result, elapsed = launch(options, wire, "patches_inferred", len(cfg.models))
+    print_report(result, cfg.output, cfg.run_id, elapsed)
     return result
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    for noisy in ("apache_beam", "tiffslide", "fsspec", "urllib3", "google"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    try:
-        run(sys.argv[1:])
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    cli(run)
 
 
 if __name__ == "__main__":

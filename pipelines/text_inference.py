@@ -9,19 +9,15 @@ ReadDocuments -> RunModel/<name> per model (Tokenize -> SortAndBatch -> Infer ->
 
 from __future__ import annotations
 
-import logging
-import sys
-import time
-
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineResult
 
-from pipelines.options import LOCAL_RUNNER, InferenceOptions, TextJobConfig, text_job_config
+from pipelines.launch import cli, launch
+from pipelines.options import TextJobConfig, text_job_config
 from pipelines.report import print_text_report
-from transforms.errors import DEAD_LETTER, ConfigError
+from transforms.errors import DEAD_LETTER
 from transforms.manifests import ReadManifest
-from transforms.progress import ProgressReporter
 from transforms.sinks import TEXT_EMBEDDINGS, TEXT_ENTITIES, TEXT_LABELS, WriteErrors, WriteTable
 from transforms.text import RunTextModel
 
@@ -62,29 +58,17 @@ def run(argv: list[str] | None = None) -> PipelineResult:
     """Parse flags, validate them (``ConfigError`` before anything starts), run, report."""
     options = PipelineOptions(argv)
     cfg = text_job_config(options)
-    standard = options.view_as(StandardOptions)
-    if not standard.runner:
-        standard.runner = LOCAL_RUNNER
-    started = time.monotonic()
-    interval = options.view_as(InferenceOptions).progress_interval_s
-    with ProgressReporter(interval, done_key="documents_done", n_models=len(cfg.models)):
-        pipeline = beam.Pipeline(options=options)
+
+    def wire(pipeline: beam.Pipeline) -> None:
         write(build(pipeline, cfg), cfg)
-        result = pipeline.run()
-        result.wait_until_finish()
-    print_text_report(result, cfg.output, cfg.run_id, time.monotonic() - started, len(cfg.models))
+
+    result, elapsed = launch(options, wire, "documents_done", len(cfg.models))
+    print_text_report(result, cfg.output, cfg.run_id, elapsed, len(cfg.models))
     return result
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    for noisy in ("apache_beam", "fsspec", "urllib3", "google", "transformers"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    try:
-        run(sys.argv[1:])
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    cli(run)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,26 +11,13 @@ import pandas as pd
 import pytest
 
 from tests.conftest import REPO
+from tests.e2e.cli import read_errors, run_module
 
 pytestmark = pytest.mark.e2e
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "pipelines.slide_inference", *args, "--progress_interval_s", "2"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ},
-    )
-
-
-def read_errors(out: Path) -> list[dict]:
-    lines = []
-    for path in sorted((out / "errors").glob("*.jsonl")):
-        lines += [json.loads(line) for line in path.read_text().splitlines() if line]
-    return lines
+    return run_module("pipelines.slide_inference", *args)
 
 
 def test_mixed_vendor_manifest_with_bad_slides(tmp_path, shared_data, tiny_models):

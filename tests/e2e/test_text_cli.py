@@ -3,36 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 
 import pandas as pd
 import pytest
 
-from tests.conftest import REPO
+from tests.e2e.cli import read_errors, run_module
 
 pytestmark = pytest.mark.e2e
 
 
 def run_text_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "pipelines.text_inference", *args, "--progress_interval_s", "5"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env={**os.environ},
-    )
-
-
-def read_errors(out) -> list[dict]:
-    return [
-        json.loads(line)
-        for p in sorted((out / "errors").glob("*.jsonl"))
-        for line in p.read_text().splitlines()
-        if line
-    ]
+    return run_module("pipelines.text_inference", *args)
 
 
 def test_ncbi_abstracts_and_bad_rows(tmp_path, shared_data, minilm, tiny_text_models):
