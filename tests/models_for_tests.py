@@ -38,3 +38,21 @@ def export_pt2(net: nn.Module, path: str, patch_px: int = 64) -> str:
     )
     torch.export.save(program, path)
     return path
+
+
+class OomAboveFour(TinyPatchNet):
+    """Raises torch's out-of-memory error for batches over 4, like a GPU at its limit."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] > 4:
+            raise torch.OutOfMemoryError(f"CUDA out of memory (batch {x.shape[0]} > 4)")
+        return super().forward(x)
+
+
+class FailsOnWhite(TinyPatchNet):
+    """Raises for any batch holding an all-white patch: a per-element failure."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool((x.flatten(1).min(dim=1).values > 2.0).any()):  # white, ImageNet-normalised
+            raise ValueError("white patch in batch")
+        return super().forward(x)

@@ -53,6 +53,48 @@ def prediction_row(patch: Any, probs: np.ndarray, spec: ModelSpec, run_id: str) 
     }
 
 
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A CUDA or CPU out-of-memory error (torch's, or Python's MemoryError)."""
+    if isinstance(exc, MemoryError):
+        return True
+    name = type(exc).__name__
+    return name == "OutOfMemoryError" or "out of memory" in str(exc).lower()
+
+
+class SplittingRunner:
+    """Run a batch function so that only the elements that fail on their own fail.
+
+    A failing batch is split in halves and retried, down to single elements (bisection), so one
+    bad input costs O(log n) extra calls and every other element still gets its result. An
+    out-of-memory error also lowers the batch-size cap for later batches (Beam has had an open
+    request for this since 2022: apache/beam#21447).
+    """
+
+    def __init__(self, fn: Any, max_size: int) -> None:
+        self._fn = fn
+        self.cap = max_size
+
+    def run(self, batch: Sequence[Any]) -> list[tuple[Any, Any, BaseException | None]]:
+        """``(element, result, error)`` for every element, in order."""
+        out: list[tuple[Any, Any, BaseException | None]] = []
+        for start in range(0, len(batch), self.cap):
+            out += self._run(list(batch[start : start + self.cap]))
+        return out
+
+    def _run(self, batch: list[Any]) -> list[tuple[Any, Any, BaseException | None]]:
+        try:
+            return [(x, r, None) for x, r in zip(batch, self._fn(batch), strict=True)]
+        except Exception as exc:  # noqa: BLE001 - split, then blame single elements only
+            if len(batch) == 1:
+                return [(batch[0], None, exc)]
+            if is_out_of_memory(exc):
+                self.cap = max(1, min(self.cap, len(batch) // 2))
+                progress.count("oom_backoffs")
+            progress.count("batch_splits")
+            mid = len(batch) // 2
+            return self._run(batch[:mid]) + self._run(batch[mid:])
+
+
 class _RunModelBatches(beam.DoFn):
     def __init__(self, spec: ModelSpec, patch_px: int, run_id: str) -> None:
         self._spec = spec
@@ -68,23 +110,23 @@ class _RunModelBatches(beam.DoFn):
         self._handler = PatchModelHandler(self._spec, self._patch_px)
         # A load failure raises here and fails the job with the model's name, URI and cause.
         self._model = self._shared.acquire(self._handler.load_model, tag=self._spec.shared_tag)
+        self._runner = SplittingRunner(self._infer, max_size=4096)
+
+    def _infer(self, batch: list[Any]) -> list[np.ndarray]:
+        return [r.inference for r in self._handler.run_inference(batch, self._model)]
 
     def process(self, batch: Sequence[Any]) -> Iterator[Any]:
         spec = self._spec
         stage = f"RunModel/{spec.name}"
-        try:
-            results = self._handler.run_inference(batch, self._model)
-        except Exception as exc:  # noqa: BLE001 - each patch of the batch becomes a dead letter
-            progress.count("patches_failed", len(batch))
-            for patch in batch:
-                yield beam.pvalue.TaggedOutput(
-                    DEAD_LETTER, dead_letter(stage, patch.key, exc, _patch_input(patch, spec))
-                )
-            return
         progress.count("batches", 1)
         inferred = 0
-        for result in results:
-            probs, patch = result.inference, result.example
+        for patch, probs, error in self._runner.run(batch):
+            if error is not None:
+                progress.count("patches_failed")
+                yield beam.pvalue.TaggedOutput(
+                    DEAD_LETTER, dead_letter(stage, patch.key, error, _patch_input(patch, spec))
+                )
+                continue
             if not np.all(np.isfinite(probs)):
                 error = ModelOutputError(f"model {spec.name!r} returned non-finite values {probs}")
                 yield beam.pvalue.TaggedOutput(

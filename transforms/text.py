@@ -18,6 +18,7 @@ from apache_beam.utils.shared import Shared
 from transforms import progress
 from transforms.batching import SortAndBatchByTokens, TokenBatchingConfig
 from transforms.errors import DEAD_LETTER, ConfigError, PipelineError, dead_letter
+from transforms.inference import SplittingRunner
 from transforms.text_models import TextModelSpec
 
 
@@ -162,20 +163,21 @@ class _RunTextModel(beam.DoFn):
         self._model = self._shared.acquire(
             lambda: load_text_model(self._spec), tag=self._spec.shared_tag
         )
+        self._runner = SplittingRunner(self._forward, max_size=4096)
 
-    def process(self, batch: Sequence[TextWindow]) -> Iterator[TextWindow]:
+    def _forward(self, batch: list[TextWindow]) -> list[Any]:
         from transforms.text_models import forward
 
-        try:
-            outputs = forward(self._model, [w.ids for w in batch])
-        except Exception as exc:  # noqa: BLE001 - the windows' documents become dead letters
-            for window in batch:
-                window.error = f"{type(exc).__name__}: {exc}"
-                yield window
-            return
+        return forward(self._model, [w.ids for w in batch])
+
+    def process(self, batch: Sequence[TextWindow]) -> Iterator[TextWindow]:
         id2label = self._model.id2label
         labels = [id2label.get(i, f"LABEL_{i}") for i in range(max(id2label, default=-1) + 1)]
-        for window, out in zip(batch, outputs, strict=True):
+        for window, out, error in self._runner.run(batch):
+            if error is not None:  # the window's document becomes a dead letter when merged
+                window.error = f"{type(error).__name__}: {error}"
+                yield window
+                continue
             if not np.all(np.isfinite(out)):
                 window.error = "ModelOutputError: the model returned non-finite values"
             window.output, window.labels = out, labels
