@@ -1,0 +1,153 @@
+"""Both pipelines translate for Dataflow offline (DataflowRunner --dry_run=True, no network).
+
+The job graph holds the named stages, the workers run the given container image, and no stage of
+ours is an unnamed lambda. Graph construction and launch import neither torch nor transformers:
+checked in a subprocess, since this test process may already have imported them elsewhere.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.pipeline
+
+IMAGE = "us-central1-docker.pkg.dev/test-project/pathbeam/worker:test"
+DATAFLOW = [
+    "--runner=DataflowRunner",
+    "--dry_run=True",
+    "--project=test-project",
+    "--region=us-central1",
+    "--temp_location=gs://test-bucket/tmp",
+    f"--sdk_container_image={IMAGE}",
+    "--sdk_location=container",
+    "--dataflow_service_options=worker_accelerator=type:nvidia-tesla-t4;count:1;"
+    "install-nvidia-driver",
+    "--experiments=no_use_multiple_sdk_containers",
+]
+PIPELINES = {
+    "slides": (
+        "pipelines.slide_inference",
+        [
+            "--slides",
+            "gs://b/slides.csv",
+            "--patches",
+            "gs://b/patches.csv",
+            "--model",
+            "tumor=gs://b/tumor.pt2",
+            "--model",
+            "grade=gs://b/grade.pt2",
+            "--group_by",
+            "case_id",
+            "--output",
+            "gs://b/out",
+        ],
+    ),
+    "text": (
+        "pipelines.text_inference",
+        [
+            "--documents",
+            "gs://b/papers.jsonl",
+            "--model",
+            "ner=gs://b/ner",
+            "--task",
+            "ner=token-classification",
+            "--model",
+            "emb=gs://b/emb",
+            "--task",
+            "emb=embedding",
+            "--output",
+            "gs://b/out",
+        ],
+    ),
+}
+PROBE = """
+import json, sys
+import apache_beam as beam
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
+from apache_beam.portability.api import beam_runner_api_pb2
+import importlib
+module = importlib.import_module(sys.argv[1])
+options = PipelineOptions(sys.argv[2:])
+config = {"pipelines.slide_inference": "slide_job_config",
+          "pipelines.text_inference": "text_job_config"}[sys.argv[1]]
+cfg = getattr(importlib.import_module("pipelines.options"), config)(options)
+pipeline = beam.Pipeline(options=options)
+module.write(module.build(pipeline, cfg), cfg)
+result = pipeline.run()
+components = result.job.proto_pipeline.components
+images = [beam_runner_api_pb2.DockerPayload.FromString(e.payload).container_image
+          for e in components.environments.values() if e.urn == "beam:env:docker:v1"]
+gcp = options.view_as(GoogleCloudOptions)
+print(json.dumps({
+    "names": sorted(t.unique_name for t in components.transforms.values()),
+    "images": images,
+    "service_options": gcp.dataflow_service_options,
+    "experiments": options.get_all_options()["experiments"],
+    "heavy": [m for m in ("torch", "transformers") if m in sys.modules],
+}))
+"""
+
+
+def translate(kind: str) -> dict:
+    module, args = PIPELINES[kind]
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE, module, *DATAFLOW, *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize(
+    "kind, stages",
+    [
+        (
+            "slides",
+            [
+                "ReadSlideManifest",
+                "ReadPatchManifest",
+                "PlanPatches",
+                "ReadPatches",
+                "RunModel/tumor",
+                "RunModel/grade",
+                "SummarizeSlides",
+                "SummarizeCases",
+                "WritePredictions",
+                "WriteSlideSummaries",
+                "WriteCaseSummaries",
+                "WriteErrors",
+            ],
+        ),
+        (
+            "text",
+            [
+                "ReadDocuments",
+                "RunModel/ner",
+                "RunModel/emb",
+                "RunModel/ner/SortAndBatch",
+                "Write/text_entities",
+                "Write/text_embeddings",
+                "WriteErrors",
+            ],
+        ),
+    ],
+)
+def test_dataflow_job_graph_offline(kind, stages):
+    job = translate(kind)
+    assert set(stages) <= set(job["names"]), sorted(set(stages) - set(job["names"]))
+    assert job["images"] and set(job["images"]) == {IMAGE}
+    assert any("worker_accelerator=type:nvidia-tesla-t4" in o for o in job["service_options"])
+    assert "no_use_multiple_sdk_containers" in job["experiments"]
+    # The only lambdas are inside Beam's own Create/Write composites, never one of our stages.
+    lambdas = [n for n in job["names"] if "<lambda" in n]
+    assert all("<lambda at core.py" in n for n in lambdas), lambdas
+    assert job["heavy"] == []
