@@ -1,4 +1,4 @@
-"""The Beam and Python versions agree across pyproject.toml, the worker image and cloudbuild.yaml."""
+"""Beam, Python and torch versions agree across pyproject.toml, the image and cloudbuild."""
 
 from __future__ import annotations
 
