@@ -8,6 +8,7 @@ the ``DEAD_LETTER`` tagged output instead of raising, so the rest of the run com
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 DEAD_LETTER = "dead_letters"
@@ -48,6 +49,29 @@ class ModelOutputError(PipelineError):
     """A model output that is not a usable prediction (wrong shape, NaN or infinite)."""
 
 
+_SECRETS = (
+    # signed-URL and OAuth query parameters: keep the name, drop the value
+    (
+        re.compile(
+            r"(?i)([?&](?:x-goog-signature|x-goog-credential|x-amz-signature|x-amz-credential|"
+            r"signature|sig|token|access_token|id_token|key|api_key|apikey|code)=)[^&\s\"']+"
+        ),
+        r"\1REDACTED",
+    ),
+    (re.compile(r"(?i)(bearer\s+)[a-z0-9._~+/=-]+"), r"\1REDACTED"),
+    # user:password@host in any URL
+    (re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^/:@\s\"']+:)[^@\s\"'/]+(@)"), r"\1REDACTED\2"),
+    (re.compile(r"(\bya29\.)[A-Za-z0-9._-]+"), r"\1REDACTED"),  # Google OAuth access tokens
+)
+
+
+def redact(text: str) -> str:
+    """``text`` with credentials, signed-URL signatures and bearer tokens replaced."""
+    for pattern, replacement in _SECRETS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items() if k != "pixels"}
@@ -73,13 +97,13 @@ def dead_letter(stage: str, key: str, error: BaseException | str, element: Any =
         error_type, message = type(error).__name__, str(error) or repr(error)
     else:
         error_type, message = "Rejected", error
-    text = json.dumps(_jsonable(element), sort_keys=True, default=repr)
+    text = redact(json.dumps(_jsonable(element), sort_keys=True, default=repr))
     if len(text) > _MAX_INPUT_CHARS:
         text = text[:_MAX_INPUT_CHARS] + "...(truncated)"
     return {
         "stage": stage,
-        "key": str(key),
+        "key": redact(str(key)),
         "error_type": error_type,
-        "message": message,
+        "message": redact(message),
         "input": text,
     }
