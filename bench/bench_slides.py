@@ -56,21 +56,11 @@ def export_model(name: str, net, patch_px: int) -> Path:  # noqa: ANN001
     return path
 
 
-def run_pipeline(slide: Path, model: Path, patch_px: int, tag: str, patch_mpp: float) -> dict:
-    """Run the CLI in a child process; return its counters, wall time and peak RSS."""
+def pipeline_args(slide: Path, model: Path, patch_px: int, patch_mpp: float, tag: str) -> list:
+    """The CLI flags of one benchmark run over one slide (grid, no tissue filter)."""
     manifest = OUT / f"{tag}.csv"
     manifest.write_text(f"slide_id,uri\n{tag},{slide}\n")
-    out = OUT / f"results-{tag}"
-    env = {**os.environ, "NO_GCE_CHECK": "true", "GCE_METADATA_HOST": "127.0.0.1:9"}
-    code = (
-        "import json, resource, sys, time\n"
-        "from pipelines.slide_inference import run\n"
-        "from pipelines.report import counters\n"
-        "t = time.monotonic(); result = run(sys.argv[1:]); wall = time.monotonic() - t\n"
-        "rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-        "print('BENCH ' + json.dumps({'wall_s': wall, 'rss_kb': rss, **counters(result)}))\n"
-    )
-    args = [
+    return [
         "--slides",
         str(manifest),
         "--model",
@@ -84,12 +74,26 @@ def run_pipeline(slide: Path, model: Path, patch_px: int, tag: str, patch_mpp: f
         "--batch_size",
         str(BATCH),
         "--output",
-        str(out),
+        str(OUT / f"results-{tag}"),
         "--run_id",
         tag,
         "--progress_interval_s",
         "30",
     ]
+
+
+def run_pipeline(slide: Path, model: Path, patch_px: int, tag: str, patch_mpp: float) -> dict:
+    """Run the CLI in a child process; return its counters, wall time and peak RSS."""
+    env = {**os.environ, "NO_GCE_CHECK": "true", "GCE_METADATA_HOST": "127.0.0.1:9"}
+    code = (
+        "import json, resource, sys, time\n"
+        "from pipelines.slide_inference import run\n"
+        "from pipelines.report import counters\n"
+        "t = time.monotonic(); result = run(sys.argv[1:]); wall = time.monotonic() - t\n"
+        "rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "print('BENCH ' + json.dumps({'wall_s': wall, 'rss_kb': rss, **counters(result)}))\n"
+    )
+    args = pipeline_args(slide, model, patch_px, patch_mpp, tag)
     proc = subprocess.run(
         [sys.executable, "-c", code, *args],
         cwd=REPO,
@@ -107,31 +111,8 @@ def run_pipeline_here(slide: Path, model: Path, patch_px: int, tag: str) -> dict
     from pipelines.report import counters
     from pipelines.slide_inference import run
 
-    manifest = OUT / f"{tag}.csv"
-    manifest.write_text(f"slide_id,uri\n{tag},{slide}\n")
     t = time.monotonic()
-    result = run(
-        [
-            "--slides",
-            str(manifest),
-            "--model",
-            f"m={model}",
-            "--patch_px",
-            str(patch_px),
-            "--patch_mpp",
-            "0.5",
-            "--min_tissue",
-            "0",
-            "--batch_size",
-            str(BATCH),
-            "--output",
-            str(OUT / f"results-{tag}"),
-            "--run_id",
-            tag,
-            "--progress_interval_s",
-            "30",
-        ]
-    )
+    result = run(pipeline_args(slide, model, patch_px, 0.5, tag))
     return {"wall_s": time.monotonic() - t, **counters(result)}
 
 
