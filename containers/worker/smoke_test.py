@@ -1,6 +1,6 @@
 """In-image smoke test: imports, versions, CUDA visibility, and a tiny model on the device.
 
-    docker run --rm --entrypoint python IMAGE /opt/pathbeam/smoke_test.py [--require_gpu]
+docker run --rm --entrypoint python IMAGE /opt/pathbeam/smoke_test.py [--require_gpu]
 """
 
 from __future__ import annotations
@@ -23,17 +23,32 @@ def main() -> None:
     from transforms.models import select_device
 
     device = select_device(args.require_gpu)
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1),
-                              torch.nn.Flatten(), torch.nn.Linear(4, 2)).to(device).eval()
+    net = (
+        torch.nn.Sequential(
+            torch.nn.Conv2d(3, 4, 3),
+            torch.nn.AdaptiveAvgPool2d(1),
+            torch.nn.Flatten(),
+            torch.nn.Linear(4, 2),
+        )
+        .to(device)
+        .eval()
+    )
     with torch.inference_mode():
         out = net(torch.rand(2, 3, 32, 32, device=device))
     assert out.shape == (2, 2)
-    print(json.dumps({
-        "apache-beam": md.version("apache-beam"), "torch": torch.__version__,
-        "cuda_build": torch.version.cuda, "cuda_available": torch.cuda.is_available(),
-        "device": device, "tiffslide": md.version("tiffslide"),
-        "imagecodecs": md.version("imagecodecs"),
-    }))
+    print(
+        json.dumps(
+            {
+                "apache-beam": md.version("apache-beam"),
+                "torch": torch.__version__,
+                "cuda_build": torch.version.cuda,
+                "cuda_available": torch.cuda.is_available(),
+                "device": device,
+                "tiffslide": md.version("tiffslide"),
+                "imagecodecs": md.version("imagecodecs"),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":
