@@ -100,6 +100,13 @@ class WorkUnit:
     patches: list[PatchBox] = field(default_factory=list)
     patch_px: int = 224
     mpp: float | None = None
+    slide_mpp: float | None = None
+
+    def patch_mpp(self, box: PatchBox) -> float | None:
+        """µm/px of ``box`` once resized to ``patch_px``: the grid's MPP, else from the slide's."""
+        if self.mpp is not None:
+            return self.mpp
+        return self.slide_mpp * box.size_px / self.patch_px if self.slide_mpp else None
 
 
 def choose_level(downsamples: tuple[float, ...], wanted: float) -> int:
@@ -244,7 +251,7 @@ def _units(
         for start in range(0, len(members), cfg.max_patches_per_unit):
             chunk = members[start : start + cfg.max_patches_per_unit]
             region = _aligned_region(geom, level, chunk)
-            yield WorkUnit(slide_id, uri, level, region, chunk, cfg.patch_px, mpp)
+            yield WorkUnit(slide_id, uri, level, region, chunk, cfg.patch_px, mpp, geom.mpp)
 
 
 def _aligned_region(

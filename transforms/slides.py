@@ -245,7 +245,6 @@ class _ReadUnit(beam.DoFn):
             slide = self._cache.get(unit.uri)
             region = read_level_region(slide, unit.level, *unit.region_lvl)
             ds = float(slide.level_downsamples[unit.level])
-            base_mpp = slide_geometry(slide).mpp if unit.mpp is None else None
             progress.count("bytes_read", compressed_bytes(slide, unit.level, unit.region_lvl))
         except Exception as exc:  # noqa: BLE001 - the unit's patches become dead letters
             for box in unit.patches:
@@ -256,9 +255,7 @@ class _ReadUnit(beam.DoFn):
         for box in unit.patches:
             x, y, size = box_at_level(box, ds)
             pixels = cut_patch(region, x - rx, y - ry, size, unit.patch_px)
-            mpp = unit.mpp
-            if mpp is None and base_mpp:
-                mpp = base_mpp * box.size_px / unit.patch_px
+            mpp = unit.patch_mpp(box)
             yield Patch(unit.slide_id, box.x_px, box.y_px, box.size_px, box.level, mpp, pixels)
         progress.count("patches_read", len(unit.patches))
 

@@ -117,3 +117,14 @@ def test_work_units_are_tile_aligned_hold_every_patch_once_and_respect_the_cap()
         for b in unit.patches:
             assert x <= b.x_px and b.x_px + b.size_px <= x + w
             assert y <= b.y_px and b.y_px + b.size_px <= y + h
+
+
+def test_manifest_patches_take_their_mpp_from_the_slide_including_a_manifest_override():
+    geom = pyramid(width=4096, height=4096, mpp=0.25)  # as if the manifest gave 0.25
+    cfg = PatchingConfig(patch_px=128, patch_mpp=0.5)
+    boxes = [PatchBox(0, 0, 512, 1), PatchBox(1024, 0, 128, 0)]
+    units = list(work_units("s", "u", geom, boxes, cfg, None))
+    got = {b.size_px: u.patch_mpp(b) for u in units for b in u.patches}
+    assert got == {512: 1.0, 128: 0.25}
+    grid_units = list(work_units("s", "u", geom, boxes, cfg, 0.5))
+    assert {u.patch_mpp(b) for u in grid_units for b in u.patches} == {0.5}
