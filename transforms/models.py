@@ -88,23 +88,48 @@ def select_device(require_gpu: bool) -> str:
     return "cpu"
 
 
-def local_copy(uri: str, cache_dir: str | None = None) -> str:
-    """A local path for ``uri``: itself if local, else a copy made once per process."""
+def _cache_target(uri: str, cache_dir: str | None, suffix: str = "") -> str | None:
+    """``None`` for a local path; else where the per-process copy of ``uri`` goes."""
     if "://" not in uri or uri.startswith("file://"):
-        return uri.removeprefix("file://")
-    import fsspec
-
+        return None
     cache_dir = cache_dir or os.path.join(tempfile.gettempdir(), "pathbeam-models")
     os.makedirs(cache_dir, exist_ok=True)
-    digest = hashlib.sha256(uri.encode()).hexdigest()[:16]
-    path = os.path.join(cache_dir, f"{digest}-{os.path.basename(uri)}")
+    return os.path.join(cache_dir, hashlib.sha256(uri.encode()).hexdigest()[:16] + suffix)
+
+
+def local_copy(uri: str, cache_dir: str | None = None) -> str:
+    """A local path for a model file: itself if local, else a copy made once per process."""
+    path = _cache_target(uri, cache_dir, f"-{os.path.basename(uri)}")
+    if path is None:
+        return uri.removeprefix("file://")
     if not os.path.exists(path):
+        import fsspec
+
         partial = f"{path}.{os.getpid()}.partial"
         with fsspec.open(uri, "rb") as src, open(partial, "wb") as dst:
             while chunk := src.read(8 << 20):
                 dst.write(chunk)
         os.replace(partial, path)
     return path
+
+
+def local_folder(uri: str, cache_dir: str | None = None) -> str:
+    """A local path for a model folder: itself if local, else a copy made once per process."""
+    target = _cache_target(uri, cache_dir)
+    if target is None:
+        return uri.removeprefix("file://")
+    if not os.path.exists(os.path.join(target, ".complete")):
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(uri)
+        partial = f"{target}.{os.getpid()}.partial"
+        fs.get(path.rstrip("/") + "/", partial, recursive=True)
+        open(os.path.join(partial, ".complete"), "w").close()
+        try:
+            os.replace(partial, target)
+        except OSError:  # another process finished first
+            pass
+    return target
 
 
 class LoadedModel:

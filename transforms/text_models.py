@@ -7,10 +7,8 @@ copied once per worker process to a local cache). Nothing is fetched from a hub:
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from transforms.errors import ConfigError, ModelLoadError
+from transforms.models import local_folder
 
 TASKS = ("token-classification", "text-classification", "embedding")
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
@@ -45,27 +44,6 @@ class TextModelSpec:
     @property
     def shared_tag(self) -> str:
         return f"{self.name}|{self.version}|{self.uri}|{self.task}"
-
-
-def local_folder(uri: str, cache_dir: str | None = None) -> str:
-    """A local path for a model folder: itself if local, else a copy made once per process."""
-    if "://" not in uri or uri.startswith("file://"):
-        return uri.removeprefix("file://")
-    import fsspec
-
-    cache_dir = cache_dir or os.path.join(tempfile.gettempdir(), "pathbeam-models")
-    target = os.path.join(cache_dir, hashlib.sha256(uri.encode()).hexdigest()[:16])
-    if not os.path.exists(os.path.join(target, ".complete")):
-        fs, path = fsspec.core.url_to_fs(uri)
-        partial = f"{target}.{os.getpid()}.partial"
-        fs.get(path.rstrip("/") + "/", partial, recursive=True)
-        open(os.path.join(partial, ".complete"), "w").close()
-        os.makedirs(cache_dir, exist_ok=True)
-        try:
-            os.replace(partial, target)
-        except OSError:  # another process finished first
-            pass
-    return target
 
 
 class LoadedTextModel:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -80,3 +82,23 @@ def test_version_is_part_of_the_shared_tag():
     assert a.shared_tag != b.shared_tag and "2" in b.shared_tag
     with pytest.raises(ConfigError):
         ModelSpec("m", "x.pt2", std=(0.0, 1.0, 1.0))
+
+
+def test_remote_model_files_and_folders_are_copied_once_into_the_cache(tmp_path):
+    import fsspec
+
+    from transforms.models import local_copy, local_folder
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/bucket/m.pt2", b"weights")
+    fs.pipe("/bucket/hf/config.json", b"{}")
+    fs.pipe("/bucket/hf/tokenizer.json", b"{}")
+    cache = str(tmp_path / "cache")
+    path = local_copy("memory://bucket/m.pt2", cache)
+    assert open(path, "rb").read() == b"weights" and path.startswith(cache)
+    fs.pipe("/bucket/m.pt2", b"changed")
+    assert open(local_copy("memory://bucket/m.pt2", cache), "rb").read() == b"weights"
+    folder = local_folder("memory://bucket/hf", cache)
+    assert sorted(os.listdir(folder)) == [".complete", "config.json", "tokenizer.json"]
+    assert local_folder("memory://bucket/hf", cache) == folder
+    assert local_copy(str(tmp_path / "x.pt2")) == str(tmp_path / "x.pt2")
