@@ -14,7 +14,7 @@ from apache_beam.runners.runner import PipelineResult
 
 from pipelines.options import LOCAL_RUNNER, InferenceOptions
 from transforms.errors import ConfigError
-from transforms.progress import ProgressReporter
+from transforms.progress import ProgressLine, ProgressReporter
 
 _NOISY = ("apache_beam", "tiffslide", "fsspec", "urllib3", "google", "transformers")
 
@@ -22,7 +22,7 @@ _NOISY = ("apache_beam", "tiffslide", "fsspec", "urllib3", "google", "transforme
 def launch(
     options: PipelineOptions,
     wire: Callable[[beam.Pipeline], Any],
-    done_key: str,
+    line: ProgressLine,
     n_models: int,
 ) -> tuple[PipelineResult, float]:
     """Run a pipeline that ``wire`` builds, defaulting to the local runner, with progress lines.
@@ -34,7 +34,7 @@ def launch(
         standard.runner = LOCAL_RUNNER
     started = time.monotonic()
     interval = options.view_as(InferenceOptions).progress_interval_s
-    with ProgressReporter(interval, done_key=done_key, n_models=n_models):
+    with ProgressReporter(interval, line, n_models):
         pipeline = beam.Pipeline(options=options)
         wire(pipeline)
         result = pipeline.run()

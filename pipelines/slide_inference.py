@@ -20,6 +20,7 @@ from transforms.aggregate import SummarizeCases, SummarizeSlides
 from transforms.errors import DEAD_LETTER
 from transforms.inference import RunModel
 from transforms.manifests import ReadManifest
+from transforms.progress import slide_progress_line
 from transforms.sinks import (
     CASE_SUMMARIES,
     PATCH_PREDICTIONS,
@@ -88,7 +89,7 @@ def run(argv: list[str] | None = None) -> PipelineResult:
     def wire(pipeline: beam.Pipeline) -> None:
         write(build(pipeline, cfg), cfg)
 
-    result, elapsed = launch(options, wire, "patches_inferred", len(cfg.models))
+    result, elapsed = launch(options, wire, slide_progress_line, len(cfg.models))
     print_report(result, cfg.output, cfg.run_id, elapsed)
     return result
 

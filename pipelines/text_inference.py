@@ -18,6 +18,7 @@ from pipelines.options import TextJobConfig, text_job_config
 from pipelines.report import print_text_report
 from transforms.errors import DEAD_LETTER
 from transforms.manifests import ReadManifest
+from transforms.progress import text_progress_line
 from transforms.sinks import TEXT_EMBEDDINGS, TEXT_ENTITIES, TEXT_LABELS, WriteErrors, WriteTable
 from transforms.text import RunTextModel
 
@@ -62,7 +63,7 @@ def run(argv: list[str] | None = None) -> PipelineResult:
     def wire(pipeline: beam.Pipeline) -> None:
         write(build(pipeline, cfg), cfg)
 
-    result, elapsed = launch(options, wire, "documents_done", len(cfg.models))
+    result, elapsed = launch(options, wire, text_progress_line, len(cfg.models))
     print_text_report(result, cfg.output, cfg.run_id, elapsed, len(cfg.models))
     return result
 

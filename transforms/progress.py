@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 
 from apache_beam.metrics import Metrics
 
@@ -46,20 +47,12 @@ def reset() -> None:
         _tally.clear()
 
 
-def progress_line(tally: dict[str, int], elapsed_s: float, done_key: str, n_models: int = 1) -> str:
-    """One human line: slides (or documents) done of total, work done of planned, rate, ETA."""
-    if done_key == "documents_done":
-        tokenized, done = tally.get("documents_tokenized", 0), tally.get(done_key, 0)
-        rate = done / elapsed_s if elapsed_s > 0 else 0.0
-        return (
-            f"documents {done}/{tokenized} done over {n_models} model(s), "
-            f"windows {tally.get('windows_inferred', 0)}/{tally.get('windows', 0)} inferred, "
-            f"{rate:.1f} document results/s"
-        )
+def slide_progress_line(tally: dict[str, int], elapsed_s: float, n_models: int = 1) -> str:
+    """Slides done of total, patch inferences done of planned, patches/s and an ETA."""
     slides_total = tally.get("slides_planned", 0) + tally.get("slides_failed", 0)
     slides_done = tally.get("slides_summarized", 0) + tally.get("slides_failed", 0)
     planned = tally.get("patches_planned", 0) * n_models
-    done = tally.get(done_key, 0)
+    done = tally.get("patches_inferred", 0)
     rate = done / elapsed_s if elapsed_s > 0 else 0.0
     eta = f"{(planned - done) / rate:.0f}s" if rate > 0 and planned >= done else "?"
     return (
@@ -68,15 +61,27 @@ def progress_line(tally: dict[str, int], elapsed_s: float, done_key: str, n_mode
     )
 
 
-class ProgressReporter:
-    """Logs ``progress_line`` every ``interval_s`` seconds from a daemon thread."""
+def text_progress_line(tally: dict[str, int], elapsed_s: float, n_models: int = 1) -> str:
+    """Document results done of tokenized, windows inferred, document results/s."""
+    tokenized, done = tally.get("documents_tokenized", 0), tally.get("documents_done", 0)
+    rate = done / elapsed_s if elapsed_s > 0 else 0.0
+    return (
+        f"documents {done}/{tokenized} done over {n_models} model(s), "
+        f"windows {tally.get('windows_inferred', 0)}/{tally.get('windows', 0)} inferred, "
+        f"{rate:.1f} document results/s"
+    )
 
-    def __init__(
-        self, interval_s: float = 10.0, done_key: str = "patches_inferred", n_models: int = 1
-    ) -> None:
+
+ProgressLine = Callable[[dict[str, int], float, int], str]
+
+
+class ProgressReporter:
+    """Logs ``line(tally, elapsed_s, n_models)`` every ``interval_s`` seconds from a thread."""
+
+    def __init__(self, interval_s: float, line: ProgressLine, n_models: int = 1) -> None:
         self._interval_s = interval_s
+        self._line = line
         self._n_models = n_models
-        self._done_key = done_key
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="progress", daemon=True)
         self._start = 0.0
@@ -94,6 +99,4 @@ class ProgressReporter:
     def _loop(self) -> None:
         while not self._stop.wait(self._interval_s):
             elapsed = time.monotonic() - self._start
-            _LOG.info(
-                "progress: %s", progress_line(snapshot(), elapsed, self._done_key, self._n_models)
-            )
+            _LOG.info("progress: %s", self._line(snapshot(), elapsed, self._n_models))

@@ -164,6 +164,8 @@ class _RunTextModel(beam.DoFn):
             lambda: load_text_model(self._spec), tag=self._spec.shared_tag
         )
         self._runner = SplittingRunner(self._forward, max_size=4096)
+        id2label = self._model.id2label
+        self._labels = [id2label.get(i, f"LABEL_{i}") for i in range(max(id2label, default=-1) + 1)]
 
     def _forward(self, batch: list[TextWindow]) -> list[Any]:
         from transforms.text_models import forward
@@ -171,8 +173,6 @@ class _RunTextModel(beam.DoFn):
         return forward(self._model, [w.ids for w in batch])
 
     def process(self, batch: Sequence[TextWindow]) -> Iterator[TextWindow]:
-        id2label = self._model.id2label
-        labels = [id2label.get(i, f"LABEL_{i}") for i in range(max(id2label, default=-1) + 1)]
         for window, out, error in self._runner.run(batch):
             if error is not None:  # the window's document becomes a dead letter when merged
                 window.error = f"{type(error).__name__}: {error}"
@@ -180,7 +180,7 @@ class _RunTextModel(beam.DoFn):
                 continue
             if not np.all(np.isfinite(out)):
                 window.error = "ModelOutputError: the model returned non-finite values"
-            window.output, window.labels = out, labels
+            window.output, window.labels = out, self._labels
             yield window
         progress.count("windows_inferred", len(batch))
 
