@@ -12,9 +12,11 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 
 from transforms.batching import TokenBatchingConfig
+from transforms.bigquery import parse_table, resolve_endpoint
+from transforms.destinations import Destination, RunStamp, destination
 from transforms.errors import ConfigError
 from transforms.geometry import PatchingConfig
 from transforms.inference import BatchingConfig
@@ -41,7 +43,26 @@ class InferenceOptions(PipelineOptions):
         add("--min_batch_size", type=int, default=None)
         add("--max_batch_size", type=int, default=None)
         add("--require_gpu", action="store_true", help="fail worker setup without a CUDA device")
-        add("--output", default="results", help="output folder: local path or gs://bucket/prefix")
+        add(
+            "--output",
+            default="results",
+            help="a folder of Parquet files (local or gs://bucket/prefix) or bq://PROJECT.DATASET",
+        )
+        add(
+            "--artifacts",
+            default=None,
+            help="folder for heatmaps, local or gs:// (default: --output; needed with bq://)",
+        )
+        add(
+            "--bigquery_endpoint",
+            default=None,
+            help="BigQuery API endpoint, e.g. a local emulator (default: $BIGQUERY_EMULATOR_HOST)",
+        )
+        add(
+            "--skip_existing",
+            action="store_true",
+            help="skip inputs that already have results for every model at its version",
+        )
         add("--run_id", default=None, help="id stamped on every row (default: time + random)")
         add("--progress_interval_s", type=float, default=10.0)
 
@@ -111,9 +132,10 @@ class SlideJobConfig:
     models: tuple[ModelSpec, ...]
     patching: PatchingConfig
     batching: BatchingConfig
-    output: str
+    destination: Destination
+    run: RunStamp
+    skip_existing: bool
     group_by: str | None
-    run_id: str
     heatmaps: bool
 
 
@@ -143,18 +165,31 @@ def _batching(common: InferenceOptions) -> BatchingConfig:
     return BatchingConfig(common.min_batch_size or 1, common.max_batch_size or 32)
 
 
-def _run_id(common: InferenceOptions) -> str:
-    run_id = common.run_id or (
-        datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
-    )
+def _run(common: InferenceOptions) -> RunStamp:
+    started = datetime.now(UTC)
+    run_id = common.run_id or (started.strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6])
     if not _RUN_ID.match(run_id):
         raise ConfigError(f"--run_id must match {_RUN_ID.pattern}, got {run_id!r}")
-    return run_id
+    return RunStamp(run_id, started.date())
 
 
-def _check_output(common: InferenceOptions) -> None:
-    if common.output.startswith("bq://"):
-        raise ConfigError("--output bq://... is not available yet: give a folder or gs:// prefix")
+def _destination(options: PipelineOptions, needs_artifacts: bool) -> Destination:
+    common = options.view_as(InferenceOptions)
+    return destination(
+        common.output,
+        common.artifacts,
+        resolve_endpoint(common.bigquery_endpoint),
+        options.view_as(GoogleCloudOptions).temp_location,
+        needs_artifacts,
+    )
+
+
+def _check_manifest(uri: str, flag: str, options: PipelineOptions) -> None:
+    """A ``bq://`` manifest must name a table; fail before launch if it does not."""
+    if uri.startswith("bq://"):
+        parse_table(
+            uri, flag, resolve_endpoint(options.view_as(InferenceOptions).bigquery_endpoint)
+        )
 
 
 def _check_names(flag: str, values: dict[str, str], uris: dict[str, str]) -> None:
@@ -202,7 +237,7 @@ def slide_job_config(options: PipelineOptions) -> SlideJobConfig:
     opts = options.view_as(SlideInferenceOptions)
     if not opts.slides:
         raise ConfigError("--slides is required: a slide manifest with slide_id and uri columns")
-    _check_output(common)
+    _check_manifest(opts.slides, "--slides", options)
     patch_mpp = opts.patch_mpp
     if patch_mpp is None and opts.patch_level is None:
         patch_mpp = 0.5
@@ -221,9 +256,10 @@ def slide_job_config(options: PipelineOptions) -> SlideJobConfig:
             max_patches_per_unit=opts.max_patches_per_unit,
         ),
         batching=_batching(common),
-        output=common.output,
+        destination=_destination(options, needs_artifacts=not opts.no_heatmaps),
+        run=_run(common),
+        skip_existing=common.skip_existing,
         group_by=opts.group_by,
-        run_id=_run_id(common),
         heatmaps=not opts.no_heatmaps,
     )
 
@@ -237,8 +273,9 @@ class TextJobConfig:
     models: tuple[TextModelSpec, ...]
     windows: WindowConfig
     batching: TokenBatchingConfig
-    output: str
-    run_id: str
+    destination: Destination
+    run: RunStamp
+    skip_existing: bool
 
 
 def text_job_config(options: PipelineOptions) -> TextJobConfig:
@@ -247,7 +284,7 @@ def text_job_config(options: PipelineOptions) -> TextJobConfig:
     opts = options.view_as(TextInferenceOptions)
     if not opts.documents:
         raise ConfigError("--documents is required: a file with doc_id and text columns")
-    _check_output(common)
+    _check_manifest(opts.documents, "--documents", options)
     uris = named_values(common.model, "--model")
     if not uris:
         raise ConfigError("--model NAME=URI is required (a Hugging Face model folder)")
@@ -282,6 +319,7 @@ def text_job_config(options: PipelineOptions) -> TextJobConfig:
         ),
         windows=windows,
         batching=batching,
-        output=common.output,
-        run_id=_run_id(common),
+        destination=_destination(options, needs_artifacts=False),
+        run=_run(common),
+        skip_existing=common.skip_existing,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.runners.runner import PipelineResult
 
+from transforms.destinations import Destination
 from transforms.progress import NAMESPACE
 
 SHOWN = (
@@ -17,6 +18,7 @@ SHOWN = (
     "patches_inferred",
     "patches_failed",
     "bytes_read",
+    "skipped_existing",
 )
 
 
@@ -30,7 +32,7 @@ def counters(result: PipelineResult) -> dict[str, int]:
     return out
 
 
-def print_report(result: PipelineResult, output: str, run_id: str, elapsed_s: float) -> None:
+def print_report(result: PipelineResult, dest: Destination, run_id: str, elapsed_s: float) -> None:
     """Print slides done and failed, patches, patches/s and the output locations."""
     c = counters(result)
     inferred = c.get("patches_inferred", 0)
@@ -38,15 +40,19 @@ def print_report(result: PipelineResult, output: str, run_id: str, elapsed_s: fl
     print(f"  slides: {c.get('slides_planned', 0)} planned, {c.get('slides_failed', 0)} failed")
     print(f"  patch inferences: {inferred} ({inferred / max(elapsed_s, 1e-9):.1f}/s overall)")
     print("  counters: " + ", ".join(f"{k}={c.get(k, 0)}" for k in SHOWN))
-    base = output.rstrip("/")
-    print(
-        f"  outputs: {base}/patch_predictions/, {base}/slide_summaries/, {base}/heatmaps/, "
-        f"{base}/errors/ (files starting {run_id})"
-    )
+    print(f"  {_where(dest, 'patch_predictions, slide_summaries, errors', run_id)}")
+    if dest.artifacts:
+        print(f"  heatmaps: {dest.artifacts}/heatmaps/")
+
+
+def _where(dest: Destination, tables: str, run_id: str) -> str:
+    if dest.bigquery is not None:
+        return f"tables {tables} in {dest.describe()} (rows of this run: run_id = {run_id!r})"
+    return f"outputs: {tables} under {dest.folder}/ (files starting {run_id})"
 
 
 def print_text_report(
-    result: PipelineResult, output: str, run_id: str, elapsed_s: float, n_models: int
+    result: PipelineResult, dest: Destination, run_id: str, elapsed_s: float, n_models: int
 ) -> None:
     """Print documents done, windows, padding fraction and the output locations."""
     c = counters(result)
@@ -63,4 +69,4 @@ def print_text_report(
         f"model(s) ({done / max(elapsed_s, 1e-9):.1f}/s overall), {c.get('windows', 0)} windows"
     )
     print(f"  tokens: {real} real, {padded} padding ({fraction:.1%} padding)")
-    print(f"  outputs: {output.rstrip('/')}/text_*/ and errors/ (files starting {run_id})")
+    print(f"  {_where(dest, 'text_* and errors', run_id)}")

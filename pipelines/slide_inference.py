@@ -17,43 +17,46 @@ from pipelines.launch import cli, launch
 from pipelines.options import SlideJobConfig, slide_job_config
 from pipelines.report import print_report
 from transforms.aggregate import SummarizeCases, SummarizeSlides
+from transforms.destinations import WriteRows, prepare
 from transforms.errors import DEAD_LETTER
+from transforms.incremental import SkipExisting
 from transforms.inference import RunModel
 from transforms.manifests import ReadManifest
 from transforms.progress import slide_progress_line
-from transforms.sinks import (
-    CASE_SUMMARIES,
-    PATCH_PREDICTIONS,
-    SLIDE_SUMMARIES,
-    WriteErrors,
-    WriteTable,
-)
+from transforms.sinks import CASE_SUMMARIES, ERRORS, PATCH_PREDICTIONS, SLIDE_SUMMARIES
 from transforms.slides import SLIDE_INFO, PlanPatches, ReadPatches
 
 
 def build(pipeline: beam.Pipeline, cfg: SlideJobConfig) -> dict[str, beam.PCollection]:
     """Wire the slide pipeline; return its output PCollections (before the writes)."""
-    slides = pipeline | "ReadSlideManifest" >> ReadManifest(cfg.slides, "slides")
+    endpoint = cfg.destination.bigquery_endpoint
+    slides = pipeline | "ReadSlideManifest" >> ReadManifest(cfg.slides, "slides", None, endpoint)
     errors = [slides[DEAD_LETTER]]
-    plan_input = slides["rows"]
+    slide_rows = slides["rows"]
+    if cfg.skip_existing:
+        done = tuple((SLIDE_SUMMARIES, m.name, m.version) for m in cfg.models)
+        slide_rows = slide_rows | "SkipExisting" >> SkipExisting(cfg.destination, "slide_id", done)
+    plan_input = slide_rows
     if cfg.patches:
-        patches = pipeline | "ReadPatchManifest" >> ReadManifest(cfg.patches, "patches")
+        patches = pipeline | "ReadPatchManifest" >> ReadManifest(
+            cfg.patches, "patches", None, endpoint
+        )
         errors.append(patches[DEAD_LETTER])
-        plan_input = (slides["rows"], patches["rows"])
+        plan_input = (slide_rows, patches["rows"])
     planned = plan_input | "PlanPatches" >> PlanPatches(cfg.patching)
     read = planned["units"] | "ReadPatches" >> ReadPatches()
     errors += [planned[DEAD_LETTER], read[DEAD_LETTER]]
     predictions = []
     for spec in cfg.models:
         inferred = read["patches"] | f"RunModel/{spec.name}" >> RunModel(
-            spec, cfg.batching, cfg.run_id, cfg.patching.patch_px
+            spec, cfg.batching, cfg.run.run_id, cfg.patching.patch_px
         )
         predictions.append(inferred["predictions"])
         errors.append(inferred[DEAD_LETTER])
     all_predictions = predictions | "AllPredictions" >> beam.Flatten()
-    heatmap_dir = f"{cfg.output.rstrip('/')}/heatmaps" if cfg.heatmaps else None
+    heatmap_dir = f"{cfg.destination.artifacts}/heatmaps" if cfg.heatmaps else None
     summarized = (all_predictions, planned[SLIDE_INFO]) | "SummarizeSlides" >> SummarizeSlides(
-        cfg.models, heatmap_dir, cfg.run_id
+        cfg.models, heatmap_dir, cfg.run.run_id
     )
     errors.append(summarized[DEAD_LETTER])
     outputs = {
@@ -66,19 +69,19 @@ def build(pipeline: beam.Pipeline, cfg: SlideJobConfig) -> dict[str, beam.PColle
     return outputs
 
 
+_TABLES = {
+    "predictions": ("WritePredictions", PATCH_PREDICTIONS),
+    "summaries": ("WriteSlideSummaries", SLIDE_SUMMARIES),
+    "cases": ("WriteCaseSummaries", CASE_SUMMARIES),
+    "errors": ("WriteErrors", ERRORS),
+}
+
+
 def write(outputs: dict[str, beam.PCollection], cfg: SlideJobConfig) -> None:
-    """Write every output table under ``cfg.output``."""
-    outputs["predictions"] | "WritePredictions" >> WriteTable(
-        PATCH_PREDICTIONS, cfg.output, cfg.run_id
-    )
-    outputs["summaries"] | "WriteSlideSummaries" >> WriteTable(
-        SLIDE_SUMMARIES, cfg.output, cfg.run_id
-    )
-    if "cases" in outputs:
-        outputs["cases"] | "WriteCaseSummaries" >> WriteTable(
-            CASE_SUMMARIES, cfg.output, cfg.run_id
-        )
-    outputs["errors"] | "WriteErrors" >> WriteErrors(cfg.output, cfg.run_id)
+    """Write every output table to ``cfg.destination``."""
+    for name, rows in outputs.items():
+        label, table = _TABLES[name]
+        rows | label >> WriteRows(table, cfg.destination, cfg.run)
 
 
 def run(argv: list[str] | None = None) -> PipelineResult:
@@ -86,11 +89,13 @@ def run(argv: list[str] | None = None) -> PipelineResult:
     options = PipelineOptions(argv)
     cfg = slide_job_config(options)
 
+    prepare(cfg.destination)
+
     def wire(pipeline: beam.Pipeline) -> None:
         write(build(pipeline, cfg), cfg)
 
     result, elapsed = launch(options, wire, slide_progress_line, len(cfg.models))
-    print_report(result, cfg.output, cfg.run_id, elapsed)
+    print_report(result, cfg.destination, cfg.run.run_id, elapsed)
     return result
 
 

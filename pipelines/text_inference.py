@@ -16,10 +16,12 @@ from apache_beam.runners.runner import PipelineResult
 from pipelines.launch import cli, launch
 from pipelines.options import TextJobConfig, text_job_config
 from pipelines.report import print_text_report
+from transforms.destinations import WriteRows, prepare
 from transforms.errors import DEAD_LETTER
+from transforms.incremental import SkipExisting
 from transforms.manifests import ReadManifest
 from transforms.progress import text_progress_line
-from transforms.sinks import TEXT_EMBEDDINGS, TEXT_ENTITIES, TEXT_LABELS, WriteErrors, WriteTable
+from transforms.sinks import ERRORS, TEXT_EMBEDDINGS, TEXT_ENTITIES, TEXT_LABELS
 from transforms.text import RunTextModel
 
 TABLES = {
@@ -31,28 +33,35 @@ TABLES = {
 
 def build(pipeline: beam.Pipeline, cfg: TextJobConfig) -> dict[str, beam.PCollection]:
     """Wire the text pipeline; return one row PCollection per table, and the errors."""
-    docs = pipeline | "ReadDocuments" >> ReadManifest(cfg.documents, "documents", cfg.columns)
+    docs = pipeline | "ReadDocuments" >> ReadManifest(
+        cfg.documents, "documents", cfg.columns, cfg.destination.bigquery_endpoint
+    )
     errors = [docs[DEAD_LETTER]]
+    rows = docs["rows"]
+    if cfg.skip_existing:
+        done = tuple((TABLES[m.task], m.name, m.version) for m in cfg.models)
+        rows = rows | "SkipExisting" >> SkipExisting(cfg.destination, "doc_id", done)
     by_table: dict[str, list[beam.PCollection]] = {}
     for spec in cfg.models:
-        out = docs["rows"] | f"RunModel/{spec.name}" >> RunTextModel(
-            spec, cfg.windows, cfg.batching, cfg.run_id
+        out = rows | f"RunModel/{spec.name}" >> RunTextModel(
+            spec, cfg.windows, cfg.batching, cfg.run.run_id
         )
         by_table.setdefault(TABLES[spec.task].name, []).append(out["rows"])
         errors.append(out[DEAD_LETTER])
     outputs = {
         name: rows | f"All/{name}" >> beam.Flatten() for name, rows in sorted(by_table.items())
     }
-    outputs["errors"] = errors | "AllErrors" >> beam.Flatten()
+    outputs[ERRORS.name] = errors | "AllErrors" >> beam.Flatten()
     return outputs
 
 
 def write(outputs: dict[str, beam.PCollection], cfg: TextJobConfig) -> None:
-    """Write every output table under ``cfg.output``."""
-    for table in TABLES.values():
+    """Write every output table to ``cfg.destination``."""
+    for table in (*TABLES.values(), ERRORS):
         if table.name in outputs:
-            outputs[table.name] | f"Write/{table.name}" >> WriteTable(table, cfg.output, cfg.run_id)
-    outputs["errors"] | "WriteErrors" >> WriteErrors(cfg.output, cfg.run_id)
+            outputs[table.name] | f"Write/{table.name}" >> WriteRows(
+                table, cfg.destination, cfg.run
+            )
 
 
 def run(argv: list[str] | None = None) -> PipelineResult:
@@ -60,11 +69,13 @@ def run(argv: list[str] | None = None) -> PipelineResult:
     options = PipelineOptions(argv)
     cfg = text_job_config(options)
 
+    prepare(cfg.destination)
+
     def wire(pipeline: beam.Pipeline) -> None:
         write(build(pipeline, cfg), cfg)
 
     result, elapsed = launch(options, wire, text_progress_line, len(cfg.models))
-    print_text_report(result, cfg.output, cfg.run_id, elapsed, len(cfg.models))
+    print_text_report(result, cfg.destination, cfg.run.run_id, elapsed, len(cfg.models))
     return result
 
 

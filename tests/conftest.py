@@ -12,6 +12,9 @@ import pytest
 os.environ.setdefault("NO_GCE_CHECK", "true")
 os.environ.setdefault("GCE_METADATA_HOST", "127.0.0.1:9")
 os.environ.setdefault("GCE_METADATA_IP", "127.0.0.1:9")
+# Read when gcsfs is imported: its experimental bucket-type lookup stalls ~30 s per open on the
+# GCS emulator.
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -72,3 +75,25 @@ def tiny_text_models(tmp_path_factory: pytest.TempPathFactory, minilm: str) -> d
         "ner": tiny_bert(folder / "ner", "token-classification", NER_LABELS, seed=0),
         "cls": tiny_bert(folder / "cls", "text-classification", ("negative", "positive"), seed=1),
     }
+
+
+@pytest.fixture(scope="session")
+def local_gcp(tmp_path_factory: pytest.TempPathFactory):
+    """The GCS and BigQuery emulators on 127.0.0.1, with this process's environment pointed at
+    them for the session (subprocesses inherit it). Stopped by pid at the end."""
+    pytest.importorskip("bqemulator", reason="pip install -e .[dev] brings bqemulator")
+    pytest.importorskip("gcp_storage_emulator", reason="pip install -e .[dev]")
+    from localgcp.cluster import LocalGcp
+
+    gcp = LocalGcp(tmp_path_factory.mktemp("localgcp")).start()
+    saved = {name: os.environ.get(name) for name in gcp.env()}
+    os.environ.update(gcp.env())
+    try:
+        yield gcp
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        gcp.stop()

@@ -1,4 +1,5 @@
-"""Read and validate slide and patch manifests (CSV/TSV, JSONL, Parquet; local or any fsspec URL).
+"""Read and validate slide, patch and document manifests: CSV/TSV, JSONL or Parquet files (local
+or any fsspec URL), or a BigQuery table (``bq://PROJECT.DATASET.TABLE``).
 
 A bad row never stops the run: it becomes a dead letter at stage ``ReadManifest`` naming the row,
 the column and what is wrong. Slide URIs that are relative paths are taken relative to the
@@ -15,6 +16,7 @@ from typing import Any
 
 import apache_beam as beam
 import fsspec
+from google.api_core.exceptions import GoogleAPIError
 
 from transforms.errors import DEAD_LETTER, ManifestError, dead_letter
 
@@ -25,11 +27,20 @@ MAX_DOC_CHARS = 5_000_000
 """Documents longer than this are dead letters, not windows: 5 M characters is ~1,500 pages."""
 
 
-def read_rows(uri: str) -> Iterator[dict[str, Any] | ManifestError]:
+def read_rows(
+    uri: str, bigquery_endpoint: str | None = None
+) -> Iterator[dict[str, Any] | ManifestError]:
     """Yield each data row of a manifest as a dict with its 1-based ``_row`` number.
 
     A JSONL line that is not a JSON object is yielded as a ``ManifestError`` instead.
     """
+    if uri.startswith("bq://"):
+        from transforms.bigquery import parse_table, read_table_rows
+
+        dataset, table = parse_table(uri, "manifest", bigquery_endpoint)
+        for i, row in enumerate(read_table_rows(dataset, table), start=1):
+            yield {k: ("" if v is None else v) for k, v in row.items()} | {"_row": i}
+        return
     suffix = uri.lower().rsplit(".", 1)[-1]
     with fsspec.open(uri, "rb") as f:
         if suffix in ("csv", "tsv", "txt"):
@@ -122,7 +133,7 @@ def _integer(row: dict[str, Any], column: str, minimum: int) -> int:
 
 def resolve_uri(uri: str, manifest_uri: str) -> str:
     """A relative local path in a manifest is relative to the manifest's folder."""
-    if "://" in uri or uri.startswith("/"):
+    if "://" in uri or uri.startswith("/") or manifest_uri.startswith("bq://"):
         return uri
     scheme, sep, path = manifest_uri.rpartition("://")
     joined = posixpath.normpath(posixpath.join(posixpath.dirname(path) or ".", uri))
@@ -186,14 +197,15 @@ _VALIDATORS = {
 
 
 class _ReadAndValidate(beam.DoFn):
-    def __init__(self, kind: str, rename: dict[str, str]) -> None:
+    def __init__(self, kind: str, rename: dict[str, str], bigquery_endpoint: str | None) -> None:
         self._kind = kind
         self._rename = rename
+        self._bigquery_endpoint = bigquery_endpoint
 
     def process(self, uri: str) -> Iterator[Any]:
         name = posixpath.basename(uri)
         try:
-            for row in read_rows(uri):
+            for row in read_rows(uri, self._bigquery_endpoint):
                 if isinstance(row, ManifestError):
                     yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(STAGE, name, row))
                     continue
@@ -205,7 +217,7 @@ class _ReadAndValidate(beam.DoFn):
                 except ManifestError as exc:
                     key = f"{name}:row {row['_row']}"
                     yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(STAGE, key, exc, row))
-        except (OSError, ManifestError, ValueError) as exc:
+        except (OSError, ManifestError, ValueError, GoogleAPIError) as exc:
             # An unreadable manifest file is one dead letter; the rest of the job still runs.
             yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(STAGE, name, exc, {"uri": uri}))
 
@@ -243,23 +255,31 @@ class ReadManifest(beam.PTransform):
     documents by ``doc_id``) and ``DEAD_LETTER`` rows.
     """
 
-    def __init__(self, uri: str, kind: str, rename: dict[str, str] | None = None) -> None:
-        """``rename`` maps a file's column names to ours, e.g. ``{"pmid": "doc_id"}``."""
+    def __init__(
+        self,
+        uri: str,
+        kind: str,
+        rename: dict[str, str] | None = None,
+        bigquery_endpoint: str | None = None,
+    ) -> None:
+        """``rename`` maps a file's column names to ours, e.g. ``{"pmid": "doc_id"}``;
+        ``bigquery_endpoint`` is where a ``bq://`` manifest is read from (None: Google's)."""
         super().__init__()
         if kind not in _VALIDATORS:
             raise ValueError(f"kind must be one of {sorted(_VALIDATORS)}, got {kind!r}")
         self._uri = uri
         self._kind = kind
         self._rename = dict(rename or {})
+        self._bigquery_endpoint = bigquery_endpoint
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> dict[str, beam.PCollection]:
         read = (
             pbegin
             | "ManifestUri" >> beam.Create([self._uri])
             | "ReadRows"
-            >> beam.ParDo(_ReadAndValidate(self._kind, self._rename)).with_outputs(
-                DEAD_LETTER, main="rows"
-            )
+            >> beam.ParDo(
+                _ReadAndValidate(self._kind, self._rename, self._bigquery_endpoint)
+            ).with_outputs(DEAD_LETTER, main="rows")
         )
         id_column = _VALIDATORS[self._kind][0]
         if id_column is None:

@@ -8,12 +8,9 @@ BigQuery's names: STRING, INT64, FLOAT64, RECORD; modes NULLABLE, REQUIRED, REPE
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
-
-import apache_beam as beam
 
 
 @dataclass(frozen=True)
@@ -27,11 +24,28 @@ class Column:
 
 @dataclass(frozen=True)
 class Table:
+    """A table: its columns, the columns that identify one result (a rerun replaces the rows of
+    a key), and BigQuery's clustering columns."""
+
     name: str
     columns: tuple[Column, ...]
+    key: tuple[str, ...]
+    cluster: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        names = {c.name for c in self.columns}
+        missing = sorted((set(self.key) | set(self.cluster)) - names)
+        if missing:
+            raise ValueError(f"{self.name}: key/cluster columns {missing} are not columns")
 
 
 _KEY_VALUE = (Column("key", "STRING", "REQUIRED"), Column("value", "STRING"))
+_RUN = (
+    Column("run_id", "STRING", "REQUIRED"),
+    Column("run_date", "DATE", "REQUIRED", description="UTC start date; the BigQuery partition"),
+)
+_SLIDE_KEY = ("slide_id", "model_name", "model_version")
+_SLIDE_CLUSTER = ("slide_id", "model_name")
 
 PATCH_PREDICTIONS = Table(
     "patch_predictions",
@@ -46,8 +60,10 @@ PATCH_PREDICTIONS = Table(
         Column("mpp", "FLOAT64", description="microns per pixel of the pixels the model saw"),
         Column("probs", "FLOAT64", "REPEATED"),
         Column("label", "INT64", "REQUIRED", description="argmax of probs"),
-        Column("run_id", "STRING", "REQUIRED"),
+        *_RUN,
     ),
+    _SLIDE_KEY,
+    _SLIDE_CLUSTER,
 )
 
 _CLASS_STATS = (
@@ -72,8 +88,10 @@ SLIDE_SUMMARIES = Table(
         *_CLASS_STATS,
         Column("heatmap_uri", "STRING"),
         Column("metadata", "RECORD", "REPEATED", _KEY_VALUE, "extra slide manifest columns"),
-        Column("run_id", "STRING", "REQUIRED"),
+        *_RUN,
     ),
+    _SLIDE_KEY,
+    _SLIDE_CLUSTER,
 )
 
 CASE_SUMMARIES = Table(
@@ -88,8 +106,10 @@ CASE_SUMMARIES = Table(
         Column("patch_count", "INT64", "REQUIRED"),
         Column("tissue_area_mm2", "FLOAT64"),
         *_CLASS_STATS,
-        Column("run_id", "STRING", "REQUIRED"),
+        *_RUN,
     ),
+    ("group_by", "group_value", "model_name", "model_version"),
+    ("group_value", "model_name"),
 )
 
 _TEXT_KEYS = (
@@ -100,8 +120,10 @@ _TEXT_KEYS = (
 _TEXT_SHAPE = (
     Column("n_tokens", "INT64", "REQUIRED", description="tokens in the document, no specials"),
     Column("n_windows", "INT64", "REQUIRED", description="model windows the document took"),
-    Column("run_id", "STRING", "REQUIRED"),
+    *_RUN,
 )
+_TEXT_KEY = ("doc_id", "model_name", "model_version")
+_TEXT_CLUSTER = ("doc_id", "model_name")
 
 TEXT_ENTITIES = Table(
     "text_entities",
@@ -121,6 +143,8 @@ TEXT_ENTITIES = Table(
         ),
         *_TEXT_SHAPE,
     ),
+    _TEXT_KEY,
+    _TEXT_CLUSTER,
 )
 
 TEXT_LABELS = Table(
@@ -137,6 +161,8 @@ TEXT_LABELS = Table(
         Column("top_label", "STRING", "REQUIRED"),
         *_TEXT_SHAPE,
     ),
+    _TEXT_KEY,
+    _TEXT_CLUSTER,
 )
 
 TEXT_EMBEDDINGS = Table(
@@ -147,6 +173,8 @@ TEXT_EMBEDDINGS = Table(
         Column("dim", "INT64", "REQUIRED"),
         *_TEXT_SHAPE,
     ),
+    _TEXT_KEY,
+    _TEXT_CLUSTER,
 )
 
 ERRORS = Table(
@@ -157,11 +185,19 @@ ERRORS = Table(
         Column("error_type", "STRING", "REQUIRED"),
         Column("message", "STRING", "REQUIRED"),
         Column("input", "STRING", description="the failed input as JSON, bulk data dropped"),
-        Column("run_id", "STRING", "REQUIRED"),
+        *_RUN,
     ),
+    ("stage", "key"),
+    ("key", "stage"),
 )
 
-_ARROW_TYPES = {"STRING": "string", "INT64": "int64", "FLOAT64": "float64", "BOOL": "bool_"}
+_ARROW_TYPES = {
+    "STRING": "string",
+    "INT64": "int64",
+    "FLOAT64": "float64",
+    "BOOL": "bool_",
+    "DATE": "date32",
+}
 
 
 def _arrow_type(column: Column) -> Any:
@@ -204,56 +240,6 @@ def bigquery_schema(table: Table) -> dict[str, list[dict[str, Any]]]:
 def metadata_record(metadata: dict[str, str]) -> list[dict[str, str]]:
     """A ``{key: value}`` dict as the REPEATED RECORD ``metadata`` column."""
     return [{"key": k, "value": v} for k, v in sorted(metadata.items())]
-
-
-class _AddRunId(beam.DoFn):
-    def __init__(self, run_id: str) -> None:
-        self._run_id = run_id
-
-    def process(self, row: dict) -> Any:
-        yield {**row, "run_id": self._run_id}
-
-
-def _to_json(row: dict) -> str:
-    return json.dumps(row, sort_keys=True)
-
-
-class WriteTable(beam.PTransform):
-    """Rows of ``table`` -> Parquet files under ``<output>/<table>/`` (local or any fsspec URL).
-
-    File names start with the run id, so runs into the same folder never overwrite each other.
-    """
-
-    def __init__(self, table: Table, output: str, run_id: str) -> None:
-        super().__init__()
-        self._table = table
-        self._prefix = f"{output.rstrip('/')}/{table.name}/{run_id}"
-
-    def expand(self, rows: beam.PCollection) -> Any:
-        return rows | "WriteParquet" >> beam.io.WriteToParquet(
-            self._prefix,
-            schema=arrow_schema(self._table),
-            file_name_suffix=".parquet",
-            row_group_buffer_size=8 << 20,
-            record_batch_size=1000,
-        )
-
-
-class WriteErrors(beam.PTransform):
-    """Dead letters -> JSON lines under ``<output>/errors/``, each with the run id."""
-
-    def __init__(self, output: str, run_id: str) -> None:
-        super().__init__()
-        self._prefix = f"{output.rstrip('/')}/{ERRORS.name}/{run_id}"
-        self._run_id = run_id
-
-    def expand(self, rows: beam.PCollection) -> Any:
-        return (
-            rows
-            | "AddRunId" >> beam.ParDo(_AddRunId(self._run_id))
-            | "ToJson" >> beam.Map(_to_json)
-            | "WriteJsonLines" >> beam.io.WriteToText(self._prefix, file_name_suffix=".jsonl")
-        )
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")

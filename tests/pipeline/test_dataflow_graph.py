@@ -136,7 +136,7 @@ def translate(kind: str) -> dict:
                 "RunModel/ner/SortAndBatch",
                 "Write/text_entities",
                 "Write/text_embeddings",
-                "WriteErrors",
+                "Write/errors",
             ],
         ),
     ],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import apache_beam as beam
 import numpy as np
 import pandas as pd
@@ -13,6 +15,7 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from pipelines.options import SlideJobConfig
 from pipelines.slide_inference import build, write
+from transforms.destinations import RunStamp, destination
 from transforms.geometry import PatchingConfig
 from transforms.inference import BatchingConfig
 from transforms.models import ModelSpec
@@ -37,9 +40,10 @@ def test_predictions_equal_a_direct_model_call(tmp_path, cmu1, tiny_models, batc
         models=(spec,),
         patching=PatchingConfig(patch_px=64, patch_mpp=0.5, min_tissue=0.5),
         batching=BatchingConfig(batch_size, batch_size),
-        output=str(tmp_path / "out"),
+        destination=destination(str(tmp_path / "out"), None, None, None, False),
+        skip_existing=False,
         group_by=None,
-        run_id=f"b{batch_size}",
+        run=RunStamp(f"b{batch_size}", dt.date(2026, 1, 1)),
         heatmaps=False,
     )
     run_job(cfg)

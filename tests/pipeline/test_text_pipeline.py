@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 
 import apache_beam as beam
@@ -17,6 +18,7 @@ from pipelines.report import counters
 from pipelines.text_inference import build, write
 from tests.text_models_for_tests import ncbi_sentences
 from transforms.batching import TokenBatchingConfig
+from transforms.destinations import RunStamp, destination
 from transforms.text import WindowConfig
 from transforms.text_models import TextModelSpec
 
@@ -61,8 +63,9 @@ def test_embeddings_equal_a_direct_call_whatever_the_batching(
         models=(TextModelSpec("emb", minilm, "embedding"),),
         windows=WindowConfig(512, 64),
         batching=TokenBatchingConfig(max_tokens, max_batch, buffer),
-        output=str(tmp_path / "out"),
-        run_id="emb",
+        destination=destination(str(tmp_path / "out"), None, None, None, False),
+        skip_existing=False,
+        run=RunStamp("emb", dt.date(2026, 1, 1)),
     )
     result = run_text_job(cfg)
     rows = pd.read_parquet(tmp_path / "out" / "text_embeddings").set_index("doc_id")
@@ -85,8 +88,9 @@ def test_padding_stays_under_ten_percent_on_ncbi_sentences(tmp_path, shared_data
         models=(TextModelSpec("ner", tiny_text_models["ner"], "token-classification"),),
         windows=WindowConfig(512, 64),
         batching=TokenBatchingConfig(2048, 64, 2048),
-        output=str(tmp_path / "out"),
-        run_id="pad",
+        destination=destination(str(tmp_path / "out"), None, None, None, False),
+        skip_existing=False,
+        run=RunStamp("pad", dt.date(2026, 1, 1)),
     )
     result = run_text_job(cfg)
     c = counters(result)

@@ -34,7 +34,7 @@ def test_a_good_command_line_becomes_a_config():
     assert cfg.models[0].version == "2026-11-01" and cfg.models[1].version == "unversioned"
     assert cfg.models[1].mean == (0.5, 0.5, 0.5)
     assert cfg.batching.min_batch_size == cfg.batching.max_batch_size == 7
-    assert cfg.patching.patch_mpp == 0.5 and cfg.run_id == "r1"
+    assert cfg.patching.patch_mpp == 0.5 and cfg.run.run_id == "r1"
 
 
 @pytest.mark.parametrize(

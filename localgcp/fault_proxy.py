@@ -1,0 +1,129 @@
+"""An HTTP proxy for the GCS emulator that injects faults and counts the bytes it serves.
+
+Every ``fail_every``-th request that ``fault_on`` selects is answered with a 503, or its
+connection is dropped without an answer (alternating), the two transient faults clients must
+retry. Body bytes served per object name are counted, to check that slides are read in ranges.
+"""
+
+from __future__ import annotations
+
+import http.client
+import itertools
+import re
+import threading
+import urllib.parse
+from collections import Counter
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+_OBJECT = re.compile(r"/b/[^/]+/o/([^?]+)")
+_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"}
+
+
+def is_object_read(method: str, path: str) -> bool:
+    """A media download: what a slide, manifest or model read is made of."""
+    return method == "GET" and ("alt=media" in path or path.startswith("/download/"))
+
+
+class FaultProxy:
+    def __init__(
+        self,
+        upstream: str,
+        fail_every: int = 0,
+        fault_on: Callable[[str, str], bool] = is_object_read,
+    ) -> None:
+        self.upstream = urllib.parse.urlparse(upstream)
+        self.fail_every = fail_every
+        self.fault_on = fault_on
+        self.faults: Counter[str] = Counter()
+        self.requests = 0
+        self.range_requests = 0
+        self.bytes_by_object: Counter[str] = Counter()
+        self._selected = itertools.count(1)
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def start(self) -> FaultProxy:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> FaultProxy:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _fault_for(self, method: str, path: str) -> str | None:
+        with self._lock:
+            self.requests += 1
+            if not self.fail_every or not self.fault_on(method, path):
+                return None
+            n = next(self._selected)
+            if n % self.fail_every:
+                return None
+            kind = "503" if (n // self.fail_every) % 2 else "drop"
+            self.faults[kind] += 1
+            return kind
+
+    def _served(self, path: str, n: int, ranged: bool) -> None:
+        match = _OBJECT.search(path)
+        with self._lock:
+            self.range_requests += ranged
+            if match:
+                self.bytes_by_object[urllib.parse.unquote(match.group(1))] += n
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _forward(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                fault = proxy._fault_for(self.command, self.path)
+                if fault == "drop":
+                    self.close_connection = True
+                    self.connection.shutdown(2)
+                    return
+                if fault == "503":
+                    msg = b'{"error": {"code": 503, "message": "injected fault"}}'
+                    self.send_response(503)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(msg)))
+                    self.end_headers()
+                    self.wfile.write(msg)
+                    return
+                conn = http.client.HTTPConnection(
+                    proxy.upstream.hostname, proxy.upstream.port, timeout=60
+                )
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+                conn.request(self.command, self.path, body=body or None, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                conn.close()
+                if self.command == "GET":
+                    proxy._served(self.path, len(data), "Range" in self.headers)
+                self.send_response(resp.status, resp.reason)
+                for key, value in resp.getheaders():
+                    if key.lower() not in _HOP_BY_HOP | {"content-length"}:
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _forward
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        return Handler

@@ -1,0 +1,235 @@
+"""The slide pipeline against the local GCS and BigQuery emulators: slides and manifests in
+``gs://``, results in BigQuery, parity with the Parquet run, idempotent reruns, incremental runs,
+range reads and transient GCS faults."""
+
+from __future__ import annotations
+
+import gcsfs
+import pandas as pd
+import pytest
+
+from localgcp.fault_proxy import FaultProxy
+from pipelines.report import counters
+from pipelines.slide_inference import run
+from transforms.sinks import ERRORS, PATCH_PREDICTIONS, SLIDE_SUMMARIES
+
+pytestmark = [pytest.mark.pipeline, pytest.mark.gcp]
+
+SLIDES = {
+    "cmu1": "aperio_cmu1_small_region/CMU-1-Small-Region.svs",
+    "ndpi": "ndpi_tritc/test3-TRITC-2-560.ndpi",
+    "boxes": "generic_tiff_boxes/boxes.tiff",
+    "unreadable": "negative_unreadable_svs/unreadable.svs",
+}
+BUCKET = "gs://slides-bucket"
+
+
+@pytest.fixture(scope="module")
+def gcs_slides(local_gcp, shared_data) -> dict[str, str]:
+    """The real dev slides uploaded to the GCS emulator: slide_id -> gs:// URI."""
+    uris = {
+        slide_id: local_gcp.upload(shared_data / path, f"{BUCKET}/{path}")
+        for slide_id, path in SLIDES.items()
+    }
+    uris["cmu1_copy"] = local_gcp.upload(shared_data / SLIDES["cmu1"], f"{BUCKET}/copy/cmu1.svs")
+    return uris
+
+
+def manifest(local_gcp, tmp_path, name: str, rows: dict[str, str]) -> str:
+    path = tmp_path / name
+    lines = ["slide_id,uri,mpp"] + [
+        f"{sid},{uri},{'0.25' if sid == 'boxes' else ''}" for sid, uri in rows.items()
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return local_gcp.upload(path, f"{BUCKET}/manifests/{name}")
+
+
+def slide_args(slides: str, model: str, output: str, *extra: str) -> list[str]:
+    return [
+        "--slides",
+        slides,
+        "--model",
+        f"two={model}",
+        "--model_version",
+        "two=v1",
+        "--patch_px",
+        "64",
+        "--patch_mpp",
+        "0.5",
+        "--output",
+        output,
+        "--progress_interval_s",
+        "60",
+        *extra,
+    ]
+
+
+def bq_args(dataset: str) -> list[str]:
+    return [
+        "--temp_location",
+        "gs://scratch-bucket/tmp",
+        "--artifacts",
+        f"gs://scratch-bucket/artifacts/{dataset}",
+    ]
+
+
+def table(local_gcp, dataset: str, name: str) -> pd.DataFrame:
+    query = f"SELECT * FROM `{local_gcp.project}.{dataset}.{name}`"
+    return pd.DataFrame([dict(row) for row in local_gcp.bigquery().query(query).result()])
+
+
+def duplicate_keys(frame: pd.DataFrame, key: list[str]) -> int:
+    return int(frame.duplicated(subset=key).sum())
+
+
+@pytest.fixture(scope="module")
+def scratch_bucket(local_gcp) -> None:
+    client = local_gcp.storage()
+    if client.lookup_bucket("scratch-bucket") is None:
+        client.create_bucket("scratch-bucket")
+
+
+PATCH_KEY = ["slide_id", "model_name", "model_version", "x_px", "y_px", "size_px", "level"]
+
+
+def test_bigquery_results_match_parquet_and_reruns_leave_one_set(
+    local_gcp, gcs_slides, scratch_bucket, tiny_models, tmp_path
+):
+    rows = {k: gcs_slides[k] for k in ("cmu1", "ndpi", "boxes", "unreadable")}
+    rows["missing"] = f"{BUCKET}/no/such.svs"
+    slides = manifest(local_gcp, tmp_path, "five.csv", rows)
+
+    local_out = tmp_path / "parquet"
+    run(slide_args(slides, tiny_models["two"], str(local_out)))
+    for attempt in range(3):
+        result = run(
+            slide_args(slides, tiny_models["two"], f"bq://{local_gcp.project}.parity")
+            + bq_args("parity")
+            + ["--run_id", f"rerun{attempt}"]
+        )
+        assert counters(result)["slides_planned"] == 3
+
+    local_predictions = pd.read_parquet(local_out / PATCH_PREDICTIONS.name)
+    local_summaries = pd.read_parquet(local_out / SLIDE_SUMMARIES.name)
+    predictions = table(local_gcp, "parity", PATCH_PREDICTIONS.name)
+    summaries = table(local_gcp, "parity", SLIDE_SUMMARIES.name)
+    errors = table(local_gcp, "parity", ERRORS.name)
+
+    # Three runs, one set of rows: no duplicate keys, and the last run's rows.
+    assert duplicate_keys(predictions, PATCH_KEY) == 0
+    assert duplicate_keys(summaries, list(SLIDE_SUMMARIES.key)) == 0
+    assert duplicate_keys(errors, list(ERRORS.key)) == 0
+    assert set(predictions.run_id) == set(summaries.run_id) == {"rerun2"}
+
+    # The same rows as the Parquet run, with the same values.
+    assert len(predictions) == len(local_predictions) > 100
+    assert len(summaries) == len(local_summaries) == 3
+    mine = predictions.sort_values(PATCH_KEY).reset_index(drop=True)
+    theirs = local_predictions.sort_values(PATCH_KEY).reset_index(drop=True)
+    assert (mine[PATCH_KEY] == theirs[PATCH_KEY]).all().all()
+    assert (mine.label == theirs.label).all()
+    for a, b in zip(mine.probs, theirs.probs, strict=True):
+        assert list(a) == pytest.approx(list(b), abs=1e-6)
+    s_mine = summaries.set_index("slide_id").sort_index()
+    s_theirs = local_summaries.set_index("slide_id").sort_index()
+    assert (s_mine.patch_count == s_theirs.patch_count).all()
+    assert (s_mine.patches_planned == s_theirs.patches_planned).all()
+
+    # Dead letters are in the errors table, with their stage.
+    assert sorted(zip(errors.key, errors.stage, strict=True)) == [
+        ("missing", "PlanPatches"),
+        ("unreadable", "PlanPatches"),
+    ]
+    # Slides in = slides with results + dead letters.
+    assert len(rows) == summaries.slide_id.nunique() + len(errors)
+
+    # Heatmaps were written next to the results, and their URIs are in slide_summaries.
+    fs = gcsfs.GCSFileSystem()
+    for uri in summaries.heatmap_uri:
+        assert uri.startswith("gs://scratch-bucket/artifacts/parity/heatmaps/")
+        assert fs.size(uri) > 1000
+
+    # Partitioned by run date, clustered by slide and model.
+    meta = local_gcp.bigquery().get_table(f"{local_gcp.project}.parity.patch_predictions")
+    assert meta.time_partitioning.field == "run_date"
+    assert meta.clustering_fields == ["slide_id", "model_name"]
+
+
+def test_skip_existing_reads_only_new_slides(
+    local_gcp, gcs_slides, scratch_bucket, tiny_models, tmp_path
+):
+    out = f"bq://{local_gcp.project}.incremental"
+    first = {k: gcs_slides[k] for k in ("cmu1", "boxes")}
+    slides = manifest(local_gcp, tmp_path, "two.csv", first)
+    run(slide_args(slides, tiny_models["two"], out, "--skip_existing") + bq_args("incremental"))
+
+    grown = {**first, "ndpi": gcs_slides["ndpi"], "cmu1_copy": gcs_slides["cmu1_copy"]}
+    slides = manifest(local_gcp, tmp_path, "four.csv", grown)
+    result = run(
+        slide_args(slides, tiny_models["two"], out, "--skip_existing") + bq_args("incremental")
+    )
+    c = counters(result)
+    assert c["skipped_existing"] == 2
+    assert c["slides_opened"] == 2 and c["slides_planned"] == 2
+
+    summaries = table(local_gcp, "incremental", SLIDE_SUMMARIES.name)
+    assert sorted(summaries.slide_id) == sorted(grown)
+    predictions = table(local_gcp, "incremental", PATCH_PREDICTIONS.name)
+    assert set(predictions.slide_id) == set(grown)
+    assert duplicate_keys(predictions, PATCH_KEY) == 0
+
+    # A new model version makes every slide new to it.
+    result = run(
+        slide_args(slides, tiny_models["two"], out, "--skip_existing", "--model_version", "two=v2")
+        + bq_args("incremental")
+    )
+    assert "skipped_existing" not in counters(result)
+    summaries = table(local_gcp, "incremental", SLIDE_SUMMARIES.name)
+    assert sorted(summaries.model_version.value_counts().items()) == [("v1", 4), ("v2", 4)]
+
+
+def _through(proxy: FaultProxy, monkeypatch) -> None:
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.endpoint)
+    gcsfs.GCSFileSystem.clear_instance_cache()
+
+
+def test_slides_are_read_in_ranges_not_whole(
+    local_gcp, gcs_slides, tiny_models, tmp_path, monkeypatch, shared_data
+):
+    patches = tmp_path / "patches.csv"
+    patches.write_text("slide_id,x_px,y_px,size_px\ncmu1,200,200,128\ncmu1,1600,1800,128\n")
+    slides = manifest(local_gcp, tmp_path, "cmu1.csv", {"cmu1": gcs_slides["cmu1"]})
+    with FaultProxy(local_gcp.gcs_endpoint) as proxy:
+        _through(proxy, monkeypatch)
+        result = run(
+            slide_args(slides, tiny_models["two"], str(tmp_path / "out"), "--no_heatmaps")
+            + ["--patches", str(patches)]
+        )
+    gcsfs.GCSFileSystem.clear_instance_cache()
+    assert counters(result)["patches_inferred"] == 2
+    size = (shared_data / SLIDES["cmu1"]).stat().st_size
+    fetched = proxy.bytes_by_object[SLIDES["cmu1"]]
+    assert 0 < fetched < 0.5 * size, (fetched, size)
+    assert proxy.range_requests > 0
+
+
+def test_transient_gcs_faults_are_retried_and_nothing_is_lost(
+    local_gcp, gcs_slides, tiny_models, tmp_path, monkeypatch
+):
+    rows = {k: gcs_slides[k] for k in ("cmu1", "ndpi", "boxes")}
+    slides = manifest(local_gcp, tmp_path, "three.csv", rows)
+    clean = run(slide_args(slides, tiny_models["two"], str(tmp_path / "clean"), "--no_heatmaps"))
+    with FaultProxy(local_gcp.gcs_endpoint, fail_every=3) as proxy:
+        _through(proxy, monkeypatch)
+        faulty = run(
+            slide_args(slides, tiny_models["two"], str(tmp_path / "faulty"), "--no_heatmaps")
+        )
+    gcsfs.GCSFileSystem.clear_instance_cache()
+    assert proxy.faults["503"] >= 3 and proxy.faults["drop"] >= 3, proxy.faults
+    assert not list((tmp_path / "faulty" / "errors").glob("*")) or not any(
+        p.read_text().strip() for p in (tmp_path / "faulty" / "errors").glob("*.jsonl")
+    )
+    before = pd.read_parquet(tmp_path / "clean" / PATCH_PREDICTIONS.name)
+    after = pd.read_parquet(tmp_path / "faulty" / PATCH_PREDICTIONS.name)
+    assert len(after) == len(before) > 100
+    assert counters(faulty)["patches_inferred"] == counters(clean)["patches_inferred"]

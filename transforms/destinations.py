@@ -1,0 +1,148 @@
+"""Where a run's results go, how each table is written there, and which results exist already.
+
+A destination is a folder (local or ``gs://``) of Parquet files, one set per run, or a BigQuery
+dataset (``bq://PROJECT.DATASET``) where a rerun replaces earlier rows of the same key. Heatmaps
+and other files go to ``artifacts``: a folder, local or ``gs://``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import apache_beam as beam
+
+from transforms.bigquery import BigQueryDataset, WriteToBigQueryTable, parse_dataset, query_keys
+from transforms.errors import ConfigError
+from transforms.sinks import ERRORS, Table, arrow_schema
+
+
+@dataclass(frozen=True)
+class RunStamp:
+    """Stamped on every row: the run's id and its UTC start date (BigQuery's partition)."""
+
+    run_id: str
+    run_date: dt.date
+
+
+@dataclass(frozen=True)
+class Destination:
+    folder: str | None = None
+    bigquery: BigQueryDataset | None = None
+    temp_location: str | None = None
+    artifacts: str | None = None
+    bigquery_endpoint: str | None = None
+    """Also where ``bq://`` manifests are read from, whatever the output is."""
+
+    def describe(self) -> str:
+        if self.bigquery is not None:
+            return f"bq://{self.bigquery.project}.{self.bigquery.dataset}"
+        return str(self.folder)
+
+
+def destination(
+    output: str,
+    artifacts: str | None,
+    endpoint: str | None,
+    temp_location: str | None,
+    needs_artifacts: bool,
+) -> Destination:
+    """Validate ``--output`` / ``--artifacts`` / ``--temp_location``; ``ConfigError`` names one."""
+    if not output.startswith("bq://"):
+        folder = output.rstrip("/")
+        return Destination(
+            folder=folder, artifacts=(artifacts or folder).rstrip("/"), bigquery_endpoint=endpoint
+        )
+    target = parse_dataset(output, "--output", endpoint)
+    if not temp_location or not temp_location.startswith("gs://"):
+        raise ConfigError(
+            "--temp_location gs://BUCKET/PREFIX is required with --output bq://: BigQuery load "
+            "jobs read their files from Cloud Storage"
+        )
+    if needs_artifacts and not artifacts:
+        raise ConfigError(
+            "--artifacts (a gs:// or local folder for heatmaps) is required with --output bq://; "
+            "or pass --no_heatmaps"
+        )
+    return Destination(
+        bigquery=target,
+        temp_location=temp_location.rstrip("/"),
+        artifacts=artifacts.rstrip("/") if artifacts else None,
+        bigquery_endpoint=endpoint,
+    )
+
+
+def prepare(dest: Destination) -> None:
+    """Create the BigQuery dataset if needed, at launch: Beam's load jobs need it to exist."""
+    if dest.bigquery is not None:
+        from transforms.bigquery import client
+
+        target = dest.bigquery
+        client(target).create_dataset(f"{target.project}.{target.dataset}", exists_ok=True)
+
+
+class _StampRun(beam.DoFn):
+    def __init__(self, run: RunStamp) -> None:
+        self._run = run
+
+    def process(self, row: dict) -> Iterator[dict]:
+        yield {**row, "run_id": self._run.run_id, "run_date": self._run.run_date}
+
+
+def _to_json(row: dict) -> str:
+    return json.dumps(row, sort_keys=True, default=str)
+
+
+class WriteRows(beam.PTransform):
+    """Rows of ``table`` -> the destination, each stamped with the run.
+
+    Folders get Parquet under ``<folder>/<table>/`` (dead letters as JSON lines under
+    ``errors/``), file names starting with the run id so runs never overwrite each other.
+    BigQuery gets ``WriteToBigQueryTable``: an idempotent replace of the staged keys.
+    """
+
+    def __init__(self, table: Table, dest: Destination, run: RunStamp) -> None:
+        super().__init__()
+        self._table = table
+        self._dest = dest
+        self._run = run
+
+    def expand(self, rows: beam.PCollection) -> Any:
+        stamped = rows | "StampRun" >> beam.ParDo(_StampRun(self._run))
+        if self._dest.bigquery is not None:
+            return stamped | "ToBigQuery" >> WriteToBigQueryTable(
+                self._table, self._dest.bigquery, self._run.run_id, str(self._dest.temp_location)
+            )
+        prefix = f"{self._dest.folder}/{self._table.name}/{self._run.run_id}"
+        if self._table is ERRORS:
+            return (
+                stamped
+                | "ToJson" >> beam.Map(_to_json)
+                | "WriteJsonLines" >> beam.io.WriteToText(prefix, file_name_suffix=".jsonl")
+            )
+        return stamped | "WriteParquet" >> beam.io.WriteToParquet(
+            prefix,
+            schema=arrow_schema(self._table),
+            file_name_suffix=".parquet",
+            row_group_buffer_size=8 << 20,
+            record_batch_size=1000,
+        )
+
+
+def existing_keys(dest: Destination, table: Table, columns: tuple[str, ...]) -> set[tuple]:
+    """Distinct ``columns`` of the results already in ``dest``'s ``table`` (none: empty)."""
+    if dest.bigquery is not None:
+        return query_keys(dest.bigquery, table, columns)
+    import fsspec
+    import pyarrow.parquet as pq
+
+    fs, root = fsspec.core.url_to_fs(f"{dest.folder}/{table.name}")
+    keys: set[tuple] = set()
+    for path in sorted(fs.glob(f"{root}/*.parquet")):
+        with fs.open(path, "rb") as f:
+            data = pq.read_table(f, columns=list(columns)).to_pylist()
+        keys.update(tuple(row[c] for c in columns) for row in data)
+    return keys
