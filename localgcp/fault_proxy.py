@@ -39,6 +39,8 @@ class FaultProxy:
         self.requests = 0
         self.range_requests = 0
         self.bytes_by_object: Counter[str] = Counter()
+        self.reads: list[tuple[str, str | None, int]] = []
+        """(object name, Range header, bytes) of every object GET served."""
         self._selected = itertools.count(1)
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -75,12 +77,14 @@ class FaultProxy:
             self.faults[kind] += 1
             return kind
 
-    def _served(self, path: str, n: int, ranged: bool) -> None:
+    def _served(self, path: str, n: int, byte_range: str | None) -> None:
         match = _OBJECT.search(path)
         with self._lock:
-            self.range_requests += ranged
+            self.range_requests += byte_range is not None
             if match:
-                self.bytes_by_object[urllib.parse.unquote(match.group(1))] += n
+                name = urllib.parse.unquote(match.group(1))
+                self.bytes_by_object[name] += n
+                self.reads.append((name, byte_range, n))
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         proxy = self
@@ -112,7 +116,7 @@ class FaultProxy:
                 data = resp.read()
                 conn.close()
                 if self.command == "GET":
-                    proxy._served(self.path, len(data), "Range" in self.headers)
+                    proxy._served(self.path, len(data), self.headers.get("Range"))
                 self.send_response(resp.status, resp.reason)
                 for key, value in resp.getheaders():
                     if key.lower() not in _HOP_BY_HOP | {"content-length"}:

@@ -61,10 +61,14 @@ class Patch:
 
 
 def mask_downsample(geom: SlideGeometry, patch_l0_px: int | None) -> float:
-    """Level-0 pixels per mask pixel: about 8 per patch edge, 256 to 4096 across the slide."""
+    """Level-0 pixels per mask pixel: about 8 per patch edge, 256 to 4096 across the slide.
+
+    Without a grid (manifest patches) the mask only measures the tissue area: ~1024 px across
+    is plenty, and lets a small pyramid's second level serve it instead of all of level 0.
+    """
     longest = max(geom.width_px, geom.height_px)
     if patch_l0_px is None:
-        return max(1.0, longest / 2048)
+        return max(1.0, longest / 1024)
     return max(1.0, min(max(patch_l0_px / 8, longest / 4096), longest / 256))
 
 
