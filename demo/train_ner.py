@@ -122,7 +122,9 @@ def score(model_dir: Path, workdir: Path) -> dict:
     rows = pd.read_parquet(workdir / "text_entities").set_index("doc_id")
     gold = {(a["pmid"], m["start"], m["end"]) for a in abstracts for m in a["mentions"]}
     found = {
-        (doc_id, e["start"], e["end"]) for doc_id, row in rows.iterrows() for e in row.entities
+        (doc_id, e["start_char"], e["end_char"])
+        for doc_id, row in rows.iterrows()
+        for e in row.entities
     }
     tp = len(gold & found)
     precision, recall = tp / max(len(found), 1), tp / max(len(gold), 1)

@@ -136,9 +136,10 @@ TEXT_ENTITIES = Table(
             (
                 Column("label", "STRING", "REQUIRED"),
                 Column("score", "FLOAT64", "REQUIRED"),
-                Column("start", "INT64", "REQUIRED", description="character offset, inclusive"),
-                Column("end", "INT64", "REQUIRED", description="character offset, exclusive"),
-                Column("text", "STRING", "REQUIRED", description="equals text[start:end]"),
+                # not start/end: END is a reserved word in BigQuery SQL
+                Column("start_char", "INT64", "REQUIRED", description="offset, inclusive"),
+                Column("end_char", "INT64", "REQUIRED", description="offset, exclusive"),
+                Column("text", "STRING", "REQUIRED", description="text[start_char:end_char]"),
             ),
         ),
         *_TEXT_SHAPE,

@@ -289,8 +289,8 @@ def entities(windows: Sequence[TextWindow], label_of: Any) -> list[dict[str, Any
         {
             "label": s["label"],
             "score": float(np.mean(s["scores"])),
-            "start": s["start"],
-            "end": s["end"],
+            "start_char": s["start"],
+            "end_char": s["end"],
             "text": text[s["start"] : s["end"]],
         }
         for s in spans

@@ -73,7 +73,7 @@ def test_ncbi_abstracts_and_bad_rows(tmp_path, shared_data, minilm, tiny_text_mo
     text_of = {a["pmid"]: a["text"] for a in abstracts}
     for row in entities.itertuples():
         for e in row.entities:
-            assert text_of[row.doc_id][e["start"] : e["end"]] == e["text"]
+            assert text_of[row.doc_id][e["start_char"] : e["end_char"]] == e["text"]
     assert labels.labels.map(len).eq(2).all()
     assert set(labels.top_label) <= {"negative", "positive"}
 
@@ -124,6 +124,6 @@ def test_a_long_document_is_windowed_never_truncated(tmp_path, tiny_text_models)
     rows = pd.read_parquet(out / "text_entities").set_index("doc_id")
     big = rows.loc["megabyte"]
     assert big.n_tokens > 150_000 and big.n_windows == -(-(big.n_tokens - 510) // 446) + 1
-    assert all(text[e["start"] : e["end"]] == e["text"] for e in big.entities)
-    assert max((e["end"] for e in big.entities), default=0) <= len(text)
+    assert all(text[e["start_char"] : e["end_char"]] == e["text"] for e in big.entities)
+    assert max((e["end_char"] for e in big.entities), default=0) <= len(text)
     assert rows.loc["short"].n_windows == 1

@@ -102,4 +102,4 @@ def test_padding_stays_under_ten_percent_on_ncbi_sentences(tmp_path, shared_data
     entities = pd.read_parquet(tmp_path / "out" / "text_entities").set_index("doc_id")
     for i, text in enumerate(texts):
         for e in entities.loc[f"s{i}"].entities:
-            assert text[e["start"] : e["end"]] == e["text"]
+            assert text[e["start_char"] : e["end_char"]] == e["text"]

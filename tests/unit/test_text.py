@@ -83,4 +83,4 @@ def test_entities_from_windows_equal_one_pass_over_a_long_document(minilm):
     ]
     assert len(found) == 12 * 3
     for e in found:
-        assert text[e["start"] : e["end"]] == e["text"] and e["score"] == 1.0
+        assert text[e["start_char"] : e["end_char"]] == e["text"] and e["score"] == 1.0
