@@ -1,4 +1,4 @@
-"""Row schemas, defined once, and the transforms that write them.
+"""Row schemas, defined once (``transforms.destinations`` writes them).
 
 Each table is a tuple of ``Column``s; ``arrow_schema`` and ``bigquery_schema`` derive the Parquet
 and BigQuery schemas from the same definition, so the two sinks cannot drift apart. Types follow
@@ -257,3 +257,14 @@ def safe_name(text: str, max_len: int = 100) -> str:
         return text
     digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:10]
     return f"{cleaned[: max_len - 11]}-{digest}"
+
+
+ALL_TABLES = (
+    PATCH_PREDICTIONS,
+    SLIDE_SUMMARIES,
+    CASE_SUMMARIES,
+    TEXT_ENTITIES,
+    TEXT_LABELS,
+    TEXT_EMBEDDINGS,
+    ERRORS,
+)

@@ -239,3 +239,20 @@ def test_transient_gcs_faults_are_retried_and_nothing_is_lost(
     after = pd.read_parquet(tmp_path / "faulty" / PATCH_PREDICTIONS.name)
     assert len(after) == len(before) > 100
     assert counters(faulty)["patches_inferred"] == counters(clean)["patches_inferred"]
+
+
+def test_parquet_results_in_gcs_and_skip_existing_reads_them(
+    local_gcp, gcs_slides, scratch_bucket, tiny_models, tmp_path
+):
+    slides = manifest(local_gcp, tmp_path, "gcs-out.csv", {"cmu1": gcs_slides["cmu1"]})
+    out = "gs://scratch-bucket/results/parquet"
+    first = run(slide_args(slides, tiny_models["two"], out, "--skip_existing"))
+    again = run(slide_args(slides, tiny_models["two"], out, "--skip_existing"))
+    assert counters(first)["slides_planned"] == 1
+    assert counters(again)["skipped_existing"] == 1 and "slides_opened" not in counters(again)
+
+    fs = gcsfs.GCSFileSystem()
+    with fs.open(fs.glob(f"{out}/slide_summaries/*.parquet")[0], "rb") as f:
+        summary = pd.read_parquet(f)
+    assert list(summary.slide_id) == ["cmu1"]
+    assert summary.heatmap_uri[0].startswith(f"{out}/heatmaps/") and fs.size(summary.heatmap_uri[0])
