@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from pipelines.options import LOCAL_RUNNER, InferenceOptions
 from transforms.errors import ConfigError
 from transforms.progress import ProgressLine, ProgressReporter
 
+log = logging.getLogger(__name__)
 _NOISY = ("apache_beam", "tiffslide", "fsspec", "urllib3", "google", "transformers")
 
 
@@ -38,8 +40,22 @@ def launch(
         pipeline = beam.Pipeline(options=options)
         wire(pipeline)
         result = pipeline.run()
-        result.wait_until_finish()
+        if submit_only(options):
+            log.info("submitted; not waiting for the job (template or template launcher)")
+        else:
+            result.wait_until_finish()
     return result, time.monotonic() - started
+
+
+def submit_only(options: PipelineOptions) -> bool:
+    """A Flex Template launcher (``FLEX_TEMPLATE_PYTHON_PY_FILE`` is set in its image) or a
+    ``--template_location`` run submits or stages the job and returns: nothing to wait for."""
+    from apache_beam.options.pipeline_options import GoogleCloudOptions
+
+    return bool(
+        os.environ.get("FLEX_TEMPLATE_PYTHON_PY_FILE")
+        or options.view_as(GoogleCloudOptions).template_location
+    )
 
 
 def cli(run: Callable[[list[str]], Any]) -> None:

@@ -30,6 +30,21 @@ LOCAL_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
 _RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
+def _truth(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no", ""):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+def switch(parser, flag: str, help: str) -> None:  # type: ignore[no-untyped-def]  # noqa: A002
+    """A boolean flag given bare (``--flag``) or with a value (``--flag=false``), as a Flex
+    Template launcher passes every parameter."""
+    parser.add_argument(flag, nargs="?", const=True, default=False, type=_truth, help=help)
+
+
 class InferenceOptions(PipelineOptions):
     """Flags both pipelines share. Beam parses every options class's flags together, so each
     flag is defined once, here or in one pipeline's class."""
@@ -42,7 +57,7 @@ class InferenceOptions(PipelineOptions):
         add("--batch_size", type=int, default=None, help="fixed batch size (sets min and max)")
         add("--min_batch_size", type=int, default=None)
         add("--max_batch_size", type=int, default=None)
-        add("--require_gpu", action="store_true", help="fail worker setup without a CUDA device")
+        switch(parser, "--require_gpu", "fail worker setup without a CUDA device")
         add(
             "--output",
             default="results",
@@ -58,10 +73,10 @@ class InferenceOptions(PipelineOptions):
             default=None,
             help="BigQuery API endpoint, e.g. a local emulator (default: $BIGQUERY_EMULATOR_HOST)",
         )
-        add(
+        switch(
+            parser,
             "--skip_existing",
-            action="store_true",
-            help="skip inputs that already have results for every model at its version",
+            "skip inputs that already have results for every model at its version",
         )
         add("--run_id", default=None, help="id stamped on every row (default: time + random)")
         add("--progress_interval_s", type=float, default=10.0)
@@ -98,7 +113,7 @@ class SlideInferenceOptions(PipelineOptions):
         add("--block_px", type=int, default=2048, help="work-unit block edge at the read level")
         add("--max_patches_per_unit", type=int, default=64)
         add("--group_by", default=None, help="slide-manifest column for case_summaries")
-        add("--no_heatmaps", action="store_true", help="skip the heatmap PNGs")
+        switch(parser, "--no_heatmaps", "skip the heatmap PNGs")
 
 
 class TextInferenceOptions(PipelineOptions):

@@ -22,6 +22,15 @@ SHOWN = (
 )
 
 
+def print_submitted(result: PipelineResult, template_location: str | None) -> None:
+    """For a job that was submitted or staged, not run here: where to follow it."""
+    if template_location:
+        print(f"\ntemplate staged at {template_location}")
+        return
+    job_id = getattr(result, "job_id", lambda: None)()
+    print(f"\njob submitted: {job_id or 'see the Dataflow console'} ({result.state})")
+
+
 def counters(result: PipelineResult) -> dict[str, int]:
     """This project's Beam counters of a finished run, by name."""
     query = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))

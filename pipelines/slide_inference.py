@@ -10,12 +10,13 @@ one decoded patch stream) -> SummarizeSlides -> Write*.
 from __future__ import annotations
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 from apache_beam.runners.runner import PipelineResult
 
-from pipelines.launch import cli, launch
+from pipelines.gpu import apply_gpu_preset
+from pipelines.launch import cli, launch, submit_only
 from pipelines.options import SlideJobConfig, slide_job_config
-from pipelines.report import print_report
+from pipelines.report import print_report, print_submitted
 from transforms.aggregate import SummarizeCases, SummarizeSlides
 from transforms.destinations import WriteRows, prepare
 from transforms.errors import DEAD_LETTER
@@ -87,6 +88,7 @@ def write(outputs: dict[str, beam.PCollection], cfg: SlideJobConfig) -> None:
 def run(argv: list[str] | None = None) -> PipelineResult:
     """Parse flags, validate them (``ConfigError`` before anything starts), run, report."""
     options = PipelineOptions(argv)
+    apply_gpu_preset(options)
     cfg = slide_job_config(options)
 
     prepare(cfg.destination)
@@ -95,7 +97,10 @@ def run(argv: list[str] | None = None) -> PipelineResult:
         write(build(pipeline, cfg), cfg)
 
     result, elapsed = launch(options, wire, slide_progress_line, len(cfg.models))
-    print_report(result, cfg.destination, cfg.run.run_id, elapsed)
+    if submit_only(options):
+        print_submitted(result, options.view_as(GoogleCloudOptions).template_location)
+    else:
+        print_report(result, cfg.destination, cfg.run.run_id, elapsed)
     return result
 
 

