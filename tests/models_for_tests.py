@@ -56,3 +56,24 @@ class FailsOnWhite(TinyPatchNet):
         if bool((x.flatten(1).min(dim=1).values > 2.0).any()):  # white, ImageNet-normalised
             raise ValueError("white patch in batch")
         return super().forward(x)
+
+
+class NanOnDark(TinyPatchNet):
+    """Returns NaN logits for dark patches (mean below ImageNet's mean): a numerically broken
+    model that must be flagged, not written as a prediction."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = super().forward(x)
+        dark = x.flatten(1).mean(dim=1, keepdim=True) < 0
+        return torch.where(dark, torch.full_like(logits, float("nan")), logits)
+
+
+class SpatialOutput(nn.Module):
+    """A segmentation-shaped output (N x 2 x H x W) where one row of class scores is expected."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)

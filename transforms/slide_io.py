@@ -53,14 +53,16 @@ def open_slide(uri: str, storage_options: dict[str, Any] | None = None) -> Any:
     Raises:
       FileNotFoundError: the file does not exist.
       UnsupportedFormatError: DICOM or another non-TIFF file.
+      SlideError: a TIFF without a readable image page (e.g. truncated).
     """
     import tifffile
     import tiffslide
 
     try:
         if "://" in uri and not uri.startswith("file://"):
-            return tiffslide.TiffSlide(_open_remote(uri, storage_options or {}))
-        return tiffslide.TiffSlide(uri, storage_options=storage_options)
+            slide = tiffslide.TiffSlide(_open_remote(uri, storage_options or {}))
+        else:
+            slide = tiffslide.TiffSlide(uri, storage_options=storage_options)
     except FileNotFoundError as exc:
         raise FileNotFoundError(f"slide file not found: {uri}") from exc
     except tifffile.TiffFileError as exc:
@@ -70,6 +72,15 @@ def open_slide(uri: str, storage_options: dict[str, Any] | None = None) -> Any:
                 "only. Convert the slide to a pyramidal TIFF first (e.g. with wsidicomizer)."
             ) from exc
         raise UnsupportedFormatError(f"not a TIFF-based slide ({exc})") from exc
+    try:
+        _ = slide.properties, slide.level_dimensions
+    except (IndexError, KeyError, ValueError, OSError) as exc:
+        slide.close()
+        raise SlideError(
+            f"the TIFF has no readable image page ({type(exc).__name__}: {exc}); the file is "
+            "truncated or corrupt"
+        ) from exc
+    return slide
 
 
 def _is_dicom(uri: str, storage_options: dict[str, Any] | None) -> bool:
@@ -205,6 +216,34 @@ class SlideCache:
                 slide.close()
             except Exception:  # noqa: BLE001 - closing must not mask the job's own error
                 pass
+
+
+MAX_TILE_PIXELS = 4096 * 4096
+"""Largest tile (or strip) decoded: 48 MiB of RGB. A larger one is a decompression bomb risk (a
+zlib tile of zeros is a few KB on disk and any size in memory), and no scanner writes one."""
+
+MAX_LEVEL_PIXELS = 1 << 32
+"""Largest coarsest level: the tissue mask decodes one whole level (in bounded strips), so a
+slide with no level under ~65k x 65k px (a single-level 10^6 x 10^6 TIFF) would take hours."""
+
+
+def check_decode_limits(slide: Any, geom: SlideGeometry) -> None:
+    """Refuse slides whose tiles or whose smallest level are absurd; raise ``SlideError``."""
+    props = slide.properties
+    for level in range(len(geom.level_dims)):
+        tw = props.get(f"tiffslide.level[{level}].tile-width")
+        th = props.get(f"tiffslide.level[{level}].tile-height")
+        if tw and th and int(tw) * int(th) > MAX_TILE_PIXELS:
+            raise SlideError(
+                f"level {level} has {tw} x {th} px tiles (over {MAX_TILE_PIXELS:,} px): refusing "
+                "to decode them (decompression bomb guard); re-tile the slide, e.g. 256 x 256"
+            )
+    width, height = geom.level_dims[-1]
+    if width * height > MAX_LEVEL_PIXELS:
+        raise SlideError(
+            f"the smallest level is {width} x {height} px (over {MAX_LEVEL_PIXELS:,} px): the "
+            "slide needs a pyramid (e.g. vips tiffsave --tile --pyramid) before it can be masked"
+        )
 
 
 def probe_decode(slide: Any) -> None:

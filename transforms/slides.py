@@ -30,6 +30,7 @@ from transforms.geometry import (
 )
 from transforms.slide_io import (
     SlideCache,
+    check_decode_limits,
     compressed_bytes,
     open_slide,
     probe_decode,
@@ -112,8 +113,9 @@ class _PlanSlide(beam.DoFn):
             return
         try:
             progress.count("slides_opened")
-            probe_decode(slide)
             geom = slide_geometry(slide, row["mpp"])
+            check_decode_limits(slide, geom)
+            probe_decode(slide)
             if patch_rows is None:
                 spec = grid_spec(geom, self._cfg)
                 mask = self._mask(slide, geom, spec.patch_l0_px)
