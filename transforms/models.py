@@ -148,7 +148,10 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     """
     import torch
 
-    device = select_device(spec.require_gpu)
+    try:
+        device = select_device(spec.require_gpu)
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"model {spec.name!r} from {spec.uri}: {exc}") from exc
     try:
         path = local_copy(spec.uri)
         if spec.model_class is None:

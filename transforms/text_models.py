@@ -95,7 +95,10 @@ def load_text_model(spec: TextModelSpec) -> LoadedTextModel:
 
     from transforms.models import select_device
 
-    device = select_device(spec.require_gpu)
+    try:
+        device = select_device(spec.require_gpu)
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"model {spec.name!r} from {spec.uri}: {exc}") from exc
     auto = {
         "embedding": AutoModel,
         "text-classification": AutoModelForSequenceClassification,

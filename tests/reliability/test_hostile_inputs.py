@@ -8,6 +8,7 @@ of the same run still get their results, and that inputs = results + dead letter
 
 from __future__ import annotations
 
+import json
 import struct
 from pathlib import Path
 
@@ -287,3 +288,147 @@ def test_manifest_case(manifest_run, case):
     assert list(zip(predictions.x_px, predictions.y_px, strict=True)) == [(100, 100)]
     patch_errors = [e for e in errors if e["key"].startswith(("patches.parquet:", "bom_crlf_csv@"))]
     assert len(frame) == len(predictions) + len(patch_errors)
+
+
+# ----------------------------------------------------------------------------------- text
+
+TEXT_CASES = {
+    "ncbi_abstract": OK,
+    "empty_text": dead("ReadManifest", "ManifestError"),
+    "whitespace_only": dead("ReadManifest", "ManifestError"),
+    "not_utf8": dead("ReadManifest", "ManifestError"),
+    "one_megabyte_document": OK,
+    "unbroken_100k_char_token": OK,
+    "emoji_and_rtl_scripts": OK,
+    "fifty_megabyte_document": dead("ReadManifest", "ManifestError"),
+}
+
+
+@pytest.fixture(scope="module")
+def text_run(shared_data, tiny_text_models, tmp_path_factory):
+    from pipelines.text_inference import run
+
+    tmp = tmp_path_factory.mktemp("hostile_text")
+    ncbi = (shared_data / "text_ncbi_disease_devel" / "ncbi_disease_devel.jsonl").read_text()
+    abstract = json.loads(ncbi.splitlines()[0])["text"]
+    texts = {
+        "ncbi_abstract": abstract,
+        "empty_text": "",
+        "whitespace_only": " \n\t ",
+        "not_utf8": None,
+        "one_megabyte_document": (abstract + " ") * (1_000_000 // (len(abstract) + 1)),
+        "unbroken_100k_char_token": "a" * 100_000,
+        "emoji_and_rtl_scripts": "Patients 😀🧬 with مرض السكري and סוכרת had BRCA1 variants.",
+        "fifty_megabyte_document": "x" * 50_000_000,
+    }
+    lines = []
+    for doc_id, text in texts.items():
+        if text is None:
+            lines.append(b'{"doc_id": "not_utf8", "text": "caf\xe9 au lait spots"}')
+        else:
+            lines.append(json.dumps({"doc_id": doc_id, "text": text}).encode())
+    docs = tmp / "docs.jsonl"
+    docs.write_bytes(b"\n".join(lines) + b"\n")
+    out = tmp / "out"
+    run(
+        ["--documents", str(docs), "--model", f"ner={tiny_text_models['ner']}"]
+        + ["--task", "ner=token-classification", "--window_tokens", "128"]
+        + ["--stride_tokens", "16", "--output", str(out)]
+    )
+    return list(texts), pd.read_parquet(out / "text_entities"), read_errors(out)
+
+
+@pytest.mark.parametrize("case", sorted(TEXT_CASES))
+def test_text_case(text_run, case):
+    order, entities, errors = text_run
+    row = order.index(case) + 1
+    mine = [
+        e for e in errors if e["key"] == f"docs.jsonl:row {row}" or f"row {row}:" in e["message"]
+    ]
+    if case in set(entities.doc_id):
+        assert not mine
+        got = OK
+    else:
+        assert len(mine) == 1, mine
+        got = dead(mine[0]["stage"], mine[0]["error_type"])
+    assert got == TEXT_CASES[case]
+    # Documents in = documents with results + dead letters.
+    assert len(order) == entities.doc_id.nunique() + len(errors)
+    big = entities[entities.doc_id == "one_megabyte_document"]
+    assert int(big.n_windows.iloc[0]) > 100
+
+
+# --------------------------------------------------------------------------------- models
+
+MODEL_CASES = ["missing_model", "corrupt_pt2", "wrong_output_shape", "require_gpu_on_cpu"]
+
+
+def _slide_args(tmp: Path, shared_data: Path, model: str, *extra: str) -> list[str]:
+    manifest = tmp / "one.csv"
+    cmu1 = shared_data / "aperio_cmu1_small_region" / "CMU-1-Small-Region.svs"
+    manifest.write_text(f"slide_id,uri\ncmu1,{cmu1}\n")
+    return [
+        "--slides",
+        str(manifest),
+        "--model",
+        f"bad={model}",
+        "--patch_px",
+        "64",
+        "--output",
+        str(tmp / "out"),
+        "--no_heatmaps",
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize("case", MODEL_CASES)
+def test_model_case_fails_the_job_at_setup_naming_model_and_cause(
+    case, shared_data, tiny_models, tmp_path
+):
+    import torch
+
+    from pipelines.slide_inference import run
+    from tests.models_for_tests import SpatialOutput, export_pt2
+
+    if torch.cuda.is_available() and case == "require_gpu_on_cpu":
+        pytest.skip("this machine has a GPU")
+    uri, extra, cause = {
+        "missing_model": (str(tmp_path / "nope.pt2"), (), "FileNotFoundError"),
+        "corrupt_pt2": (str(tmp_path / "corrupt.pt2"), (), "could not be loaded"),
+        "wrong_output_shape": (
+            export_pt2(SpatialOutput().eval(), str(tmp_path / "spatial.pt2")),
+            (),
+            "fails on a 64x64 patch",
+        ),
+        "require_gpu_on_cpu": (tiny_models["two"], ("--require_gpu",), "no CUDA device"),
+    }[case]
+    (tmp_path / "corrupt.pt2").write_bytes(b"PK\x03\x04 not a torch.export archive" * 100)
+    with pytest.raises(Exception) as failure:
+        run(_slide_args(tmp_path, shared_data, uri, *extra))
+    message = str(failure.value)
+    assert "ModelLoadError" in message or "bad" in message
+    assert "'bad'" in message and cause in message
+    assert uri in message
+    assert not list((tmp_path / "out").glob("patch_predictions/*.parquet"))
+
+
+def test_model_case_nan_output_is_flagged_not_written(shared_data, tmp_path):
+    from pipelines.report import counters
+    from pipelines.slide_inference import run
+    from tests.models_for_tests import NanOnDark, export_pt2
+
+    model = export_pt2(NanOnDark(2).eval(), str(tmp_path / "nan.pt2"))
+    result = run(_slide_args(tmp_path, shared_data, model))
+    predictions = pd.read_parquet(tmp_path / "out" / "patch_predictions")
+    errors = read_errors(tmp_path / "out")
+    assert errors and {(e["stage"], e["error_type"]) for e in errors} == {
+        ("RunModel/bad", "ModelOutputError")
+    }
+    assert all(np.isfinite(list(p)).all() for p in predictions.probs)
+    c = counters(result)
+    assert c["patches_planned"] == len(predictions) + len(errors)
+
+
+def test_the_corpus_has_at_least_thirty_cases():
+    n = len(SLIDE_CASES) + len(MANIFEST_CASES) + len(TEXT_CASES) + len(MODEL_CASES) + 1
+    assert n >= 30, n
