@@ -2,7 +2,9 @@
 
 Every ``fail_every``-th request that ``fault_on`` selects is answered with a 503, or its
 connection is dropped without an answer (alternating), the two transient faults clients must
-retry. Body bytes served per object name are counted, to check that slides are read in ranges.
+retry. With ``stall_s``, the selected requests instead get no answer for that long (a hung
+connection). Body bytes served per object name are counted, to check that slides are read in
+ranges.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import http.client
 import itertools
 import re
 import threading
+import time
 import urllib.parse
 from collections import Counter
 from collections.abc import Callable
@@ -31,7 +34,9 @@ class FaultProxy:
         upstream: str,
         fail_every: int = 0,
         fault_on: Callable[[str, str], bool] = is_object_read,
+        stall_s: float = 0.0,
     ) -> None:
+        self.stall_s = stall_s
         self.upstream = urllib.parse.urlparse(upstream)
         self.fail_every = fail_every
         self.fault_on = fault_on
@@ -73,7 +78,10 @@ class FaultProxy:
             n = next(self._selected)
             if n % self.fail_every:
                 return None
-            kind = "503" if (n // self.fail_every) % 2 else "drop"
+            if self.stall_s:
+                kind = "stall"
+            else:
+                kind = "503" if (n // self.fail_every) % 2 else "drop"
             self.faults[kind] += 1
             return kind
 
@@ -95,6 +103,10 @@ class FaultProxy:
             def _forward(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 fault = proxy._fault_for(self.command, self.path)
+                if fault == "stall":
+                    time.sleep(proxy.stall_s)
+                    self.close_connection = True
+                    return
                 if fault == "drop":
                     self.close_connection = True
                     self.connection.shutdown(2)

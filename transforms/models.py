@@ -105,10 +105,16 @@ def local_copy(uri: str, cache_dir: str | None = None) -> str:
     if not os.path.exists(path):
         import fsspec
 
+        from transforms.remote_io import remote_options, retry_transient
+
         partial = f"{path}.{os.getpid()}.partial"
-        with fsspec.open(uri, "rb") as src, open(partial, "wb") as dst:
-            while chunk := src.read(8 << 20):
-                dst.write(chunk)
+
+        def copy() -> None:
+            with fsspec.open(uri, "rb", **remote_options(uri)) as src, open(partial, "wb") as dst:
+                while chunk := src.read(8 << 20):
+                    dst.write(chunk)
+
+        retry_transient(f"copying {uri}", copy)
         os.replace(partial, path)
     return path
 
@@ -121,9 +127,13 @@ def local_folder(uri: str, cache_dir: str | None = None) -> str:
     if not os.path.exists(os.path.join(target, ".complete")):
         import fsspec
 
-        fs, path = fsspec.core.url_to_fs(uri)
+        from transforms.remote_io import remote_options, retry_transient
+
+        fs, path = fsspec.core.url_to_fs(uri, **remote_options(uri))
         partial = f"{target}.{os.getpid()}.partial"
-        fs.get(path.rstrip("/") + "/", partial, recursive=True)
+        retry_transient(
+            f"copying {uri}", lambda: fs.get(path.rstrip("/") + "/", partial, recursive=True)
+        )
         open(os.path.join(partial, ".complete"), "w").close()
         try:
             os.replace(partial, target)

@@ -37,7 +37,9 @@ cache thrashed between the IFDs and the tiles."""
 
 def _open_remote(uri: str, storage_options: dict[str, Any]) -> Any:
     """An fsspec file of ``uri`` read by range, through a block cache sized for tiles."""
-    fs, path = fsspec.core.url_to_fs(uri, **storage_options)
+    from transforms.remote_io import remote_options
+
+    fs, path = fsspec.core.url_to_fs(uri, **{**remote_options(uri), **storage_options})
     return fs.open(
         path,
         "rb",
@@ -207,6 +209,15 @@ class SlideCache:
             _, oldest = self._open.popitem(last=False)
             oldest.close()
         return slide
+
+    def evict(self, uri: str) -> None:
+        """Close and forget ``uri`` (after a failed read, so a retry reopens it)."""
+        slide = self._open.pop(uri, None)
+        if slide is not None:
+            try:
+                slide.close()
+            except Exception:  # noqa: BLE001
+                pass
 
     def close(self) -> None:
         """Close every open slide."""

@@ -28,6 +28,7 @@ from transforms.geometry import (
     grid_spec,
     work_units,
 )
+from transforms.remote_io import retry_transient
 from transforms.slide_io import (
     SlideCache,
     check_decode_limits,
@@ -106,31 +107,14 @@ class _PlanSlide(beam.DoFn):
 
     def _plan(self, row: dict[str, Any], patch_rows: Iterable[dict] | None) -> Iterator[Any]:
         slide_id = row["slide_id"]
+        patch_rows = None if patch_rows is None else list(patch_rows)
         try:
-            slide = open_slide(row["uri"], self._storage_options)
+            geom, mask, boxes, rejected, mpp = retry_transient(
+                f"planning {slide_id}", lambda: self._survey(row, patch_rows)
+            )
         except Exception as exc:  # noqa: BLE001 - every failure is this slide's dead letter
             yield from self._slide_failed(row, patch_rows, exc)
             return
-        try:
-            progress.count("slides_opened")
-            geom = slide_geometry(slide, row["mpp"])
-            check_decode_limits(slide, geom)
-            probe_decode(slide)
-            if patch_rows is None:
-                spec = grid_spec(geom, self._cfg)
-                mask = self._mask(slide, geom, spec.patch_l0_px)
-                boxes: Iterable[PatchBox] = self._grid(geom, spec, mask)
-                rejected: list[tuple[dict, Exception]] = []
-                mpp = spec.mpp
-            else:
-                mask = self._mask(slide, geom, None)
-                boxes, rejected = self._manifest_boxes(geom, patch_rows)
-                mpp = None
-        except Exception as exc:  # noqa: BLE001
-            yield from self._slide_failed(row, patch_rows, exc)
-            return
-        finally:
-            slide.close()
         for bad_row, error in rejected:
             yield _patch_error(self.STAGE, bad_row, error)
         planned = 0
@@ -152,6 +136,25 @@ class _PlanSlide(beam.DoFn):
                 "metadata": row["metadata"],
             },
         )
+
+    def _survey(self, row: dict[str, Any], patch_rows: list[dict] | None) -> tuple:
+        """Open the slide, check it, mask its tissue and list its boxes; close it again."""
+        slide = open_slide(row["uri"], self._storage_options)
+        try:
+            progress.count("slides_opened")
+            geom = slide_geometry(slide, row["mpp"])
+            check_decode_limits(slide, geom)
+            probe_decode(slide)
+            if patch_rows is None:
+                spec = grid_spec(geom, self._cfg)
+                mask = self._mask(slide, geom, spec.patch_l0_px)
+                boxes: Iterable[PatchBox] = self._grid(geom, spec, mask)
+                return geom, mask, boxes, [], spec.mpp
+            mask = self._mask(slide, geom, None)
+            boxes, rejected = self._manifest_boxes(geom, patch_rows)
+            return geom, mask, boxes, rejected, None
+        finally:
+            slide.close()
 
     def _mask(self, slide: Any, geom: SlideGeometry, patch_l0_px: int | None) -> TissueMask:
         rgb, ds = read_downsampled(slide, geom, mask_downsample(geom, patch_l0_px))
@@ -245,13 +248,20 @@ class _ReadUnit(beam.DoFn):
         if self._cache is not None:
             self._cache.close()
 
-    def process(self, unit: WorkUnit) -> Iterator[Any]:
+    def _read(self, unit: WorkUnit) -> tuple[np.ndarray, float]:
         assert self._cache is not None
         try:
             slide = self._cache.get(unit.uri)
             region = read_level_region(slide, unit.level, *unit.region_lvl)
-            ds = float(slide.level_downsamples[unit.level])
-            progress.count("bytes_read", compressed_bytes(slide, unit.level, unit.region_lvl))
+        except Exception:
+            self._cache.evict(unit.uri)  # a retry reopens it
+            raise
+        progress.count("bytes_read", compressed_bytes(slide, unit.level, unit.region_lvl))
+        return region, float(slide.level_downsamples[unit.level])
+
+    def process(self, unit: WorkUnit) -> Iterator[Any]:
+        try:
+            region, ds = retry_transient(f"reading {unit.slide_id}", lambda: self._read(unit))
         except Exception as exc:  # noqa: BLE001 - the unit's patches become dead letters
             for box in unit.patches:
                 row = {"slide_id": unit.slide_id, **box.__dict__, "uri": unit.uri}

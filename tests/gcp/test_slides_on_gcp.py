@@ -4,6 +4,9 @@ range reads and transient GCS faults."""
 
 from __future__ import annotations
 
+import json
+import time
+
 import gcsfs
 import pandas as pd
 import pytest
@@ -256,3 +259,55 @@ def test_parquet_results_in_gcs_and_skip_existing_reads_them(
         summary = pd.read_parquet(f)
     assert list(summary.slide_id) == ["cmu1"]
     assert summary.heatmap_uri[0].startswith(f"{out}/heatmaps/") and fs.size(summary.heatmap_uri[0])
+
+
+def test_hung_reads_time_out_and_are_retried(
+    local_gcp, gcs_slides, tiny_models, tmp_path, monkeypatch
+):
+    """Every fourth object read hangs for 20 s: with a 2 s request timeout each is retried,
+    and the run has the same results as a clean one, no dead letters."""
+    monkeypatch.setenv("PATHBEAM_IO_TIMEOUT_S", "2")
+    rows = {k: gcs_slides[k] for k in ("cmu1", "boxes")}
+    slides = manifest(local_gcp, tmp_path, "hung.csv", rows)
+    clean = run(slide_args(slides, tiny_models["two"], str(tmp_path / "clean"), "--no_heatmaps"))
+    with FaultProxy(local_gcp.gcs_endpoint, fail_every=4, stall_s=20) as proxy:
+        _through(proxy, monkeypatch)
+        started = time.monotonic()
+        hung = run(slide_args(slides, tiny_models["two"], str(tmp_path / "hung"), "--no_heatmaps"))
+        elapsed = time.monotonic() - started
+    gcsfs.GCSFileSystem.clear_instance_cache()
+    assert proxy.faults["stall"] >= 2, proxy.faults
+    assert counters(hung)["io_retries"] >= 1
+    assert counters(hung)["patches_inferred"] == counters(clean)["patches_inferred"] > 100
+    assert not list((tmp_path / "hung").glob("errors/*.jsonl")) or not any(
+        p.read_text().strip() for p in (tmp_path / "hung").glob("errors/*.jsonl")
+    )
+    assert elapsed < 120
+
+
+def test_a_slide_that_always_hangs_becomes_a_dead_letter(
+    local_gcp, gcs_slides, tiny_models, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("PATHBEAM_IO_TIMEOUT_S", "1")
+    rows = {k: gcs_slides[k] for k in ("cmu1", "boxes")}
+    slides = manifest(local_gcp, tmp_path, "stuck.csv", rows)
+
+    def boxes_reads(method: str, path: str) -> bool:
+        return method == "GET" and "boxes.tiff" in path
+
+    with FaultProxy(
+        local_gcp.gcs_endpoint, fail_every=1, fault_on=boxes_reads, stall_s=30
+    ) as proxy:
+        _through(proxy, monkeypatch)
+        started = time.monotonic()
+        result = run(slide_args(slides, tiny_models["two"], str(tmp_path / "out"), "--no_heatmaps"))
+        elapsed = time.monotonic() - started
+    gcsfs.GCSFileSystem.clear_instance_cache()
+    errors = [
+        json.loads(line)
+        for p in (tmp_path / "out").glob("errors/*.jsonl")
+        for line in p.read_text().splitlines()
+    ]
+    assert [(e["key"], e["stage"]) for e in errors] == [("boxes", "PlanPatches")]
+    assert counters(result)["slides_planned"] == 1  # cmu1 still has its results
+    assert elapsed < 150

@@ -1,0 +1,70 @@
+"""Object-store I/O that cannot hang a worker: a per-request timeout, and retries of transient
+failures (a stalled or reset connection) with backoff before an input becomes a dead letter.
+
+gcsfs already retries HTTP 429/5xx and dropped connections itself; what it cannot see is a
+server that accepts a request and never answers. Every ``gs://`` read gets ``requests_timeout``
+(``PATHBEAM_IO_TIMEOUT_S``, default 60 s), and the operations built on those reads (opening and
+surveying a slide, reading a work unit, copying a model) are retried here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from transforms import progress
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+TIMEOUT_ENV = "PATHBEAM_IO_TIMEOUT_S"
+ATTEMPTS = 3
+BACKOFF_S = (0.5, 2.0)
+
+
+def io_timeout_s() -> float:
+    return float(os.environ.get(TIMEOUT_ENV, "60"))
+
+
+def remote_options(uri: str) -> dict[str, Any]:
+    """fsspec options that bound every request to ``uri``'s object store."""
+    if uri.startswith(("gs://", "gcs://")):
+        return {"requests_timeout": io_timeout_s()}
+    return {}
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A timeout or a broken connection anywhere in the exception's chain."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, TimeoutError | ConnectionError):
+            return True
+        if type(seen).__module__.startswith("aiohttp") and "Timeout" in type(seen).__name__:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def retry_transient(what: str, fn: Callable[[], T]) -> T:
+    """``fn()``, retried up to ``ATTEMPTS`` times while it fails transiently."""
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            return fn()
+        except Exception as exc:
+            if attempt == ATTEMPTS or not is_transient(exc):
+                raise
+            progress.count("io_retries")
+            delay = BACKOFF_S[min(attempt - 1, len(BACKOFF_S) - 1)]
+            log.warning(
+                "%s: %s (attempt %d of %d); retrying in %.1fs",
+                what,
+                type(exc).__name__,
+                attempt,
+                ATTEMPTS,
+                delay,
+            )
+            time.sleep(delay)
+    raise AssertionError("unreachable")
