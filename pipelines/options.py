@@ -154,13 +154,23 @@ class SlideJobConfig:
     heatmaps: bool
 
 
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
 def named_values(pairs: list[str], flag: str) -> dict[str, str]:
-    """``["a=1", "b=2"]`` -> ``{"a": "1", "b": "2"}``; raise ``ConfigError`` naming ``flag``."""
+    """``["a=1", "b=2"]`` -> ``{"a": "1", "b": "2"}``; raise ``ConfigError`` naming ``flag``.
+
+    Names become stage labels, file names and row values: letters, digits, ``_.-``, 1-64.
+    """
     out: dict[str, str] = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not sep or not name.strip() or not value.strip():
             raise ConfigError(f"{flag} expects NAME=VALUE, got {pair!r}")
+        if not _MODEL_NAME.match(name.strip()) or name.strip() in (".", ".."):
+            raise ConfigError(
+                f"{flag}: model name {name.strip()!r} must be 1-64 letters, digits, '_', '.' or '-'"
+            )
         if name.strip() in out:
             raise ConfigError(f"{flag} gives {name.strip()!r} twice")
         out[name.strip()] = value.strip()

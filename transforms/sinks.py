@@ -249,10 +249,11 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 def safe_name(text: str, max_len: int = 100) -> str:
     """A file- and object-name-safe form of user text (a ``slide_id``, a model name).
 
-    Anything outside ``[A-Za-z0-9._-]`` becomes ``_``, leading dots go (no ``..`` or hidden
-    files), and an altered or over-long name gets a short hash so two ids never share a name.
+    Anything outside ``[A-Za-z0-9._-]`` and any run of dots become ``_``, leading dots go (no
+    ``..`` or hidden files), and an altered or over-long name gets a short hash so two ids never
+    share a name.
     """
-    cleaned = _UNSAFE.sub("_", text).lstrip(".") or "_"
+    cleaned = re.sub(r"\.{2,}", "_", _UNSAFE.sub("_", text)).lstrip(".") or "_"
     if cleaned == text and len(text) <= max_len:
         return text
     digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:10]

@@ -432,3 +432,42 @@ def test_model_case_nan_output_is_flagged_not_written(shared_data, tmp_path):
 def test_the_corpus_has_at_least_thirty_cases():
     n = len(SLIDE_CASES) + len(MANIFEST_CASES) + len(TEXT_CASES) + len(MODEL_CASES) + 1
     assert n >= 30, n
+
+
+# ------------------------------------------------------------------------------ safe names
+
+
+def test_a_hostile_slide_id_cannot_write_outside_the_output_folder(
+    shared_data, tiny_models, tmp_path
+):
+    from pipelines.slide_inference import run
+
+    cmu1 = shared_data / "aperio_cmu1_small_region" / "CMU-1-Small-Region.svs"
+    manifest = tmp_path / "slides.csv"
+    hostile = ["../../x", "/etc/passwd", "a/../../b", "tab\there", "é" * 300]
+    manifest.write_text(
+        "slide_id,uri\n" + "".join(f'"{sid}",{cmu1}\n' for sid in hostile), encoding="utf-8"
+    )
+    out = tmp_path / "deep" / "er" / "out"
+    run(
+        ["--slides", str(manifest), "--model", f"two={tiny_models['two']}", "--patch_px", "64"]
+        + ["--patch_mpp", "2.0", "--output", str(out)]
+    )
+    written = {p for p in tmp_path.rglob("*") if p.is_file()} - {manifest}
+    assert written and all(out in p.parents for p in written), written
+    heatmaps = sorted(p.name for p in (out / "heatmaps").iterdir())
+    assert len(heatmaps) == len(hostile)
+    assert all("/" not in n and ".." not in n and len(n) < 140 for n in heatmaps), heatmaps
+    summaries = pd.read_parquet(out / "slide_summaries")
+    assert sorted(summaries.slide_id) == sorted(hostile)  # the ids themselves are kept intact
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", "x y", "", "é", "a" * 65, ".."])
+def test_hostile_model_names_are_config_errors(name):
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipelines.options import slide_job_config
+    from transforms.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--model"):
+        slide_job_config(PipelineOptions(["--slides", "s.csv", "--model", f"{name}=m.pt2"]))
