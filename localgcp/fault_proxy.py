@@ -17,7 +17,9 @@ import time
 import urllib.parse
 from collections import Counter
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from localgcp.background import BackgroundServer
 
 _OBJECT = re.compile(r"/b/[^/]+/o/([^?]+)")
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"}
@@ -28,7 +30,7 @@ def is_object_read(method: str, path: str) -> bool:
     return method == "GET" and ("alt=media" in path or path.startswith("/download/"))
 
 
-class FaultProxy:
+class FaultProxy(BackgroundServer):
     def __init__(
         self,
         upstream: str,
@@ -48,27 +50,7 @@ class FaultProxy:
         """(object name, Range header, bytes) of every object GET served."""
         self._selected = itertools.count(1)
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def start(self) -> FaultProxy:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def __enter__(self) -> FaultProxy:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+        super().__init__(self._handler())
 
     def _fault_for(self, method: str, path: str) -> str | None:
         with self._lock:

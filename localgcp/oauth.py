@@ -10,9 +10,10 @@ here, offline. (An ``authorized_user`` file would not do: google-auth ignores it
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+
+from localgcp.background import BackgroundServer
 
 
 class _TokenHandler(BaseHTTPRequestHandler):
@@ -31,24 +32,15 @@ class _TokenHandler(BaseHTTPRequestHandler):
         pass
 
 
-class TokenServer:
+class TokenServer(BackgroundServer):
     """Serves ``POST /token`` on 127.0.0.1 from a daemon thread."""
 
     def __init__(self, port: int = 0) -> None:
-        self._server = ThreadingHTTPServer(("127.0.0.1", port), _TokenHandler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        super().__init__(_TokenHandler, port)
 
     @property
     def token_uri(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}/token"
-
-    def start(self) -> TokenServer:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        return f"{self.endpoint}/token"
 
 
 def write_adc_file(path: Path, token_uri: str, project: str) -> Path:
