@@ -107,11 +107,17 @@ class _PlanSlide(beam.DoFn):
 
     def _plan(self, row: dict[str, Any], patch_rows: Iterable[dict] | None) -> Iterator[Any]:
         slide_id = row["slide_id"]
-        patch_rows = None if patch_rows is None else list(patch_rows)
         try:
-            geom, mask, boxes, rejected, mpp = retry_transient(
-                f"planning {slide_id}", lambda: self._survey(row, patch_rows)
+            geom, mask, spec = retry_transient(
+                f"planning {slide_id}", lambda: self._survey(row, patch_rows is None)
             )
+            if spec is not None:
+                boxes: Iterable[PatchBox] = self._grid(geom, spec, mask)
+                rejected: list[tuple[dict, Exception]] = []
+                mpp = spec.mpp
+            else:
+                boxes, rejected = self._manifest_boxes(geom, patch_rows or ())
+                mpp = None
         except Exception as exc:  # noqa: BLE001 - every failure is this slide's dead letter
             yield from self._slide_failed(row, patch_rows, exc)
             return
@@ -137,22 +143,20 @@ class _PlanSlide(beam.DoFn):
             },
         )
 
-    def _survey(self, row: dict[str, Any], patch_rows: list[dict] | None) -> tuple:
-        """Open the slide, check it, mask its tissue and list its boxes; close it again."""
+    def _survey(self, row: dict[str, Any], grid: bool) -> tuple[SlideGeometry, TissueMask, Any]:
+        """Open the slide, check it and mask its tissue (all its reads), then close it.
+
+        Returns the geometry, the mask and, when tiling a grid, the grid spec (else None).
+        """
         slide = open_slide(row["uri"], self._storage_options)
         try:
             progress.count("slides_opened")
             geom = slide_geometry(slide, row["mpp"])
             check_decode_limits(slide, geom)
             probe_decode(slide)
-            if patch_rows is None:
-                spec = grid_spec(geom, self._cfg)
-                mask = self._mask(slide, geom, spec.patch_l0_px)
-                boxes: Iterable[PatchBox] = self._grid(geom, spec, mask)
-                return geom, mask, boxes, [], spec.mpp
-            mask = self._mask(slide, geom, None)
-            boxes, rejected = self._manifest_boxes(geom, patch_rows)
-            return geom, mask, boxes, rejected, None
+            spec = grid_spec(geom, self._cfg) if grid else None
+            mask = self._mask(slide, geom, spec.patch_l0_px if spec else None)
+            return geom, mask, spec
         finally:
             slide.close()
 
