@@ -19,6 +19,7 @@ from apache_beam.options.pipeline_options import (
     WorkerOptions,
 )
 
+from pipelines.options import InferenceOptions
 from transforms.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -82,8 +83,6 @@ def apply_gpu_preset(options: PipelineOptions) -> list[str]:
     if not debug.lookup_experiment("no_use_multiple_sdk_containers"):
         debug.add_experiment("no_use_multiple_sdk_containers")
         applied.append("--experiments=no_use_multiple_sdk_containers")
-    from pipelines.options import InferenceOptions
-
     common = options.view_as(InferenceOptions)
     if not common.require_gpu:
         common.require_gpu = True

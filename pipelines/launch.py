@@ -10,48 +10,56 @@ from collections.abc import Callable
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.options.pipeline_options import (
+    GoogleCloudOptions,
+    PipelineOptions,
+    StandardOptions,
+)
 from apache_beam.runners.runner import PipelineResult
 
 from pipelines.options import LOCAL_RUNNER, InferenceOptions
+from pipelines.report import print_submitted
+from transforms.destinations import Destination, prepare
 from transforms.errors import ConfigError
 from transforms.progress import ProgressLine, ProgressReporter
 
-log = logging.getLogger(__name__)
 _NOISY = ("apache_beam", "tiffslide", "fsspec", "urllib3", "google", "transformers")
 
 
 def launch(
     options: PipelineOptions,
+    destination: Destination,
     wire: Callable[[beam.Pipeline], Any],
     line: ProgressLine,
     n_models: int,
-) -> tuple[PipelineResult, float]:
-    """Run a pipeline that ``wire`` builds, defaulting to the local runner, with progress lines.
-
-    Returns the finished result and the elapsed seconds.
-    """
+    report: Callable[[PipelineResult, float], None],
+) -> PipelineResult:
+    """Prepare ``destination``, run the pipeline ``wire`` builds (defaulting to the local runner)
+    with progress lines, then ``report(result, elapsed_s)``; a job that is only submitted or
+    staged (``submit_only``) is not waited for, and says where to follow it instead."""
+    prepare(destination)
     standard = options.view_as(StandardOptions)
     if not standard.runner:
         standard.runner = LOCAL_RUNNER
     started = time.monotonic()
     interval = options.view_as(InferenceOptions).progress_interval_s
+    submitted = submit_only(options)
     with ProgressReporter(interval, line, n_models):
         pipeline = beam.Pipeline(options=options)
         wire(pipeline)
         result = pipeline.run()
-        if submit_only(options):
-            log.info("submitted; not waiting for the job (template or template launcher)")
-        else:
+        if not submitted:
             result.wait_until_finish()
-    return result, time.monotonic() - started
+    if submitted:
+        print_submitted(result, options.view_as(GoogleCloudOptions).template_location)
+    else:
+        report(result, time.monotonic() - started)
+    return result
 
 
 def submit_only(options: PipelineOptions) -> bool:
     """A Flex Template launcher (``FLEX_TEMPLATE_PYTHON_PY_FILE`` is set in its image) or a
     ``--template_location`` run submits or stages the job and returns: nothing to wait for."""
-    from apache_beam.options.pipeline_options import GoogleCloudOptions
-
     return bool(
         os.environ.get("FLEX_TEMPLATE_PYTHON_PY_FILE")
         or options.view_as(GoogleCloudOptions).template_location

@@ -10,15 +10,15 @@ one decoded patch stream) -> SummarizeSlides -> Write*.
 from __future__ import annotations
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineResult
 
 from pipelines.gpu import apply_gpu_preset
-from pipelines.launch import cli, launch, submit_only
+from pipelines.launch import cli, launch
 from pipelines.options import SlideJobConfig, slide_job_config
-from pipelines.report import print_report, print_submitted
+from pipelines.report import print_report
 from transforms.aggregate import SummarizeCases, SummarizeSlides
-from transforms.destinations import WriteRows, prepare
+from transforms.destinations import WriteRows
 from transforms.errors import DEAD_LETTER
 from transforms.incremental import SkipExisting
 from transforms.inference import RunModel
@@ -91,17 +91,13 @@ def run(argv: list[str] | None = None) -> PipelineResult:
     apply_gpu_preset(options)
     cfg = slide_job_config(options)
 
-    prepare(cfg.destination)
-
     def wire(pipeline: beam.Pipeline) -> None:
         write(build(pipeline, cfg), cfg)
 
-    result, elapsed = launch(options, wire, slide_progress_line, len(cfg.models))
-    if submit_only(options):
-        print_submitted(result, options.view_as(GoogleCloudOptions).template_location)
-    else:
+    def report(result: PipelineResult, elapsed: float) -> None:
         print_report(result, cfg.destination, cfg.run.run_id, elapsed)
-    return result
+
+    return launch(options, cfg.destination, wire, slide_progress_line, len(cfg.models), report)
 
 
 def main() -> None:

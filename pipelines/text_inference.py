@@ -10,14 +10,14 @@ ReadDocuments -> RunModel/<name> per model (Tokenize -> SortAndBatch -> Infer ->
 from __future__ import annotations
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineResult
 
 from pipelines.gpu import apply_gpu_preset
-from pipelines.launch import cli, launch, submit_only
+from pipelines.launch import cli, launch
 from pipelines.options import TextJobConfig, text_job_config
-from pipelines.report import print_submitted, print_text_report
-from transforms.destinations import WriteRows, prepare
+from pipelines.report import print_text_report
+from transforms.destinations import WriteRows
 from transforms.errors import DEAD_LETTER
 from transforms.incremental import SkipExisting
 from transforms.manifests import ReadManifest
@@ -71,17 +71,13 @@ def run(argv: list[str] | None = None) -> PipelineResult:
     apply_gpu_preset(options)
     cfg = text_job_config(options)
 
-    prepare(cfg.destination)
-
     def wire(pipeline: beam.Pipeline) -> None:
         write(build(pipeline, cfg), cfg)
 
-    result, elapsed = launch(options, wire, text_progress_line, len(cfg.models))
-    if submit_only(options):
-        print_submitted(result, options.view_as(GoogleCloudOptions).template_location)
-    else:
+    def report(result: PipelineResult, elapsed: float) -> None:
         print_text_report(result, cfg.destination, cfg.run.run_id, elapsed, len(cfg.models))
-    return result
+
+    return launch(options, cfg.destination, wire, text_progress_line, len(cfg.models), report)
 
 
 def main() -> None:

@@ -23,6 +23,7 @@ from typing import Any
 import apache_beam as beam
 
 from transforms.errors import ConfigError
+from transforms.progress import count
 from transforms.sinks import Table, bigquery_schema
 
 log = logging.getLogger(__name__)
@@ -198,7 +199,6 @@ class _ReplaceFromStaging(beam.DoFn):
         self._target = target
         self._table = table
         self._staging = staging
-        self._merged = beam.metrics.Metrics.counter("bigquery", f"merged_{table.name}")
 
     def process(self, _: Any, jobs: list[tuple[str, Any]]) -> Iterator[str]:
         from google.api_core.exceptions import NotFound
@@ -214,7 +214,7 @@ class _ReplaceFromStaging(beam.DoFn):
         if staged is not None:
             bq.query(replace_sql(self._target, self._table, self._staging)).result()
             bq.delete_table(self._target.table_id(self._staging), not_found_ok=True)
-            self._merged.inc(staged or 0)
+            count(f"merged_{self._table.name}", staged or 0)
             log.info("BigQuery %s: replaced the keys of %s staged rows", self._table.name, staged)
         yield self._target.table_id(self._table.name)
 

@@ -30,9 +30,11 @@ class _DoneIds(beam.DoFn):
     def process(self, _: Any) -> Iterator[tuple[str, None]]:
         done: set[str] | None = None
         columns = (self._id_column, "model_name", "model_version")
+        keys_by_table: dict[str, set[tuple]] = {}  # one read per table, however many models
         for table, name, version in self._results:
-            keys = existing_keys(self._dest, table, columns)
-            ids = {key[0] for key in keys if key[1:] == (name, version)}
+            if table.name not in keys_by_table:
+                keys_by_table[table.name] = existing_keys(self._dest, table, columns)
+            ids = {key[0] for key in keys_by_table[table.name] if key[1:] == (name, version)}
             done = ids if done is None else done & ids
         for id_ in sorted(done or ()):
             yield id_, None

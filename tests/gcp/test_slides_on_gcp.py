@@ -4,7 +4,6 @@ range reads and transient GCS faults."""
 
 from __future__ import annotations
 
-import json
 import time
 
 import gcsfs
@@ -14,6 +13,7 @@ import pytest
 from localgcp.fault_proxy import FaultProxy
 from pipelines.report import counters
 from pipelines.slide_inference import run
+from tests.e2e.cli import read_errors
 from transforms.sinks import ERRORS, PATCH_PREDICTIONS, SLIDE_SUMMARIES
 
 pytestmark = [pytest.mark.pipeline, pytest.mark.gcp]
@@ -235,9 +235,7 @@ def test_transient_gcs_faults_are_retried_and_nothing_is_lost(
         )
     gcsfs.GCSFileSystem.clear_instance_cache()
     assert proxy.faults["503"] >= 3 and proxy.faults["drop"] >= 3, proxy.faults
-    assert not list((tmp_path / "faulty" / "errors").glob("*")) or not any(
-        p.read_text().strip() for p in (tmp_path / "faulty" / "errors").glob("*.jsonl")
-    )
+    assert read_errors(tmp_path / "faulty") == []
     before = pd.read_parquet(tmp_path / "clean" / PATCH_PREDICTIONS.name)
     after = pd.read_parquet(tmp_path / "faulty" / PATCH_PREDICTIONS.name)
     assert len(after) == len(before) > 100
@@ -279,9 +277,7 @@ def test_hung_reads_time_out_and_are_retried(
     assert proxy.faults["stall"] >= 2, proxy.faults
     assert counters(hung)["io_retries"] >= 1
     assert counters(hung)["patches_inferred"] == counters(clean)["patches_inferred"] > 100
-    assert not list((tmp_path / "hung").glob("errors/*.jsonl")) or not any(
-        p.read_text().strip() for p in (tmp_path / "hung").glob("errors/*.jsonl")
-    )
+    assert read_errors(tmp_path / "hung") == []
     assert elapsed < 120
 
 
@@ -303,11 +299,7 @@ def test_a_slide_that_always_hangs_becomes_a_dead_letter(
         result = run(slide_args(slides, tiny_models["two"], str(tmp_path / "out"), "--no_heatmaps"))
         elapsed = time.monotonic() - started
     gcsfs.GCSFileSystem.clear_instance_cache()
-    errors = [
-        json.loads(line)
-        for p in (tmp_path / "out").glob("errors/*.jsonl")
-        for line in p.read_text().splitlines()
-    ]
+    errors = read_errors(tmp_path / "out")
     assert [(e["key"], e["stage"]) for e in errors] == [("boxes", "PlanPatches")]
     assert counters(result)["slides_planned"] == 1  # cmu1 still has its results
     assert elapsed < 150

@@ -10,6 +10,7 @@ import pytest
 
 from pipelines.report import counters
 from pipelines.text_inference import run
+from tests.e2e.cli import read_errors
 from transforms.sinks import ERRORS, TEXT_ENTITIES, TEXT_LABELS
 
 pytestmark = [pytest.mark.pipeline, pytest.mark.gcp]
@@ -135,10 +136,4 @@ def test_slide_manifest_from_a_bigquery_table(local_gcp, shared_data, tiny_model
     assert counters(result)["slides_planned"] == 1
     summaries = pd.read_parquet(out / "slide_summaries")
     assert list(summaries.slide_id) == ["cmu1"] and summaries.patch_count[0] > 100
-    errors = [
-        json.loads(x)
-        for p in (out / "errors").glob("*.jsonl")
-        for x in p.read_text().split("\n")
-        if x
-    ]
-    assert [e["key"] for e in errors] == ["gone"]
+    assert [e["key"] for e in read_errors(out)] == ["gone"]
