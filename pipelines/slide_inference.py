@@ -20,7 +20,7 @@ from pipelines.report import print_report
 from transforms.aggregate import SummarizeCases, SummarizeSlides
 from transforms.destinations import WriteRows
 from transforms.errors import DEAD_LETTER
-from transforms.incremental import SkipExisting
+from transforms.incremental import SKIPPED, SkipExisting
 from transforms.inference import RunModel
 from transforms.manifests import ReadManifest
 from transforms.progress import slide_progress_line
@@ -33,17 +33,20 @@ def build(pipeline: beam.Pipeline, cfg: SlideJobConfig) -> dict[str, beam.PColle
     endpoint = cfg.destination.bigquery_endpoint
     slides = pipeline | "ReadSlideManifest" >> ReadManifest(cfg.slides, "slides", None, endpoint)
     errors = [slides[DEAD_LETTER]]
-    slide_rows = slides["rows"]
+    slide_rows, skipped = slides["rows"], None
     if cfg.skip_existing:
         done = tuple((SLIDE_SUMMARIES, m.name, m.version) for m in cfg.models)
-        slide_rows = slide_rows | "SkipExisting" >> SkipExisting(cfg.destination, "slide_id", done)
+        kept = slide_rows | "SkipExisting" >> SkipExisting(cfg.destination, "slide_id", done)
+        slide_rows, skipped = kept["rows"], kept[SKIPPED]
     plan_input = slide_rows
     if cfg.patches:
         patches = pipeline | "ReadPatchManifest" >> ReadManifest(
             cfg.patches, "patches", None, endpoint
         )
         errors.append(patches[DEAD_LETTER])
-        plan_input = (slide_rows, patches["rows"])
+        plan_input = {"slides": slide_rows, "patches": patches["rows"]}
+        if skipped is not None:
+            plan_input["skipped"] = skipped
     planned = plan_input | "PlanPatches" >> PlanPatches(cfg.patching)
     read = planned["units"] | "ReadPatches" >> ReadPatches()
     errors += [planned[DEAD_LETTER], read[DEAD_LETTER]]

@@ -41,7 +41,7 @@ def build(pipeline: beam.Pipeline, cfg: TextJobConfig) -> dict[str, beam.PCollec
     rows = docs["rows"]
     if cfg.skip_existing:
         done = tuple((TABLES[m.task], m.name, m.version) for m in cfg.models)
-        rows = rows | "SkipExisting" >> SkipExisting(cfg.destination, "doc_id", done)
+        rows = (rows | "SkipExisting" >> SkipExisting(cfg.destination, "doc_id", done))["rows"]
     by_table: dict[str, list[beam.PCollection]] = {}
     for spec in cfg.models:
         out = rows | f"RunModel/{spec.name}" >> RunTextModel(

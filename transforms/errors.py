@@ -107,3 +107,8 @@ def dead_letter(stage: str, key: str, error: BaseException | str, element: Any =
         "message": redact(message),
         "input": text,
     }
+
+
+def patch_dead_letter(stage: str, row: dict[str, Any], error: BaseException | str) -> dict:
+    """The dead letter of one patch (a manifest row or a planned box), keyed ``slide_id@x,y``."""
+    return dead_letter(stage, f"{row['slide_id']}@{row['x_px']},{row['y_px']}", error, row)

@@ -227,16 +227,24 @@ def work_units(
     buckets: dict[tuple[int, int, int], list[PatchBox]] = {}
     block_row: tuple[int, int] | None = None
     for box in boxes:
-        ds = geom.level_downsamples[box.level]
-        tile_w, tile_h = geom.level_tiles[box.level]
-        block_w = max(tile_w, cfg.block_px // tile_w * tile_w)
-        block_h = max(tile_h, cfg.block_px // tile_h * tile_h)
-        x, y, _ = box_at_level(box, ds)
-        if (box.level, y // block_h) != block_row:
+        block = block_of(geom, box, cfg.block_px)
+        if block[:2] != block_row:
             yield from _units(slide_id, uri, geom, buckets, cfg, mpp)
-            buckets, block_row = {}, (box.level, y // block_h)
-        buckets.setdefault((box.level, y // block_h, x // block_w), []).append(box)
+            buckets, block_row = {}, block[:2]
+        buckets.setdefault(block, []).append(box)
     yield from _units(slide_id, uri, geom, buckets, cfg, mpp)
+
+
+def block_of(geom: SlideGeometry, box: PatchBox, block_px: int) -> tuple[int, int, int]:
+    """``(level, block row, block column)`` of the tile-aligned block holding ``box``'s corner.
+
+    Blocks are ``block_px`` at the box's read level, rounded down to whole tiles (at least one).
+    """
+    tile_w, tile_h = geom.level_tiles[box.level]
+    block_w = max(tile_w, block_px // tile_w * tile_w)
+    block_h = max(tile_h, block_px // tile_h * tile_h)
+    x, y, _ = box_at_level(box, geom.level_downsamples[box.level])
+    return box.level, y // block_h, x // block_w
 
 
 def _units(

@@ -48,18 +48,26 @@ class _KeyBy(beam.DoFn):
         yield row[self._column], row
 
 
+SKIPPED = "skipped"
+"""Tag of SkipExisting's output with the ids it dropped."""
+
+
 class _KeepNew(beam.DoFn):
-    def process(self, element: tuple[str, dict[str, Iterable[Any]]]) -> Iterator[dict]:
-        _, joined = element
+    def process(self, element: tuple[str, dict[str, Iterable[Any]]]) -> Iterator[Any]:
+        id_, joined = element
         rows = list(joined["rows"])
+        if not rows:
+            return
         if list(joined["done"]):
             count("skipped_existing", len(rows))
+            yield beam.pvalue.TaggedOutput(SKIPPED, id_)
             return
         yield from rows
 
 
 class SkipExisting(beam.PTransform):
-    """Manifest rows -> the rows without results for every model in ``results``."""
+    """Manifest rows -> a dict: ``rows`` without results for every model in ``results``, and
+    ``SKIPPED``, the ids of the rows dropped."""
 
     def __init__(self, dest: Destination, id_column: str, results: tuple[ModelResult, ...]) -> None:
         super().__init__()
@@ -67,15 +75,16 @@ class SkipExisting(beam.PTransform):
         self._id_column = id_column
         self._results = results
 
-    def expand(self, rows: beam.PCollection) -> beam.PCollection:
+    def expand(self, rows: beam.PCollection) -> dict[str, beam.PCollection]:
         done = (
             rows.pipeline
             | "Once" >> beam.Create([None])
             | "ReadExisting" >> beam.ParDo(_DoneIds(self._dest, self._id_column, self._results))
         )
         keyed = rows | "KeyById" >> beam.ParDo(_KeyBy(self._id_column))
-        return (
+        kept = (
             {"rows": keyed, "done": done}
             | "JoinExisting" >> beam.CoGroupByKey()
-            | "KeepNew" >> beam.ParDo(_KeepNew())
+            | "KeepNew" >> beam.ParDo(_KeepNew()).with_outputs(SKIPPED, main="rows")
         )
+        return {"rows": kept.rows, SKIPPED: kept[SKIPPED]}

@@ -25,6 +25,8 @@ _RESERVED = {"slide_id", "uri", "mpp"}
 _DOC_RESERVED = {"doc_id", "text"}
 MAX_DOC_CHARS = 5_000_000
 """Documents longer than this are dead letters, not windows: 5 M characters is ~1,500 pages."""
+_CHUNK_ROWS = 50_000
+"""Rows of a CSV or Parquet manifest held at once: manifests are streamed, never read whole."""
 
 
 def read_rows(
@@ -46,15 +48,16 @@ def read_rows(
         if suffix in ("csv", "tsv", "txt"):
             import pandas as pd
 
-            frame = pd.read_csv(
+            chunks = pd.read_csv(
                 f,
                 sep="\t" if suffix == "tsv" else ",",
                 dtype=str,
                 keep_default_na=False,
                 encoding="utf-8-sig",
+                chunksize=_CHUNK_ROWS,
             )
-            frame.columns = [str(c).strip() for c in frame.columns]
-            for i, row in enumerate(frame.to_dict(orient="records"), start=1):
+            records = (row for frame in chunks for row in _stripped_records(frame))
+            for i, row in enumerate(records, start=1):
                 yield {**row, "_row": i}
         elif suffix in ("jsonl", "ndjson", "json"):
             for i, line in enumerate(f, start=1):
@@ -81,12 +84,20 @@ def read_rows(
         elif suffix in ("parquet", "pq"):
             import pyarrow.parquet as pq
 
-            for i, row in enumerate(pq.read_table(f).to_pylist(), start=1):
+            batches = pq.ParquetFile(f).iter_batches(batch_size=_CHUNK_ROWS)
+            records = (row for batch in batches for row in batch.to_pylist())
+            for i, row in enumerate(records, start=1):
                 yield {**row, "_row": i}
         else:
             raise ManifestError(
                 f"manifest {uri}: unknown file type .{suffix}; use .csv, .tsv, .jsonl or .parquet"
             )
+
+
+def _stripped_records(frame: Any) -> list[dict[str, Any]]:
+    """A CSV chunk's rows, with blanks around the column names dropped."""
+    frame.columns = [str(c).strip() for c in frame.columns]
+    return frame.to_dict(orient="records")
 
 
 def _missing(value: Any) -> bool:

@@ -237,3 +237,41 @@ def test_hostile_slide_id_cannot_write_outside_the_output_folder(tmp_path, cmu1,
     summary = pd.read_parquet(out / "slide_summaries").iloc[0]
     assert summary.slide_id == "../../escaped"  # the id itself is kept, only the file name is safe
     assert summary.heatmap_uri == str(written[0])
+
+
+def test_skip_existing_with_a_patch_manifest_skips_done_slides_patches_silently(
+    tmp_path, shared_data, tiny_models
+):
+    """A rerun adding a slide: the done slide's manifest patches are skipped, not dead letters."""
+    from pipelines.report import counters
+    from pipelines.slide_inference import run
+
+    cmu1 = shared_data / "aperio_cmu1_small_region" / "CMU-1-Small-Region.svs"
+    ndpi = shared_data / "ndpi_tritc" / "test3-TRITC-2-560.ndpi"
+    patches = tmp_path / "patches.csv"
+    patches.write_text(
+        "slide_id,x_px,y_px,size_px\ncmu1,0,0,256\ncmu1,982,1355,256\nndpi,100,100,128\n"
+    )
+    out = tmp_path / "out"
+
+    def once(slides: dict[str, Path], run_id: str) -> dict[str, int]:
+        manifest = tmp_path / f"{run_id}.csv"
+        manifest.write_text("slide_id,uri\n" + "".join(f"{k},{v}\n" for k, v in slides.items()))
+        result = run(
+            ["--slides", str(manifest), "--patches", str(patches), "--patch_px", "64"]
+            + ["--model", f"two={tiny_models['two']}", "--output", str(out), "--no_heatmaps"]
+            + ["--skip_existing", "--run_id", run_id]
+        )
+        return counters(result)
+
+    first = once({"cmu1": cmu1}, "first")
+    assert first["patches_planned"] == 2
+    again = once({"cmu1": cmu1, "ndpi": ndpi}, "again")
+    assert again["skipped_existing"] == 1 and again["patches_skipped_existing"] == 2
+    assert again["slides_planned"] == 1 and again["patches_planned"] == 1
+    predictions = pd.read_parquet(out / "patch_predictions")
+    by_run = predictions.groupby("run_id").slide_id.agg(lambda s: sorted(set(s))).to_dict()
+    assert by_run == {"first": ["cmu1"], "again": ["ndpi"]}
+    # The first run's ndpi patch had no slide row: its one dead letter; the rerun has none.
+    errors = read_errors(out)
+    assert [(e["key"], e["error_type"]) for e in errors] == [("ndpi@100,100", "Rejected")]

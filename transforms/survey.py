@@ -1,0 +1,93 @@
+"""Survey one slide before planning it: open it, check it can be decoded, mask its tissue.
+
+Every planning path starts here, so each slide is opened, checked and masked the same way, with
+transient I/O failures retried (``retry_transient``) and the slide closed again after its reads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from transforms import progress
+from transforms.geometry import GridSpec, PatchingConfig, SlideGeometry, grid_spec
+from transforms.remote_io import retry_transient
+from transforms.slide_io import (
+    check_decode_limits,
+    open_slide,
+    probe_decode,
+    read_downsampled,
+    slide_geometry,
+)
+from transforms.tissue import TissueMask, tissue_mask
+
+
+@dataclass(frozen=True)
+class Survey:
+    """What planning learns of one slide. ``spec`` is the grid when tiling one, else None."""
+
+    geom: SlideGeometry
+    mask: TissueMask
+    spec: GridSpec | None
+
+
+def mask_downsample(geom: SlideGeometry, patch_l0_px: int | None) -> float:
+    """Level-0 pixels per mask pixel: about 8 per patch edge, 256 to 4096 across the slide.
+
+    Without a grid (manifest patches) the mask only measures the tissue area: ~1024 px across
+    is plenty, and lets a small pyramid's second level serve it instead of all of level 0.
+    """
+    longest = max(geom.width_px, geom.height_px)
+    if patch_l0_px is None:
+        return max(1.0, longest / 1024)
+    return max(1.0, min(max(patch_l0_px / 8, longest / 4096), longest / 256))
+
+
+def survey_slide(
+    row: dict[str, Any],
+    cfg: PatchingConfig,
+    storage_options: dict[str, Any] | None,
+    grid: bool,
+) -> Survey:
+    """Survey the slide of a clean slide row, retrying transient I/O failures.
+
+    Raises whatever makes the slide unusable (``SlideError``, ``FileNotFoundError``, ...); the
+    caller turns it into the slide's dead letter.
+    """
+    return retry_transient(
+        f"planning {row['slide_id']}", lambda: _survey(row, cfg, storage_options, grid)
+    )
+
+
+def _survey(
+    row: dict[str, Any], cfg: PatchingConfig, storage_options: dict[str, Any] | None, grid: bool
+) -> Survey:
+    slide = open_slide(row["uri"], storage_options)
+    try:
+        progress.count("slides_opened")
+        geom = slide_geometry(slide, row["mpp"])
+        check_decode_limits(slide, geom)
+        probe_decode(slide)
+        spec = grid_spec(geom, cfg) if grid else None
+        rgb, ds = read_downsampled(
+            slide, geom, mask_downsample(geom, spec.patch_l0_px if spec else None)
+        )
+        return Survey(geom, TissueMask(tissue_mask(rgb, cfg.tissue_method), ds), spec)
+    finally:
+        slide.close()
+
+
+def slide_info(
+    row: dict[str, Any], geom: SlideGeometry, tissue_area_mm2: float | None, patches_planned: int
+) -> dict[str, Any]:
+    """The ``SLIDE_INFO`` record of a planned slide, as SummarizeSlides takes it."""
+    return {
+        "slide_id": row["slide_id"],
+        "uri": row["uri"],
+        "width_px": geom.width_px,
+        "height_px": geom.height_px,
+        "mpp": geom.mpp,
+        "tissue_area_mm2": tissue_area_mm2,
+        "patches_planned": patches_planned,
+        "metadata": row["metadata"],
+    }
