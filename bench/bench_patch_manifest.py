@@ -33,26 +33,25 @@ _CHILD = """
 import json, resource, sys, time
 import apache_beam as beam
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from pipelines.report import counters
 from transforms.geometry import PatchingConfig
 from transforms.manifests import ReadManifest
-from transforms.slides import SLIDE_INFO, PlanPatches
+from transforms.slides import PlanPatches
 
 slides, patches = sys.argv[1:3]
-seen = {}
-def keep(info):
-    seen.update(info)
 t = time.monotonic()
-with beam.Pipeline(runner=FnApiRunner()) as p:
-    planned = {
-        "slides": (p | "S" >> ReadManifest(slides, "slides"))["rows"],
-        "patches": (p | "P" >> ReadManifest(patches, "patches"))["rows"],
-    } | PlanPatches(PatchingConfig(patch_px=64, patch_mpp=0.5))
-    planned[SLIDE_INFO] | beam.Map(keep)
-    result = p.run()
+p = beam.Pipeline(runner=FnApiRunner())
+_ = {
+    "slides": (p | "S" >> ReadManifest(slides, "slides"))["rows"],
+    "patches": (p | "P" >> ReadManifest(patches, "patches"))["rows"],
+} | PlanPatches(PatchingConfig(patch_px=64, patch_mpp=0.5))
+result = p.run()
+result.wait_until_finish()
 wall = time.monotonic() - t
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+c = counters(result)
 print("BENCH " + json.dumps({"wall_s": round(wall, 1), "rss_mb": rss // 1024,
-                             "patches_planned": seen.get("patches_planned")}))
+                             "patches_planned": c.get("patches_planned")}))
 """
 
 

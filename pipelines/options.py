@@ -320,6 +320,12 @@ def text_job_config(options: PipelineOptions) -> TextJobConfig:
     missing = sorted(set(uris) - set(tasks))
     if missing:
         raise ConfigError(f"--task NAME=TASK is required for {', '.join(missing)}")
+    for flag in ("batch_size", "min_batch_size"):
+        if getattr(common, flag) is not None:
+            raise ConfigError(
+                f"--{flag} does not apply to the text pipeline, which batches by token budget: "
+                "use --max_tokens_per_batch (padded tokens per batch) and --max_batch_size"
+            )
     windows = WindowConfig(opts.window_tokens, opts.stride_tokens)
     batching = TokenBatchingConfig(
         opts.max_tokens_per_batch, common.max_batch_size or 64, opts.sort_buffer, opts.max_padding

@@ -58,3 +58,14 @@ def test_a_good_command_line_becomes_a_config():
 def test_bad_flags_raise_config_errors_naming_the_flag(args, flag):
     with pytest.raises(ConfigError, match=flag):
         config(*args)
+
+
+@pytest.mark.parametrize("flag", ["--batch_size", "--min_batch_size"])
+def test_the_text_pipeline_rejects_patch_batch_flags_it_would_ignore(flag):
+    from pipelines.options import text_job_config
+
+    args = ["--documents", "d.jsonl", "--model", "ner=folder", "--task", "ner=token-classification"]
+    args += [flag, "8"]
+    with pytest.raises(ConfigError, match=f"{flag} does not apply.*--max_tokens_per_batch"):
+        text_job_config(PipelineOptions(args))
+    assert text_job_config(PipelineOptions(args[:-2])).batching.max_batch_size == 64
