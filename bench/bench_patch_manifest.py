@@ -17,15 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import time
 import tracemalloc
 
 import numpy as np
 
-from bench.bench_slides import OUT, REPO, synthetic_slide
+from bench.bench_slides import OUT, run_child, synthetic_slide
 
 SIDE = 10240
 
@@ -70,19 +67,9 @@ def manifest(rows: int) -> tuple[str, str]:
 
 
 def pipeline(sizes: list[int]) -> None:
-    env = {**os.environ, "NO_GCE_CHECK": "true", "GCE_METADATA_HOST": "127.0.0.1:9"}
     for rows in sizes:
-        slides, patches = manifest(rows)
-        proc = subprocess.run(
-            [sys.executable, "-c", _CHILD, slides, patches],
-            cwd=REPO,
-            env=env,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("BENCH "))
-        print(json.dumps({"rows": rows, **json.loads(line[6:])}), flush=True)
+        figures = run_child(_CHILD, list(manifest(rows)))
+        print(json.dumps({"rows": rows, **figures}), flush=True)
 
 
 def block(rows: int) -> None:

@@ -84,7 +84,6 @@ def pipeline_args(slide: Path, model: Path, patch_px: int, patch_mpp: float, tag
 
 def run_pipeline(slide: Path, model: Path, patch_px: int, tag: str, patch_mpp: float) -> dict:
     """Run the CLI in a child process; return its counters, wall time and peak RSS."""
-    env = {**os.environ, "NO_GCE_CHECK": "true", "GCE_METADATA_HOST": "127.0.0.1:9"}
     code = (
         "import json, resource, sys, time\n"
         "from pipelines.slide_inference import run\n"
@@ -93,7 +92,12 @@ def run_pipeline(slide: Path, model: Path, patch_px: int, tag: str, patch_mpp: f
         "rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
         "print('BENCH ' + json.dumps({'wall_s': wall, 'rss_kb': rss, **counters(result)}))\n"
     )
-    args = pipeline_args(slide, model, patch_px, patch_mpp, tag)
+    return run_child(code, pipeline_args(slide, model, patch_px, patch_mpp, tag))
+
+
+def run_child(code: str, args: list[str]) -> dict:
+    """Run ``code`` in a fresh Python with ``args``; return the JSON it prints after ``BENCH ``."""
+    env = {**os.environ, "NO_GCE_CHECK": "true", "GCE_METADATA_HOST": "127.0.0.1:9"}
     proc = subprocess.run(
         [sys.executable, "-c", code, *args],
         cwd=REPO,

@@ -30,7 +30,7 @@ from transforms.geometry import (
     check_box,
     work_units,
 )
-from transforms.survey import slide_info, survey_slide
+from transforms.survey import slide_info, survey_or_failure
 
 STAGE = "PlanPatches"
 SORT_BUFFER = 4096
@@ -51,6 +51,10 @@ class SlideStatus:
     skipped: bool = False
 
 
+def slide_error(row: dict[str, Any], error: Exception) -> Any:
+    return beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(STAGE, row["slide_id"], error, row))
+
+
 def patch_error(row: dict[str, Any], error: Exception | str) -> Any:
     return beam.pvalue.TaggedOutput(DEAD_LETTER, patch_dead_letter(STAGE, row, error))
 
@@ -63,14 +67,10 @@ class _SurveySlide(beam.DoFn):
         self._storage_options = storage_options
 
     def process(self, row: dict[str, Any]) -> Iterator[Any]:
-        try:
-            survey = survey_slide(row, self._cfg, self._storage_options, grid=False)
-        except Exception as exc:  # noqa: BLE001 - every failure is this slide's dead letter
-            progress.count("slides_failed")
-            yield beam.pvalue.TaggedOutput(
-                DEAD_LETTER, dead_letter(STAGE, row["slide_id"], exc, row)
-            )
-            yield row["slide_id"], SlideStatus(failure=f"slide failed: {exc}")
+        survey = survey_or_failure(row, self._cfg, self._storage_options, grid=False)
+        if isinstance(survey, Exception):
+            yield slide_error(row, survey)
+            yield row["slide_id"], SlideStatus(failure=f"slide failed: {survey}")
             return
         area = survey.mask.area_mm2(survey.geom.mpp)
         yield row["slide_id"], SlideStatus(row, survey.geom, area)

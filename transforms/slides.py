@@ -17,7 +17,7 @@ import apache_beam as beam
 import numpy as np
 
 from transforms import progress
-from transforms.errors import DEAD_LETTER, dead_letter, patch_dead_letter
+from transforms.errors import DEAD_LETTER, patch_dead_letter
 from transforms.geometry import (
     PatchBox,
     PatchingConfig,
@@ -26,10 +26,10 @@ from transforms.geometry import (
     grid_boxes,
     work_units,
 )
-from transforms.patch_manifest import STAGE, PlanManifestPatches
+from transforms.patch_manifest import PlanManifestPatches, slide_error
 from transforms.remote_io import retry_transient
 from transforms.slide_io import SlideCache, compressed_bytes, read_level_region
-from transforms.survey import Survey, slide_info, survey_slide
+from transforms.survey import Survey, slide_info, survey_or_failure
 
 SLIDE_INFO = "slide_info"
 """Tag of PlanPatches' output with one ``slide info`` dict per planned slide."""
@@ -60,13 +60,9 @@ class _PlanSlide(beam.DoFn):
         self._storage_options = storage_options
 
     def process(self, row: dict[str, Any]) -> Iterator[Any]:
-        try:
-            survey = survey_slide(row, self._cfg, self._storage_options, grid=True)
-        except Exception as exc:  # noqa: BLE001 - every failure is this slide's dead letter
-            progress.count("slides_failed")
-            yield beam.pvalue.TaggedOutput(
-                DEAD_LETTER, dead_letter(STAGE, row["slide_id"], exc, row)
-            )
+        survey = survey_or_failure(row, self._cfg, self._storage_options, grid=True)
+        if isinstance(survey, Exception):
+            yield slide_error(row, survey)
             return
         assert survey.spec is not None
         boxes = self._tissue(survey)

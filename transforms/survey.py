@@ -59,6 +59,20 @@ def survey_slide(
     )
 
 
+def survey_or_failure(
+    row: dict[str, Any],
+    cfg: PatchingConfig,
+    storage_options: dict[str, Any] | None,
+    grid: bool,
+) -> Survey | Exception:
+    """``survey_slide``, or the exception that makes the slide unusable (``slides_failed``)."""
+    try:
+        return survey_slide(row, cfg, storage_options, grid)
+    except Exception as exc:  # noqa: BLE001 - every failure is this slide's dead letter
+        progress.count("slides_failed")
+        return exc
+
+
 def _survey(
     row: dict[str, Any], cfg: PatchingConfig, storage_options: dict[str, Any] | None, grid: bool
 ) -> Survey:
