@@ -32,8 +32,10 @@ class SlideStats:
 
     Besides sums, label counts and maxima, it keeps a dense heatmap raster of ``cell_px`` level-0
     pixels per cell (at first the patch size) holding summed probabilities and a count in its
-    last channel. A raster wider than ``MAX_HEATMAP_SIDE`` cells coarsens by 2, so a slide of any
-    size costs at most a few MB however many patches it has.
+    last channel; each patch counts in the cell holding its centre, so overlapping grids and
+    manifest patches at any offset land where they are. A raster wider than ``MAX_HEATMAP_SIDE``
+    cells coarsens by 2, so a slide of any size costs at most a few MB however many patches it
+    has.
     """
 
     n: int = 0
@@ -54,7 +56,10 @@ class SlideStats:
         self.sums += p
         self.counts[int(np.argmax(p))] += 1
         np.maximum(self.maxima, p, out=self.maxima)
-        self._paint(np.array([box[0]]), np.array([box[1]]), np.append(p, 1.0)[None, :])
+        half = int(box[2]) // 2  # a patch paints the cell holding its centre
+        self._paint(
+            np.array([box[0] + half]), np.array([box[1] + half]), np.append(p, 1.0)[None, :]
+        )
 
     def _paint(self, xs: np.ndarray, ys: np.ndarray, values: np.ndarray) -> None:
         """Add ``values`` (``N x (C+1)``) at level-0 points, growing or coarsening the raster."""

@@ -72,6 +72,7 @@ class _SurveySlide(beam.DoFn):
             yield slide_error(row, survey)
             yield row["slide_id"], SlideStatus(failure=f"slide failed: {survey}")
             return
+        progress.count("slides_planned")
         area = survey.mask.area_mm2(survey.geom.mpp)
         yield row["slide_id"], SlideStatus(row, survey.geom, area)
 
@@ -124,7 +125,9 @@ class _BlockUnits(beam.DoFn):
 
     def _units(self, slide_id: str, status: SlideStatus, boxes: list[PatchBox]) -> Iterator[Any]:
         boxes.sort(key=lambda b: (b.y_px, b.x_px))
-        yield from work_units(slide_id, status.row["uri"], status.geom, boxes, self._cfg, None)
+        for unit in work_units(slide_id, status.row["uri"], status.geom, boxes, self._cfg, None):
+            progress.count("patches_planned", len(unit.patches))
+            yield unit
 
 
 def _planned_count(unit: Any) -> tuple[str, int]:
@@ -140,8 +143,6 @@ class _SlideInfo(beam.DoFn):
         if not planned:
             return
         status, n = planned[0], sum(joined["planned"])
-        progress.count("slides_planned")
-        progress.count("patches_planned", n)
         yield slide_info(status.row, status.geom, status.tissue_area_mm2, n)
 
 

@@ -84,6 +84,16 @@ def test_heatmap_raster_stays_bounded_and_keeps_the_mean(monkeypatch):
         np.testing.assert_allclose(cell_probs[cy, cx], inside.mean(0), rtol=1e-5)
 
 
+def test_a_patch_is_painted_in_the_cell_holding_its_centre():
+    stats = SlideStats()
+    stats.add((0, 0, 448), [1.0, 0.0])
+    stats.add((400, 0, 448), [0.0, 1.0])  # corner in cell 0, centre (624) in cell 1
+    stats.add((1000, 900, 448), [0.5, 0.5])  # centre (1224, 1124): cell (2, 2)
+    cell_probs, painted = stats.heatmap_raster()
+    assert sorted(zip(*np.nonzero(painted), strict=True)) == [(0, 0), (0, 1), (2, 2)]
+    assert cell_probs[0, 0].tolist() == [1.0, 0.0] and cell_probs[0, 1].tolist() == [0.0, 1.0]
+
+
 def test_heatmap_png_paints_probabilities_over_the_thumbnail():
     import io
 
