@@ -17,6 +17,7 @@ import apache_beam as beam
 
 from transforms.bigquery import BigQueryDataset, WriteToBigQueryTable, parse_dataset, query_keys
 from transforms.errors import ConfigError
+from transforms.file_writes import write_json_lines, write_parquet
 from transforms.sinks import ERRORS, Table, arrow_schema
 
 
@@ -121,15 +122,9 @@ class WriteRows(beam.PTransform):
             return (
                 stamped
                 | "ToJson" >> beam.Map(_to_json)
-                | "WriteJsonLines" >> beam.io.WriteToText(prefix, file_name_suffix=".jsonl")
+                | "WriteJsonLines" >> write_json_lines(prefix)
             )
-        return stamped | "WriteParquet" >> beam.io.WriteToParquet(
-            prefix,
-            schema=arrow_schema(self._table),
-            file_name_suffix=".parquet",
-            row_group_buffer_size=8 << 20,
-            record_batch_size=1000,
-        )
+        return stamped | "WriteParquet" >> write_parquet(prefix, arrow_schema(self._table))
 
 
 def existing_keys(dest: Destination, table: Table, columns: tuple[str, ...]) -> set[tuple]:
