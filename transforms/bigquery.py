@@ -13,6 +13,7 @@ and column names are this module's own.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import re
@@ -175,8 +176,41 @@ def ensure_table(bq: Any, target: BigQueryDataset, table: Table) -> None:
     bq.create_table(spec, exists_ok=True)
 
 
+STAGING_PREFIX = "_staging_"
+STALE_STAGING = dt.timedelta(days=7)
+"""A staging table this old belongs to a run that died between its load and its merge."""
+
+
 def staging_table(table: Table, run_id: str) -> str:
-    return f"_staging_{table.name}_{run_id.replace('-', '_')}"
+    return f"{STAGING_PREFIX}{table.name}_{run_id.replace('-', '_')}"
+
+
+def drop_stale_staging(target: BigQueryDataset, older_than: dt.timedelta = STALE_STAGING) -> list:
+    """Delete the dataset's staging tables created more than ``older_than`` ago; their names.
+
+    A run's staging tables live from its load jobs to its merge, minutes to hours. One left
+    behind by a run that died in between is dropped by a later run's launch.
+    """
+    from google.api_core.exceptions import NotFound
+
+    bq = client(target)
+    cutoff = dt.datetime.now(dt.UTC) - older_than
+    dropped = []
+    try:
+        tables = list(bq.list_tables(f"{target.project}.{target.dataset}"))
+    except NotFound:
+        return dropped
+    for item in tables:
+        if not item.table_id.startswith(STAGING_PREFIX):
+            continue
+        created = item.created or bq.get_table(item.reference).created
+        if created is not None and created <= cutoff:
+            bq.delete_table(item.reference, not_found_ok=True)
+            log.info(
+                "BigQuery: dropped stale staging table %s (created %s)", item.table_id, created
+            )
+            dropped.append(item.table_id)
+    return dropped
 
 
 def replace_sql(target: BigQueryDataset, table: Table, staging: str) -> str:

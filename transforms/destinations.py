@@ -77,12 +77,14 @@ def destination(
 
 
 def prepare(dest: Destination) -> None:
-    """Create the BigQuery dataset if needed, at launch: Beam's load jobs need it to exist."""
+    """At launch: create the BigQuery dataset if needed (Beam's load jobs need it to exist) and
+    drop staging tables that runs which died before their merge left behind."""
     if dest.bigquery is not None:
-        from transforms.bigquery import client
+        from transforms.bigquery import client, drop_stale_staging
 
         target = dest.bigquery
         client(target).create_dataset(f"{target.project}.{target.dataset}", exists_ok=True)
+        drop_stale_staging(target)
 
 
 class _StampRun(beam.DoFn):

@@ -303,3 +303,27 @@ def test_a_slide_that_always_hangs_becomes_a_dead_letter(
     assert [(e["key"], e["stage"]) for e in errors] == [("boxes", "PlanPatches")]
     assert counters(result)["slides_planned"] == 1  # cmu1 still has its results
     assert elapsed < 150
+
+
+def test_staging_tables_a_dead_run_left_are_dropped_once_stale(local_gcp):
+    """A run that died between its load and its merge leaves ``_staging_*``; a later launch
+    drops it once it is older than any live run's, and never touches result tables."""
+    import datetime as dt
+
+    from google.cloud import bigquery
+
+    from transforms.bigquery import BigQueryDataset, drop_stale_staging, ensure_table, staging_table
+
+    target = BigQueryDataset(local_gcp.project, "stale", local_gcp.bigquery_endpoint)
+    bq = local_gcp.bigquery()
+    ensure_table(bq, target, PATCH_PREDICTIONS)
+    left = staging_table(PATCH_PREDICTIONS, "20261101T000000Z-dead")
+    field = [bigquery.SchemaField("slide_id", "STRING")]
+    bq.create_table(bigquery.Table(target.table_id(left), schema=field))
+
+    assert drop_stale_staging(target) == []  # a fresh one may be a live run's
+    assert drop_stale_staging(target, older_than=dt.timedelta(0)) == [left]
+    names = {t.table_id for t in bq.list_tables(f"{target.project}.{target.dataset}")}
+    assert names == {PATCH_PREDICTIONS.name}
+    gone = BigQueryDataset(local_gcp.project, "never_made", local_gcp.bigquery_endpoint)
+    assert drop_stale_staging(gone, older_than=dt.timedelta(0)) == []
