@@ -41,6 +41,10 @@ class OutOfBoundsError(SlideError):
     """A patch that lies (partly) outside its slide."""
 
 
+class RemoteIOError(PipelineError):
+    """An object-store operation that timed out or lost its connection on every attempt."""
+
+
 class ModelLoadError(PipelineError):
     """A model that cannot be loaded: fatal for the job, raised from ``setup()``."""
 

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from transforms import progress
+from transforms.errors import RemoteIOError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -49,13 +50,23 @@ def is_transient(exc: BaseException) -> bool:
 
 
 def retry_transient(what: str, fn: Callable[[], T]) -> T:
-    """``fn()``, retried up to ``ATTEMPTS`` times while it fails transiently."""
+    """``fn()``, retried up to ``ATTEMPTS`` times while it fails transiently.
+
+    Raises ``RemoteIOError`` (naming ``what``, the cause and the timeout) when every attempt
+    failed transiently, and any other exception as it is.
+    """
     for attempt in range(1, ATTEMPTS + 1):
         try:
             return fn()
         except Exception as exc:
-            if attempt == ATTEMPTS or not is_transient(exc):
+            if not is_transient(exc):
                 raise
+            if attempt == ATTEMPTS:
+                cause = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                raise RemoteIOError(
+                    f"{what}: {cause} on all {ATTEMPTS} attempts "
+                    f"(each request times out after {TIMEOUT_ENV}={io_timeout_s():g}s)"
+                ) from exc
             progress.count("io_retries")
             delay = BACKOFF_S[min(attempt - 1, len(BACKOFF_S) - 1)]
             log.warning(

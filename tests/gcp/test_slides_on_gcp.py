@@ -300,7 +300,9 @@ def test_a_slide_that_always_hangs_becomes_a_dead_letter(
         elapsed = time.monotonic() - started
     gcsfs.GCSFileSystem.clear_instance_cache()
     errors = read_errors(tmp_path / "out")
-    assert [(e["key"], e["stage"]) for e in errors] == [("boxes", "PlanPatches")]
+    assert [(e["key"], e["stage"], e["error_type"]) for e in errors] == [
+        ("boxes", "PlanPatches", "RemoteIOError")
+    ]
     assert counters(result)["slides_planned"] == 1  # cmu1 still has its results
     assert elapsed < 150
 
