@@ -22,7 +22,7 @@ def _spatial_is_optional() -> None:
         except Exception as exc:  # noqa: BLE001 - offline: the extension cannot be fetched
             log.warning("DuckDB spatial extension unavailable; GEOGRAPHY is disabled (%s)", exc)
 
-    engine.DuckDBEngine._load_spatial = load_spatial_if_available
+    engine.DuckDBEngine._load_spatial = load_spatial_if_available  # type: ignore[method-assign]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -102,7 +102,7 @@ class FaultProxy(BackgroundServer):
                     self.wfile.write(msg)
                     return
                 conn = http.client.HTTPConnection(
-                    proxy.upstream.hostname, proxy.upstream.port, timeout=60
+                    proxy.upstream.hostname or "127.0.0.1", proxy.upstream.port, timeout=60
                 )
                 headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
                 conn.request(self.command, self.path, body=body or None, headers=headers)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from apache_beam.options.pipeline_options import (
     DebugOptions,
@@ -42,7 +43,7 @@ PRESETS = {
 
 class GpuOptions(PipelineOptions):
     @classmethod
-    def _add_argparse_args(cls, parser) -> None:  # type: ignore[no-untyped-def]
+    def _add_argparse_args(cls, parser: Any) -> None:
         parser.add_argument(
             "--gpu",
             default=None,

@@ -11,6 +11,7 @@ import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 
@@ -39,7 +40,7 @@ def _truth(text: str) -> bool:
     raise ValueError(f"expected true or false, got {text!r}")
 
 
-def switch(parser, flag: str, help: str) -> None:  # type: ignore[no-untyped-def]  # noqa: A002
+def switch(parser: Any, flag: str, help: str) -> None:  # noqa: A002
     """A boolean flag given bare (``--flag``) or with a value (``--flag=false``), as a Flex
     Template launcher passes every parameter."""
     parser.add_argument(flag, nargs="?", const=True, default=False, type=_truth, help=help)
@@ -50,7 +51,7 @@ class InferenceOptions(PipelineOptions):
     flag is defined once, here or in one pipeline's class."""
 
     @classmethod
-    def _add_argparse_args(cls, parser) -> None:  # type: ignore[no-untyped-def]
+    def _add_argparse_args(cls, parser: Any) -> None:
         add = parser.add_argument
         add("--model", action="append", default=[], help="NAME=URI, repeatable")
         add("--model_version", action="append", default=[], help="NAME=VERSION")
@@ -86,7 +87,7 @@ class SlideInferenceOptions(PipelineOptions):
     """Flags of ``python -m pipelines.slide_inference`` (besides ``InferenceOptions``)."""
 
     @classmethod
-    def _add_argparse_args(cls, parser) -> None:  # type: ignore[no-untyped-def]
+    def _add_argparse_args(cls, parser: Any) -> None:
         add = parser.add_argument
         add("--slides", help="slide manifest: CSV, TSV, JSONL or Parquet; local or gs://")
         add("--patches", help="optional patch manifest (slide_id, x_px, y_px, size_px[, level])")
@@ -120,7 +121,7 @@ class TextInferenceOptions(PipelineOptions):
     """Flags of ``python -m pipelines.text_inference`` (besides ``InferenceOptions``)."""
 
     @classmethod
-    def _add_argparse_args(cls, parser) -> None:  # type: ignore[no-untyped-def]
+    def _add_argparse_args(cls, parser: Any) -> None:
         add = parser.add_argument
         add("--documents", help="documents: CSV, TSV, JSONL or Parquet with doc_id and text")
         add("--doc_id_column", default="doc_id", help="the documents' id column")

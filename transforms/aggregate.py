@@ -93,6 +93,7 @@ class SlideStats:
         if self.sums is None:
             return other
         assert self.counts is not None and self.maxima is not None
+        assert other.counts is not None and other.maxima is not None and other.raster is not None
         self.n += other.n
         self.sums += other.sums
         self.counts += other.counts
@@ -115,6 +116,7 @@ class SlideStats:
         """Per-class mean probability, label fraction and max probability (empty if no patches)."""
         if self.n == 0 or self.sums is None:
             return {"class_mean_prob": [], "class_fraction": [], "class_max_prob": []}
+        assert self.counts is not None and self.maxima is not None
         return {
             "class_mean_prob": (self.sums / self.n).tolist(),
             "class_fraction": (self.counts / self.n).tolist(),
@@ -213,6 +215,7 @@ class _SummarizeSlide(beam.DoFn):
 
         from transforms.heatmaps import render_heatmap
 
+        assert stats.sums is not None and self._heatmap_dir is not None
         title = (
             f"{info['slide_id']} | {spec.name} {spec.version} | {stats.n} patches | "
             f"mean P = {np.round(stats.sums / stats.n, 3).tolist()}"

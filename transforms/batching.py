@@ -111,7 +111,7 @@ class _SortAndBatch(beam.DoFn):
         from apache_beam.utils.windowed_value import WindowedValue
 
         for batch in self._flush():
-            yield WindowedValue(batch, GlobalWindow().max_timestamp(), [GlobalWindow()])
+            yield WindowedValue(batch, GlobalWindow().max_timestamp(), (GlobalWindow(),))
 
     def _flush(self) -> Iterator[list[Any]]:
         cfg = self._cfg

@@ -135,7 +135,8 @@ class EndpointClient:
         return {"target": self._target}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["target"])
+        self._target = state["target"]
+        self._clients = None
 
     def _build(self) -> tuple[Any, Any]:
         if self._clients is None:
@@ -195,7 +196,7 @@ def drop_stale_staging(target: BigQueryDataset, older_than: dt.timedelta = STALE
 
     bq = client(target)
     cutoff = dt.datetime.now(dt.UTC) - older_than
-    dropped = []
+    dropped: list[str] = []
     try:
         tables = list(bq.list_tables(f"{target.project}.{target.dataset}"))
     except NotFound:

@@ -120,7 +120,7 @@ def _number(row: dict[str, Any], column: str) -> float:
     if _missing(value):
         raise ManifestError(f"row {row.get('_row')}: column {column!r} is missing or empty")
     try:
-        if isinstance(value, bool):
+        if isinstance(value, bool) or value is None:
             raise ValueError
         number = float(str(value).strip()) if isinstance(value, str) else float(value)
     except (TypeError, ValueError):

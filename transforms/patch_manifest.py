@@ -124,6 +124,7 @@ class _BlockUnits(beam.DoFn):
         yield from self._units(slide_id, status, buffer)
 
     def _units(self, slide_id: str, status: SlideStatus, boxes: list[PatchBox]) -> Iterator[Any]:
+        assert status.row is not None and status.geom is not None
         boxes.sort(key=lambda b: (b.y_px, b.x_px))
         for unit in work_units(slide_id, status.row["uri"], status.geom, boxes, self._cfg, None):
             progress.count("patches_planned", len(unit.patches))

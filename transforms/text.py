@@ -263,7 +263,7 @@ def entities(windows: Sequence[TextWindow], label_of: Any) -> list[dict[str, Any
     token-classification pipeline; ``start``/``end`` index the original text."""
     text = windows[0].text or ""
     probs = token_probs(windows)
-    offsets = [None] * windows[0].n_tokens
+    offsets: list[tuple[int, int]] = [(0, 0)] * windows[0].n_tokens
     words = [-1] * windows[0].n_tokens
     for w in windows:
         for j, (o, wid) in enumerate(zip(w.offsets, w.word_ids, strict=True)):

@@ -144,7 +144,7 @@ def forward(loaded: LoadedTextModel, windows: Sequence[list[int]]) -> list[np.nd
             return list(result.astype(np.float64))
         logits = out.logits.float()
         if task == "text-classification":
-            probs = torch.sigmoid(logits) if loaded.multi_label else torch.softmax(logits, -1)
-            return list(probs.cpu().numpy())
-        probs = torch.softmax(logits, dim=-1).cpu().numpy()
-        return [probs[i, : len(w)] for i, w in enumerate(windows)]
+            labels = torch.sigmoid(logits) if loaded.multi_label else torch.softmax(logits, -1)
+            return list(labels.cpu().numpy())
+        tokens = torch.softmax(logits, dim=-1).cpu().numpy()
+        return [tokens[i, : len(w)] for i, w in enumerate(windows)]

@@ -1,0 +1,28 @@
+"""The code passes its own static checks: ruff (lint and format) everywhere, mypy on the
+packages (``[tool.mypy]`` in pyproject.toml)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from tests.conftest import REPO
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=900
+    )
+
+
+def test_ruff_finds_nothing_and_the_code_is_formatted():
+    lint = _run("ruff", "check", ".")
+    assert lint.returncode == 0, lint.stdout[-3000:]
+    formatted = _run("ruff", "format", "--check", ".")
+    assert formatted.returncode == 0, formatted.stdout[-3000:]
+
+
+def test_mypy_finds_no_type_errors_in_our_packages():
+    result = _run("mypy")
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert "Success: no issues found" in result.stdout
