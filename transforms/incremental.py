@@ -14,6 +14,7 @@ from typing import Any
 import apache_beam as beam
 
 from transforms.destinations import Destination, existing_keys
+from transforms.manifests import KeyById
 from transforms.progress import count
 from transforms.sinks import Table
 
@@ -38,14 +39,6 @@ class _DoneIds(beam.DoFn):
             done = ids if done is None else done & ids
         for id_ in sorted(done or ()):
             yield id_, None
-
-
-class _KeyBy(beam.DoFn):
-    def __init__(self, column: str) -> None:
-        self._column = column
-
-    def process(self, row: dict) -> Iterator[tuple[str, dict]]:
-        yield row[self._column], row
 
 
 SKIPPED = "skipped"
@@ -81,7 +74,7 @@ class SkipExisting(beam.PTransform):
             | "Once" >> beam.Create([None])
             | "ReadExisting" >> beam.ParDo(_DoneIds(self._dest, self._id_column, self._results))
         )
-        keyed = rows | "KeyById" >> beam.ParDo(_KeyBy(self._id_column))
+        keyed = rows | "KeyById" >> beam.ParDo(KeyById(self._id_column))
         kept = (
             {"rows": keyed, "done": done}
             | "JoinExisting" >> beam.CoGroupByKey()

@@ -251,7 +251,9 @@ class _FirstOfDuplicates(beam.DoFn):
             yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(STAGE, key, error, row))
 
 
-class _KeyById(beam.DoFn):
+class KeyById(beam.DoFn):
+    """A manifest row -> ``(row[id_column], row)``."""
+
     def __init__(self, id_column: str) -> None:
         self._id_column = id_column
 
@@ -297,7 +299,7 @@ class ReadManifest(beam.PTransform):
             return {"rows": read.rows, DEAD_LETTER: read[DEAD_LETTER]}
         unique = (
             read.rows
-            | "KeyById" >> beam.ParDo(_KeyById(id_column))
+            | "KeyById" >> beam.ParDo(KeyById(id_column))
             | "GroupById" >> beam.GroupByKey()
             | "DropDuplicates"
             >> beam.ParDo(_FirstOfDuplicates(id_column)).with_outputs(DEAD_LETTER, main="rows")
