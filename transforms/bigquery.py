@@ -186,22 +186,20 @@ def staging_table(table: Table, run_id: str) -> str:
     return f"{STAGING_PREFIX}{table.name}_{run_id.replace('-', '_')}"
 
 
-def drop_stale_staging(target: BigQueryDataset, older_than: dt.timedelta = STALE_STAGING) -> list:
-    """Delete the dataset's staging tables created more than ``older_than`` ago; their names.
+def prepare_dataset(
+    target: BigQueryDataset, stale_after: dt.timedelta = STALE_STAGING
+) -> list[str]:
+    """At launch: create the dataset if needed (Beam's load jobs need it), and delete its
+    staging tables created more than ``stale_after`` ago; return their names.
 
     A run's staging tables live from its load jobs to its merge, minutes to hours. One left
     behind by a run that died in between is dropped by a later run's launch.
     """
-    from google.api_core.exceptions import NotFound
-
     bq = client(target)
-    cutoff = dt.datetime.now(dt.UTC) - older_than
+    dataset = bq.create_dataset(f"{target.project}.{target.dataset}", exists_ok=True)
+    cutoff = dt.datetime.now(dt.UTC) - stale_after
     dropped: list[str] = []
-    try:
-        tables = list(bq.list_tables(f"{target.project}.{target.dataset}"))
-    except NotFound:
-        return dropped
-    for item in tables:
+    for item in bq.list_tables(dataset):
         if not item.table_id.startswith(STAGING_PREFIX):
             continue
         created = item.created or bq.get_table(item.reference).created

@@ -80,11 +80,9 @@ def prepare(dest: Destination) -> None:
     """At launch: create the BigQuery dataset if needed (Beam's load jobs need it to exist) and
     drop staging tables that runs which died before their merge left behind."""
     if dest.bigquery is not None:
-        from transforms.bigquery import client, drop_stale_staging
+        from transforms.bigquery import prepare_dataset
 
-        target = dest.bigquery
-        client(target).create_dataset(f"{target.project}.{target.dataset}", exists_ok=True)
-        drop_stale_staging(target)
+        prepare_dataset(dest.bigquery)
 
 
 class _StampRun(beam.DoFn):

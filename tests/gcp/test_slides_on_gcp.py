@@ -314,7 +314,7 @@ def test_staging_tables_a_dead_run_left_are_dropped_once_stale(local_gcp):
 
     from google.cloud import bigquery
 
-    from transforms.bigquery import BigQueryDataset, drop_stale_staging, ensure_table, staging_table
+    from transforms.bigquery import BigQueryDataset, ensure_table, prepare_dataset, staging_table
 
     target = BigQueryDataset(local_gcp.project, "stale", local_gcp.bigquery_endpoint)
     bq = local_gcp.bigquery()
@@ -323,9 +323,10 @@ def test_staging_tables_a_dead_run_left_are_dropped_once_stale(local_gcp):
     field = [bigquery.SchemaField("slide_id", "STRING")]
     bq.create_table(bigquery.Table(target.table_id(left), schema=field))
 
-    assert drop_stale_staging(target) == []  # a fresh one may be a live run's
-    assert drop_stale_staging(target, older_than=dt.timedelta(0)) == [left]
+    assert prepare_dataset(target) == []  # a fresh one may be a live run's
+    assert prepare_dataset(target, stale_after=dt.timedelta(0)) == [left]
     names = {t.table_id for t in bq.list_tables(f"{target.project}.{target.dataset}")}
     assert names == {PATCH_PREDICTIONS.name}
     gone = BigQueryDataset(local_gcp.project, "never_made", local_gcp.bigquery_endpoint)
-    assert drop_stale_staging(gone, older_than=dt.timedelta(0)) == []
+    assert prepare_dataset(gone, stale_after=dt.timedelta(0)) == []  # and now it exists
+    assert bq.get_dataset(f"{gone.project}.{gone.dataset}").dataset_id == "never_made"
