@@ -114,7 +114,6 @@ class _BlockUnits(beam.DoFn):
     ) -> Iterator[Any]:
         (slide_id, *_), boxes = element
         status = statuses[slide_id]
-        assert status.row is not None and status.geom is not None
         buffer: list[PatchBox] = []
         for box in boxes:
             buffer.append(box)

@@ -43,31 +43,19 @@ def mask_downsample(geom: SlideGeometry, patch_l0_px: int | None) -> float:
     return max(1.0, min(max(patch_l0_px / 8, longest / 4096), longest / 256))
 
 
-def survey_slide(
-    row: dict[str, Any],
-    cfg: PatchingConfig,
-    storage_options: dict[str, Any] | None,
-    grid: bool,
-) -> Survey:
-    """Survey the slide of a clean slide row, retrying transient I/O failures.
-
-    Raises whatever makes the slide unusable (``SlideError``, ``FileNotFoundError``, ...); the
-    caller turns it into the slide's dead letter.
-    """
-    return retry_transient(
-        f"planning {row['slide_id']}", lambda: _survey(row, cfg, storage_options, grid)
-    )
-
-
 def survey_or_failure(
     row: dict[str, Any],
     cfg: PatchingConfig,
     storage_options: dict[str, Any] | None,
     grid: bool,
 ) -> Survey | Exception:
-    """``survey_slide``, or the exception that makes the slide unusable (``slides_failed``)."""
+    """Survey the slide of a clean slide row, retrying transient I/O failures; or return what
+    makes the slide unusable (``SlideError``, ``FileNotFoundError``, ``RemoteIOError``, ...),
+    counted in ``slides_failed``, for the caller to turn into the slide's dead letter."""
     try:
-        return survey_slide(row, cfg, storage_options, grid)
+        return retry_transient(
+            f"planning {row['slide_id']}", lambda: _survey(row, cfg, storage_options, grid)
+        )
     except Exception as exc:  # noqa: BLE001 - every failure is this slide's dead letter
         progress.count("slides_failed")
         return exc
