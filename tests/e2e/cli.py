@@ -29,3 +29,21 @@ def read_errors(out: Path) -> list[dict]:
         for line in path.read_text().splitlines()
         if line
     ]
+
+
+def tiny_text_model_flags(models: dict[str, str]) -> list[str]:
+    """The tiny NER (``ner``) and classifier (``topic``) models, in 128-token windows."""
+    return [
+        "--model",
+        f"ner={models['ner']}",
+        "--task",
+        "ner=token-classification",
+        "--model",
+        f"topic={models['cls']}",
+        "--task",
+        "topic=text-classification",
+        "--window_tokens",
+        "128",
+        "--stride_tokens",
+        "32",
+    ]

@@ -8,7 +8,7 @@ import subprocess
 import pandas as pd
 import pytest
 
-from tests.e2e.cli import read_errors, run_module
+from tests.e2e.cli import read_errors, run_module, tiny_text_model_flags
 
 pytestmark = pytest.mark.e2e
 
@@ -42,18 +42,7 @@ def test_ncbi_abstracts_and_bad_rows(tmp_path, shared_data, minilm, tiny_text_mo
         "emb=embedding",
         "--model_version",
         "emb=l6-v2",
-        "--model",
-        f"ner={tiny_text_models['ner']}",
-        "--task",
-        "ner=token-classification",
-        "--model",
-        f"topic={tiny_text_models['cls']}",
-        "--task",
-        "topic=text-classification",
-        "--window_tokens",
-        "128",
-        "--stride_tokens",
-        "32",
+        *tiny_text_model_flags(tiny_text_models),
         "--max_tokens_per_batch",
         "4096",
         "--output",

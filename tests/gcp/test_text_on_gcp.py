@@ -10,7 +10,7 @@ import pytest
 
 from pipelines.report import counters
 from pipelines.text_inference import run
-from tests.e2e.cli import read_errors
+from tests.e2e.cli import read_errors, tiny_text_model_flags
 from transforms.sinks import ERRORS, TEXT_ENTITIES, TEXT_LABELS
 
 pytestmark = [pytest.mark.pipeline, pytest.mark.gcp]
@@ -27,18 +27,7 @@ def text_args(docs: str, models: dict[str, str], output: str, *extra: str) -> li
         docs,
         "--doc_id_column",
         "pmid",
-        "--model",
-        f"ner={models['ner']}",
-        "--task",
-        "ner=token-classification",
-        "--model",
-        f"topic={models['cls']}",
-        "--task",
-        "topic=text-classification",
-        "--window_tokens",
-        "128",
-        "--stride_tokens",
-        "32",
+        *tiny_text_model_flags(models),
         "--output",
         output,
         "--temp_location",
