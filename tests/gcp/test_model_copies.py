@@ -10,6 +10,7 @@ import gcsfs
 import pytest
 
 from localgcp.fault_proxy import FaultProxy, is_object_read
+from tests.gcp import route_gcs_through
 from transforms.models import local_copy, local_folder
 
 pytestmark = [pytest.mark.pipeline, pytest.mark.gcp]
@@ -47,9 +48,9 @@ def _first_read_of_each_object_stalls():
 
 
 def _through(proxy: FaultProxy, monkeypatch) -> None:
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.endpoint)
+    """Route GCS through ``proxy``, with a 1 s request timeout."""
     monkeypatch.setenv("PATHBEAM_IO_TIMEOUT_S", "1")
-    gcsfs.GCSFileSystem.clear_instance_cache()
+    route_gcs_through(proxy, monkeypatch)
 
 
 def test_stalled_model_copies_time_out_are_retried_and_arrive_whole(

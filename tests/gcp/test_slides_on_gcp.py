@@ -14,6 +14,7 @@ from localgcp.fault_proxy import FaultProxy
 from pipelines.report import counters
 from pipelines.slide_inference import run
 from tests.e2e.cli import read_errors
+from tests.gcp import route_gcs_through
 from transforms.sinks import ERRORS, PATCH_PREDICTIONS, SLIDE_SUMMARIES
 
 pytestmark = [pytest.mark.pipeline, pytest.mark.gcp]
@@ -191,11 +192,6 @@ def test_skip_existing_reads_only_new_slides(
     assert sorted(summaries.model_version.value_counts().items()) == [("v1", 4), ("v2", 4)]
 
 
-def _through(proxy: FaultProxy, monkeypatch) -> None:
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.endpoint)
-    gcsfs.GCSFileSystem.clear_instance_cache()
-
-
 def test_slides_are_read_in_ranges_not_whole(local_gcp, tiny_models, tmp_path, monkeypatch):
     """Two patches of an 8192 px slide fetch a small share of its bytes: range requests, not a
     download (the real dev slides are 2-3 MB, too small for the share to mean much)."""
@@ -208,7 +204,7 @@ def test_slides_are_read_in_ranges_not_whole(local_gcp, tiny_models, tmp_path, m
     patches.write_text("slide_id,x_px,y_px,size_px\nbig,512,512,128\nbig,4096,4096,128\n")
     slides = manifest(local_gcp, tmp_path, "big.csv", {"big": uri})
     with FaultProxy(local_gcp.gcs_endpoint) as proxy:
-        _through(proxy, monkeypatch)
+        route_gcs_through(proxy, monkeypatch)
         result = run(
             slide_args(slides, tiny_models["two"], str(tmp_path / "out"), "--no_heatmaps")
             + ["--patches", str(patches)]
@@ -229,7 +225,7 @@ def test_transient_gcs_faults_are_retried_and_nothing_is_lost(
     slides = manifest(local_gcp, tmp_path, "three.csv", rows)
     clean = run(slide_args(slides, tiny_models["two"], str(tmp_path / "clean"), "--no_heatmaps"))
     with FaultProxy(local_gcp.gcs_endpoint, fail_every=3) as proxy:
-        _through(proxy, monkeypatch)
+        route_gcs_through(proxy, monkeypatch)
         faulty = run(
             slide_args(slides, tiny_models["two"], str(tmp_path / "faulty"), "--no_heatmaps")
         )
@@ -269,7 +265,7 @@ def test_hung_reads_time_out_and_are_retried(
     slides = manifest(local_gcp, tmp_path, "hung.csv", rows)
     clean = run(slide_args(slides, tiny_models["two"], str(tmp_path / "clean"), "--no_heatmaps"))
     with FaultProxy(local_gcp.gcs_endpoint, fail_every=4, stall_s=20) as proxy:
-        _through(proxy, monkeypatch)
+        route_gcs_through(proxy, monkeypatch)
         started = time.monotonic()
         hung = run(slide_args(slides, tiny_models["two"], str(tmp_path / "hung"), "--no_heatmaps"))
         elapsed = time.monotonic() - started
@@ -294,7 +290,7 @@ def test_a_slide_that_always_hangs_becomes_a_dead_letter(
     with FaultProxy(
         local_gcp.gcs_endpoint, fail_every=1, fault_on=boxes_reads, stall_s=30
     ) as proxy:
-        _through(proxy, monkeypatch)
+        route_gcs_through(proxy, monkeypatch)
         started = time.monotonic()
         result = run(slide_args(slides, tiny_models["two"], str(tmp_path / "out"), "--no_heatmaps"))
         elapsed = time.monotonic() - started
