@@ -42,7 +42,7 @@ def main() -> None:
     from demo.synthetic_slide import make_slide, write_svs
     from localgcp.cluster import LocalGcp
     from localgcp.fault_proxy import FaultProxy
-    from transforms.slide_io import open_slide
+    from transforms.slides.reader import open_slide
 
     root = Path(tempfile.mkdtemp(prefix="bench-gcs-"))
     local = root / "slide.svs"

@@ -31,9 +31,9 @@ import json, resource, sys, time
 import apache_beam as beam
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from pipelines.report import counters
-from transforms.geometry import PatchingConfig
-from transforms.manifests import ReadManifest
-from transforms.slides import PlanPatches
+from transforms.slides.geometry import PatchingConfig
+from transforms.io.manifests import ReadManifest
+from transforms.slides.read_patches import PlanPatches
 
 slides, patches = sys.argv[1:3]
 t = time.monotonic()
@@ -73,8 +73,8 @@ def pipeline(sizes: list[int]) -> None:
 
 
 def block(rows: int) -> None:
-    from transforms.geometry import PatchBox, PatchingConfig, SlideGeometry
-    from transforms.patch_manifest import SlideStatus, _BlockUnits
+    from transforms.slides.geometry import PatchBox, PatchingConfig, SlideGeometry
+    from transforms.slides.plan_manifest import SlideStatus, _BlockUnits
 
     geom = SlideGeometry(SIDE, SIDE, ((SIDE, SIDE),), (1.0,), ((256, 256),), 0.5)
     status = {"big": SlideStatus({"slide_id": "big", "uri": "big.svs"}, geom, 1.0)}

@@ -121,8 +121,8 @@ def run_pipeline_here(slide: Path, model: Path, patch_px: int, tag: str) -> dict
 
 
 def grid_boxes_of(slide: Path, patch_px: int, limit: int) -> list[tuple[int, int, int]]:
-    from transforms.geometry import PatchingConfig, grid_boxes, grid_spec
-    from transforms.slide_io import open_slide, slide_geometry
+    from transforms.slides.geometry import PatchingConfig, grid_boxes, grid_spec
+    from transforms.slides.reader import open_slide, slide_geometry
 
     geom = slide_geometry(open_slide(str(slide)))
     spec = grid_spec(geom, PatchingConfig(patch_px=patch_px, patch_mpp=0.5, min_tissue=0))
@@ -141,9 +141,9 @@ def read_region_loop(slide: Path, boxes: list[tuple[int, int, int]]) -> tuple[fl
 
 def block_reads(slide: Path, patch_px: int, n: int) -> float:
     """Patches/s of this project's tile-aligned work-unit reads, without Beam."""
-    from transforms.geometry import PatchingConfig, grid_boxes, grid_spec, work_units
-    from transforms.slide_io import open_slide, read_level_region, slide_geometry
-    from transforms.slides import cut_patch
+    from transforms.slides.geometry import PatchingConfig, grid_boxes, grid_spec, work_units
+    from transforms.slides.read_patches import cut_patch
+    from transforms.slides.reader import open_slide, read_level_region, slide_geometry
 
     s = open_slide(str(slide))
     geom = slide_geometry(s)
@@ -169,7 +169,7 @@ def bare_model(model: Path, pixels: np.ndarray) -> float:
     """Patches/s of the model's forward pass alone, on normalised batches already in memory."""
     import torch
 
-    from transforms.models import ModelSpec, preprocess
+    from transforms.models.spec import ModelSpec, preprocess
 
     net = torch.export.load(str(model)).module()
     spec = ModelSpec("m", str(model))

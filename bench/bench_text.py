@@ -51,7 +51,7 @@ def sorted_dynamic_ceiling(
 ) -> tuple[float, float]:  # noqa: ANN001
     import torch
 
-    from transforms.batching import token_budget_batches
+    from transforms.text.batching import token_budget_batches
 
     ids = [tok(t)["input_ids"] for t in texts]  # tokenized before timing: the model alone
     batches = token_budget_batches(ids, len, budget, max_batch, 0.1)  # as the pipeline does

@@ -21,7 +21,7 @@ from apache_beam.options.pipeline_options import (
 )
 
 from pipelines.options import InferenceOptions
-from transforms.errors import ConfigError
+from transforms.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -19,9 +19,9 @@ from apache_beam.runners.runner import PipelineResult
 
 from pipelines.options import LOCAL_RUNNER, InferenceOptions
 from pipelines.report import print_submitted
-from transforms.destinations import Destination, prepare
-from transforms.errors import ConfigError
-from transforms.progress import ProgressLine, ProgressReporter
+from transforms.core.errors import ConfigError
+from transforms.core.progress import ProgressLine, ProgressReporter
+from transforms.io.destinations import Destination, prepare
 
 _NOISY = ("apache_beam", "tiffslide", "fsspec", "urllib3", "google", "transformers")
 

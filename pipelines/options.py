@@ -15,15 +15,15 @@ from typing import Any
 
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 
-from transforms.batching import TokenBatchingConfig
-from transforms.bigquery import parse_table, resolve_endpoint
-from transforms.destinations import Destination, RunStamp, destination
-from transforms.errors import ConfigError
-from transforms.geometry import PatchingConfig
-from transforms.inference import BatchingConfig
-from transforms.models import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
-from transforms.text import WindowConfig
-from transforms.text_models import TextModelSpec
+from transforms.core.errors import ConfigError
+from transforms.io.bigquery import parse_table, resolve_endpoint
+from transforms.io.destinations import Destination, RunStamp, destination
+from transforms.models.patch_inference import BatchingConfig
+from transforms.models.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
+from transforms.slides.geometry import PatchingConfig
+from transforms.text.batching import TokenBatchingConfig
+from transforms.text.models import TextModelSpec
+from transforms.text.windows import WindowConfig
 
 LOCAL_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
 """The local default: Beam 2.77's DirectRunner first tries to download a Prism binary."""

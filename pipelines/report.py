@@ -5,8 +5,8 @@ from __future__ import annotations
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.runners.runner import PipelineResult
 
-from transforms.destinations import Destination
-from transforms.progress import NAMESPACE
+from transforms.core.progress import NAMESPACE
+from transforms.io.destinations import Destination
 
 SHOWN = (
     "slides_opened",

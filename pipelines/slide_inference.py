@@ -17,15 +17,15 @@ from pipelines.gpu import apply_gpu_preset
 from pipelines.launch import cli, launch
 from pipelines.options import SlideJobConfig, slide_job_config
 from pipelines.report import print_report
-from transforms.aggregate import SummarizeCases, SummarizeSlides
-from transforms.destinations import WriteRows
-from transforms.errors import DEAD_LETTER
-from transforms.incremental import SKIPPED, SkipExisting
-from transforms.inference import RunModel
-from transforms.manifests import ReadManifest
-from transforms.progress import slide_progress_line
-from transforms.sinks import CASE_SUMMARIES, ERRORS, PATCH_PREDICTIONS, SLIDE_SUMMARIES
-from transforms.slides import SLIDE_INFO, PlanPatches, ReadPatches
+from transforms.core.errors import DEAD_LETTER
+from transforms.core.progress import slide_progress_line
+from transforms.io.destinations import WriteRows
+from transforms.io.incremental import SKIPPED, SkipExisting
+from transforms.io.manifests import ReadManifest
+from transforms.io.schemas import CASE_SUMMARIES, ERRORS, PATCH_PREDICTIONS, SLIDE_SUMMARIES
+from transforms.models.patch_inference import RunModel
+from transforms.slides.read_patches import SLIDE_INFO, PlanPatches, ReadPatches
+from transforms.slides.summaries import SummarizeCases, SummarizeSlides
 
 
 def build(pipeline: beam.Pipeline, cfg: SlideJobConfig) -> dict[str, beam.PCollection]:

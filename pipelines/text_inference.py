@@ -17,13 +17,13 @@ from pipelines.gpu import apply_gpu_preset
 from pipelines.launch import cli, launch
 from pipelines.options import TextJobConfig, text_job_config
 from pipelines.report import print_text_report
-from transforms.destinations import WriteRows
-from transforms.errors import DEAD_LETTER
-from transforms.incremental import SkipExisting
-from transforms.manifests import ReadManifest
-from transforms.progress import text_progress_line
-from transforms.sinks import ERRORS, TEXT_EMBEDDINGS, TEXT_ENTITIES, TEXT_LABELS
-from transforms.text import RunTextModel
+from transforms.core.errors import DEAD_LETTER
+from transforms.core.progress import text_progress_line
+from transforms.io.destinations import WriteRows
+from transforms.io.incremental import SkipExisting
+from transforms.io.manifests import ReadManifest
+from transforms.io.schemas import ERRORS, TEXT_EMBEDDINGS, TEXT_ENTITIES, TEXT_LABELS
+from transforms.text.windows import RunTextModel
 
 TABLES = {
     "token-classification": TEXT_ENTITIES,

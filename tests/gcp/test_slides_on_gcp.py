@@ -15,7 +15,7 @@ from pipelines.report import counters
 from pipelines.slide_inference import run
 from tests.e2e.cli import read_errors
 from tests.gcp import route_gcs_through
-from transforms.sinks import ERRORS, PATCH_PREDICTIONS, SLIDE_SUMMARIES
+from transforms.io.schemas import ERRORS, PATCH_PREDICTIONS, SLIDE_SUMMARIES
 
 pytestmark = [pytest.mark.pipeline, pytest.mark.gcp]
 
@@ -310,7 +310,7 @@ def test_staging_tables_a_dead_run_left_are_dropped_once_stale(local_gcp):
 
     from google.cloud import bigquery
 
-    from transforms.bigquery import BigQueryDataset, ensure_table, prepare_dataset, staging_table
+    from transforms.io.bigquery import BigQueryDataset, ensure_table, prepare_dataset, staging_table
 
     target = BigQueryDataset(local_gcp.project, "stale", local_gcp.bigquery_endpoint)
     bq = local_gcp.bigquery()

@@ -11,7 +11,7 @@ import pytest
 from pipelines.report import counters
 from pipelines.text_inference import run
 from tests.e2e.cli import read_errors, tiny_text_model_flags
-from transforms.sinks import ERRORS, TEXT_ENTITIES, TEXT_LABELS
+from transforms.io.schemas import ERRORS, TEXT_ENTITIES, TEXT_LABELS
 
 pytestmark = [pytest.mark.pipeline, pytest.mark.gcp]
 

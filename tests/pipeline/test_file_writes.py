@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
-from transforms.file_writes import write_json_lines, write_parquet
+from transforms.io.file_writes import write_json_lines, write_parquet
 
 pytestmark = pytest.mark.pipeline
 

@@ -10,9 +10,9 @@ import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.util import assert_that
 
-from transforms.errors import DEAD_LETTER
-from transforms.geometry import PatchingConfig
-from transforms.slides import SLIDE_INFO, PlanPatches
+from transforms.core.errors import DEAD_LETTER
+from transforms.slides.geometry import PatchingConfig
+from transforms.slides.read_patches import SLIDE_INFO, PlanPatches
 
 pytestmark = pytest.mark.pipeline
 

@@ -15,10 +15,10 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from pipelines.options import SlideJobConfig
 from pipelines.slide_inference import build, write
-from transforms.destinations import RunStamp, destination
-from transforms.geometry import PatchingConfig
-from transforms.inference import BatchingConfig
-from transforms.models import ModelSpec
+from transforms.io.destinations import RunStamp, destination
+from transforms.models.patch_inference import BatchingConfig
+from transforms.models.spec import ModelSpec
+from transforms.slides.geometry import PatchingConfig
 
 pytestmark = pytest.mark.pipeline
 

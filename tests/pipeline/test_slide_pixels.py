@@ -9,8 +9,8 @@ import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.util import assert_that, equal_to
 
-from transforms.geometry import PatchingConfig
-from transforms.slides import PlanPatches, ReadPatches
+from transforms.slides.geometry import PatchingConfig
+from transforms.slides.read_patches import PlanPatches, ReadPatches
 
 pytestmark = pytest.mark.pipeline
 

@@ -17,10 +17,10 @@ from pipelines.options import TextJobConfig
 from pipelines.report import counters
 from pipelines.text_inference import build, write
 from tests.text_models_for_tests import ncbi_sentences
-from transforms.batching import TokenBatchingConfig
-from transforms.destinations import RunStamp, destination
-from transforms.text import WindowConfig
-from transforms.text_models import TextModelSpec
+from transforms.io.destinations import RunStamp, destination
+from transforms.text.batching import TokenBatchingConfig
+from transforms.text.models import TextModelSpec
+from transforms.text.windows import WindowConfig
 
 pytestmark = pytest.mark.pipeline
 

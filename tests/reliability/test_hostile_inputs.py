@@ -467,7 +467,7 @@ def test_hostile_model_names_are_config_errors(name):
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from pipelines.options import slide_job_config
-    from transforms.errors import ConfigError
+    from transforms.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="--model"):
         slide_job_config(PipelineOptions(["--slides", "s.csv", "--model", f"{name}=m.pt2"]))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from transforms.aggregate import SlideStats, SlideStatsFn, case_summary
+from transforms.slides.summaries import SlideStats, SlideStatsFn, case_summary
 
 
 def test_slide_stats_match_numpy_and_merge_in_any_split():
@@ -65,7 +65,7 @@ def test_case_summary_weights_by_patch_count_and_skips_empty_slides():
 
 
 def test_heatmap_raster_stays_bounded_and_keeps_the_mean(monkeypatch):
-    import transforms.aggregate as agg
+    import transforms.slides.summaries as agg
 
     monkeypatch.setattr(agg, "MAX_HEATMAP_SIDE", 8)
     parts = [SlideStats(), SlideStats()]
@@ -99,7 +99,7 @@ def test_heatmap_png_paints_probabilities_over_the_thumbnail():
 
     from PIL import Image
 
-    from transforms.heatmaps import colour_scale, render_heatmap
+    from transforms.slides.heatmaps import colour_scale, render_heatmap
 
     thumb = np.full((100, 200, 3), 240, np.uint8)
     probs = np.zeros((2, 4, 2), np.float32)

@@ -8,7 +8,8 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.options import slide_job_config, text_job_config
-from transforms.bigquery import (
+from transforms.core.errors import ConfigError
+from transforms.io.bigquery import (
     BigQueryDataset,
     EndpointClient,
     normalize_endpoint,
@@ -17,8 +18,7 @@ from transforms.bigquery import (
     replace_sql,
     staging_table,
 )
-from transforms.errors import ConfigError
-from transforms.sinks import ALL_TABLES, PATCH_PREDICTIONS
+from transforms.io.schemas import ALL_TABLES, PATCH_PREDICTIONS
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from transforms.errors import SlideError, dead_letter, redact
+from transforms.core.errors import SlideError, dead_letter, redact
 
 
 def test_signed_urls_tokens_and_passwords_are_redacted():

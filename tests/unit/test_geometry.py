@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from transforms.errors import ConfigError, OutOfBoundsError, SlideError
-from transforms.geometry import (
+from transforms.core.errors import ConfigError, OutOfBoundsError, SlideError
+from transforms.slides.geometry import (
     PatchBox,
     PatchingConfig,
     SlideGeometry,

@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from transforms.errors import ManifestError
-from transforms.manifests import read_rows, resolve_uri, validate_patch_row, validate_slide_row
+from transforms.core.errors import ManifestError
+from transforms.io.manifests import read_rows, resolve_uri, validate_patch_row, validate_slide_row
 
 
 def test_slide_row_keeps_extra_columns_as_metadata_and_resolves_relative_uris():

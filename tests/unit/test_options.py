@@ -6,7 +6,7 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.options import slide_job_config
-from transforms.errors import ConfigError
+from transforms.core.errors import ConfigError
 
 
 def config(*args: str):

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 import pandas as pd
 import pytest
 
-from transforms import manifests
-from transforms.geometry import PatchBox, PatchingConfig, SlideGeometry
-from transforms.patch_manifest import NOT_IN_MANIFEST, SlideStatus, _BlockUnits, _PlacePatch
+from transforms.io import manifests
+from transforms.slides.geometry import PatchBox, PatchingConfig, SlideGeometry
+from transforms.slides.plan_manifest import NOT_IN_MANIFEST, SlideStatus, _BlockUnits, _PlacePatch
 
 GEOM = SlideGeometry(
     width_px=100_000,

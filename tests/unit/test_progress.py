@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from transforms.progress import slide_progress_line, text_progress_line
+from transforms.core.progress import slide_progress_line, text_progress_line
 
 
 def test_slide_line_counts_inferences_over_all_models_and_gives_an_eta():

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from transforms import progress, remote_io
-from transforms.errors import RemoteIOError
+from transforms.core import progress, remote_io
+from transforms.core.errors import RemoteIOError
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from transforms.sinks import (
+from transforms.io.schemas import (
     ERRORS,
     PATCH_PREDICTIONS,
     SLIDE_SUMMARIES,

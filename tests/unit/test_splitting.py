@@ -9,9 +9,9 @@ import torch
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.util import assert_that, equal_to
 
-from transforms.inference import BatchingConfig, RunModel, SplittingRunner
-from transforms.models import ModelSpec
-from transforms.slides import Patch
+from transforms.models.patch_inference import BatchingConfig, RunModel, SplittingRunner
+from transforms.models.spec import ModelSpec
+from transforms.slides.read_patches import Patch
 
 
 def test_bisection_isolates_the_bad_elements_and_keeps_order():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from transforms.batching import padding_fraction, token_budget_batches
-from transforms.text import WindowConfig, entities, make_windows, window_starts
+from transforms.text.batching import padding_fraction, token_budget_batches
+from transforms.text.windows import WindowConfig, entities, make_windows, window_starts
 
 LABELS = ["O", "B-Disease", "I-Disease"]
 DISEASE_WORDS = {"breast", "cancer", "ovarian", "adenomatous", "polyposis", "coli"}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from transforms.geometry import PatchBox
-from transforms.tissue import TissueMask, otsu_threshold, tissue_mask
+from transforms.slides.geometry import PatchBox
+from transforms.slides.tissue import TissueMask, otsu_threshold, tissue_mask
 
 
 def glass_with_tissue(h=200, w=300, box=(50, 150, 60, 210), seed=0):

@@ -9,17 +9,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from transforms import progress
-from transforms.geometry import GridSpec, PatchingConfig, SlideGeometry, grid_spec
-from transforms.remote_io import retry_transient
-from transforms.slide_io import (
+from transforms.core import progress
+from transforms.core.remote_io import retry_transient
+from transforms.slides.geometry import GridSpec, PatchingConfig, SlideGeometry, grid_spec
+from transforms.slides.reader import (
     check_decode_limits,
     open_slide,
     probe_decode,
     read_downsampled,
     slide_geometry,
 )
-from transforms.tissue import TissueMask, tissue_mask
+from transforms.slides.tissue import TissueMask, tissue_mask
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,9 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.utils.shared import Shared
 
-from transforms import progress
-from transforms.errors import DEAD_LETTER, ConfigError, ModelOutputError, dead_letter
-from transforms.models import LoadedModel, ModelSpec
+from transforms.core import progress
+from transforms.core.errors import DEAD_LETTER, ConfigError, ModelOutputError, dead_letter
+from transforms.models.spec import LoadedModel, ModelSpec
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,7 @@ class _RunModelBatches(beam.DoFn):
         self._model: LoadedModel | None = None
 
     def setup(self) -> None:
-        from transforms.model_handler import PatchModelHandler  # imports torch
+        from transforms.models.handler import PatchModelHandler  # imports torch
 
         self._handler = PatchModelHandler(self._spec, self._patch_px)
         # A load failure raises here and fails the job with the model's name, URI and cause.

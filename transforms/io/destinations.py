@@ -15,10 +15,10 @@ from typing import Any
 
 import apache_beam as beam
 
-from transforms.bigquery import BigQueryDataset, WriteToBigQueryTable, parse_dataset, query_keys
-from transforms.errors import ConfigError
-from transforms.file_writes import write_json_lines, write_parquet
-from transforms.sinks import ERRORS, Table, arrow_schema
+from transforms.core.errors import ConfigError
+from transforms.io.bigquery import BigQueryDataset, WriteToBigQueryTable, parse_dataset, query_keys
+from transforms.io.file_writes import write_json_lines, write_parquet
+from transforms.io.schemas import ERRORS, Table, arrow_schema
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ def prepare(dest: Destination) -> None:
     """At launch: create the BigQuery dataset if needed (Beam's load jobs need it to exist) and
     drop staging tables that runs which died before their merge left behind."""
     if dest.bigquery is not None:
-        from transforms.bigquery import prepare_dataset
+        from transforms.io.bigquery import prepare_dataset
 
         prepare_dataset(dest.bigquery)
 

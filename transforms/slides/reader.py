@@ -15,8 +15,8 @@ from typing import Any
 import fsspec
 import numpy as np
 
-from transforms.errors import SlideError, UnsupportedFormatError
-from transforms.geometry import SlideGeometry, choose_level
+from transforms.core.errors import SlideError, UnsupportedFormatError
+from transforms.slides.geometry import SlideGeometry, choose_level
 
 # tiffslide warns on every NDPI metadata read that its Hamamatsu parsing is partial; MPP and
 # levels, all this project reads, are parsed.
@@ -38,7 +38,7 @@ thrashed between the IFDs and the tiles."""
 
 def _open_remote(uri: str, storage_options: dict[str, Any]) -> Any:
     """An fsspec file of ``uri`` read by range, through a block cache sized for tiles."""
-    from transforms.remote_io import remote_options
+    from transforms.core.remote_io import remote_options
 
     fs, path = fsspec.core.url_to_fs(uri, **{**remote_options(uri), **storage_options})
     return fs.open(

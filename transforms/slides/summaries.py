@@ -14,10 +14,10 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 
-from transforms import progress
-from transforms.errors import DEAD_LETTER, dead_letter
-from transforms.models import ModelSpec
-from transforms.sinks import metadata_record, safe_name
+from transforms.core import progress
+from transforms.core.errors import DEAD_LETTER, dead_letter
+from transforms.io.schemas import metadata_record, safe_name
+from transforms.models.spec import ModelSpec
 
 HEATMAP_LONG_SIDE_PX = 1024
 
@@ -198,7 +198,7 @@ class _SummarizeSlide(beam.DoFn):
         progress.count("slides_summarized")
 
     def _thumbnail(self, info: dict) -> tuple[np.ndarray, float]:
-        from transforms.slide_io import open_slide, read_downsampled, slide_geometry
+        from transforms.slides.reader import open_slide, read_downsampled, slide_geometry
 
         slide = open_slide(info["uri"], self._storage_options)
         try:
@@ -213,7 +213,7 @@ class _SummarizeSlide(beam.DoFn):
     ) -> str:
         import fsspec
 
-        from transforms.heatmaps import render_heatmap
+        from transforms.slides.heatmaps import render_heatmap
 
         assert stats.sums is not None and self._heatmap_dir is not None
         title = (

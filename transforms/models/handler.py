@@ -13,8 +13,8 @@ from typing import Any
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from transforms.errors import ModelLoadError
-from transforms.models import LoadedModel, ModelSpec, load_model, predict_probs
+from transforms.core.errors import ModelLoadError
+from transforms.models.spec import LoadedModel, ModelSpec, load_model, predict_probs
 
 
 class PatchModelHandler(ModelHandler):

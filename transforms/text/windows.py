@@ -15,11 +15,11 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.utils.shared import Shared
 
-from transforms import progress
-from transforms.batching import SortAndBatchByTokens, TokenBatchingConfig
-from transforms.errors import DEAD_LETTER, ConfigError, PipelineError, dead_letter
-from transforms.inference import SplittingRunner
-from transforms.text_models import TextModelSpec
+from transforms.core import progress
+from transforms.core.errors import DEAD_LETTER, ConfigError, PipelineError, dead_letter
+from transforms.models.patch_inference import SplittingRunner
+from transforms.text.batching import SortAndBatchByTokens, TokenBatchingConfig
+from transforms.text.models import TextModelSpec
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ class _Tokenize(beam.DoFn):
         self._tokenizer: Any = None
 
     def setup(self) -> None:
-        from transforms.text_models import load_tokenizer
+        from transforms.text.models import load_tokenizer
 
         self._tokenizer = self._shared.acquire(
             lambda: _Holder(load_tokenizer(self._spec)), tag="tokenizer|" + self._spec.shared_tag
@@ -158,7 +158,7 @@ class _RunTextModel(beam.DoFn):
         self._model: Any = None
 
     def setup(self) -> None:
-        from transforms.text_models import load_text_model
+        from transforms.text.models import load_text_model
 
         self._model = self._shared.acquire(
             lambda: load_text_model(self._spec), tag=self._spec.shared_tag
@@ -168,7 +168,7 @@ class _RunTextModel(beam.DoFn):
         self._labels = [id2label.get(i, f"LABEL_{i}") for i in range(max(id2label, default=-1) + 1)]
 
     def _forward(self, batch: list[TextWindow]) -> list[Any]:
-        from transforms.text_models import forward
+        from transforms.text.models import forward
 
         return forward(self._model, [w.ids for w in batch])
 

@@ -10,7 +10,7 @@ import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from transforms.errors import ConfigError, OutOfBoundsError, SlideError
+from transforms.core.errors import ConfigError, OutOfBoundsError, SlideError
 
 LEVEL_TOLERANCE = 0.02
 """A level whose downsample exceeds the wanted one by at most 2% still counts as not upsampling."""

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from transforms.geometry import PatchBox
+from transforms.slides.geometry import PatchBox
 
 SATURATION_BOUNDS = (0.04, 0.15)
 """Otsu's saturation threshold is clamped to this range (0..1)."""

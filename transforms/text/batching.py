@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from transforms.errors import ConfigError
+from transforms.core.errors import ConfigError
 
 T = TypeVar("T")
 NAMESPACE = "pathbeam"

@@ -20,9 +20,9 @@ from typing import Any
 
 import apache_beam as beam
 
-from transforms import progress
-from transforms.errors import DEAD_LETTER, SlideError, dead_letter, patch_dead_letter
-from transforms.geometry import (
+from transforms.core import progress
+from transforms.core.errors import DEAD_LETTER, SlideError, dead_letter, patch_dead_letter
+from transforms.slides.geometry import (
     PatchBox,
     PatchingConfig,
     SlideGeometry,
@@ -30,7 +30,7 @@ from transforms.geometry import (
     check_box,
     work_units,
 )
-from transforms.survey import slide_info, survey_or_failure
+from transforms.slides.survey import slide_info, survey_or_failure
 
 STAGE = "PlanPatches"
 SORT_BUFFER = 4096

@@ -18,7 +18,7 @@ import apache_beam as beam
 import fsspec
 from google.api_core.exceptions import GoogleAPIError
 
-from transforms.errors import DEAD_LETTER, ManifestError, dead_letter
+from transforms.core.errors import DEAD_LETTER, ManifestError, dead_letter
 
 STAGE = "ReadManifest"
 _RESERVED = {"slide_id", "uri", "mpp"}
@@ -37,7 +37,7 @@ def read_rows(
     A JSONL line that is not a JSON object is yielded as a ``ManifestError`` instead.
     """
     if uri.startswith("bq://"):
-        from transforms.bigquery import parse_table, read_table_rows
+        from transforms.io.bigquery import parse_table, read_table_rows
 
         dataset, table = parse_table(uri, "manifest", bigquery_endpoint)
         for i, row in enumerate(read_table_rows(dataset, table), start=1):

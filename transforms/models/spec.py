@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from transforms.errors import ConfigError, ModelLoadError
+from transforms.core.errors import ConfigError, ModelLoadError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -105,7 +105,7 @@ def local_copy(uri: str, cache_dir: str | None = None) -> str:
     if not os.path.exists(path):
         import fsspec
 
-        from transforms.remote_io import remote_options, retry_transient
+        from transforms.core.remote_io import remote_options, retry_transient
 
         partial = f"{path}.{os.getpid()}.partial"
 
@@ -127,7 +127,7 @@ def local_folder(uri: str, cache_dir: str | None = None) -> str:
     if not os.path.exists(os.path.join(target, ".complete")):
         import fsspec
 
-        from transforms.remote_io import remote_options, retry_transient
+        from transforms.core.remote_io import remote_options, retry_transient
 
         fs, path = fsspec.core.url_to_fs(uri, **remote_options(uri))
         partial = f"{target}.{os.getpid()}.partial"

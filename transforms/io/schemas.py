@@ -1,4 +1,4 @@
-"""Row schemas, defined once (``transforms.destinations`` writes them).
+"""Row schemas, defined once (``transforms.io.destinations`` writes them).
 
 Each table is a tuple of ``Column``s; ``arrow_schema`` and ``bigquery_schema`` derive the Parquet
 and BigQuery schemas from the same definition, so the two sinks cannot drift apart. Types follow

@@ -23,9 +23,9 @@ from typing import Any
 
 import apache_beam as beam
 
-from transforms.errors import ConfigError
-from transforms.progress import count
-from transforms.sinks import Table, bigquery_schema
+from transforms.core.errors import ConfigError
+from transforms.core.progress import count
+from transforms.io.schemas import Table, bigquery_schema
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ from typing import Any
 
 import apache_beam as beam
 
-from transforms.destinations import Destination, existing_keys
-from transforms.manifests import KeyById
-from transforms.progress import count
-from transforms.sinks import Table
+from transforms.core.progress import count
+from transforms.io.destinations import Destination, existing_keys
+from transforms.io.manifests import KeyById
+from transforms.io.schemas import Table
 
 ModelResult = tuple[Table, str, str]
 """Where one model's results are: (table, model name, model version)."""

@@ -16,9 +16,10 @@ from typing import Any
 import apache_beam as beam
 import numpy as np
 
-from transforms import progress
-from transforms.errors import DEAD_LETTER, patch_dead_letter
-from transforms.geometry import (
+from transforms.core import progress
+from transforms.core.errors import DEAD_LETTER, patch_dead_letter
+from transforms.core.remote_io import retry_transient
+from transforms.slides.geometry import (
     PatchBox,
     PatchingConfig,
     WorkUnit,
@@ -26,10 +27,9 @@ from transforms.geometry import (
     grid_boxes,
     work_units,
 )
-from transforms.patch_manifest import PlanManifestPatches, slide_error
-from transforms.remote_io import retry_transient
-from transforms.slide_io import SlideCache, compressed_bytes, read_level_region
-from transforms.survey import Survey, slide_info, survey_or_failure
+from transforms.slides.plan_manifest import PlanManifestPatches, slide_error
+from transforms.slides.reader import SlideCache, compressed_bytes, read_level_region
+from transforms.slides.survey import Survey, slide_info, survey_or_failure
 
 SLIDE_INFO = "slide_info"
 """Tag of PlanPatches' output with one ``slide info`` dict per planned slide."""

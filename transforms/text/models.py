@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from transforms.errors import ConfigError, ModelLoadError
-from transforms.models import local_folder
+from transforms.core.errors import ConfigError, ModelLoadError
+from transforms.models.spec import local_folder
 
 TASKS = ("token-classification", "text-classification", "embedding")
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
@@ -93,7 +93,7 @@ def load_text_model(spec: TextModelSpec) -> LoadedTextModel:
         AutoModelForTokenClassification,
     )
 
-    from transforms.models import select_device
+    from transforms.models.spec import select_device
 
     try:
         device = select_device(spec.require_gpu)

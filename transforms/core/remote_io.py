@@ -15,8 +15,8 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from transforms import progress
-from transforms.errors import RemoteIOError
+from transforms.core import progress
+from transforms.core.errors import RemoteIOError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
