@@ -33,7 +33,7 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from pipelines.report import counters
 from transforms.slides.geometry import PatchingConfig
 from transforms.io.manifests import ReadManifest
-from transforms.slides.read_patches import PlanPatches
+from transforms.slides.plan_manifest import PlanManifestPatches
 
 slides, patches = sys.argv[1:3]
 t = time.monotonic()
@@ -41,7 +41,7 @@ p = beam.Pipeline(runner=FnApiRunner())
 _ = {
     "slides": (p | "S" >> ReadManifest(slides, "slides"))["rows"],
     "patches": (p | "P" >> ReadManifest(patches, "patches"))["rows"],
-} | PlanPatches(PatchingConfig(patch_px=64, patch_mpp=0.5))
+} | PlanManifestPatches(PatchingConfig(patch_px=64, patch_mpp=0.5))
 result = p.run()
 result.wait_until_finish()
 wall = time.monotonic() - t

@@ -169,7 +169,8 @@ def bare_model(model: Path, pixels: np.ndarray) -> float:
     """Patches/s of the model's forward pass alone, on normalised batches already in memory."""
     import torch
 
-    from transforms.models.spec import ModelSpec, preprocess
+    from transforms.models.spec import ModelSpec
+    from transforms.models.torch_models import preprocess
 
     net = torch.export.load(str(model)).module()
     spec = ModelSpec("m", str(model))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 from apache_beam.options.pipeline_options import (
     DebugOptions,
@@ -41,26 +40,17 @@ PRESETS = {
 }
 
 
-class GpuOptions(PipelineOptions):
-    @classmethod
-    def _add_argparse_args(cls, parser: Any) -> None:
-        parser.add_argument(
-            "--gpu",
-            default=None,
-            choices=sorted(PRESETS),
-            help="Dataflow GPU preset: accelerator, machine type, one SDK process, threads",
-        )
-
-
 def service_option(preset: GpuPreset) -> str:
     return f"worker_accelerator=type:{preset.accelerator};count:1;install-nvidia-driver"
 
 
 def apply_gpu_preset(options: PipelineOptions) -> list[str]:
     """Fill the flags of ``--gpu`` that are not set; return what was set, for the log."""
-    name = options.view_as(GpuOptions).gpu
+    name = options.view_as(InferenceOptions).gpu
     if name is None:
         return []
+    if name not in PRESETS:
+        raise ConfigError(f"--gpu must be one of {', '.join(sorted(PRESETS))}, got {name!r}")
     preset = PRESETS[name]
     gcp = options.view_as(GoogleCloudOptions)
     worker = options.view_as(WorkerOptions)

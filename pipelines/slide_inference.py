@@ -9,45 +9,47 @@ one decoded patch stream) -> SummarizeSlides -> Write*.
 
 from __future__ import annotations
 
+import sys
+
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineResult
 
-from pipelines.gpu import apply_gpu_preset
-from pipelines.launch import cli, launch
+from pipelines.flags import SLIDES
+from pipelines.launch import cli, launch, pipeline_options
 from pipelines.options import SlideJobConfig, slide_job_config
 from pipelines.report import print_report
 from transforms.core.errors import DEAD_LETTER
 from transforms.core.progress import slide_progress_line
-from transforms.io.destinations import WriteRows
+from transforms.io.destinations import WriteTables
 from transforms.io.incremental import SKIPPED, SkipExisting
 from transforms.io.manifests import ReadManifest
 from transforms.io.schemas import CASE_SUMMARIES, ERRORS, PATCH_PREDICTIONS, SLIDE_SUMMARIES
 from transforms.models.patch_inference import RunModel
-from transforms.slides.read_patches import SLIDE_INFO, PlanPatches, ReadPatches
+from transforms.slides.plan_grid import PlanGridPatches
+from transforms.slides.plan_manifest import PlanManifestPatches
+from transforms.slides.read_patches import ReadPatches
 from transforms.slides.summaries import SummarizeCases, SummarizeSlides
+from transforms.slides.survey import SLIDE_INFO
 
 
 def build(pipeline: beam.Pipeline, cfg: SlideJobConfig) -> dict[str, beam.PCollection]:
     """Wire the slide pipeline; return its output PCollections (before the writes)."""
-    endpoint = cfg.destination.bigquery_endpoint
-    slides = pipeline | "ReadSlideManifest" >> ReadManifest(cfg.slides, "slides", None, endpoint)
+    slides = pipeline | "ReadSlideManifest" >> ReadManifest(cfg.slides, "slides")
     errors = [slides[DEAD_LETTER]]
     slide_rows, skipped = slides["rows"], None
     if cfg.skip_existing:
         done = tuple((SLIDE_SUMMARIES, m.name, m.version) for m in cfg.models)
         kept = slide_rows | "SkipExisting" >> SkipExisting(cfg.destination, "slide_id", done)
         slide_rows, skipped = kept["rows"], kept[SKIPPED]
-    plan_input = slide_rows
     if cfg.patches:
-        patches = pipeline | "ReadPatchManifest" >> ReadManifest(
-            cfg.patches, "patches", None, endpoint
-        )
+        patches = pipeline | "ReadPatchManifest" >> ReadManifest(cfg.patches, "patches")
         errors.append(patches[DEAD_LETTER])
         plan_input = {"slides": slide_rows, "patches": patches["rows"]}
         if skipped is not None:
             plan_input["skipped"] = skipped
-    planned = plan_input | "PlanPatches" >> PlanPatches(cfg.patching)
+        planned = plan_input | "PlanPatches" >> PlanManifestPatches(cfg.patching)
+    else:
+        planned = slide_rows | "PlanPatches" >> PlanGridPatches(cfg.patching)
     read = planned["units"] | "ReadPatches" >> ReadPatches()
     errors += [planned[DEAD_LETTER], read[DEAD_LETTER]]
     predictions = []
@@ -73,25 +75,24 @@ def build(pipeline: beam.Pipeline, cfg: SlideJobConfig) -> dict[str, beam.PColle
     return outputs
 
 
-_TABLES = {
-    "predictions": ("WritePredictions", PATCH_PREDICTIONS),
-    "summaries": ("WriteSlideSummaries", SLIDE_SUMMARIES),
-    "cases": ("WriteCaseSummaries", CASE_SUMMARIES),
-    "errors": ("WriteErrors", ERRORS),
+TABLES = {
+    "predictions": PATCH_PREDICTIONS,
+    "summaries": SLIDE_SUMMARIES,
+    "cases": CASE_SUMMARIES,
+    "errors": ERRORS,
 }
+"""The table each output of ``build`` is written to."""
 
 
 def write(outputs: dict[str, beam.PCollection], cfg: SlideJobConfig) -> None:
     """Write every output table to ``cfg.destination``."""
-    for name, rows in outputs.items():
-        label, table = _TABLES[name]
-        rows | label >> WriteRows(table, cfg.destination, cfg.run)
+    tables = {TABLES[name].name: rows for name, rows in outputs.items()}
+    _ = tables | "WriteResults" >> WriteTables(cfg.destination, cfg.run)
 
 
 def run(argv: list[str] | None = None) -> PipelineResult:
     """Parse flags, validate them (``ConfigError`` before anything starts), run, report."""
-    options = PipelineOptions(argv)
-    apply_gpu_preset(options)
+    options = pipeline_options(list(sys.argv[1:] if argv is None else argv), SLIDES)
     cfg = slide_job_config(options)
 
     def wire(pipeline: beam.Pipeline) -> None:

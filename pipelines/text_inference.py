@@ -9,21 +9,22 @@ ReadDocuments -> RunModel/<name> per model (Tokenize -> SortAndBatch -> Infer ->
 
 from __future__ import annotations
 
+import sys
+
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineResult
 
-from pipelines.gpu import apply_gpu_preset
-from pipelines.launch import cli, launch
+from pipelines.flags import TEXT
+from pipelines.launch import cli, launch, pipeline_options
 from pipelines.options import TextJobConfig, text_job_config
 from pipelines.report import print_text_report
 from transforms.core.errors import DEAD_LETTER
 from transforms.core.progress import text_progress_line
-from transforms.io.destinations import WriteRows
+from transforms.io.destinations import WriteTables
 from transforms.io.incremental import SkipExisting
 from transforms.io.manifests import ReadManifest
 from transforms.io.schemas import ERRORS, TEXT_EMBEDDINGS, TEXT_ENTITIES, TEXT_LABELS
-from transforms.text.windows import RunTextModel
+from transforms.text.inference import RunTextModel
 
 TABLES = {
     "token-classification": TEXT_ENTITIES,
@@ -34,9 +35,7 @@ TABLES = {
 
 def build(pipeline: beam.Pipeline, cfg: TextJobConfig) -> dict[str, beam.PCollection]:
     """Wire the text pipeline; return one row PCollection per table, and the errors."""
-    docs = pipeline | "ReadDocuments" >> ReadManifest(
-        cfg.documents, "documents", cfg.columns, cfg.destination.bigquery_endpoint
-    )
+    docs = pipeline | "ReadDocuments" >> ReadManifest(cfg.documents, "documents", cfg.columns)
     errors = [docs[DEAD_LETTER]]
     rows = docs["rows"]
     if cfg.skip_existing:
@@ -58,17 +57,12 @@ def build(pipeline: beam.Pipeline, cfg: TextJobConfig) -> dict[str, beam.PCollec
 
 def write(outputs: dict[str, beam.PCollection], cfg: TextJobConfig) -> None:
     """Write every output table to ``cfg.destination``."""
-    for table in (*TABLES.values(), ERRORS):
-        if table.name in outputs:
-            outputs[table.name] | f"Write/{table.name}" >> WriteRows(
-                table, cfg.destination, cfg.run
-            )
+    _ = outputs | "WriteResults" >> WriteTables(cfg.destination, cfg.run)
 
 
 def run(argv: list[str] | None = None) -> PipelineResult:
     """Parse flags, validate them (``ConfigError`` before anything starts), run, report."""
-    options = PipelineOptions(argv)
-    apply_gpu_preset(options)
+    options = pipeline_options(list(sys.argv[1:] if argv is None else argv), TEXT)
     cfg = text_job_config(options)
 
     def wire(pipeline: beam.Pipeline) -> None:

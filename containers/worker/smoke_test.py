@@ -20,7 +20,7 @@ def main() -> None:
     import torch
 
     import pipelines.slide_inference  # noqa: F401
-    from transforms.models.spec import select_device
+    from transforms.models.torch_models import select_device
 
     device = select_device(args.require_gpu)
     net = (

@@ -11,7 +11,7 @@ import pytest
 
 from localgcp.fault_proxy import FaultProxy, is_object_read
 from tests.gcp import route_gcs_through
-from transforms.models.spec import local_copy, local_folder
+from transforms.models.local_copy import local_copy, local_folder
 
 pytestmark = [pytest.mark.pipeline, pytest.mark.gcp]
 

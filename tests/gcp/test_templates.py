@@ -65,7 +65,7 @@ def test_template_location_stages_the_job_in_gcs(local_gcp):
     names = {t.unique_name for t in graph.components.transforms.values()}
     for stage in ("ReadSlideManifest", "SkipExisting", "PlanPatches", "ReadPatches"):
         assert stage in names, stage
-    assert "WriteSlideSummaries/ToBigQuery/ReplaceFromStaging" in names
+    assert "WriteResults/slide_summaries/ToBigQuery/ReplaceFromStaging" in names
 
 
 def known_options() -> set[str]:

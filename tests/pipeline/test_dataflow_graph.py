@@ -125,10 +125,10 @@ def translate(kind: str, dataflow: list[str] = DATAFLOW, extra: tuple[str, ...] 
                 "RunModel/grade",
                 "SummarizeSlides",
                 "SummarizeCases",
-                "WritePredictions",
-                "WriteSlideSummaries",
-                "WriteCaseSummaries",
-                "WriteErrors",
+                "WriteResults/patch_predictions",
+                "WriteResults/slide_summaries",
+                "WriteResults/case_summaries",
+                "WriteResults/errors",
             ],
         ),
         (
@@ -138,9 +138,9 @@ def translate(kind: str, dataflow: list[str] = DATAFLOW, extra: tuple[str, ...] 
                 "RunModel/ner",
                 "RunModel/emb",
                 "RunModel/ner/SortAndBatch",
-                "Write/text_entities",
-                "Write/text_embeddings",
-                "Write/errors",
+                "WriteResults/text_entities",
+                "WriteResults/text_embeddings",
+                "WriteResults/errors",
             ],
         ),
     ],
@@ -151,9 +151,9 @@ def test_dataflow_job_graph_offline(kind, stages):
     assert job["images"] and set(job["images"]) == {IMAGE}
     assert any("worker_accelerator=type:nvidia-tesla-t4" in o for o in job["service_options"])
     assert "no_use_multiple_sdk_containers" in job["experiments"]
-    # The only lambdas are inside Beam's own Create/Write composites, never one of our stages.
+    # The only lambdas are inside Beam's own Create and WriteToFiles, never one of our stages.
     lambdas = [n for n in job["names"] if "<lambda" in n]
-    assert all("<lambda at core.py" in n for n in lambdas), lambdas
+    assert all(("<lambda at core.py" in n or "<lambda at fileio.py" in n) for n in lambdas)
     assert job["heavy"] == []
 
 
@@ -172,7 +172,63 @@ def test_bigquery_output_translates_with_its_load_and_merge_stages():
         "slides", DATAFLOW, ("--output", "bq://test-project.results", "--artifacts", "gs://b/a")
     )
     names = set(job["names"])
-    for table in ("WritePredictions", "WriteSlideSummaries", "WriteErrors"):
+    for table in ("patch_predictions", "slide_summaries", "errors"):
+        table = f"WriteResults/{table}"
         assert f"{table}/ToBigQuery/LoadStaging" in names
         assert f"{table}/ToBigQuery/ReplaceFromStaging" in names
     assert "SkipExisting/JoinExisting" not in names
+
+
+RUN = """
+import json, sys, importlib
+result = importlib.import_module(sys.argv[1]).run(sys.argv[2:])
+components = result.job.proto_pipeline.components
+print(json.dumps(sorted(t.unique_name for t in components.transforms.values())))
+"""
+
+
+@pytest.mark.parametrize(
+    "kind, tables",
+    [
+        ("slides", ("patch_predictions", "slide_summaries", "errors")),
+        ("text", ("text_entities", "text_embeddings", "errors")),
+    ],
+)
+def test_a_bigquery_dry_run_needs_no_credentials_and_touches_nothing(kind, tables):
+    """The real entry point, with --skip_existing: nothing is prepared or read at launch (there
+    are no credentials and no network here); the job prepares its dataset when it runs."""
+    import os
+
+    module, args = PIPELINES[kind]
+    args = args[:-2]  # without its --output gs://b/out
+    flags = [
+        "--runner=DataflowRunner",
+        "--dry_run",
+        "--project=my-project",
+        "--region=us-central1",
+        "--temp_location=gs://my-bucket/tmp",
+        "--output=bq://my-project.results",
+        "--artifacts=gs://b/a",
+        "--skip_existing",
+    ]
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("GOOGLE_APPLICATION_CREDENTIALS", "BIGQUERY_EMULATOR_HOST")
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", RUN, module, *args, *flags],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "dry run: the job graph was translated for DataflowRunner" in proc.stdout
+    names = set(json.loads(proc.stdout.strip().splitlines()[-1]))
+    assert {"WriteResults/PrepareDataset", "SkipExisting/ReadExisting"} <= names
+    for table in tables:
+        assert f"WriteResults/{table}/AfterPrepared" in names
+        assert f"WriteResults/{table}/ToBigQuery/LoadStaging" in names
+        assert f"WriteResults/{table}/ToBigQuery/ReplaceFromStaging" in names

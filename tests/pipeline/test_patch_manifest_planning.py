@@ -12,7 +12,8 @@ from apache_beam.testing.util import assert_that
 
 from transforms.core.errors import DEAD_LETTER
 from transforms.slides.geometry import PatchingConfig
-from transforms.slides.read_patches import SLIDE_INFO, PlanPatches
+from transforms.slides.plan_manifest import PlanManifestPatches
+from transforms.slides.survey import SLIDE_INFO
 
 pytestmark = pytest.mark.pipeline
 
@@ -80,7 +81,7 @@ def test_twenty_thousand_patches_of_one_slide_all_planned_and_every_bad_row_acco
             "slides": p | "Slides" >> beam.Create(slides),
             "patches": p | "Patches" >> beam.Create(rows),
             "skipped": p | "Skipped" >> beam.Create(["done"]),
-        } | PlanPatches(cfg)
+        } | PlanManifestPatches(cfg)
         assert_that(planned["units"], units_hold_every_good_patch_once, label="Units")
         assert_that(planned[SLIDE_INFO], one_info_for_the_planned_slide, label="Info")
         assert_that(planned[DEAD_LETTER], dead_letters_name_each_bad_row, label="Errors")

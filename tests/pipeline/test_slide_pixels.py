@@ -10,7 +10,8 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.util import assert_that, equal_to
 
 from transforms.slides.geometry import PatchingConfig
-from transforms.slides.read_patches import PlanPatches, ReadPatches
+from transforms.slides.plan_manifest import PlanManifestPatches
+from transforms.slides.read_patches import ReadPatches
 
 pytestmark = pytest.mark.pipeline
 
@@ -48,7 +49,7 @@ def test_level0_patches_match_the_reference_md5(shared_data, ground_truth, slide
     with beam.Pipeline(runner=FnApiRunner()) as p:
         slides = p | "Slides" >> beam.Create([slide_row])
         patches = p | "Patches" >> beam.Create(patch_rows)
-        planned = {"slides": slides, "patches": patches} | PlanPatches(cfg)
+        planned = {"slides": slides, "patches": patches} | PlanManifestPatches(cfg)
         read = planned["units"] | ReadPatches()
         assert_that(read["patches"] | beam.Map(_md5_of), equal_to(expected))
         assert_that(read["dead_letters"], equal_to([]), label="NoDeadLetters")

@@ -1,7 +1,9 @@
-"""Beam, Python and torch versions agree across pyproject.toml, the image and cloudbuild."""
+"""Beam, Python and torch versions agree across pyproject.toml, the image and cloudbuild; the
+Flex Template metadata follows the pipeline's own rules and help."""
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 import tomllib
@@ -86,3 +88,37 @@ def test_dockerfiles_pass_hadolint(dockerfile):
         text=True,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+NAMES = ["tumor", "T1", "a_b", "x" * 63, "x" * 64, "1abc", "_x", "my-model", "a.b", "", "é", ".."]
+
+
+@pytest.mark.parametrize("metadata", ["slides_metadata.json", "text_metadata.json"])
+def test_template_regexes_follow_the_one_model_name_rule(metadata):
+    from transforms.models.spec import is_model_name
+
+    params = json.loads((REPO / "containers" / "launcher" / metadata).read_text())["parameters"]
+    named = [
+        regex.split("=", 1)[0] + "$"
+        for p in params
+        for regex in p.get("regexes", [])
+        if regex.startswith("^[A-Za-z]") and "=" in regex
+    ]
+    assert len(named) >= 3, named  # model, model_version and task or model_class
+    for regex in named:
+        assert {n: bool(re.match(regex, n)) for n in NAMES} == {
+            n: is_model_name(n) for n in NAMES
+        }, regex
+
+
+@pytest.mark.parametrize(
+    "metadata, groups", [("slides_metadata.json", "SLIDES"), ("text_metadata.json", "TEXT")]
+)
+def test_template_help_is_the_command_line_help(metadata, groups):
+    from pipelines import flags
+
+    ours = {f.name: f.help for _, fl in flags.COMMON + getattr(flags, groups) for f in fl}
+    params = json.loads((REPO / "containers" / "launcher" / metadata).read_text())["parameters"]
+    assert {p["name"]: p["helpText"] for p in params} == {
+        p["name"]: ours[p["name"]] for p in params
+    }

@@ -76,19 +76,24 @@ def test_too_coarse_slide_and_missing_level_are_slide_errors():
 
 
 @pytest.mark.parametrize(
-    "kwargs, flag",
+    "kwargs, field",
     [
-        ({"patch_px": 4}, "--patch_px"),
-        ({"patch_mpp": None}, "--patch_mpp"),
-        ({"patch_mpp": 0.5, "patch_level": 1}, "--patch_mpp"),
-        ({"overlap_px": 224}, "--overlap_px"),
-        ({"min_tissue": 1.5}, "--min_tissue"),
-        ({"tissue_method": "magic"}, "--tissue_method"),
+        ({"patch_px": 4}, "patch_px"),
+        ({"patch_mpp": None}, "patch_mpp"),
+        ({"patch_mpp": 0.5, "patch_level": 1}, "patch_mpp"),
+        ({"overlap_px": 224}, "overlap_px"),
+        ({"min_tissue": 1.5}, "min_tissue"),
+        ({"tissue_method": "magic"}, "tissue_method"),
     ],
 )
-def test_bad_patching_flags_name_the_flag(kwargs, flag):
-    with pytest.raises(ConfigError, match=flag):
+def test_bad_patching_configs_name_the_field_and_the_cli_names_the_flag(kwargs, field):
+    from pipelines.options import flags_named
+
+    with pytest.raises(ConfigError, match=f"`{field}`"):
         PatchingConfig(**kwargs)
+    with pytest.raises(ConfigError, match=f"--{field}\\b") as raised, flags_named():
+        PatchingConfig(**kwargs)
+    assert "`" not in str(raised.value)
 
 
 def test_manifest_boxes_out_of_bounds_or_on_missing_levels_are_rejected():

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from transforms.core.errors import ConfigError, ModelLoadError
-from transforms.models.spec import ModelSpec, load_model, predict_probs, select_device
+from transforms.models.spec import ModelSpec
+from transforms.models.torch_models import load_model, predict_probs, select_device
 
 
 def patches(n, px=64, seed=0):
@@ -87,7 +88,7 @@ def test_version_is_part_of_the_shared_tag():
 def test_remote_model_files_and_folders_are_copied_once_into_the_cache(tmp_path):
     import fsspec
 
-    from transforms.models.spec import local_copy, local_folder
+    from transforms.models.local_copy import local_copy, local_folder
 
     fs = fsspec.filesystem("memory")
     fs.pipe("/bucket/m.pt2", b"weights")

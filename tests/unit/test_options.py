@@ -61,11 +61,12 @@ def test_bad_flags_raise_config_errors_naming_the_flag(args, flag):
 
 
 @pytest.mark.parametrize("flag", ["--batch_size", "--min_batch_size"])
-def test_the_text_pipeline_rejects_patch_batch_flags_it_would_ignore(flag):
+def test_the_text_pipeline_does_not_know_the_slide_batch_flags(flag):
+    from pipelines.flags import TEXT
+    from pipelines.launch import pipeline_options
     from pipelines.options import text_job_config
 
     args = ["--documents", "d.jsonl", "--model", "ner=folder", "--task", "ner=token-classification"]
-    args += [flag, "8"]
-    with pytest.raises(ConfigError, match=f"{flag} does not apply.*--max_tokens_per_batch"):
-        text_job_config(PipelineOptions(args))
-    assert text_job_config(PipelineOptions(args[:-2])).batching.max_batch_size == 64
+    with pytest.raises(ConfigError, match=f"unknown flag {flag}; did you mean --max_batch_size"):
+        pipeline_options([*args, flag, "8"], TEXT)
+    assert text_job_config(pipeline_options(args, TEXT)).batching.max_batch_size == 64

@@ -9,7 +9,8 @@ import torch
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.util import assert_that, equal_to
 
-from transforms.models.patch_inference import BatchingConfig, RunModel, SplittingRunner
+from transforms.core.bisection import SplittingRunner
+from transforms.models.patch_inference import BatchingConfig, RunModel
 from transforms.models.spec import ModelSpec
 from transforms.slides.read_patches import Patch
 

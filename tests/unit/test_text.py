@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from transforms.text.batching import padding_fraction, token_budget_batches
-from transforms.text.windows import WindowConfig, entities, make_windows, window_starts
+from transforms.text.batching import padded_tokens, token_budget_batches
+from transforms.text.merge import entities
+from transforms.text.windows import WindowConfig, make_windows, window_starts
 
 LABELS = ["O", "B-Disease", "I-Disease"]
 DISEASE_WORDS = {"breast", "cancer", "ovarian", "adenomatous", "polyposis", "coli"}
@@ -33,7 +34,8 @@ def test_token_budget_batches_respect_budget_and_size_and_lose_nothing():
     for batch in batches:
         longest = max(lengths[i] for i in batch)
         assert len(batch) <= 16 and longest * len(batch) <= 512
-    fractions = [padding_fraction([lengths[i] for i in b]) for b in batches]
+    sizes = [[lengths[i] for i in b] for b in batches]
+    fractions = [1 - sum(size) / padded_tokens(size) for size in sizes]
     assert max(fractions) <= 0.1  # sorted, and cut where padding would pass 10%
 
 

@@ -68,30 +68,30 @@ def resolve_endpoint(flag_value: str | None) -> str | None:
     return normalize_endpoint(flag_value or os.environ.get(ENDPOINT_ENV))
 
 
-def _check_project(project: str, flag: str) -> None:
+def _check_project(project: str, name: str) -> None:
     if not _PROJECT.match(project):
-        raise ConfigError(f"{flag}: {project!r} is not a valid Google Cloud project id")
+        raise ConfigError(f"{name}: {project!r} is not a valid Google Cloud project id")
 
 
-def parse_dataset(uri: str, flag: str, endpoint: str | None = None) -> BigQueryDataset:
-    """``bq://PROJECT.DATASET`` -> ``BigQueryDataset``; ``ConfigError`` naming ``flag``."""
+def parse_dataset(uri: str, name: str, endpoint: str | None = None) -> BigQueryDataset:
+    """``bq://PROJECT.DATASET`` -> ``BigQueryDataset``; ``ConfigError`` naming ``name``."""
     body = uri.removeprefix("bq://")
     project, sep, dataset = body.rpartition(".")
     if not sep or not project or not dataset:
-        raise ConfigError(f"{flag} expects bq://PROJECT.DATASET, got {uri!r}")
-    _check_project(project, flag)
+        raise ConfigError(f"{name} expects bq://PROJECT.DATASET, got {uri!r}")
+    _check_project(project, name)
     if not _DATASET.match(dataset):
-        raise ConfigError(f"{flag}: {dataset!r} is not a valid BigQuery dataset name")
+        raise ConfigError(f"{name}: {dataset!r} is not a valid BigQuery dataset name")
     return BigQueryDataset(project, dataset, endpoint)
 
 
-def parse_table(uri: str, flag: str, endpoint: str | None = None) -> tuple[BigQueryDataset, str]:
-    """``bq://PROJECT.DATASET.TABLE`` -> (dataset, table); ``ConfigError`` naming ``flag``."""
+def parse_table(uri: str, name: str, endpoint: str | None = None) -> tuple[BigQueryDataset, str]:
+    """``bq://PROJECT.DATASET.TABLE`` -> (dataset, table); ``ConfigError`` naming ``name``."""
     body = uri.removeprefix("bq://")
     dataset_part, sep, table = body.rpartition(".")
     if not sep or not _TABLE.match(table):
-        raise ConfigError(f"{flag} expects bq://PROJECT.DATASET.TABLE, got {uri!r}")
-    return parse_dataset(dataset_part, flag, endpoint), table
+        raise ConfigError(f"{name} expects bq://PROJECT.DATASET.TABLE, got {uri!r}")
+    return parse_dataset(dataset_part, name, endpoint), table
 
 
 def client(target: BigQueryDataset) -> Any:

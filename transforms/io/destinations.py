@@ -18,7 +18,10 @@ import apache_beam as beam
 from transforms.core.errors import ConfigError
 from transforms.io.bigquery import BigQueryDataset, WriteToBigQueryTable, parse_dataset, query_keys
 from transforms.io.file_writes import write_json_lines, write_parquet
-from transforms.io.schemas import ERRORS, Table, arrow_schema
+from transforms.io.schemas import ALL_TABLES, ERRORS, Table, arrow_schema
+
+DEFAULT_OUTPUT = "results"
+TABLES = {table.name: table for table in ALL_TABLES}
 
 
 @dataclass(frozen=True)
@@ -31,12 +34,12 @@ class RunStamp:
 
 @dataclass(frozen=True)
 class Destination:
+    """A folder of Parquet files or a BigQuery dataset, and a folder for artifacts."""
+
     folder: str | None = None
     bigquery: BigQueryDataset | None = None
     temp_location: str | None = None
     artifacts: str | None = None
-    bigquery_endpoint: str | None = None
-    """Also where ``bq://`` manifests are read from, whatever the output is."""
 
     def describe(self) -> str:
         if self.bigquery is not None:
@@ -45,44 +48,55 @@ class Destination:
 
 
 def destination(
-    output: str,
-    artifacts: str | None,
-    endpoint: str | None,
-    temp_location: str | None,
-    needs_artifacts: bool,
+    output: str | None,
+    artifacts: str | None = None,
+    temp_location: str | None = None,
+    needs_artifacts: bool = True,
+    endpoint: str | None = None,
 ) -> Destination:
-    """Validate ``--output`` / ``--artifacts`` / ``--temp_location``; ``ConfigError`` names one."""
+    """Validate ``output`` (default ``results``), ``artifacts`` and ``temp_location``; a
+    ``ConfigError`` names the field. ``endpoint``: BigQuery's API endpoint (None: Google's)."""
+    output = output or DEFAULT_OUTPUT
     if not output.startswith("bq://"):
         folder = output.rstrip("/")
-        return Destination(
-            folder=folder, artifacts=(artifacts or folder).rstrip("/"), bigquery_endpoint=endpoint
-        )
-    target = parse_dataset(output, "--output", endpoint)
+        return Destination(folder=folder, artifacts=(artifacts or folder).rstrip("/"))
+    target = parse_dataset(output, "`output`", endpoint)
     if not temp_location or not temp_location.startswith("gs://"):
         raise ConfigError(
-            "--temp_location gs://BUCKET/PREFIX is required with --output bq://: BigQuery load "
-            "jobs read their files from Cloud Storage"
+            "`temp_location` gs://BUCKET/PREFIX is required with a bq:// `output`: BigQuery "
+            "load jobs read their files from Cloud Storage"
         )
     if needs_artifacts and not artifacts:
         raise ConfigError(
-            "--artifacts (a gs:// or local folder for heatmaps) is required with --output bq://; "
-            "or pass --no_heatmaps"
+            "`artifacts` (a gs:// or local folder for heatmaps) is required with a bq:// "
+            "`output`, unless heatmaps are off (`no_heatmaps`)"
         )
     return Destination(
         bigquery=target,
         temp_location=temp_location.rstrip("/"),
         artifacts=artifacts.rstrip("/") if artifacts else None,
-        bigquery_endpoint=endpoint,
     )
 
 
-def prepare(dest: Destination) -> None:
-    """At launch: create the BigQuery dataset if needed (Beam's load jobs need it to exist) and
-    drop staging tables that runs which died before their merge left behind."""
-    if dest.bigquery is not None:
+class _PrepareDataset(beam.DoFn):
+    """Once, when the job runs: create the dataset (Beam's load jobs need it) and drop staging
+    tables that runs which died before their merge left behind."""
+
+    def __init__(self, target: BigQueryDataset) -> None:
+        self._target = target
+
+    def process(self, _: Any) -> Iterator[None]:
         from transforms.io.bigquery import prepare_dataset
 
-        prepare_dataset(dest.bigquery)
+        prepare_dataset(self._target)
+        yield None
+
+
+class _AfterPrepared(beam.DoFn):
+    """Rows pass once the dataset is prepared: the side input orders the two."""
+
+    def process(self, row: dict, prepared: list[None]) -> Iterator[dict]:
+        yield row
 
 
 class _StampRun(beam.DoFn):
@@ -102,29 +116,69 @@ class WriteRows(beam.PTransform):
 
     Folders get Parquet under ``<folder>/<table>/`` (dead letters as JSON lines under
     ``errors/``), file names starting with the run id so runs never overwrite each other.
-    BigQuery gets ``WriteToBigQueryTable``: an idempotent replace of the staged keys.
+    BigQuery gets ``WriteToBigQueryTable``, an idempotent replace of the staged keys, after
+    ``prepared`` (a PCollection computed once the dataset exists) when one is given.
     """
 
-    def __init__(self, table: Table, dest: Destination, run: RunStamp) -> None:
+    def __init__(
+        self,
+        table: Table,
+        dest: Destination,
+        run: RunStamp,
+        prepared: beam.PCollection | None = None,
+    ) -> None:
         super().__init__()
         self._table = table
         self._dest = dest
         self._run = run
+        self._prepared = prepared
 
     def expand(self, rows: beam.PCollection) -> Any:
         stamped = rows | "StampRun" >> beam.ParDo(_StampRun(self._run))
         if self._dest.bigquery is not None:
+            if self._prepared is not None:
+                stamped = stamped | "AfterPrepared" >> beam.ParDo(
+                    _AfterPrepared(), beam.pvalue.AsList(self._prepared)
+                )
             return stamped | "ToBigQuery" >> WriteToBigQueryTable(
                 self._table, self._dest.bigquery, self._run.run_id, str(self._dest.temp_location)
             )
-        prefix = f"{self._dest.folder}/{self._table.name}/{self._run.run_id}"
+        folder = f"{self._dest.folder}/{self._table.name}"
         if self._table is ERRORS:
             return (
                 stamped
                 | "ToJson" >> beam.Map(_to_json)
-                | "WriteJsonLines" >> write_json_lines(prefix)
+                | "WriteJsonLines" >> write_json_lines(folder, self._run.run_id)
             )
-        return stamped | "WriteParquet" >> write_parquet(prefix, arrow_schema(self._table))
+        return stamped | "WriteParquet" >> write_parquet(
+            folder, self._run.run_id, arrow_schema(self._table)
+        )
+
+
+class WriteTables(beam.PTransform):
+    """``{table name: rows}`` -> every table written to the destination.
+
+    A BigQuery dataset is prepared once, by the job when it runs: never at launch, so a
+    ``--dry_run`` or a staged template touches nothing and needs no credentials.
+    """
+
+    def __init__(self, dest: Destination, run: RunStamp) -> None:
+        super().__init__()
+        self._dest = dest
+        self._run = run
+
+    def expand(self, tables: dict[str, beam.PCollection]) -> dict[str, Any]:
+        prepared = None
+        if self._dest.bigquery is not None:
+            prepared = (
+                next(iter(tables.values())).pipeline
+                | "Once" >> beam.Create([None])
+                | "PrepareDataset" >> beam.ParDo(_PrepareDataset(self._dest.bigquery))
+            )
+        return {
+            name: rows | name >> WriteRows(TABLES[name], self._dest, self._run, prepared)
+            for name, rows in tables.items()
+        }
 
 
 def existing_keys(dest: Destination, table: Table, columns: tuple[str, ...]) -> set[tuple]:

@@ -12,6 +12,7 @@ import json
 import math
 import posixpath
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
@@ -19,6 +20,7 @@ import fsspec
 from google.api_core.exceptions import GoogleAPIError
 
 from transforms.core.errors import DEAD_LETTER, ManifestError, dead_letter
+from transforms.io.bigquery import BigQueryDataset, parse_table
 
 STAGE = "ReadManifest"
 _RESERVED = {"slide_id", "uri", "mpp"}
@@ -29,20 +31,45 @@ _CHUNK_ROWS = 50_000
 """Rows of a CSV or Parquet manifest held at once: manifests are streamed, never read whole."""
 
 
-def read_rows(
-    uri: str, bigquery_endpoint: str | None = None
-) -> Iterator[dict[str, Any] | ManifestError]:
+@dataclass(frozen=True)
+class ManifestSource:
+    """Where a manifest is: a file (local or any fsspec URL), or a BigQuery table."""
+
+    uri: str
+    bigquery: BigQueryDataset | None = None
+    table: str | None = None
+
+    @property
+    def name(self) -> str:
+        """How dead letters name the manifest: its file name, or its table."""
+        return self.table or posixpath.basename(self.uri)
+
+
+def manifest_source(
+    uri: str, name: str = "manifest", endpoint: str | None = None
+) -> ManifestSource:
+    """Parse ``uri`` once: ``bq://PROJECT.DATASET.TABLE`` (read through ``endpoint``; None:
+    Google's) or a file. A malformed table name is a ``ConfigError`` naming ``name``."""
+    if uri.startswith("bq://"):
+        dataset, table = parse_table(uri, name, endpoint)
+        return ManifestSource(uri, dataset, table)
+    return ManifestSource(uri)
+
+
+def read_rows(source: ManifestSource | str) -> Iterator[dict[str, Any] | ManifestError]:
     """Yield each data row of a manifest as a dict with its 1-based ``_row`` number.
 
     A JSONL line that is not a JSON object is yielded as a ``ManifestError`` instead.
     """
-    if uri.startswith("bq://"):
-        from transforms.io.bigquery import parse_table, read_table_rows
+    if isinstance(source, str):
+        source = manifest_source(source)
+    if source.bigquery is not None and source.table is not None:
+        from transforms.io.bigquery import read_table_rows
 
-        dataset, table = parse_table(uri, "manifest", bigquery_endpoint)
-        for i, row in enumerate(read_table_rows(dataset, table), start=1):
+        for i, row in enumerate(read_table_rows(source.bigquery, source.table), start=1):
             yield {k: ("" if v is None else v) for k, v in row.items()} | {"_row": i}
         return
+    uri = source.uri
     suffix = uri.lower().rsplit(".", 1)[-1]
     with fsspec.open(uri, "rb") as f:
         if suffix in ("csv", "tsv", "txt"):
@@ -208,21 +235,20 @@ _VALIDATORS = {
 
 
 class _ReadAndValidate(beam.DoFn):
-    def __init__(self, kind: str, rename: dict[str, str], bigquery_endpoint: str | None) -> None:
+    def __init__(self, kind: str, rename: dict[str, str]) -> None:
         self._kind = kind
         self._rename = rename
-        self._bigquery_endpoint = bigquery_endpoint
 
-    def process(self, uri: str) -> Iterator[Any]:
-        name = posixpath.basename(uri)
+    def process(self, source: ManifestSource) -> Iterator[Any]:
+        name, uri = source.name, source.uri
         try:
-            for row in read_rows(uri, self._bigquery_endpoint):
+            for row in read_rows(source):
                 if isinstance(row, ManifestError):
                     yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(STAGE, name, row))
                     continue
-                for source, target in self._rename.items():
-                    if source in row:
-                        row[target] = row.pop(source)
+                for column, ours in self._rename.items():
+                    if column in row:
+                        row[ours] = row.pop(column)
                 try:
                     yield _VALIDATORS[self._kind][1](row, uri)
                 except ManifestError as exc:
@@ -269,30 +295,25 @@ class ReadManifest(beam.PTransform):
     """
 
     def __init__(
-        self,
-        uri: str,
-        kind: str,
-        rename: dict[str, str] | None = None,
-        bigquery_endpoint: str | None = None,
+        self, source: ManifestSource | str, kind: str, rename: dict[str, str] | None = None
     ) -> None:
-        """``rename`` maps a file's column names to ours, e.g. ``{"pmid": "doc_id"}``;
-        ``bigquery_endpoint`` is where a ``bq://`` manifest is read from (None: Google's)."""
+        """``source``: a parsed ``ManifestSource`` (a plain string is a file's URI);
+        ``rename`` maps a file's column names to ours, e.g. ``{"pmid": "doc_id"}``."""
         super().__init__()
         if kind not in _VALIDATORS:
             raise ValueError(f"kind must be one of {sorted(_VALIDATORS)}, got {kind!r}")
-        self._uri = uri
+        self._source = manifest_source(source) if isinstance(source, str) else source
         self._kind = kind
         self._rename = dict(rename or {})
-        self._bigquery_endpoint = bigquery_endpoint
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> dict[str, beam.PCollection]:
         read = (
             pbegin
-            | "ManifestUri" >> beam.Create([self._uri])
+            | "ManifestUri" >> beam.Create([self._source])
             | "ReadRows"
-            >> beam.ParDo(
-                _ReadAndValidate(self._kind, self._rename, self._bigquery_endpoint)
-            ).with_outputs(DEAD_LETTER, main="rows")
+            >> beam.ParDo(_ReadAndValidate(self._kind, self._rename)).with_outputs(
+                DEAD_LETTER, main="rows"
+            )
         )
         id_column = _VALIDATORS[self._kind][0]
         if id_column is None:

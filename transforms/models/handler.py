@@ -1,6 +1,6 @@
 """A Beam ``ModelHandler`` for patch classifiers, usable with Beam's own ``RunInference`` too.
 
-Kept apart from ``models.py`` because importing ``apache_beam.ml.inference.base`` imports torch
+Kept apart from ``torch_models.py``: importing ``apache_beam.ml.inference.base`` imports torch
 (Beam 2.77's model manager does), and building a pipeline graph must not: ``RunModel`` creates
 this handler inside its DoFn's ``setup()``.
 """
@@ -14,7 +14,8 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from transforms.core.errors import ModelLoadError
-from transforms.models.spec import LoadedModel, ModelSpec, load_model, predict_probs
+from transforms.models.spec import ModelSpec
+from transforms.models.torch_models import LoadedModel, load_model, predict_probs
 
 
 class PatchModelHandler(ModelHandler):

@@ -45,23 +45,23 @@ class PatchingConfig:
 
     def __post_init__(self) -> None:
         if not 8 <= self.patch_px <= 8192:
-            raise ConfigError(f"--patch_px must be between 8 and 8192, got {self.patch_px}")
+            raise ConfigError(f"`patch_px` must be between 8 and 8192, got {self.patch_px}")
         if (self.patch_mpp is None) == (self.patch_level is None):
-            raise ConfigError("give exactly one of --patch_mpp and --patch_level")
+            raise ConfigError("give exactly one of `patch_mpp` and `patch_level`")
         if self.patch_mpp is not None and not (0 < self.patch_mpp < 1000):
-            raise ConfigError(f"--patch_mpp must be a positive micron size, got {self.patch_mpp}")
+            raise ConfigError(f"`patch_mpp` must be a positive micron size, got {self.patch_mpp}")
         if self.patch_level is not None and self.patch_level < 0:
-            raise ConfigError(f"--patch_level must be >= 0, got {self.patch_level}")
+            raise ConfigError(f"`patch_level` must be >= 0, got {self.patch_level}")
         if not 0 <= self.overlap_px < self.patch_px:
-            raise ConfigError(f"--overlap_px must be in [0, --patch_px), got {self.overlap_px}")
+            raise ConfigError(f"`overlap_px` must be in [0, `patch_px`), got {self.overlap_px}")
         if not 0.0 <= self.min_tissue <= 1.0:
-            raise ConfigError(f"--min_tissue must be in [0, 1], got {self.min_tissue}")
+            raise ConfigError(f"`min_tissue` must be in [0, 1], got {self.min_tissue}")
         if self.tissue_method not in ("brightfield", "fluorescence"):
             raise ConfigError(
-                f"--tissue_method must be brightfield or fluorescence, got {self.tissue_method!r}"
+                f"`tissue_method` must be brightfield or fluorescence, got {self.tissue_method!r}"
             )
         if self.max_patches_per_unit < 1 or self.block_px < 64:
-            raise ConfigError("--max_patches_per_unit must be >= 1 and --block_px >= 64")
+            raise ConfigError("`max_patches_per_unit` must be >= 1 and `block_px` >= 64")
 
 
 @dataclass(frozen=True)

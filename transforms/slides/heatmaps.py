@@ -1,4 +1,5 @@
-"""Heatmap pictures: patch probabilities over the slide thumbnail, with a title and a legend.
+"""Heatmap pictures: patch probabilities over the slide thumbnail, with a title and a legend;
+the thumbnail read (retried like every other slide read) and the PNG write.
 
 Two classes (or one sigmoid output): the probability of the last class on a blue-yellow-red scale.
 More classes: each cell in its top class's colour, more opaque where the model is surer.
@@ -10,6 +11,11 @@ import io
 from typing import Any
 
 import numpy as np
+
+from transforms.core.remote_io import remote_options, retry_transient
+from transforms.io.schemas import safe_name
+
+THUMBNAIL_LONG_SIDE_PX = 1024
 
 _SCALE = np.array(
     [
@@ -114,3 +120,33 @@ def _draw_legend(draw: Any, top: int, width: int, n_classes: int, title: str) ->
         x = 6 + c * 40
         draw.rectangle([x, bar_top, x + 12, bar_top + 12], fill=tuple(int(v) for v in PALETTE[c]))
         draw.text((x + 16, bar_top), str(c), fill=black)
+
+
+def slide_thumbnail(uri: str) -> tuple[np.ndarray, float]:
+    """The slide at about ``THUMBNAIL_LONG_SIDE_PX`` across, and its downsample from level 0;
+    transient I/O failures are retried."""
+    from transforms.slides.reader import open_slide, read_downsampled, slide_geometry
+
+    def read() -> tuple[np.ndarray, float]:
+        slide = open_slide(uri)
+        try:
+            geom = slide_geometry(slide)
+            longest = max(geom.width_px, geom.height_px)
+            return read_downsampled(slide, geom, longest / THUMBNAIL_LONG_SIDE_PX)
+        finally:
+            slide.close()
+
+    return retry_transient(f"reading a thumbnail of {uri}", read)
+
+
+def heatmap_uri(folder: str, slide_id: str, model_name: str) -> str:
+    """Where the heatmap of ``slide_id`` by ``model_name`` goes (names made safe for files)."""
+    return f"{folder.rstrip('/')}/{safe_name(slide_id)}__{safe_name(model_name)}.png"
+
+
+def write_png(uri: str, png: bytes) -> None:
+    """Write ``png`` to a local or ``gs://`` ``uri``, creating folders as needed."""
+    import fsspec
+
+    with fsspec.open(uri, "wb", auto_mkdir=True, **remote_options(uri)) as f:
+        f.write(png)

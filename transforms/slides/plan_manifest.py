@@ -21,7 +21,7 @@ from typing import Any
 import apache_beam as beam
 
 from transforms.core import progress
-from transforms.core.errors import DEAD_LETTER, SlideError, dead_letter, patch_dead_letter
+from transforms.core.errors import DEAD_LETTER, SlideError, patch_dead_letter
 from transforms.slides.geometry import (
     PatchBox,
     PatchingConfig,
@@ -30,9 +30,14 @@ from transforms.slides.geometry import (
     check_box,
     work_units,
 )
-from transforms.slides.survey import slide_info, survey_or_failure
+from transforms.slides.survey import (
+    SLIDE_INFO,
+    STAGE,
+    slide_error,
+    slide_info,
+    survey_or_failure,
+)
 
-STAGE = "PlanPatches"
 SORT_BUFFER = 4096
 """Boxes of one block sorted together before they are cut into work units."""
 NOT_IN_MANIFEST = (
@@ -51,10 +56,6 @@ class SlideStatus:
     skipped: bool = False
 
 
-def slide_error(row: dict[str, Any], error: Exception) -> Any:
-    return beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(STAGE, row["slide_id"], error, row))
-
-
 def patch_error(row: dict[str, Any], error: Exception | str) -> Any:
     return beam.pvalue.TaggedOutput(DEAD_LETTER, patch_dead_letter(STAGE, row, error))
 
@@ -62,12 +63,11 @@ def patch_error(row: dict[str, Any], error: Exception | str) -> Any:
 class _SurveySlide(beam.DoFn):
     """Slide row -> ``(slide_id, SlideStatus)``; a failed slide is also a dead letter."""
 
-    def __init__(self, cfg: PatchingConfig, storage_options: dict[str, Any] | None) -> None:
+    def __init__(self, cfg: PatchingConfig) -> None:
         self._cfg = cfg
-        self._storage_options = storage_options
 
     def process(self, row: dict[str, Any]) -> Iterator[Any]:
-        survey = survey_or_failure(row, self._cfg, self._storage_options, grid=False)
+        survey = survey_or_failure(row, self._cfg, grid=False)
         if isinstance(survey, Exception):
             yield slide_error(row, survey)
             yield row["slide_id"], SlideStatus(failure=f"slide failed: {survey}")
@@ -153,20 +153,19 @@ def _skipped(slide_id: str) -> tuple[str, SlideStatus]:
 class PlanManifestPatches(beam.PTransform):
     """``{"slides", "patches"[, "skipped" slide ids]}`` -> work units, slide infos, dead letters.
 
-    Out: a dict with ``units`` (``WorkUnit``), ``info`` (``SLIDE_INFO`` dicts) and
+    Out: a dict with ``units`` (``WorkUnit``), ``SLIDE_INFO`` dicts (one per planned slide) and
     ``DEAD_LETTER`` rows.
     """
 
-    def __init__(self, cfg: PatchingConfig, storage_options: dict[str, Any] | None = None):
+    def __init__(self, cfg: PatchingConfig) -> None:
         super().__init__()
         self._cfg = cfg
-        self._storage_options = storage_options
 
     def expand(self, inputs: dict[str, beam.PCollection]) -> dict[str, beam.PCollection]:
         slides, patches, skipped_ids = inputs["slides"], inputs["patches"], inputs.get("skipped")
-        surveyed = slides | "SurveySlides" >> beam.ParDo(
-            _SurveySlide(self._cfg, self._storage_options)
-        ).with_outputs(DEAD_LETTER, main="statuses")
+        surveyed = slides | "SurveySlides" >> beam.ParDo(_SurveySlide(self._cfg)).with_outputs(
+            DEAD_LETTER, main="statuses"
+        )
         statuses = surveyed.statuses
         if skipped_ids is not None:
             statuses = (
@@ -193,4 +192,4 @@ class PlanManifestPatches(beam.PTransform):
             | "SlideInfo" >> beam.ParDo(_SlideInfo())
         )
         errors = (surveyed[DEAD_LETTER], placed[DEAD_LETTER]) | "Errors" >> beam.Flatten()
-        return {"units": units, "info": info, DEAD_LETTER: errors}
+        return {"units": units, SLIDE_INFO: info, DEAD_LETTER: errors}

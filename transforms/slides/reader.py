@@ -16,6 +16,7 @@ import fsspec
 import numpy as np
 
 from transforms.core.errors import SlideError, UnsupportedFormatError
+from transforms.core.remote_io import remote_options
 from transforms.slides.geometry import SlideGeometry, choose_level
 
 # tiffslide warns on every NDPI metadata read that its Hamamatsu parsing is partial; MPP and
@@ -36,11 +37,9 @@ tens of ms and a MB ~10 ms, so fewer, larger requests win; a one-block read-ahea
 thrashed between the IFDs and the tiles."""
 
 
-def _open_remote(uri: str, storage_options: dict[str, Any]) -> Any:
+def _open_remote(uri: str) -> Any:
     """An fsspec file of ``uri`` read by range, through a block cache sized for tiles."""
-    from transforms.core.remote_io import remote_options
-
-    fs, path = fsspec.core.url_to_fs(uri, **{**remote_options(uri), **storage_options})
+    fs, path = fsspec.core.url_to_fs(uri, **remote_options(uri))
     return fs.open(
         path,
         "rb",
@@ -50,7 +49,7 @@ def _open_remote(uri: str, storage_options: dict[str, Any]) -> Any:
     )
 
 
-def open_slide(uri: str, storage_options: dict[str, Any] | None = None) -> Any:
+def open_slide(uri: str) -> Any:
     """Open a slide with tiffslide; raise ``SlideError`` subclasses with what to do.
 
     Raises:
@@ -63,13 +62,13 @@ def open_slide(uri: str, storage_options: dict[str, Any] | None = None) -> Any:
 
     try:
         if "://" in uri and not uri.startswith("file://"):
-            slide = tiffslide.TiffSlide(_open_remote(uri, storage_options or {}))
+            slide = tiffslide.TiffSlide(_open_remote(uri))
         else:
-            slide = tiffslide.TiffSlide(uri, storage_options=storage_options)
+            slide = tiffslide.TiffSlide(uri)
     except FileNotFoundError as exc:
         raise FileNotFoundError(f"slide file not found: {uri}") from exc
     except tifffile.TiffFileError as exc:
-        if _is_dicom(uri, storage_options):
+        if _is_dicom(uri):
             raise UnsupportedFormatError(
                 "DICOM whole-slide images are not supported: tiffslide reads TIFF-based formats "
                 "only. Convert the slide to a pyramidal TIFF first (e.g. with wsidicomizer)."
@@ -86,9 +85,9 @@ def open_slide(uri: str, storage_options: dict[str, Any] | None = None) -> Any:
     return slide
 
 
-def _is_dicom(uri: str, storage_options: dict[str, Any] | None) -> bool:
+def _is_dicom(uri: str) -> bool:
     try:
-        with fsspec.open(uri, "rb", **(storage_options or {})) as f:
+        with fsspec.open(uri, "rb", **remote_options(uri)) as f:
             head = f.read(132)
     except OSError:
         return False
@@ -193,8 +192,7 @@ def read_downsampled(slide: Any, geom: SlideGeometry, target_ds: float) -> tuple
 class SlideCache:
     """A few open slides per DoFn instance, least recently used closed first."""
 
-    def __init__(self, storage_options: dict[str, Any] | None = None, max_open: int = 4) -> None:
-        self._storage_options = storage_options
+    def __init__(self, max_open: int = 4) -> None:
         self._max_open = max_open
         self._open: OrderedDict[str, Any] = OrderedDict()
 
@@ -204,7 +202,7 @@ class SlideCache:
         if slide is not None:
             self._open.move_to_end(uri)
             return slide
-        slide = open_slide(uri, self._storage_options)
+        slide = open_slide(uri)
         self._open[uri] = slide
         while len(self._open) > self._max_open:
             _, oldest = self._open.popitem(last=False)

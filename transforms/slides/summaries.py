@@ -1,4 +1,4 @@
-"""Patch predictions -> slide summaries (+ heatmaps) -> case summaries.
+"""Patch predictions -> slide summaries (and their heatmaps) -> case summaries.
 
 Per slide and model a ``CombineFn`` keeps running sums, counts, maxima and the compact patch
 positions a heatmap needs, so nothing holds the prediction rows. Every planned slide gets a summary
@@ -16,11 +16,9 @@ import numpy as np
 
 from transforms.core import progress
 from transforms.core.errors import DEAD_LETTER, dead_letter
-from transforms.io.schemas import metadata_record, safe_name
+from transforms.io.schemas import metadata_record
 from transforms.models.spec import ModelSpec
-
-HEATMAP_LONG_SIDE_PX = 1024
-
+from transforms.slides.heatmaps import slide_thumbnail
 
 MAX_HEATMAP_SIDE = 1024
 """Heatmap raster cells per side at most; past it, cells merge 2 x 2, so memory stays bounded."""
@@ -160,17 +158,10 @@ def _key_info(info: dict) -> tuple[str, dict]:
 class _SummarizeSlide(beam.DoFn):
     STAGE = "RenderHeatmap"
 
-    def __init__(
-        self,
-        specs: Sequence[ModelSpec],
-        heatmap_dir: str | None,
-        run_id: str,
-        storage_options: dict[str, Any] | None,
-    ) -> None:
+    def __init__(self, specs: Sequence[ModelSpec], heatmap_dir: str | None, run_id: str) -> None:
         self._specs = list(specs)
         self._heatmap_dir = heatmap_dir
         self._run_id = run_id
-        self._storage_options = storage_options
 
     def process(self, element: tuple[str, dict[str, list]]) -> Iterator[Any]:
         slide_id, groups = element
@@ -185,7 +176,7 @@ class _SummarizeSlide(beam.DoFn):
             heatmap_uri = None
             if self._heatmap_dir is not None and stats.n:
                 try:
-                    thumb = thumb or self._thumbnail(info)
+                    thumb = thumb or slide_thumbnail(info["uri"])
                     heatmap_uri = self._write_heatmap(info, spec, stats, thumb)
                 except Exception as exc:  # noqa: BLE001 - the summary row still goes out
                     yield beam.pvalue.TaggedOutput(
@@ -197,23 +188,10 @@ class _SummarizeSlide(beam.DoFn):
             yield summary_row(info, spec, stats, heatmap_uri, self._run_id)
         progress.count("slides_summarized")
 
-    def _thumbnail(self, info: dict) -> tuple[np.ndarray, float]:
-        from transforms.slides.reader import open_slide, read_downsampled, slide_geometry
-
-        slide = open_slide(info["uri"], self._storage_options)
-        try:
-            geom = slide_geometry(slide)
-            longest = max(geom.width_px, geom.height_px)
-            return read_downsampled(slide, geom, longest / HEATMAP_LONG_SIDE_PX)
-        finally:
-            slide.close()
-
     def _write_heatmap(
         self, info: dict, spec: ModelSpec, stats: SlideStats, thumb: tuple[np.ndarray, float]
     ) -> str:
-        import fsspec
-
-        from transforms.slides.heatmaps import render_heatmap
+        from transforms.slides.heatmaps import heatmap_uri, render_heatmap, write_png
 
         assert stats.sums is not None and self._heatmap_dir is not None
         title = (
@@ -221,12 +199,8 @@ class _SummarizeSlide(beam.DoFn):
             f"mean P = {np.round(stats.sums / stats.n, 3).tolist()}"
         )
         png = render_heatmap(thumb[0], thumb[1], stats.cell_px, *stats.heatmap_raster(), title)
-        uri = (
-            f"{self._heatmap_dir.rstrip('/')}/"
-            f"{safe_name(info['slide_id'])}__{safe_name(spec.name)}.png"
-        )
-        with fsspec.open(uri, "wb", auto_mkdir=True, **(self._storage_options or {})) as f:
-            f.write(png)
+        uri = heatmap_uri(self._heatmap_dir, info["slide_id"], spec.name)
+        write_png(uri, png)
         return uri
 
 
@@ -258,15 +232,9 @@ class SummarizeSlides(beam.PTransform):
     Out: a dict with ``summaries`` and ``DEAD_LETTER`` rows (heatmaps that failed to render).
     """
 
-    def __init__(
-        self,
-        specs: Sequence[ModelSpec],
-        heatmap_dir: str | None,
-        run_id: str,
-        storage_options: dict[str, Any] | None = None,
-    ) -> None:
+    def __init__(self, specs: Sequence[ModelSpec], heatmap_dir: str | None, run_id: str) -> None:
         super().__init__()
-        self._fn = _SummarizeSlide(specs, heatmap_dir, run_id, storage_options)
+        self._fn = _SummarizeSlide(specs, heatmap_dir, run_id)
 
     def expand(self, inputs: tuple[beam.PCollection, beam.PCollection]) -> dict:
         predictions, infos = inputs

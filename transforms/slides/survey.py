@@ -9,7 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import apache_beam as beam
+
 from transforms.core import progress
+from transforms.core.errors import DEAD_LETTER, dead_letter
 from transforms.core.remote_io import retry_transient
 from transforms.slides.geometry import GridSpec, PatchingConfig, SlideGeometry, grid_spec
 from transforms.slides.reader import (
@@ -20,6 +23,11 @@ from transforms.slides.reader import (
     slide_geometry,
 )
 from transforms.slides.tissue import TissueMask, tissue_mask
+
+STAGE = "PlanPatches"
+"""The stage named in planning's dead letters, whichever plan (grid or manifest) made them."""
+SLIDE_INFO = "slide_info"
+"""Tag of the planning output with one ``slide_info`` dict per planned slide."""
 
 
 @dataclass(frozen=True)
@@ -43,28 +51,19 @@ def mask_downsample(geom: SlideGeometry, patch_l0_px: int | None) -> float:
     return max(1.0, min(max(patch_l0_px / 8, longest / 4096), longest / 256))
 
 
-def survey_or_failure(
-    row: dict[str, Any],
-    cfg: PatchingConfig,
-    storage_options: dict[str, Any] | None,
-    grid: bool,
-) -> Survey | Exception:
+def survey_or_failure(row: dict[str, Any], cfg: PatchingConfig, grid: bool) -> Survey | Exception:
     """Survey the slide of a clean slide row, retrying transient I/O failures; or return what
     makes the slide unusable (``SlideError``, ``FileNotFoundError``, ``RemoteIOError``, ...),
     counted in ``slides_failed``, for the caller to turn into the slide's dead letter."""
     try:
-        return retry_transient(
-            f"planning {row['slide_id']}", lambda: _survey(row, cfg, storage_options, grid)
-        )
+        return retry_transient(f"planning {row['slide_id']}", lambda: _survey(row, cfg, grid))
     except Exception as exc:  # noqa: BLE001 - every failure is this slide's dead letter
         progress.count("slides_failed")
         return exc
 
 
-def _survey(
-    row: dict[str, Any], cfg: PatchingConfig, storage_options: dict[str, Any] | None, grid: bool
-) -> Survey:
-    slide = open_slide(row["uri"], storage_options)
+def _survey(row: dict[str, Any], cfg: PatchingConfig, grid: bool) -> Survey:
+    slide = open_slide(row["uri"])
     try:
         progress.count("slides_opened")
         geom = slide_geometry(slide, row["mpp"])
@@ -93,3 +92,8 @@ def slide_info(
         "patches_planned": patches_planned,
         "metadata": row["metadata"],
     }
+
+
+def slide_error(row: dict[str, Any], error: Exception) -> Any:
+    """The dead letter of a slide that could not be planned, as a tagged output."""
+    return beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(STAGE, row["slide_id"], error, row))

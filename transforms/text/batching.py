@@ -20,9 +20,9 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from transforms.core.errors import ConfigError
+from transforms.core.progress import NAMESPACE
 
 T = TypeVar("T")
-NAMESPACE = "pathbeam"
 
 
 @dataclass(frozen=True)
@@ -37,10 +37,10 @@ class TokenBatchingConfig:
     def __post_init__(self) -> None:
         if self.max_tokens_per_batch < 1 or self.max_batch_size < 1 or self.buffer_size < 1:
             raise ConfigError(
-                "--max_tokens_per_batch, --max_batch_size and --sort_buffer must be >= 1"
+                "`max_tokens_per_batch`, `max_batch_size` and `buffer_size` must be >= 1"
             )
         if not 0.0 <= self.max_padding < 1.0:
-            raise ConfigError(f"--max_padding must be in [0, 1), got {self.max_padding}")
+            raise ConfigError(f"`max_padding` must be in [0, 1), got {self.max_padding}")
 
 
 def token_budget_batches(
@@ -80,12 +80,9 @@ def token_budget_batches(
     return batches
 
 
-def padding_fraction(lengths: Sequence[int]) -> float:
-    """Padded positions / all positions of a batch padded to its longest member."""
-    if not lengths:
-        return 0.0
-    total = max(lengths) * len(lengths)
-    return (total - sum(lengths)) / total
+def padded_tokens(lengths: Sequence[int]) -> int:
+    """Positions of a batch padded to its longest member (what it costs the model)."""
+    return max(lengths) * len(lengths) if lengths else 0
 
 
 class _SortAndBatch(beam.DoFn):
@@ -125,7 +122,7 @@ class _SortAndBatch(beam.DoFn):
         self._buffer = []
         for batch in batches:
             lengths = [self._length(x) for x in batch]
-            padded = max(lengths) * len(lengths)
+            padded = padded_tokens(lengths)
             self._padded.inc(padded - sum(lengths))
             self._real.inc(sum(lengths))
             self._sizes.update(len(batch))

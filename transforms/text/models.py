@@ -8,7 +8,6 @@ copied once per worker process to a local cache). Nothing is fetched from a hub:
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,10 +15,10 @@ from typing import Any
 import numpy as np
 
 from transforms.core.errors import ConfigError, ModelLoadError
-from transforms.models.spec import local_folder
+from transforms.models.local_copy import local_folder
+from transforms.models.spec import check_model_name
 
 TASKS = ("token-classification", "text-classification", "embedding")
-_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,62}$")
 
 
 @dataclass(frozen=True)
@@ -33,13 +32,9 @@ class TextModelSpec:
     require_gpu: bool = False
 
     def __post_init__(self) -> None:
-        if not _NAME.match(self.name):
-            raise ConfigError(
-                f"--model name {self.name!r} must start with a letter and hold only letters, "
-                "digits and underscores (at most 63)"
-            )
+        check_model_name(self.name)
         if self.task not in TASKS:
-            raise ConfigError(f"--task {self.name}={self.task}: one of {', '.join(TASKS)}")
+            raise ConfigError(f"`task` {self.name}={self.task}: one of {', '.join(TASKS)}")
 
     @property
     def shared_tag(self) -> str:
@@ -93,7 +88,7 @@ def load_text_model(spec: TextModelSpec) -> LoadedTextModel:
         AutoModelForTokenClassification,
     )
 
-    from transforms.models.spec import select_device
+    from transforms.models.torch_models import select_device
 
     try:
         device = select_device(spec.require_gpu)

@@ -1,0 +1,452 @@
+"""Every pipeline flag once: its group, help and shown default; ``--help``; unknown-flag errors.
+
+Each flag is declared in one table below, which feeds three things: Beam's option parsing (the
+``PipelineOptions`` classes in ``options.py``), ``--help``, and the check that stops a run on a
+flag that neither Beam nor the pipeline knows. Defaults shown in ``--help`` are read from the
+config dataclasses, the one place they live; parsed values stay ``None`` when a flag is not given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import MISSING, dataclass, fields
+from typing import Any, cast
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from transforms.core.errors import ConfigError
+from transforms.io.destinations import DEFAULT_OUTPUT
+from transforms.models.patch_inference import BatchingConfig
+from transforms.models.spec import ModelSpec
+from transforms.slides.geometry import PatchingConfig
+from transforms.text.batching import TokenBatchingConfig
+from transforms.text.windows import WindowConfig
+
+PROGRESS_INTERVAL_S = 10.0
+
+
+def default_of(config: type, name: str) -> Any:
+    """The default of field ``name`` of the dataclass ``config``."""
+    for f in fields(config):
+        if f.name == name:
+            return f.default if f.default is not MISSING else None
+    raise KeyError(name)
+
+
+def _truth(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no", ""):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One command-line flag. ``shown`` is the default ``--help`` states (None: no default)."""
+
+    name: str
+    help: str
+    shown: Any = None
+    type: Callable[[str], Any] = str
+    metavar: str | None = None
+    repeat: bool = False
+    switch: bool = False
+    choices: Sequence[str] | None = None
+
+    def add_to(self, parser: Any) -> None:
+        """Add to an argparse parser; a flag not given parses as None ([] or False)."""
+        flag = f"--{self.name}"
+        if self.switch:  # bare, or with a value as a Flex Template launcher passes it
+            parser.add_argument(
+                flag, nargs="?", const=True, default=False, type=_truth, help=self.help
+            )
+        elif self.repeat:
+            parser.add_argument(
+                flag, action="append", default=[], metavar=self.metavar, help=self.help
+            )
+        else:
+            parser.add_argument(
+                flag,
+                type=self.type,
+                default=None,
+                metavar=self.metavar,
+                choices=self.choices,
+                help=self.help,
+            )
+
+
+Group = tuple[str, tuple[Flag, ...]]
+
+_PATCHING, _MODEL = PatchingConfig, ModelSpec
+
+COMMON: tuple[Group, ...] = (
+    (
+        "models",
+        (
+            Flag(
+                "model",
+                "NAME=URI of a model; repeat for several models",
+                metavar="NAME=URI",
+                repeat=True,
+            ),
+            Flag(
+                "model_version",
+                "NAME=VERSION stamped on the model's rows",
+                default_of(_MODEL, "version"),
+                metavar="NAME=VERSION",
+                repeat=True,
+            ),
+            Flag("require_gpu", "fail worker setup without a CUDA device", False, switch=True),
+        ),
+    ),
+    (
+        "output",
+        (
+            Flag(
+                "output",
+                "a folder of Parquet files (local or gs://) or bq://PROJECT.DATASET",
+                DEFAULT_OUTPUT,
+                metavar="FOLDER|bq://PROJECT.DATASET",
+            ),
+            Flag(
+                "artifacts",
+                "folder for heatmaps and other files, local or gs:// (needed with "
+                "a bq:// --output)",
+                "--output",
+                metavar="FOLDER",
+            ),
+            Flag(
+                "bigquery_endpoint",
+                "BigQuery API endpoint, e.g. a local emulator",
+                "$BIGQUERY_EMULATOR_HOST, else Google's",
+                metavar="URL",
+            ),
+            Flag(
+                "skip_existing",
+                "skip inputs that already have results for every model at its version",
+                False,
+                switch=True,
+            ),
+            Flag(
+                "run_id",
+                "id stamped on every row and output file name",
+                "UTC time + random",
+                metavar="ID",
+            ),
+        ),
+    ),
+    (
+        "run",
+        (
+            Flag(
+                "max_batch_size",
+                "largest batch handed to a model",
+                "32 patches; 64 windows",
+                int,
+                "N",
+            ),
+            Flag(
+                "max_failed_fraction",
+                "fail the run (and the Dataflow job) when more than this "
+                "fraction of the inputs are dead letters",
+                "none",
+                float,
+                "F",
+            ),
+            Flag(
+                "progress_interval_s",
+                "seconds between progress lines (local runs)",
+                PROGRESS_INTERVAL_S,
+                float,
+                "S",
+            ),
+            Flag(
+                "gpu",
+                "Dataflow GPU preset: accelerator, machine type, one SDK process, harness "
+                "threads, --require_gpu: t4, l4 or a100",
+                "none",
+            ),
+            Flag("verbose", "show tracebacks of errors that stop the run", False, switch=True),
+        ),
+    ),
+)
+
+SLIDES: tuple[Group, ...] = (
+    (
+        "input",
+        (
+            Flag(
+                "slides",
+                "slide manifest (slide_id, uri[, mpp, tissue_method, ...]): CSV, TSV, "
+                "JSONL or Parquet, local or gs://, or bq://PROJECT.DATASET.TABLE",
+                metavar="MANIFEST",
+            ),
+            Flag(
+                "patches",
+                "optional patch manifest (slide_id, x_px, y_px, size_px[, level]); "
+                "without it patches are planned on each slide's tissue",
+                metavar="MANIFEST",
+            ),
+            Flag(
+                "group_by",
+                "slide-manifest column whose values group slides into case_summaries",
+                metavar="COLUMN",
+            ),
+        ),
+    ),
+    (
+        "models",
+        (
+            Flag(
+                "model_class",
+                "NAME=package.module:Class for a state_dict model file (the "
+                "module must be importable: on PYTHONPATH or installed)",
+                metavar="NAME=CLASS",
+                repeat=True,
+            ),
+            Flag(
+                "model_mean",
+                "NAME=r,g,b input normalisation mean",
+                "ImageNet",
+                metavar="NAME=R,G,B",
+                repeat=True,
+            ),
+            Flag(
+                "model_std",
+                "NAME=r,g,b input normalisation std",
+                "ImageNet",
+                metavar="NAME=R,G,B",
+                repeat=True,
+            ),
+            Flag(
+                "model_activation",
+                "NAME=softmax|sigmoid|none applied to the model's logits",
+                default_of(_MODEL, "activation"),
+                metavar="NAME=ACTIVATION",
+                repeat=True,
+            ),
+        ),
+    ),
+    (
+        "patches",
+        (
+            Flag(
+                "patch_px",
+                "patch edge handed to the models, px",
+                default_of(_PATCHING, "patch_px"),
+                int,
+                "PX",
+            ),
+            Flag(
+                "patch_mpp",
+                "patch resolution, µm/px",
+                default_of(_PATCHING, "patch_mpp"),
+                float,
+                "MPP",
+            ),
+            Flag(
+                "patch_level",
+                "tile at this pyramid level instead of at --patch_mpp",
+                None,
+                int,
+                "LEVEL",
+            ),
+            Flag(
+                "overlap_px",
+                "overlap of neighbouring grid patches, px",
+                default_of(_PATCHING, "overlap_px"),
+                int,
+                "PX",
+            ),
+            Flag(
+                "min_tissue",
+                "smallest tissue fraction of a grid patch (0 keeps all)",
+                default_of(_PATCHING, "min_tissue"),
+                float,
+                "F",
+            ),
+            Flag(
+                "tissue_method",
+                "auto (per slide, by its background), brightfield or "
+                "fluorescence; a manifest column tissue_method overrides it per slide",
+                default_of(_PATCHING, "tissue_method"),
+                metavar="METHOD",
+            ),
+            Flag(
+                "block_px",
+                "work-unit block edge at the read level, px",
+                default_of(_PATCHING, "block_px"),
+                int,
+                "PX",
+            ),
+            Flag(
+                "max_patches_per_unit",
+                "patches per work unit at most",
+                default_of(_PATCHING, "max_patches_per_unit"),
+                int,
+                "N",
+            ),
+        ),
+    ),
+    (
+        "batching",
+        (
+            Flag(
+                "batch_size",
+                "fixed batch size (sets --min_batch_size and --max_batch_size)",
+                None,
+                int,
+                "N",
+            ),
+            Flag(
+                "min_batch_size",
+                "smallest batch handed to a model",
+                default_of(BatchingConfig, "min_batch_size"),
+                int,
+                "N",
+            ),
+        ),
+    ),
+    ("heatmaps", (Flag("no_heatmaps", "skip the heatmap PNGs", False, switch=True),)),
+)
+
+TEXT: tuple[Group, ...] = (
+    (
+        "input",
+        (
+            Flag(
+                "documents",
+                "documents (doc_id and text columns): CSV, TSV, JSONL or Parquet, "
+                "local or gs://, or bq://PROJECT.DATASET.TABLE",
+                metavar="MANIFEST",
+            ),
+            Flag("doc_id_column", "the documents' id column", "doc_id", metavar="COLUMN"),
+            Flag("text_column", "the documents' text column", "text", metavar="COLUMN"),
+        ),
+    ),
+    (
+        "models",
+        (
+            Flag(
+                "task",
+                "NAME=token-classification|text-classification|embedding, one per --model",
+                metavar="NAME=TASK",
+                repeat=True,
+            ),
+        ),
+    ),
+    (
+        "batching",
+        (
+            Flag(
+                "max_tokens_per_batch",
+                "padded tokens per batch",
+                default_of(TokenBatchingConfig, "max_tokens_per_batch"),
+                int,
+                "N",
+            ),
+            Flag(
+                "window_tokens",
+                "model window, special tokens included",
+                default_of(WindowConfig, "window_tokens"),
+                int,
+                "N",
+            ),
+            Flag(
+                "stride_tokens",
+                "overlap of consecutive windows, tokens",
+                default_of(WindowConfig, "stride_tokens"),
+                int,
+                "N",
+            ),
+            Flag(
+                "sort_buffer",
+                "windows sorted together by length",
+                default_of(TokenBatchingConfig, "buffer_size"),
+                int,
+                "N",
+            ),
+            Flag(
+                "max_padding",
+                "largest padded share of a batch",
+                default_of(TokenBatchingConfig, "max_padding"),
+                float,
+                "F",
+            ),
+        ),
+    ),
+)
+
+
+def add_flags(parser: Any, groups: tuple[Group, ...]) -> None:
+    for _, flags in groups:
+        for flag in flags:
+            flag.add_to(parser)
+
+
+def flag_names(groups: tuple[Group, ...]) -> list[str]:
+    return [flag.name for _, flags in groups for flag in flags]
+
+
+def _beam_parser() -> argparse.ArgumentParser:
+    """A parser of every Beam (and Dataflow) flag, none of ours."""
+    parser = argparse.ArgumentParser(allow_abbrev=False, add_help=False, conflict_handler="resolve")
+    seen: set[type] = set()
+    pending = list(PipelineOptions.__subclasses__())
+    while pending:
+        cls = pending.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
+        pending += cls.__subclasses__()
+        if cls.__module__.startswith("apache_beam."):
+            cls._add_argparse_args(cast(Any, parser))  # each options class's documented hook
+    return parser
+
+
+def check_known(argv: Sequence[str], groups: tuple[Group, ...]) -> None:
+    """Raise ``ConfigError`` naming the first flag neither Beam nor this pipeline knows, and
+    the closest known one."""
+    parser = _beam_parser()
+    add_flags(parser, groups)
+    known = [a for action in parser._actions for a in action.option_strings]
+    _, unknown = parser.parse_known_args(list(argv))
+    for token in unknown:
+        if token.startswith("-"):
+            name = token.split("=", 1)[0]
+            close = difflib.get_close_matches(name.replace("-", "_"), known, n=1, cutoff=0.6)
+            close = close or difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise ConfigError(f"unknown flag {name}{hint} (--help lists the flags)")
+        raise ConfigError(f"unexpected argument {token!r}: flags take the form --name value")
+
+
+def print_help(prog: str, summary: str, groups: tuple[Group, ...], out: Any = None) -> None:
+    """Every flag of the pipeline in groups, with its default, then how to list Beam's flags."""
+    out = out or sys.stdout
+    print(f"usage: python -m {prog} [flags]\n\n{summary}\n", file=out)
+    for title, flags in groups:
+        print(f"{title}:", file=out)
+        for flag in flags:
+            left = f"  --{flag.name}" + ("" if flag.switch else f" {flag.metavar or 'VALUE'}")
+            default = "" if flag.shown is None else f" (default: {flag.shown})"
+            repeat = " [repeatable]" if flag.repeat else ""
+            print(f"{left:<44} {flag.help}{repeat}{default}", file=out)
+        print(file=out)
+    print(
+        "Every Beam and Dataflow flag works too (--runner, --project, --region, "
+        "--temp_location,\n--sdk_container_image, --max_num_workers, --dry_run, ...): "
+        f"python -m {prog} --help_beam lists them.",
+        file=out,
+    )
+
+
+def print_beam_help(prog: str, out: Any = None) -> None:
+    parser = _beam_parser()
+    parser.prog = f"python -m {prog}"
+    parser.print_help(out or sys.stdout)

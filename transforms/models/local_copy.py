@@ -1,0 +1,65 @@
+"""Local copies of remote model files and folders, made once per worker process.
+
+A local path is used as it is; a ``gs://`` (any fsspec) URI is copied into a per-process cache,
+with each request bounded in time and transient failures retried (``core.remote_io``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+
+
+def _cache_target(uri: str, cache_dir: str | None, suffix: str = "") -> str | None:
+    """``None`` for a local path; else where the per-process copy of ``uri`` goes."""
+    if "://" not in uri or uri.startswith("file://"):
+        return None
+    cache_dir = cache_dir or os.path.join(tempfile.gettempdir(), "pathbeam-models")
+    os.makedirs(cache_dir, exist_ok=True)
+    return os.path.join(cache_dir, hashlib.sha256(uri.encode()).hexdigest()[:16] + suffix)
+
+
+def local_copy(uri: str, cache_dir: str | None = None) -> str:
+    """A local path for a model file: itself if local, else a copy made once per process."""
+    path = _cache_target(uri, cache_dir, f"-{os.path.basename(uri)}")
+    if path is None:
+        return uri.removeprefix("file://")
+    if not os.path.exists(path):
+        import fsspec
+
+        from transforms.core.remote_io import remote_options, retry_transient
+
+        partial = f"{path}.{os.getpid()}.partial"
+
+        def copy() -> None:
+            with fsspec.open(uri, "rb", **remote_options(uri)) as src, open(partial, "wb") as dst:
+                while chunk := src.read(8 << 20):
+                    dst.write(chunk)
+
+        retry_transient(f"copying {uri}", copy)
+        os.replace(partial, path)
+    return path
+
+
+def local_folder(uri: str, cache_dir: str | None = None) -> str:
+    """A local path for a model folder: itself if local, else a copy made once per process."""
+    target = _cache_target(uri, cache_dir)
+    if target is None:
+        return uri.removeprefix("file://")
+    if not os.path.exists(os.path.join(target, ".complete")):
+        import fsspec
+
+        from transforms.core.remote_io import remote_options, retry_transient
+
+        fs, path = fsspec.core.url_to_fs(uri, **remote_options(uri))
+        partial = f"{target}.{os.getpid()}.partial"
+        retry_transient(
+            f"copying {uri}", lambda: fs.get(path.rstrip("/") + "/", partial, recursive=True)
+        )
+        open(os.path.join(partial, ".complete"), "w").close()
+        try:
+            os.replace(partial, target)
+        except OSError:  # another process finished first
+            pass
+    return target
