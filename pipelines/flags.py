@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import sys
+import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import MISSING, dataclass, fields
 from typing import Any, cast
@@ -426,22 +427,35 @@ def check_known(argv: Sequence[str], groups: tuple[Group, ...]) -> None:
         raise ConfigError(f"unexpected argument {token!r}: flags take the form --name value")
 
 
+ORDER = ("input", "models", "patches", "batching", "heatmaps", "output", "run")
+
+
 def print_help(prog: str, summary: str, groups: tuple[Group, ...], out: Any = None) -> None:
     """Every flag of the pipeline in groups, with its default, then how to list Beam's flags."""
     out = out or sys.stdout
-    print(f"usage: python -m {prog} [flags]\n\n{summary}\n", file=out)
-    for title, flags in groups:
+    merged: dict[str, list[Flag]] = {}
+    for title, flags in sorted(groups, key=lambda g: ORDER.index(g[0])):
+        merged.setdefault(title, []).extend(flags)
+    print(f"usage: python -m {prog} [flags]\n\n{textwrap.fill(summary, 96)}\n", file=out)
+    for title, listed in merged.items():
         print(f"{title}:", file=out)
-        for flag in flags:
-            left = f"  --{flag.name}" + ("" if flag.switch else f" {flag.metavar or 'VALUE'}")
-            default = "" if flag.shown is None else f" (default: {flag.shown})"
-            repeat = " [repeatable]" if flag.repeat else ""
-            print(f"{left:<44} {flag.help}{repeat}{default}", file=out)
+        for flag in listed:
+            value = "" if flag.switch else f" {flag.metavar or 'VALUE'}"
+            repeat = " Repeatable." if flag.repeat else ""
+            default = "" if flag.shown is None else f" Default: {flag.shown}."
+            text = f"{flag.help[0].upper()}{flag.help[1:]}.{repeat}{default}"
+            print(f"  --{flag.name}{value}", file=out)
+            print(
+                textwrap.fill(text, 96, initial_indent=" " * 6, subsequent_indent=" " * 6), file=out
+            )
         print(file=out)
     print(
-        "Every Beam and Dataflow flag works too (--runner, --project, --region, "
-        "--temp_location,\n--sdk_container_image, --max_num_workers, --dry_run, ...): "
-        f"python -m {prog} --help_beam lists them.",
+        textwrap.fill(
+            "Every Beam and Dataflow flag works too (--runner, --project, --region, "
+            "--temp_location, --sdk_container_image, --max_num_workers, --dry_run, ...); "
+            f"python -m {prog} --help_beam lists them all.",
+            96,
+        ),
         file=out,
     )
 

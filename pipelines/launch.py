@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -18,13 +19,15 @@ from apache_beam.options.pipeline_options import (
 )
 from apache_beam.runners.runner import PipelineResult
 
-from pipelines.flags import COMMON, Group, check_known
+from pipelines.flags import COMMON, Group, check_known, print_beam_help, print_help
 from pipelines.gpu import apply_gpu_preset
 from pipelines.options import LOCAL_RUNNER, InferenceOptions
 from pipelines.report import print_submitted
-from transforms.core.errors import ConfigError
+from transforms.core.errors import ConfigError, PipelineError
+from transforms.core.outcome import Outcome, RunFailedError
 from transforms.core.progress import ProgressLine, ProgressReporter
 from transforms.io.destinations import Destination
+from transforms.io.file_writes import remove_staging
 
 _DRY_RUN = "--dry_run=True"
 """Beam's ``--dry_run`` takes a value; given bare, it means true."""
@@ -34,34 +37,48 @@ _NOISY = ("apache_beam", "tiffslide", "fsspec", "urllib3", "google", "transforme
 def launch(
     options: PipelineOptions,
     destination: Destination,
+    run_id: str,
     wire: Callable[[beam.Pipeline], Any],
     line: ProgressLine,
     n_models: int,
-    report: Callable[[PipelineResult, float], None],
+    report: Callable[[PipelineResult, float], Outcome],
 ) -> PipelineResult:
     """Run the pipeline ``wire`` builds (defaulting to the local runner) with progress lines,
     then ``report(result, elapsed_s)``; a job that is only submitted or staged (``submit_only``)
     is not waited for, and says where to follow it instead. Nothing is prepared here: the job
-    prepares its destination itself when it runs, so a dry run has no side effects."""
+    prepares its destination itself when it runs, so a dry run has no side effects.
+
+    Raises:
+      RunFailedError: after the report, when inputs failed and none produced a result.
+    """
     standard = options.view_as(StandardOptions)
     if not standard.runner:
         standard.runner = LOCAL_RUNNER
     started = time.monotonic()
     interval = options.view_as(InferenceOptions).progress_interval_s
     submitted = submit_only(options)
-    dry_run = str(options.view_as(TestOptions).dry_run).lower() in ("true", "1", "yes")
+    dry_run = is_dry_run(options)
     with ProgressReporter(interval, line, n_models):
         pipeline = beam.Pipeline(options=options)
         wire(pipeline)
-        result = pipeline.run()
-        if not (submitted or dry_run):
-            result.wait_until_finish()
+        try:
+            result = pipeline.run()
+            if not (submitted or dry_run):
+                result.wait_until_finish()
+        except BaseException:
+            if destination.folder is not None:
+                remove_staging(destination.folder, run_id)
+            raise
     if dry_run:
         print(f"\ndry run: the job graph was translated for {standard.runner}; nothing was run")
     elif submitted:
         print_submitted(result, options.view_as(GoogleCloudOptions).template_location)
     else:
-        report(result, time.monotonic() - started)
+        done = report(result, time.monotonic() - started)
+        if done.inputs and not done.with_results and done.failed:
+            raise RunFailedError(
+                f"no input produced a result: all {done.failed} failed (see the dead letters)"
+            )
     return result
 
 
@@ -78,6 +95,11 @@ def pipeline_options(argv: list[str], groups: tuple[Group, ...]) -> PipelineOpti
     return options
 
 
+def is_dry_run(options: PipelineOptions) -> bool:
+    """``--dry_run``: translate the job graph, run nothing (Beam keeps the flag's text)."""
+    return str(options.view_as(TestOptions).dry_run).lower() in ("true", "1", "yes")
+
+
 def submit_only(options: PipelineOptions) -> bool:
     """A Flex Template launcher (``FLEX_TEMPLATE_PYTHON_PY_FILE`` is set in its image) or a
     ``--template_location`` run submits or stages the job and returns: nothing to wait for."""
@@ -87,13 +109,34 @@ def submit_only(options: PipelineOptions) -> bool:
     )
 
 
-def cli(run: Callable[[list[str]], Any]) -> None:
-    """Call ``run`` with the command line; a ``ConfigError`` exits 2 with its message."""
+def cli(
+    run: Callable[[list[str]], Any], prog: str, summary: str, groups: tuple[Group, ...]
+) -> None:
+    """The command line: ``--help`` (and ``--help_beam``), then ``run``. Exit codes: 0 done;
+    2 bad flags or configuration, before anything starts; 1 a run that failed (a model that
+    cannot load, no input with a result, over ``--max_failed_fraction``), in one line, with the
+    traceback only under ``--verbose``."""
+    argv = sys.argv[1:]
+    if "--help" in argv or "-h" in argv:
+        print_help(prog, summary, COMMON + groups)
+        return
+    if "--help_beam" in argv:
+        print_beam_help(prog)
+        return
+    verbose = any(a == "--verbose" or a.startswith("--verbose=t") for a in argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    for noisy in _NOISY:
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    for noisy in _NOISY:  # Beam repeats a failure's traceback in its own log several times
+        logging.getLogger(noisy).setLevel(logging.WARNING if verbose else logging.CRITICAL)
     try:
-        run(sys.argv[1:])
+        run(argv)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except Exception as exc:  # noqa: BLE001 - one clear line; the traceback on request
+        if verbose:
+            traceback.print_exc()
+        cause = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        what = cause if isinstance(exc, PipelineError) else f"{type(exc).__name__}: {cause}"
+        hint = "" if verbose else " (--verbose shows the traceback)"
+        print(f"error: {what}{hint}", file=sys.stderr)
+        sys.exit(1)

@@ -1,10 +1,12 @@
-"""The end-of-run summary a person reads: counters, throughput and where the outputs are."""
+"""The end-of-run summary a person reads: inputs and how they ended, dead letters by stage,
+throughput and where the outputs are. Its ``Outcome`` decides the exit code."""
 
 from __future__ import annotations
 
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.runners.runner import PipelineResult
 
+from transforms.core.outcome import DEAD_LETTERS, Outcome
 from transforms.core.progress import NAMESPACE
 from transforms.io.destinations import Destination
 
@@ -12,6 +14,7 @@ SHOWN = (
     "slides_opened",
     "slides_planned",
     "slides_failed",
+    "slides_without_tissue",
     "patches_planned",
     "patches_background",
     "patches_read",
@@ -41,17 +44,41 @@ def counters(result: PipelineResult) -> dict[str, int]:
     return out
 
 
-def print_report(result: PipelineResult, dest: Destination, run_id: str, elapsed_s: float) -> None:
-    """Print slides done and failed, patches, patches/s and the output locations."""
+def outcome(c: dict[str, int]) -> Outcome:
+    return Outcome(c.get("inputs", 0), c.get("inputs_with_results", 0), c.get("inputs_skipped", 0))
+
+
+def _print_outcome(c: dict[str, int], what: str) -> Outcome:
+    result = outcome(c)
+    print(
+        f"  {what}: {result.inputs} in, {result.with_results} with results, "
+        f"{result.failed} failed, {result.skipped} skipped as done already"
+    )
+    by_stage = {k[len(DEAD_LETTERS) :]: v for k, v in c.items() if k.startswith(DEAD_LETTERS)}
+    listed = ", ".join(f"{stage} {n}" for stage, n in sorted(by_stage.items()))
+    print(f"  dead letters: {sum(by_stage.values())}" + (f" ({listed})" if listed else ""))
+    return result
+
+
+def print_report(
+    result: PipelineResult, dest: Destination, run_id: str, elapsed_s: float, heatmaps: bool
+) -> Outcome:
+    """Print slides and how they ended, dead letters by stage, patches/s and the outputs."""
     c = counters(result)
     inferred = c.get("patches_inferred", 0)
     print(f"\nrun {run_id}: {result.state} in {elapsed_s:.1f}s")
-    print(f"  slides: {c.get('slides_planned', 0)} planned, {c.get('slides_failed', 0)} failed")
+    done = _print_outcome(c, "slides")
+    if c.get("slides_without_tissue"):
+        print(
+            f"  slides without tissue: {c['slides_without_tissue']} (a summary row with "
+            "tissue_area_mm2 = 0 and the tissue method used; see --tissue_method)"
+        )
     print(f"  patch inferences: {inferred} ({inferred / max(elapsed_s, 1e-9):.1f}/s overall)")
     print("  counters: " + ", ".join(f"{k}={c.get(k, 0)}" for k in SHOWN))
     print(f"  {_where(dest, 'patch_predictions, slide_summaries, errors', run_id)}")
-    if dest.artifacts:
-        print(f"  heatmaps: {dest.artifacts}/heatmaps/")
+    if heatmaps and dest.artifacts:
+        print(f"  heatmaps: {dest.artifacts}/heatmaps/{run_id}/")
+    return done
 
 
 def _where(dest: Destination, tables: str, run_id: str) -> str:
@@ -62,8 +89,8 @@ def _where(dest: Destination, tables: str, run_id: str) -> str:
 
 def print_text_report(
     result: PipelineResult, dest: Destination, run_id: str, elapsed_s: float, n_models: int
-) -> None:
-    """Print documents done, windows, padding fraction and the output locations."""
+) -> Outcome:
+    """Print documents and how they ended, dead letters, padding and the output locations."""
     c = counters(result)
     done, real, padded = (
         c.get("documents_done", 0),
@@ -71,11 +98,12 @@ def print_text_report(
         c.get("padded_tokens", 0),
     )
     fraction = padded / (real + padded) if real + padded else 0.0
-    per_model = c.get("documents_tokenized", 0) // max(n_models, 1)
     print(f"\nrun {run_id}: {result.state} in {elapsed_s:.1f}s")
+    outcome_ = _print_outcome(c, "documents")
     print(
-        f"  documents: {per_model} tokenized per model, {done} results from {n_models} "
-        f"model(s) ({done / max(elapsed_s, 1e-9):.1f}/s overall), {c.get('windows', 0)} windows"
+        f"  results: {done} from {n_models} model(s) ({done / max(elapsed_s, 1e-9):.1f}/s "
+        f"overall), {c.get('windows', 0)} windows"
     )
     print(f"  tokens: {real} real, {padded} padding ({fraction:.1%} padding)")
     print(f"  {_where(dest, 'text_* and errors', run_id)}")
+    return outcome_

@@ -17,8 +17,10 @@ from apache_beam.runners.runner import PipelineResult
 from pipelines.flags import SLIDES
 from pipelines.launch import cli, launch, pipeline_options
 from pipelines.options import SlideJobConfig, slide_job_config
+from pipelines.preflight import check_slide_inputs
 from pipelines.report import print_report
 from transforms.core.errors import DEAD_LETTER
+from transforms.core.outcome import JudgeRun, Outcome
 from transforms.core.progress import slide_progress_line
 from transforms.io.destinations import WriteTables
 from transforms.io.incremental import SKIPPED, SkipExisting
@@ -60,7 +62,8 @@ def build(pipeline: beam.Pipeline, cfg: SlideJobConfig) -> dict[str, beam.PColle
         predictions.append(inferred["predictions"])
         errors.append(inferred[DEAD_LETTER])
     all_predictions = predictions | "AllPredictions" >> beam.Flatten()
-    heatmap_dir = f"{cfg.destination.artifacts}/heatmaps" if cfg.heatmaps else None
+    # Each run's heatmaps in their own folder: runs into one folder never overwrite each other.
+    heatmap_dir = f"{cfg.destination.artifacts}/heatmaps/{cfg.run.run_id}" if cfg.heatmaps else None
     summarized = (all_predictions, planned[SLIDE_INFO]) | "SummarizeSlides" >> SummarizeSlides(
         cfg.models, heatmap_dir, cfg.run.run_id
     )
@@ -72,6 +75,15 @@ def build(pipeline: beam.Pipeline, cfg: SlideJobConfig) -> dict[str, beam.PColle
     }
     if cfg.group_by:
         outputs["cases"] = outputs["summaries"] | "SummarizeCases" >> SummarizeCases(cfg.group_by)
+    _ = {
+        "inputs": slides["rows"],
+        "rejected": slides[DEAD_LETTER],
+        "results": outputs["summaries"],
+        "skipped_ids": skipped
+        if skipped is not None
+        else pipeline | "NoneSkipped" >> beam.Create([]),
+        "errors": outputs["errors"],
+    } | "JudgeRun" >> JudgeRun("slide_id", cfg.max_failed_fraction)
     return outputs
 
 
@@ -94,18 +106,27 @@ def run(argv: list[str] | None = None) -> PipelineResult:
     """Parse flags, validate them (``ConfigError`` before anything starts), run, report."""
     options = pipeline_options(list(sys.argv[1:] if argv is None else argv), SLIDES)
     cfg = slide_job_config(options)
+    check_slide_inputs(cfg, options)
 
     def wire(pipeline: beam.Pipeline) -> None:
         write(build(pipeline, cfg), cfg)
 
-    def report(result: PipelineResult, elapsed: float) -> None:
-        print_report(result, cfg.destination, cfg.run.run_id, elapsed)
+    def report(result: PipelineResult, elapsed: float) -> Outcome:
+        return print_report(result, cfg.destination, cfg.run.run_id, elapsed, cfg.heatmaps)
 
-    return launch(options, cfg.destination, wire, slide_progress_line, len(cfg.models), report)
+    return launch(
+        options, cfg.destination, cfg.run.run_id, wire, slide_progress_line, len(cfg.models), report
+    )
+
+
+SUMMARY = (
+    "Run patch models over whole-slide images: patch predictions, slide and case summaries, "
+    "heatmaps and dead letters."
+)
 
 
 def main() -> None:
-    cli(run)
+    cli(run, "pipelines.slide_inference", SUMMARY, SLIDES)
 
 
 if __name__ == "__main__":

@@ -17,11 +17,13 @@ from apache_beam.runners.runner import PipelineResult
 from pipelines.flags import TEXT
 from pipelines.launch import cli, launch, pipeline_options
 from pipelines.options import TextJobConfig, text_job_config
+from pipelines.preflight import check_text_inputs
 from pipelines.report import print_text_report
 from transforms.core.errors import DEAD_LETTER
+from transforms.core.outcome import JudgeRun, Outcome
 from transforms.core.progress import text_progress_line
 from transforms.io.destinations import WriteTables
-from transforms.io.incremental import SkipExisting
+from transforms.io.incremental import SKIPPED, SkipExisting
 from transforms.io.manifests import ReadManifest
 from transforms.io.schemas import ERRORS, TEXT_EMBEDDINGS, TEXT_ENTITIES, TEXT_LABELS
 from transforms.text.inference import RunTextModel
@@ -37,10 +39,11 @@ def build(pipeline: beam.Pipeline, cfg: TextJobConfig) -> dict[str, beam.PCollec
     """Wire the text pipeline; return one row PCollection per table, and the errors."""
     docs = pipeline | "ReadDocuments" >> ReadManifest(cfg.documents, "documents", cfg.columns)
     errors = [docs[DEAD_LETTER]]
-    rows = docs["rows"]
+    rows, skipped = docs["rows"], pipeline | "NoneSkipped" >> beam.Create([])
     if cfg.skip_existing:
         done = tuple((TABLES[m.task], m.name, m.version) for m in cfg.models)
-        rows = (rows | "SkipExisting" >> SkipExisting(cfg.destination, "doc_id", done))["rows"]
+        kept = rows | "SkipExisting" >> SkipExisting(cfg.destination, "doc_id", done)
+        rows, skipped = kept["rows"], kept[SKIPPED]
     by_table: dict[str, list[beam.PCollection]] = {}
     for spec in cfg.models:
         out = rows | f"RunModel/{spec.name}" >> RunTextModel(
@@ -52,6 +55,14 @@ def build(pipeline: beam.Pipeline, cfg: TextJobConfig) -> dict[str, beam.PCollec
         name: rows | f"All/{name}" >> beam.Flatten() for name, rows in sorted(by_table.items())
     }
     outputs[ERRORS.name] = errors | "AllErrors" >> beam.Flatten()
+    results = [rows for name, rows in outputs.items() if name != ERRORS.name]
+    _ = {
+        "inputs": docs["rows"],
+        "rejected": docs[DEAD_LETTER],
+        "results": results | "AllResults" >> beam.Flatten(),
+        "skipped_ids": skipped,
+        "errors": outputs[ERRORS.name],
+    } | "JudgeRun" >> JudgeRun("doc_id", cfg.max_failed_fraction)
     return outputs
 
 
@@ -64,18 +75,26 @@ def run(argv: list[str] | None = None) -> PipelineResult:
     """Parse flags, validate them (``ConfigError`` before anything starts), run, report."""
     options = pipeline_options(list(sys.argv[1:] if argv is None else argv), TEXT)
     cfg = text_job_config(options)
+    check_text_inputs(cfg, options)
 
     def wire(pipeline: beam.Pipeline) -> None:
         write(build(pipeline, cfg), cfg)
 
-    def report(result: PipelineResult, elapsed: float) -> None:
-        print_text_report(result, cfg.destination, cfg.run.run_id, elapsed, len(cfg.models))
+    def report(result: PipelineResult, elapsed: float) -> Outcome:
+        return print_text_report(result, cfg.destination, cfg.run.run_id, elapsed, len(cfg.models))
 
-    return launch(options, cfg.destination, wire, text_progress_line, len(cfg.models), report)
+    return launch(
+        options, cfg.destination, cfg.run.run_id, wire, text_progress_line, len(cfg.models), report
+    )
+
+
+SUMMARY = (
+    "Run Hugging Face models over documents: entities, labels or embeddings, and dead letters."
+)
 
 
 def main() -> None:
-    cli(run)
+    cli(run, "pipelines.text_inference", SUMMARY, TEXT)
 
 
 if __name__ == "__main__":

@@ -98,26 +98,15 @@ def test_flex_template_metadata_names_real_options_with_working_regexes(kind):
     assert ok("gpu", "l4") and not ok("gpu", "h100")
 
 
-LOCAL_ONLY = {"progress_interval_s", "bigquery_endpoint"}
-
-
-def own_flags(*classes) -> set[str]:
-    import argparse
-
-    parser = argparse.ArgumentParser()
-    for cls in classes:
-        cls._add_argparse_args(parser)
-    return {a.dest for a in parser._actions if a.dest != "help"}
+LOCAL_ONLY = {"progress_interval_s", "bigquery_endpoint", "verbose"}
 
 
 @pytest.mark.parametrize("kind", ["slides", "text"])
 def test_flex_template_metadata_describes_every_user_facing_flag(kind):
-    from pipelines.gpu import GpuOptions
-    from pipelines.options import InferenceOptions, SlideInferenceOptions, TextInferenceOptions
+    from pipelines.flags import COMMON, SLIDES, TEXT, flag_names
 
-    own = SlideInferenceOptions if kind == "slides" else TextInferenceOptions
-    flags = own_flags(InferenceOptions, own, GpuOptions) - LOCAL_ONLY
-    if kind == "text":  # shared flags the text pipeline does not read
-        flags -= {"batch_size", "min_batch_size", "artifacts"}
+    flags = set(flag_names(COMMON + (SLIDES if kind == "slides" else TEXT))) - LOCAL_ONLY
+    if kind == "text":  # a shared flag the text pipeline does not read
+        flags -= {"artifacts"}
     metadata = json.loads((REPO / "containers" / "launcher" / f"{kind}_metadata.json").read_text())
     assert flags - {p["name"] for p in metadata["parameters"]} == set()

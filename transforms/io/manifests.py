@@ -20,10 +20,12 @@ import fsspec
 from google.api_core.exceptions import GoogleAPIError
 
 from transforms.core.errors import DEAD_LETTER, ManifestError, dead_letter
+from transforms.core.remote_io import remote_options
 from transforms.io.bigquery import BigQueryDataset, parse_table
+from transforms.slides.geometry import TISSUE_METHODS
 
 STAGE = "ReadManifest"
-_RESERVED = {"slide_id", "uri", "mpp"}
+_RESERVED = {"slide_id", "uri", "mpp", "tissue_method"}
 _DOC_RESERVED = {"doc_id", "text"}
 MAX_DOC_CHARS = 5_000_000
 """Documents longer than this are dead letters, not windows: 5 M characters is ~1,500 pages."""
@@ -121,6 +123,64 @@ def read_rows(source: ManifestSource | str) -> Iterator[dict[str, Any] | Manifes
             )
 
 
+REQUIRED_COLUMNS = {
+    "slides": ("slide_id", "uri"),
+    "patches": ("slide_id", "x_px", "y_px", "size_px"),
+    "documents": ("doc_id", "text"),
+}
+_SAMPLE_LINES = 1000
+
+
+def manifest_columns(source: ManifestSource) -> list[str]:
+    """The column names of a manifest, read cheaply: a CSV's header, a Parquet file's schema,
+    a BigQuery table's schema, or the keys of a JSONL file's first 1,000 objects.
+
+    Raises:
+      FileNotFoundError: the file or table does not exist.
+      ManifestError: the file cannot be read as its kind of manifest.
+    """
+    if source.bigquery is not None and source.table is not None:
+        from google.api_core.exceptions import NotFound
+
+        from transforms.io.bigquery import client
+
+        try:
+            table = client(source.bigquery).get_table(source.bigquery.table_id(source.table))
+        except NotFound as exc:
+            raise FileNotFoundError(f"no such BigQuery table: {source.uri}") from exc
+        return [field.name for field in table.schema]
+    suffix = source.uri.lower().rsplit(".", 1)[-1]
+    fs, path = fsspec.core.url_to_fs(source.uri, **remote_options(source.uri))
+    if not fs.exists(path):
+        raise FileNotFoundError(f"no such file: {source.uri}")
+    with fs.open(path, "rb") as f:
+        if suffix in ("csv", "tsv", "txt"):
+            import pandas as pd
+
+            sep = "\t" if suffix == "tsv" else ","
+            header = pd.read_csv(f, sep=sep, dtype=str, nrows=0, encoding="utf-8-sig")
+            return [str(c).strip() for c in header.columns]
+        if suffix in ("parquet", "pq"):
+            import pyarrow.parquet as pq
+
+            return list(pq.ParquetFile(f).schema_arrow.names)
+        if suffix in ("jsonl", "ndjson", "json"):
+            keys: dict[str, None] = {}
+            for i, line in enumerate(f):
+                if i >= _SAMPLE_LINES:
+                    break
+                try:
+                    row = json.loads(line.decode("utf-8-sig") or "null")
+                except (UnicodeDecodeError, json.JSONDecodeError):
+                    continue  # a bad line is that row's dead letter, not the file's
+                if isinstance(row, dict):
+                    keys.update(dict.fromkeys(row))
+            return list(keys)
+    raise ManifestError(
+        f"manifest {source.uri}: unknown file type .{suffix}; use .csv, .tsv, .jsonl or .parquet"
+    )
+
+
 def _stripped_records(frame: Any) -> list[dict[str, Any]]:
     """A CSV chunk's rows, with blanks around the column names dropped."""
     frame.columns = [str(c).strip() for c in frame.columns]
@@ -190,7 +250,20 @@ def validate_slide_row(row: dict[str, Any], manifest_uri: str = "") -> dict[str,
         for k, v in row.items()
         if k not in _RESERVED and not str(k).startswith("_") and not _missing(v)
     }
-    return {"slide_id": slide_id, "uri": uri, "mpp": mpp, "metadata": metadata, "row": row["_row"]}
+    method = None if _missing(row.get("tissue_method")) else _text(row, "tissue_method").lower()
+    if method is not None and method not in TISSUE_METHODS:
+        raise ManifestError(
+            f"row {row.get('_row')}: column 'tissue_method' must be one of "
+            f"{', '.join(TISSUE_METHODS)}, got {row.get('tissue_method')!r}"
+        )
+    return {
+        "slide_id": slide_id,
+        "uri": uri,
+        "mpp": mpp,
+        "tissue_method": method,
+        "metadata": metadata,
+        "row": row["_row"],
+    }
 
 
 def validate_patch_row(row: dict[str, Any], manifest_uri: str = "") -> dict[str, Any]:

@@ -85,6 +85,11 @@ SLIDE_SUMMARIES = Table(
         Column("patches_planned", "INT64", "REQUIRED"),
         Column("patch_count", "INT64", "REQUIRED", description="patches with a prediction"),
         Column("tissue_area_mm2", "FLOAT64", description="from the tissue mask and the slide mpp"),
+        Column(
+            "tissue_method",
+            "STRING",
+            description="brightfield or fluorescence: how the tissue mask was made",
+        ),
         *_CLASS_STATS,
         Column("heatmap_uri", "STRING"),
         Column("metadata", "RECORD", "REPEATED", _KEY_VALUE, "extra slide manifest columns"),

@@ -15,6 +15,8 @@ from transforms.core.errors import ConfigError, OutOfBoundsError, SlideError
 LEVEL_TOLERANCE = 0.02
 """A level whose downsample exceeds the wanted one by at most 2% still counts as not upsampling."""
 
+TISSUE_METHODS = ("auto", "brightfield", "fluorescence")
+
 MAX_UPSAMPLE = 1.1
 """Refuse slides whose resolution is more than 10% coarser than ``--patch_mpp`` asks for."""
 
@@ -29,7 +31,8 @@ class PatchingConfig:
       patch_level: tile at this pyramid level instead of at an MPP (for slides without MPP).
       overlap_px: overlap of neighbouring grid patches, in patch pixels.
       min_tissue: smallest tissue fraction of a grid patch that reaches a model (0 keeps all).
-      tissue_method: ``brightfield`` (H&E, IHC) or ``fluorescence`` (dark background).
+      tissue_method: ``auto`` (per slide, by its background), ``brightfield`` (H&E, IHC) or
+        ``fluorescence`` (dark background).
       block_px: edge of a work unit's block at the read level, rounded to whole tiles.
       max_patches_per_unit: cap on patches in one work unit.
     """
@@ -39,7 +42,7 @@ class PatchingConfig:
     patch_level: int | None = None
     overlap_px: int = 0
     min_tissue: float = 0.5
-    tissue_method: str = "brightfield"
+    tissue_method: str = "auto"
     block_px: int = 2048
     max_patches_per_unit: int = 64
 
@@ -56,9 +59,10 @@ class PatchingConfig:
             raise ConfigError(f"`overlap_px` must be in [0, `patch_px`), got {self.overlap_px}")
         if not 0.0 <= self.min_tissue <= 1.0:
             raise ConfigError(f"`min_tissue` must be in [0, 1], got {self.min_tissue}")
-        if self.tissue_method not in ("brightfield", "fluorescence"):
+        if self.tissue_method not in TISSUE_METHODS:
             raise ConfigError(
-                f"`tissue_method` must be brightfield or fluorescence, got {self.tissue_method!r}"
+                f"`tissue_method` must be one of {', '.join(TISSUE_METHODS)}, "
+                f"got {self.tissue_method!r}"
             )
         if self.max_patches_per_unit < 1 or self.block_px < 64:
             raise ConfigError("`max_patches_per_unit` must be >= 1 and `block_px` >= 64")
@@ -74,6 +78,11 @@ class SlideGeometry:
     level_downsamples: tuple[float, ...]
     level_tiles: tuple[tuple[int, int], ...]
     mpp: float | None
+    ignored_file_mpp: float | None = None
+    """An mpp the file gives that no scanner writes (a 72 or 96 dpi default): not used."""
+
+
+_GIVE_MPP = "give the slide's real mpp in an `mpp` column of the slide manifest"
 
 
 @dataclass(frozen=True)
@@ -146,15 +155,21 @@ def grid_spec(geom: SlideGeometry, cfg: PatchingConfig) -> GridSpec:
     else:
         assert cfg.patch_mpp is not None
         if not geom.mpp:
+            said = (
+                f"its file says {geom.ignored_file_mpp:g} µm/px, which no slide scanner writes "
+                "(a 72 or 96 dpi default?)"
+                if geom.ignored_file_mpp
+                else "its file gives none"
+            )
             raise SlideError(
-                "slide has no mpp in its file or the manifest: add an mpp column to the slide "
-                "manifest, or tile by level with --patch_level"
+                f"slide has no usable mpp: {said}; {_GIVE_MPP}, or tile by level with --patch_level"
             )
         wanted = cfg.patch_mpp / geom.mpp
         if wanted < 1 / MAX_UPSAMPLE:
             raise SlideError(
                 f"slide resolution {geom.mpp:.4g} mpp is coarser than --patch_mpp "
-                f"{cfg.patch_mpp:g}; refusing to upsample more than {MAX_UPSAMPLE:g}x"
+                f"{cfg.patch_mpp:g}; refusing to upsample more than {MAX_UPSAMPLE:g}x (if the "
+                f"slide's mpp is wrong, {_GIVE_MPP})"
             )
         level = choose_level(geom.level_downsamples, wanted)
         mpp = cfg.patch_mpp

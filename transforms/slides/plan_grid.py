@@ -39,8 +39,11 @@ class _PlanSlide(beam.DoFn):
             yield unit
         progress.count("slides_planned")
         progress.count("patches_planned", planned)
+        if planned == 0:
+            progress.count("slides_without_tissue")
         area = survey.mask.area_mm2(survey.geom.mpp)
-        yield beam.pvalue.TaggedOutput(SLIDE_INFO, slide_info(row, survey.geom, area, planned))
+        info = slide_info(row, survey.geom, area, survey.tissue_method, planned)
+        yield beam.pvalue.TaggedOutput(SLIDE_INFO, info)
 
     def _tissue(self, survey: Survey) -> Iterator[PatchBox]:
         """The grid's tissue patches, row by row (lazily: a slide's grid is never held)."""

@@ -52,6 +52,7 @@ class SlideStatus:
     row: dict[str, Any] | None = None
     geom: SlideGeometry | None = None
     tissue_area_mm2: float | None = None
+    tissue_method: str | None = None
     failure: str | None = None
     skipped: bool = False
 
@@ -74,7 +75,7 @@ class _SurveySlide(beam.DoFn):
             return
         progress.count("slides_planned")
         area = survey.mask.area_mm2(survey.geom.mpp)
-        yield row["slide_id"], SlideStatus(row, survey.geom, area)
+        yield row["slide_id"], SlideStatus(row, survey.geom, area, survey.tissue_method)
 
 
 class _PlacePatch(beam.DoFn):
@@ -143,7 +144,8 @@ class _SlideInfo(beam.DoFn):
         if not planned:
             return
         status, n = planned[0], sum(joined["planned"])
-        yield slide_info(status.row, status.geom, status.tissue_area_mm2, n)
+        method = status.tissue_method or "brightfield"
+        yield slide_info(status.row, status.geom, status.tissue_area_mm2, method, n)
 
 
 def _skipped(slide_id: str) -> tuple[str, SlideStatus]:

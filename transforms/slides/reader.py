@@ -23,6 +23,10 @@ from transforms.slides.geometry import SlideGeometry, choose_level
 # levels, all this project reads, are parsed.
 warnings.filterwarnings("ignore", message=".*format metadata parsing only partially")
 
+MIN_MPP, MAX_MPP = 0.05, 50.0
+"""A file's mpp outside this range is not a slide scanner's (352.8 µm/px is a 72 dpi default):
+it is treated as missing, and the manifest's ``mpp`` column is asked for."""
+
 STRIP_BYTES = 16 << 20
 """Bound on one strip read while building a downsampled image (mask, thumbnail)."""
 
@@ -70,8 +74,10 @@ def open_slide(uri: str) -> Any:
     except tifffile.TiffFileError as exc:
         if _is_dicom(uri):
             raise UnsupportedFormatError(
-                "DICOM whole-slide images are not supported: tiffslide reads TIFF-based formats "
-                "only. Convert the slide to a pyramidal TIFF first (e.g. with wsidicomizer)."
+                "DICOM whole-slide images are not read yet (tiffslide reads TIFF-based formats "
+                "only): export the slide to a pyramidal TIFF, e.g. with libvips built on "
+                "OpenSlide 4 (`vips tiffsave SLIDE.dcm SLIDE.tif --tile --pyramid "
+                "--compression jpeg`), and list the TIFF in the manifest"
             ) from exc
         raise UnsupportedFormatError(f"not a TIFF-based slide ({exc})") from exc
     try:
@@ -102,7 +108,9 @@ def slide_geometry(slide: Any, mpp_override: float | None = None) -> SlideGeomet
         tw = props.get(f"tiffslide.level[{i}].tile-width") or slide.level_dimensions[i][0]
         th = props.get(f"tiffslide.level[{i}].tile-height") or slide.level_dimensions[i][1]
         tiles.append((int(tw), int(th)))
-    mpp = mpp_override or _file_mpp(props)
+    file_mpp = _file_mpp(props)
+    plausible = file_mpp is not None and MIN_MPP <= file_mpp <= MAX_MPP
+    mpp = mpp_override or (file_mpp if plausible else None)
     width, height = slide.dimensions
     return SlideGeometry(
         width_px=int(width),
@@ -111,6 +119,7 @@ def slide_geometry(slide: Any, mpp_override: float | None = None) -> SlideGeomet
         level_downsamples=tuple(float(d) for d in slide.level_downsamples),
         level_tiles=tuple(tiles),
         mpp=mpp,
+        ignored_file_mpp=None if plausible or mpp_override else file_mpp,
     )
 
 

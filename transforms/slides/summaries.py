@@ -219,6 +219,7 @@ def summary_row(
         "patches_planned": info["patches_planned"],
         "patch_count": stats.n,
         "tissue_area_mm2": info["tissue_area_mm2"],
+        "tissue_method": info["tissue_method"],
         **stats.class_stats(),
         "heatmap_uri": heatmap_uri,
         "metadata": metadata_record(info["metadata"]),

@@ -22,7 +22,7 @@ from transforms.slides.reader import (
     read_downsampled,
     slide_geometry,
 )
-from transforms.slides.tissue import TissueMask, tissue_mask
+from transforms.slides.tissue import TissueMask, resolve_method, tissue_mask
 
 STAGE = "PlanPatches"
 """The stage named in planning's dead letters, whichever plan (grid or manifest) made them."""
@@ -37,6 +37,8 @@ class Survey:
     geom: SlideGeometry
     mask: TissueMask
     spec: GridSpec | None
+    tissue_method: str = "brightfield"
+    """The method that made ``mask`` (``auto`` resolved for this slide)."""
 
 
 def mask_downsample(geom: SlideGeometry, patch_l0_px: int | None) -> float:
@@ -73,16 +75,22 @@ def _survey(row: dict[str, Any], cfg: PatchingConfig, grid: bool) -> Survey:
         rgb, ds = read_downsampled(
             slide, geom, mask_downsample(geom, spec.patch_l0_px if spec else None)
         )
-        return Survey(geom, TissueMask(tissue_mask(rgb, cfg.tissue_method), ds), spec)
+        method = resolve_method(rgb, row.get("tissue_method") or cfg.tissue_method)
+        return Survey(geom, TissueMask(tissue_mask(rgb, method), ds), spec, method)
     finally:
         slide.close()
 
 
 def slide_info(
-    row: dict[str, Any], geom: SlideGeometry, tissue_area_mm2: float | None, patches_planned: int
+    row: dict[str, Any],
+    geom: SlideGeometry,
+    tissue_area_mm2: float | None,
+    tissue_method: str,
+    patches_planned: int,
 ) -> dict[str, Any]:
     """The ``SLIDE_INFO`` record of a planned slide, as SummarizeSlides takes it."""
     return {
+        "tissue_method": tissue_method,
         "slide_id": row["slide_id"],
         "uri": row["uri"],
         "width_px": geom.width_px,

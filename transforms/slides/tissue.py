@@ -4,6 +4,7 @@ Brightfield (H&E, IHC): tissue is coloured, glass is white or grey. A pixel is t
 HSV saturation is above an Otsu threshold (clamped, so an all-tissue or all-glass image still
 splits sensibly) and it is not near-black (scanner borders, out-of-focus debris).
 Fluorescence: tissue is brighter than a dark background; Otsu on the brightest channel.
+Auto: one of the two per slide, by its background: the median brightness of the image's border.
 """
 
 from __future__ import annotations
@@ -19,6 +20,10 @@ SATURATION_BOUNDS = (0.04, 0.15)
 MIN_BRIGHTFIELD_VALUE = 40
 """Brightfield pixels darker than this (0..255, HSV value) are not tissue."""
 MIN_FLUORESCENCE_VALUE = 8
+DARK_BACKGROUND = 96
+"""A border darker than this (0..255, median of the brightest channel) is a fluorescence slide.
+Measured on the dev slides: brightfield borders 246-255, the TRITC NDPI's 4."""
+BORDER_FRACTION = 0.05
 
 
 @dataclass(frozen=True)
@@ -62,11 +67,25 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     return float(edges[int(np.argmax(between)) + 1])  # class 0 holds bins up to this edge
 
 
+def resolve_method(rgb: np.ndarray, method: str) -> str:
+    """``method``, or for ``auto`` the method this slide's background calls for."""
+    if method != "auto":
+        return method
+    value = rgb[..., :3].max(axis=2)
+    h, w = value.shape
+    b = max(1, int(min(h, w) * BORDER_FRACTION))
+    border = np.concatenate(
+        [value[:b].ravel(), value[-b:].ravel(), value[:, :b].ravel(), value[:, -b:].ravel()]
+    )
+    return "fluorescence" if np.median(border) < DARK_BACKGROUND else "brightfield"
+
+
 def tissue_mask(rgb: np.ndarray, method: str = "brightfield") -> np.ndarray:
     """Boolean tissue mask of an ``H x W x 3`` uint8 image."""
     if rgb.ndim != 3 or rgb.shape[2] < 3:
         raise ValueError(f"expected an H x W x 3 image, got shape {rgb.shape}")
     rgb = rgb[..., :3]
+    method = resolve_method(rgb, method)
     value = rgb.max(axis=2)  # uint8 throughout where possible: masks can be 4096 px across
     if method == "fluorescence":
         level = otsu_threshold(value.ravel() / np.float32(255.0)) * 255.0

@@ -1,0 +1,120 @@
+"""The configuration checked against the data before anything starts, wherever that is cheap.
+
+Manifests exist and have the columns the flags name (a header, a schema: never the rows), and
+model files exist. Each failure is one ``ConfigError`` naming the flag (exit 2); row-level
+problems stay dead letters. A dry run or a staged template reads nothing, and a job for remote
+workers does not import ``--model_class`` modules that may exist only in the worker image.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import fsspec
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from pipelines.launch import is_dry_run, submit_only
+from pipelines.options import LOCAL_RUNNER, SlideJobConfig, TextJobConfig
+from transforms.core.errors import ConfigError, ManifestError
+from transforms.core.remote_io import remote_options
+from transforms.io.manifests import REQUIRED_COLUMNS, ManifestSource, manifest_columns
+
+_WHAT = {
+    "slides": "a slide manifest",
+    "patches": "a patch manifest",
+    "documents": "a document file",
+}
+
+
+def _columns(source: ManifestSource, flag: str) -> list[str]:
+    try:
+        return manifest_columns(source)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{flag} {source.uri}: {exc}") from None
+    except (ManifestError, OSError, ValueError) as exc:
+        raise ConfigError(f"{flag} {source.uri}: cannot be read ({exc})") from None
+
+
+def _require(columns: list[str], column: str, message: str) -> None:
+    if column not in columns:
+        raise ConfigError(f"{message} (its columns: {', '.join(columns) or 'none'})")
+
+
+def _check_manifest(source: ManifestSource, flag: str, kind: str) -> list[str]:
+    columns = _columns(source, flag)
+    needed = REQUIRED_COLUMNS[kind]
+    for column in needed:
+        _require(
+            columns,
+            column,
+            f"{flag} {source.uri} has no {column!r} column; {_WHAT[kind]} needs "
+            f"{', '.join(needed)}",
+        )
+    return columns
+
+
+def _check_model_file(flag: str, name: str, uri: str) -> None:
+    fs, path = fsspec.core.url_to_fs(uri, **remote_options(uri))
+    if not fs.exists(path):
+        raise ConfigError(f"{flag} {name}={uri}: no such file or folder")
+
+
+def _check_importable(name: str, model_class: str) -> None:
+    module = model_class.split(":", 1)[0]
+    try:
+        found = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        found = None
+    if found is None:
+        raise ConfigError(
+            f"--model_class {name}={model_class}: module {module!r} cannot be imported; put "
+            "its folder on PYTHONPATH or install it as a package (on Dataflow, in the worker "
+            "image too)"
+        )
+
+
+def _checks_apply(options: PipelineOptions) -> tuple[bool, bool]:
+    """(check at all, check what only a local run can: local imports)."""
+    if is_dry_run(options) or submit_only(options):
+        return False, False
+    runner = options.view_as(StandardOptions).runner or LOCAL_RUNNER
+    return True, runner in (LOCAL_RUNNER, "DirectRunner", "FnApiRunner")
+
+
+def check_slide_inputs(cfg: SlideJobConfig, options: PipelineOptions) -> None:
+    """Manifests, ``--group_by`` and models of a slide job; ``ConfigError`` naming the flag."""
+    check, local = _checks_apply(options)
+    if not check:
+        return
+    columns = _check_manifest(cfg.slides, "--slides", "slides")
+    if cfg.patches is not None:
+        _check_manifest(cfg.patches, "--patches", "patches")
+    if cfg.group_by:
+        _require(
+            columns,
+            cfg.group_by,
+            f"--group_by {cfg.group_by}: the slide manifest {cfg.slides.uri} has no such column",
+        )
+    for spec in cfg.models:
+        _check_model_file("--model", spec.name, spec.uri)
+        if spec.model_class and local:
+            _check_importable(spec.name, spec.model_class)
+
+
+def check_text_inputs(cfg: TextJobConfig, options: PipelineOptions) -> None:
+    """The document file's id and text columns and the model folders of a text job."""
+    check, _ = _checks_apply(options)
+    if not check:
+        return
+    columns = _columns(cfg.documents, "--documents")
+    in_file = {ours: column for column, ours in cfg.columns.items()}
+    for flag, ours in (("--doc_id_column", "doc_id"), ("--text_column", "text")):
+        column = in_file.get(ours, ours)
+        _require(
+            columns,
+            column,
+            f"{flag} {column}: the documents {cfg.documents.uri} have no such column; name "
+            f"it with {flag}",
+        )
+    for spec in cfg.models:
+        _check_model_file("--model", spec.name, spec.uri)
