@@ -53,7 +53,7 @@ def test_mixed_vendor_manifest_with_bad_slides(tmp_path, shared_data, tiny_model
         str(out),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "slides: 3 planned, 4 failed" in proc.stdout
+    assert "slides: 7 in, 3 with results, 4 failed, 0 skipped as done already" in proc.stdout
 
     summaries = pd.read_parquet(out / "slide_summaries")
     assert sorted(zip(summaries.slide_id, summaries.model_name, strict=True)) == [

@@ -80,7 +80,9 @@ def test_ncbi_abstracts_and_bad_rows(tmp_path, shared_data, minilm, tiny_text_mo
         "not valid JSON",
     ):
         assert reason in messages
-    assert "documents: 100 tokenized per model, 300 results from 3 model(s)" in proc.stdout
+    assert "documents: 106 in, 100 with results, 6 failed, 0 skipped as done already" in proc.stdout
+    assert "dead letters: 6 (ReadManifest 6)" in proc.stdout
+    assert "results: 300 from 3 model(s)" in proc.stdout
 
 
 def test_a_long_document_is_windowed_never_truncated(tmp_path, tiny_text_models):
