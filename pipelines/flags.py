@@ -154,7 +154,7 @@ COMMON: tuple[Group, ...] = (
             Flag(
                 "max_failed_fraction",
                 "fail the run (and the Dataflow job) when more than this "
-                "fraction of the inputs are dead letters",
+                "fraction of the inputs produce no result",
                 "none",
                 float,
                 "F",
@@ -464,3 +464,23 @@ def print_beam_help(prog: str, out: Any = None) -> None:
     parser = _beam_parser()
     parser.prog = f"python -m {prog}"
     parser.print_help(out or sys.stdout)
+
+
+def markdown_reference() -> str:
+    """The flag tables of README's "Flag reference" (a test keeps README equal to this)."""
+    parts = []
+    for heading, groups in (
+        ("Both pipelines:", COMMON),
+        ("Slide pipeline:", SLIDES),
+        ("Text pipeline:", TEXT),
+    ):
+        rows = [
+            f"| `--{f.name}` | {title} | {f.help} | "
+            + ("" if f.shown is None else f"`{f.shown}`")
+            + " |"
+            for title, flags in groups
+            for f in flags
+        ]
+        table = "| flag | group | what it does | default |\n|---|---|---|---|\n" + "\n".join(rows)
+        parts.append(f"{heading}\n\n{table}\n")
+    return "\n".join(parts)

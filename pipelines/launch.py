@@ -31,7 +31,7 @@ from transforms.io.file_writes import remove_staging
 
 _DRY_RUN = "--dry_run=True"
 """Beam's ``--dry_run`` takes a value; given bare, it means true."""
-_NOISY = ("apache_beam", "tiffslide", "fsspec", "urllib3", "google", "transformers")
+_NOISY = ("apache_beam", "tiffslide", "fsspec", "urllib3", "google", "transformers", "torch")
 
 
 def launch(

@@ -212,7 +212,7 @@ def test_a_model_that_rejects_the_patch_size_fails_the_job_not_each_patch(
         str(out),
     )
     assert proc.returncode != 0
-    assert "ModelLoadError" in proc.stderr and "--patch_px 128" in proc.stderr
+    assert "fails on a 128x128 patch" in proc.stderr and "--patch_px 128" in proc.stderr
 
 
 def test_hostile_slide_id_cannot_write_outside_the_output_folder(tmp_path, cmu1, tiny_models):
@@ -232,7 +232,7 @@ def test_hostile_slide_id_cannot_write_outside_the_output_folder(tmp_path, cmu1,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     written = [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix == ".png"]
-    assert len(written) == 1 and written[0].parent == out / "heatmaps"
+    assert len(written) == 1 and written[0].parent.parent == out / "heatmaps"
     assert not written[0].name.startswith(".") and "/" not in written[0].name
     summary = pd.read_parquet(out / "slide_summaries").iloc[0]
     assert summary.slide_id == "../../escaped"  # the id itself is kept, only the file name is safe

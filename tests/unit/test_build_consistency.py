@@ -122,3 +122,9 @@ def test_template_help_is_the_command_line_help(metadata, groups):
     assert {p["name"]: p["helpText"] for p in params} == {
         p["name"]: ours[p["name"]] for p in params
     }
+
+
+def test_readme_flag_reference_is_the_flag_table():
+    from pipelines.flags import markdown_reference
+
+    assert markdown_reference() in (REPO / "README.md").read_text()

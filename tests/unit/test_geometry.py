@@ -62,7 +62,7 @@ def test_grid_covers_only_whole_patches_inside_the_slide():
 
 def test_slide_without_mpp_needs_patch_level():
     geom = pyramid(mpp=None)
-    with pytest.raises(SlideError, match="no mpp"):
+    with pytest.raises(SlideError, match="no usable mpp: its file gives none"):
         grid_spec(geom, PatchingConfig(patch_mpp=0.5))
     spec = grid_spec(geom, PatchingConfig(patch_px=256, patch_mpp=None, patch_level=1))
     assert (spec.level, spec.patch_l0_px, spec.mpp) == (1, 1024, None)

@@ -22,6 +22,7 @@ def test_slide_row_keeps_extra_columns_as_metadata_and_resolves_relative_uris():
         "slide_id": "s1",
         "uri": "/data/m/slides/a.svs",
         "mpp": 0.25,
+        "tissue_method": None,
         "metadata": {"case_id": "c7"},
         "row": 3,
     }

@@ -57,7 +57,7 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     try:
         path = local_copy(spec.uri)
         if spec.model_class is None:
-            module = torch.export.load(path).module()
+            module = _quietly(lambda: torch.export.load(path)).module()
         else:
             module_name, class_name = spec.model_class.split(":", 1)
             module = getattr(importlib.import_module(module_name), class_name)()
@@ -103,3 +103,15 @@ def predict_probs(model: LoadedModel, pixels: Sequence[np.ndarray], spec: ModelS
         elif spec.activation == "sigmoid":
             logits = torch.sigmoid(logits.float())
         return logits.float().cpu().numpy()
+
+
+def _quietly(load: Any) -> Any:
+    """``load()``, without torch.export's logged traceback of a failed load: the
+    ``ModelLoadError`` raised for it already says the model, the URI and the cause."""
+    logger = logging.getLogger("torch.export")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        return load()
+    finally:
+        logger.setLevel(level)
