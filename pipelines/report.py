@@ -70,8 +70,8 @@ def print_report(
     done = _print_outcome(c, "slides")
     if c.get("slides_without_tissue"):
         print(
-            f"  slides without tissue: {c['slides_without_tissue']} (a summary row with "
-            "tissue_area_mm2 = 0 and the tissue method used; see --tissue_method)"
+            f"  slides without tissue: {c['slides_without_tissue']} (each has a summary row with "
+            "patch_count = 0, its tissue_area_mm2 and the tissue_method used; see --tissue_method)"
         )
     print(f"  patch inferences: {inferred} ({inferred / max(elapsed_s, 1e-9):.1f}/s overall)")
     print("  counters: " + ", ".join(f"{k}={c.get(k, 0)}" for k in SHOWN))

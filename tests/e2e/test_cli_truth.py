@@ -98,18 +98,7 @@ def test_summary_counts_every_dead_letter_by_stage_and_the_inputs(
         f"cmu1,{cmu1}\n"  # ReadManifest: duplicate
     )
     out = tmp_path / "out"
-    proc = run_module(
-        SLIDES,
-        "--slides",
-        str(manifest),
-        "--model",
-        f"two={tiny_models['two']}",
-        "--patch_px",
-        "64",
-        "--output",
-        str(out),
-        "--no_heatmaps",
-    )
+    proc = run_slides(manifest, f"two={tiny_models['two']}", out, "--no_heatmaps")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "slides: 4 in, 1 with results, 3 failed, 0 skipped as done already" in proc.stdout
     assert "dead letters: 3 (PlanPatches 1, ReadManifest 2)" in proc.stdout
@@ -209,6 +198,22 @@ def test_a_model_class_that_cannot_be_imported_says_how_modules_are_found(
     assert "Traceback" not in proc.stderr
 
 
+def run_slides(manifest: Path | str, model: str, out: Path, *extra: str):
+    """The slide CLI over ``manifest`` with the tiny model at 64 px patches."""
+    return run_module(
+        SLIDES,
+        "--slides",
+        str(manifest),
+        "--model",
+        model,
+        "--patch_px",
+        "64",
+        "--output",
+        str(out),
+        *extra,
+    )
+
+
 def _manifest(tmp_path: Path, slide: Path) -> str:
     path = tmp_path / "one.csv"
     path.write_text(f"slide_id,uri\nslide,{slide}\n")
@@ -226,19 +231,8 @@ def test_tissue_method_is_chosen_per_slide_and_a_slide_without_tissue_says_why(
         f"forced,{ndpi},brightfield\n"  # the row's method wins: no tissue
     )
     out = tmp_path / "out"
-    proc = run_module(
-        SLIDES,
-        "--slides",
-        str(manifest),
-        "--model",
-        f"two={tiny_models['two']}",
-        "--patch_px",
-        "64",
-        "--patch_mpp",
-        "2",
-        "--output",
-        str(out),
-        "--no_heatmaps",
+    proc = run_slides(
+        manifest, f"two={tiny_models['two']}", out, "--patch_mpp", "2", "--no_heatmaps"
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = pd.read_parquet(out / "slide_summaries").set_index("slide_id")
@@ -257,17 +251,7 @@ def test_messages_lead_to_the_fix_for_a_72_dpi_mpp_and_dicom(tmp_path, shared_da
         f"dicom,{shared_data}/dicom_wsi2dcm_jpeg/wsi2dcm_jpeg.dcm\n"
     )
     out = tmp_path / "out"
-    proc = run_module(
-        SLIDES,
-        "--slides",
-        str(manifest),
-        "--model",
-        f"two={tiny_models['two']}",
-        "--patch_px",
-        "64",
-        "--output",
-        str(out),
-    )
+    proc = run_slides(manifest, f"two={tiny_models['two']}", out)
     assert proc.returncode == 1  # no input produced a result
     messages = {e["key"]: e["message"] for e in read_errors(out)}
     assert "352.778 µm/px, which no slide scanner writes" in messages["boxes"]

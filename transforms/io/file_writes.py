@@ -76,17 +76,17 @@ class JsonLinesSink(fileio.TextSink):
     """A ``FileSink`` of strings, one per line (JSON already encoded)."""
 
 
-MakeSink = Callable[[], fileio.FileSink]
+SinkFactory = Callable[[], fileio.FileSink]
 
 
 class _SinkPerFile:
     """``WriteToFiles``' sink argument: a new sink for every file (of any destination)."""
 
-    def __init__(self, make_sink: MakeSink) -> None:
-        self._make_sink = make_sink
+    def __init__(self, sink_factory: SinkFactory) -> None:
+        self._factory = sink_factory
 
     def __call__(self, destination: Any) -> fileio.FileSink:
-        return self._make_sink()
+        return self._factory()
 
 
 def _file_naming(run_id: str, suffix: str) -> Callable[..., str]:
@@ -100,18 +100,18 @@ class _Finish(beam.DoFn):
     """After the files are in place: remove the staging folder; with no file, write one empty."""
 
     def __init__(
-        self, folder: str, staging: str, run_id: str, suffix: str, make_sink: MakeSink
+        self, folder: str, staging: str, run_id: str, suffix: str, sink_factory: SinkFactory
     ) -> None:
         self._folder = folder
         self._staging = staging
         self._run_id = run_id
         self._suffix = suffix
-        self._make_sink = make_sink
+        self._factory = sink_factory
 
     def process(self, _: Any, written: list[Any]) -> Iterator[str]:
         if not written:
             path = FileSystems.join(self._folder, f"{self._run_id}-00000-of-00001{self._suffix}")
-            fh, sink = FileSystems.create(path), self._make_sink()
+            fh, sink = FileSystems.create(path), self._factory()
             sink.open(fh)
             sink.flush()
             fh.close()
@@ -128,12 +128,12 @@ class WriteFiles(beam.PTransform):
     In-flight files are staged in ``<folder>/_beam-temp-<run_id>-<random>/`` (``staging``).
     """
 
-    def __init__(self, folder: str, run_id: str, suffix: str, make_sink: MakeSink) -> None:
+    def __init__(self, folder: str, run_id: str, suffix: str, sink_factory: SinkFactory) -> None:
         super().__init__()
         self._folder = folder.rstrip("/")
         self._run_id = run_id
         self._suffix = suffix
-        self._make_sink = make_sink
+        self._factory = sink_factory
         self.staging = FileSystems.join(self._folder, f"_beam-temp-{run_id}-{uuid.uuid4().hex[:8]}")
 
     def expand(self, elements: beam.PCollection) -> beam.PCollection:
@@ -142,7 +142,7 @@ class WriteFiles(beam.PTransform):
             file_naming=_file_naming(self._run_id, self._suffix),
             # a ValueProvider: Beam 2.77 calls .get() on it, although a str is documented
             temp_directory=StaticValueProvider(str, self.staging),
-            sink=_SinkPerFile(self._make_sink),
+            sink=_SinkPerFile(self._factory),
             shards=1,
         )
         return (
@@ -150,7 +150,7 @@ class WriteFiles(beam.PTransform):
             | "Once" >> beam.Create([None])
             | "Finish"
             >> beam.ParDo(
-                _Finish(self._folder, self.staging, self._run_id, self._suffix, self._make_sink),
+                _Finish(self._folder, self.staging, self._run_id, self._suffix, self._factory),
                 beam.pvalue.AsList(written),
             )
         )
