@@ -29,6 +29,8 @@ from transforms.core.progress import ProgressLine, ProgressReporter
 from transforms.io.destinations import Destination
 from transforms.io.file_writes import remove_staging
 
+FLEX_LAUNCHER_ENV = "FLEX_TEMPLATE_PYTHON_PY_FILE"
+"""Set in the Flex Template launcher image."""
 _DRY_RUN = "--dry_run=True"
 """Beam's ``--dry_run`` takes a value; given bare, it means true."""
 _NOISY = ("apache_beam", "tiffslide", "fsspec", "urllib3", "google", "transformers", "torch")
@@ -89,7 +91,14 @@ def pipeline_options(argv: list[str], groups: tuple[Group, ...]) -> PipelineOpti
         _DRY_RUN if arg == "--dry_run" and (i + 1 == len(argv) or argv[i + 1][:2] == "--") else arg
         for i, arg in enumerate(argv)
     ]
-    check_known(argv, COMMON + groups)
+    try:
+        check_known(argv, COMMON + groups)
+    except ConfigError as exc:
+        if not os.environ.get(FLEX_LAUNCHER_ENV):
+            raise
+        # The template's metadata validated its own parameters; whatever else the Flex
+        # Template launcher adds is Dataflow's business, so it is logged, not refused.
+        logging.getLogger(__name__).warning("%s", exc)
     options = PipelineOptions(argv)
     apply_gpu_preset(options)
     return options
@@ -104,8 +113,7 @@ def submit_only(options: PipelineOptions) -> bool:
     """A Flex Template launcher (``FLEX_TEMPLATE_PYTHON_PY_FILE`` is set in its image) or a
     ``--template_location`` run submits or stages the job and returns: nothing to wait for."""
     return bool(
-        os.environ.get("FLEX_TEMPLATE_PYTHON_PY_FILE")
-        or options.view_as(GoogleCloudOptions).template_location
+        os.environ.get(FLEX_LAUNCHER_ENV) or options.view_as(GoogleCloudOptions).template_location
     )
 
 
