@@ -27,7 +27,11 @@ def fetched(proxy, name: str, opener, reads) -> tuple[int, int]:  # noqa: ANN001
     slide = opener(f"gs://bench/{name}")
     for level, x, y, size in reads:
         w, h = slide.level_dimensions[level] if size is None else (size, size)
-        slide.read_region((x, y), level, (w, h), as_array=True)
+        if hasattr(slide, "read_region"):  # tiffslide: a level-0 location
+            slide.read_region((x, y), level, (w, h), as_array=True)
+        else:  # our Slide interface: level coordinates
+            ds = slide.level_downsamples[level]
+            slide.read(level, round(x / ds), round(y / ds), w, h)
     slide.close()
     return proxy.bytes_by_object[name] - before, len(proxy.reads) - requests
 

@@ -256,7 +256,9 @@ def test_messages_lead_to_the_fix_for_a_72_dpi_mpp_and_dicom(tmp_path, shared_da
     messages = {e["key"]: e["message"] for e in read_errors(out)}
     assert "352.778 µm/px, which no slide scanner writes" in messages["boxes"]
     assert "`mpp` column of the slide manifest" in messages["boxes"]
-    assert "wsidicomizer" not in messages["dicom"] and "vips tiffsave" in messages["dicom"]
+    # DICOM is read (wsidicom); this one's 16.8 um/px is too coarse for 0.5, and says so
+    assert "16.78 mpp is coarser than --patch_mpp 0.5" in messages["dicom"]
+    assert "`mpp` column of the slide manifest" in messages["dicom"]
 
 
 def test_two_runs_into_one_folder_keep_both_runs_heatmaps(tmp_path, cmu1, tiny_models):

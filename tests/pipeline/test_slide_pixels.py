@@ -1,4 +1,5 @@
-"""The pixels the pipeline hands a model are the slide's true pixels (OpenSlide's md5s)."""
+"""The pixels the pipeline hands a model are the slide's true pixels (OpenSlide's md5s), through
+either reader: tiffslide (SVS, NDPI) and wsidicom (DICOM)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,9 @@ def _md5_of(patch):
     [
         "aperio_cmu1_small_region/CMU-1-Small-Region.svs",
         "ndpi_tritc/test3-TRITC-2-560.ndpi",
+        "dicom_wsi2dcm_jpeg/wsi2dcm_jpeg.dcm",
+        "dicom_wsi2dcm_raw/wsi2dcm_raw.dcm",
+        "dicom_openslide_boxes/boxes_0.dcm",
     ],
 )
 def test_level0_patches_match_the_reference_md5(shared_data, ground_truth, slide_file):
@@ -45,7 +49,8 @@ def test_level0_patches_match_the_reference_md5(shared_data, ground_truth, slide
         (boxes[0][0], boxes[0][1], truth["origin"]["md5_ref_rgb"]),
         (boxes[1][0], boxes[1][1], truth["centre"]["md5_ref_rgb"]),
     ]
-    cfg = PatchingConfig(patch_px=256, patch_mpp=0.5, block_px=512)
+    # patches at their own size (no resize), so their md5 is the slide's
+    cfg = PatchingConfig(patch_px=boxes[0][2], patch_mpp=0.5, block_px=512)
     with beam.Pipeline(runner=FnApiRunner()) as p:
         slides = p | "Slides" >> beam.Create([slide_row])
         patches = p | "Patches" >> beam.Create(patch_rows)

@@ -102,6 +102,37 @@ def tile_bomb(path: Path) -> str:
     return str(path)
 
 
+def _copy(source: Path, target: Path) -> str:
+    target.write_bytes(source.read_bytes())
+    return str(target)
+
+
+def _truncated(source: Path, target: Path) -> str:
+    data = source.read_bytes()
+    target.write_bytes(data[: len(data) // 2])
+    return str(target)
+
+
+def ct_image(path: Path) -> str:
+    """A valid DICOM file that is not a slide: an 8 x 8 CT image."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Modality, ds.Rows, ds.Columns, ds.SamplesPerPixel = "CT", 8, 8, 1
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.PixelData = bytes(128)
+    ds.save_as(str(path), enforce_file_format=True)
+    return str(path)
+
+
 def build_slides(d: Path, tmp: Path) -> dict[str, tuple[str, str | None, object]]:
     """case id -> (uri, manifest mpp or None, expected outcome)."""
     cmu1 = d / "aperio_cmu1_small_region" / "CMU-1-Small-Region.svs"
@@ -110,6 +141,7 @@ def build_slides(d: Path, tmp: Path) -> dict[str, tuple[str, str | None, object]
     (tmp / "empty.svs").write_bytes(b"")
     (tmp / "png.svs").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(2000))
     tissue = _tissue()
+    dicom_jpeg = d / "dicom_wsi2dcm_jpeg" / "wsi2dcm_jpeg.dcm"
     return {
         "cmu1_svs": (str(cmu1), None, OK),
         "ndpi": (str(d / "ndpi_tritc" / "test3-TRITC-2-560.ndpi"), None, OK),
@@ -135,9 +167,21 @@ def build_slides(d: Path, tmp: Path) -> dict[str, tuple[str, str | None, object]
             None,
             dead("PlanPatches", "SlideError"),
         ),
-        "dicom": (
-            str(d / "dicom_wsi2dcm_jpeg" / "wsi2dcm_jpeg.dcm"),
-            None,
+        # DICOM (wsidicom). The wsi2dcm slides say 16.8 um/px: the manifest's mpp lets a
+        # 0.5 mpp grid cut them, which is what these cases test (reading, not resolution).
+        "dicom_jpeg": (str(dicom_jpeg), "0.5", OK),
+        "dicom_raw": (str(d / "dicom_wsi2dcm_raw" / "wsi2dcm_raw.dcm"), "0.5", OK),
+        "dicom_folder_of_instances": (str(d / "dicom_openslide_boxes"), None, OK),
+        "dicom_renamed_svs": (_copy(dicom_jpeg, tmp / "dicom.svs"), "0.5", OK),
+        "dicom_at_its_own_mpp": (str(dicom_jpeg), None, dead("PlanPatches", "SlideError")),
+        "dicom_truncated": (
+            _truncated(dicom_jpeg, tmp / "truncated.dcm"),
+            "0.5",
+            dead("PlanPatches", "SlideError"),
+        ),
+        "dicom_not_a_slide": (
+            ct_image(tmp / "ct.dcm"),
+            "0.5",
             dead("PlanPatches", "UnsupportedFormatError"),
         ),
         "missing_file": (str(tmp / "nope.svs"), None, dead("PlanPatches", "FileNotFoundError")),
@@ -183,7 +227,13 @@ SLIDE_CASES = [
     "png_renamed_svs",
     "unreadable_svs",
     "unopenable_tiff",
-    "dicom",
+    "dicom_jpeg",
+    "dicom_raw",
+    "dicom_folder_of_instances",
+    "dicom_renamed_svs",
+    "dicom_at_its_own_mpp",
+    "dicom_truncated",
+    "dicom_not_a_slide",
     "missing_file",
     "no_mpp",
     "single_level",

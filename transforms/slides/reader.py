@@ -1,16 +1,17 @@
-"""Open slides with tiffslide over fsspec and read regions of one pyramid level.
+"""The one slide interface planning and reading use, and opening a slide behind it.
 
-tiffslide reads TIFF-based formats (Aperio SVS, Hamamatsu NDPI, generic tiled TIFF, ...) from any
-fsspec URL, fetching only the byte ranges of the tiles a read touches. DICOM is not TIFF: it is
-recognised by its preamble and rejected with a clear message.
+A ``Slide`` has levels (sizes, downsamples, tile sizes), the mpp its file gives, tile-aligned
+region reads at one level, and a count of the compressed bytes a read fetches. Two readers
+implement it: ``tiff.TiffSlideFile`` (tiffslide: SVS, NDPI, generic TIFF) and
+``dicom.DicomSlideFile`` (wsidicom: DICOM files and folders). ``open_slide`` picks one from the
+file's content, never from its name alone: a ``.svs`` that is DICOM is read as DICOM.
 """
 
 from __future__ import annotations
 
-import math
-import warnings
+import os
 from collections import OrderedDict
-from typing import Any
+from typing import Protocol
 
 import fsspec
 import numpy as np
@@ -19,10 +20,6 @@ from transforms.core.errors import SlideError, UnsupportedFormatError
 from transforms.core.remote_io import remote_options
 from transforms.slides.geometry import SlideGeometry, choose_level
 
-# tiffslide warns on every NDPI metadata read that its Hamamatsu parsing is partial; MPP and
-# levels, all this project reads, are parsed.
-warnings.filterwarnings("ignore", message=".*format metadata parsing only partially")
-
 MIN_MPP, MAX_MPP = 0.05, 50.0
 """A file's mpp outside this range is not a slide scanner's (352.8 µm/px is a 72 dpi default):
 it is treated as missing, and the manifest's ``mpp`` column is asked for."""
@@ -30,107 +27,78 @@ it is treated as missing, and the manifest's ``mpp`` column is asked for."""
 STRIP_BYTES = 16 << 20
 """Bound on one strip read while building a downsampled image (mask, thumbnail)."""
 
-REMOTE_BLOCK_BYTES = 256 << 10
-REMOTE_CACHED_BLOCKS = 64
-"""Remote slides are read in 256 KiB range requests kept in a 64-block LRU cache (16 MiB per open
-slide): a row of neighbouring tiles is usually contiguous in the file, so one request serves
-several tiles, and the IFDs at the file's end stay cached while tiles are read from its start.
-Measured (bench/bench_gcs_reads.py, 8192 px slide): a 2048 px work unit takes 20 requests and
-4.9 MB, against 242 requests and 3.1 MB with gcsfs's default cache. On GCS a request costs
-tens of ms and a MB ~10 ms, so fewer, larger requests win; a one-block read-ahead cache
-thrashed between the IFDs and the tiles."""
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
-def _open_remote(uri: str) -> Any:
-    """An fsspec file of ``uri`` read by range, through a block cache sized for tiles."""
-    fs, path = fsspec.core.url_to_fs(uri, **remote_options(uri))
-    return fs.open(
-        path,
-        "rb",
-        block_size=REMOTE_BLOCK_BYTES,
-        cache_type="blockcache",
-        cache_options={"maxblocks": REMOTE_CACHED_BLOCKS},
-    )
+class Slide(Protocol):
+    """An open slide. Levels are ordered finest first; level 0 is full resolution."""
+
+    level_dimensions: tuple[tuple[int, int], ...]
+    level_downsamples: tuple[float, ...]
+    level_tiles: tuple[tuple[int, int], ...]
+    declared_tiles: tuple[tuple[int, int] | None, ...]
+    """Tile sizes the file declares (None: a stripped level), for the decode limits."""
+    file_mpp: float | None
+
+    def read(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """``w x h`` pixels at ``(x, y)`` in ``level``'s coordinates, as the file holds them."""
+        ...
+
+    def compressed_bytes(self, level: int, region: tuple[int, int, int, int]) -> int:
+        """Compressed bytes of the tiles a read of ``region`` fetches (0 if unknown)."""
+        ...
+
+    def close(self) -> None: ...
 
 
-def open_slide(uri: str) -> Any:
-    """Open a slide with tiffslide; raise ``SlideError`` subclasses with what to do.
+def _head(uri: str) -> bytes:
+    try:
+        with fsspec.open(uri, "rb", **remote_options(uri)) as f:
+            return bytes(f.read(132))
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"slide file not found: {uri}") from exc
+
+
+def open_slide(uri: str) -> Slide:
+    """Open the slide at ``uri`` with the reader its content calls for.
 
     Raises:
       FileNotFoundError: the file does not exist.
-      UnsupportedFormatError: DICOM or another non-TIFF file.
-      SlideError: a TIFF without a readable image page (e.g. truncated).
+      UnsupportedFormatError: neither a TIFF-based nor a DICOM whole-slide image.
+      SlideError: a slide that cannot be read (e.g. a truncated TIFF).
     """
-    import tifffile
-    import tiffslide
+    from transforms.slides.dicom import DicomSlideFile
+    from transforms.slides.tiff import TiffSlideFile
 
-    try:
-        if "://" in uri and not uri.startswith("file://"):
-            slide = tiffslide.TiffSlide(_open_remote(uri))
-        else:
-            slide = tiffslide.TiffSlide(uri)
-    except FileNotFoundError as exc:
-        raise FileNotFoundError(f"slide file not found: {uri}") from exc
-    except tifffile.TiffFileError as exc:
-        if _is_dicom(uri):
-            raise UnsupportedFormatError(
-                "DICOM whole-slide images are not read yet (tiffslide reads TIFF-based formats "
-                "only): export the slide to a pyramidal TIFF, e.g. with libvips built on "
-                "OpenSlide 4 (`vips tiffsave SLIDE.dcm SLIDE.tif --tile --pyramid "
-                "--compression jpeg`), and list the TIFF in the manifest"
-            ) from exc
-        raise UnsupportedFormatError(f"not a TIFF-based slide ({exc})") from exc
-    try:
-        _ = slide.properties, slide.level_dimensions
-    except (IndexError, KeyError, ValueError, OSError) as exc:
-        slide.close()
-        raise SlideError(
-            f"the TIFF has no readable image page ({type(exc).__name__}: {exc}); the file is "
-            "truncated or corrupt"
-        ) from exc
-    return slide
-
-
-def _is_dicom(uri: str) -> bool:
-    try:
-        with fsspec.open(uri, "rb", **remote_options(uri)) as f:
-            head = f.read(132)
-    except OSError:
-        return False
-    return head[128:132] == b"DICM"
-
-
-def slide_geometry(slide: Any, mpp_override: float | None = None) -> SlideGeometry:
-    """The pyramid of an open slide; the manifest's MPP wins over the file's."""
-    props = slide.properties
-    tiles = []
-    for i in range(slide.level_count):
-        tw = props.get(f"tiffslide.level[{i}].tile-width") or slide.level_dimensions[i][0]
-        th = props.get(f"tiffslide.level[{i}].tile-height") or slide.level_dimensions[i][1]
-        tiles.append((int(tw), int(th)))
-    file_mpp = _file_mpp(props)
-    plausible = file_mpp is not None and MIN_MPP <= file_mpp <= MAX_MPP
-    mpp = mpp_override or (file_mpp if plausible else None)
-    width, height = slide.dimensions
-    return SlideGeometry(
-        width_px=int(width),
-        height_px=int(height),
-        level_dims=tuple((int(w), int(h)) for w, h in slide.level_dimensions),
-        level_downsamples=tuple(float(d) for d in slide.level_downsamples),
-        level_tiles=tuple(tiles),
-        mpp=mpp,
-        ignored_file_mpp=None if plausible or mpp_override else file_mpp,
+    local = uri.removeprefix("file://")
+    if "://" not in local and os.path.isdir(local):
+        return DicomSlideFile(uri)  # a folder of one slide's DICOM instances
+    head = _head(uri)
+    if head[128:132] == b"DICM":
+        return DicomSlideFile(uri)
+    if head[:4] in _TIFF_MAGIC:
+        return TiffSlideFile(uri)
+    raise UnsupportedFormatError(
+        "neither a TIFF-based slide (SVS, NDPI, generic TIFF) nor a DICOM whole-slide image "
+        f"(the file starts with {head[:8]!r})"
     )
 
 
-def _file_mpp(props: dict[str, Any]) -> float | None:
-    try:
-        x, y = float(props["tiffslide.mpp-x"]), float(props["tiffslide.mpp-y"])
-    except (KeyError, TypeError, ValueError):
-        return None
-    if not (math.isfinite(x) and x > 0):
-        return None
-    return (x + y) / 2 if math.isfinite(y) and y > 0 else x
+def slide_geometry(slide: Slide, mpp_override: float | None = None) -> SlideGeometry:
+    """The pyramid of an open slide; the manifest's MPP wins over the file's."""
+    file_mpp = slide.file_mpp
+    plausible = file_mpp is not None and MIN_MPP <= file_mpp <= MAX_MPP
+    mpp = mpp_override or (file_mpp if plausible else None)
+    width, height = slide.level_dimensions[0]
+    return SlideGeometry(
+        width_px=int(width),
+        height_px=int(height),
+        level_dims=slide.level_dimensions,
+        level_downsamples=slide.level_downsamples,
+        level_tiles=slide.level_tiles,
+        mpp=mpp,
+        ignored_file_mpp=None if plausible or mpp_override else file_mpp,
+    )
 
 
 def as_rgb(arr: np.ndarray) -> np.ndarray:
@@ -147,33 +115,19 @@ def as_rgb(arr: np.ndarray) -> np.ndarray:
     raise UnsupportedFormatError(f"{channels}-channel images are not supported; expected RGB")
 
 
-def read_level_region(slide: Any, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+def read_level_region(slide: Slide, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
     """Read ``w x h`` pixels at ``(x, y)`` in ``level`` coordinates as RGB uint8."""
-    ds = float(slide.level_downsamples[level])
-    # tiffslide takes a level-0 location and divides by the downsample, flooring; the ceiling of
-    # the product maps back to exactly (x, y) for any downsample >= 1.
-    loc = (math.ceil(x * ds), math.ceil(y * ds))
-    return as_rgb(slide.read_region(loc, level, (w, h), as_array=True))
+    return as_rgb(slide.read(level, x, y, w, h))
 
 
-def compressed_bytes(slide: Any, level: int, region: tuple[int, int, int, int]) -> int:
+def compressed_bytes(slide: Slide, level: int, region: tuple[int, int, int, int]) -> int:
     """Compressed bytes of the tiles a region read at ``level`` fetches (0 if unknown)."""
-    try:
-        page = slide.ts_tifffile.series[0].levels[level].keyframe
-        counts = page.databytecounts
-        tw, th = page.tilewidth or page.imagewidth, page.tilelength or page.rowsperstrip
-        across = -(-page.imagewidth // tw)
-    except (AttributeError, IndexError, TypeError, ZeroDivisionError):
-        return 0
-    x, y, w, h = region
-    total = 0
-    for row in range(y // th, -(-(y + h) // th)):
-        start = row * across
-        total += sum(counts[start + x // tw : start + -(-(x + w) // tw)])
-    return int(total)
+    return slide.compressed_bytes(level, region)
 
 
-def read_downsampled(slide: Any, geom: SlideGeometry, target_ds: float) -> tuple[np.ndarray, float]:
+def read_downsampled(
+    slide: Slide, geom: SlideGeometry, target_ds: float
+) -> tuple[np.ndarray, float]:
     """The whole slide at about ``target_ds`` (level-0 pixels per output pixel), in RGB.
 
     Reads the coarsest level at or finer than ``target_ds`` in horizontal strips and averages
@@ -203,9 +157,9 @@ class SlideCache:
 
     def __init__(self, max_open: int = 4) -> None:
         self._max_open = max_open
-        self._open: OrderedDict[str, Any] = OrderedDict()
+        self._open: OrderedDict[str, Slide] = OrderedDict()
 
-    def get(self, uri: str) -> Any:
+    def get(self, uri: str) -> Slide:
         """The open slide for ``uri``, opening it (and maybe closing the oldest) on a miss."""
         slide = self._open.get(uri)
         if slide is not None:
@@ -246,13 +200,13 @@ MAX_LEVEL_PIXELS = 1 << 32
 slide with no level under ~65k x 65k px (a single-level 10^6 x 10^6 TIFF) would take hours."""
 
 
-def check_decode_limits(slide: Any, geom: SlideGeometry) -> None:
+def check_decode_limits(slide: Slide, geom: SlideGeometry) -> None:
     """Refuse slides whose tiles or whose smallest level are absurd; raise ``SlideError``."""
-    props = slide.properties
-    for level in range(len(geom.level_dims)):
-        tw = props.get(f"tiffslide.level[{level}].tile-width")
-        th = props.get(f"tiffslide.level[{level}].tile-height")
-        if tw and th and int(tw) * int(th) > MAX_TILE_PIXELS:
+    for level, tile in enumerate(slide.declared_tiles):
+        if tile is None:
+            continue
+        tw, th = tile
+        if tw * th > MAX_TILE_PIXELS:
             raise SlideError(
                 f"level {level} has {tw} x {th} px tiles (over {MAX_TILE_PIXELS:,} px): refusing "
                 "to decode them (decompression bomb guard); re-tile the slide, e.g. 256 x 256"
@@ -265,10 +219,10 @@ def check_decode_limits(slide: Any, geom: SlideGeometry) -> None:
         )
 
 
-def probe_decode(slide: Any) -> None:
+def probe_decode(slide: Slide) -> None:
     """Decode a few pixels of the coarsest level, so a broken codec fails with a clear message
     before any planning; raise ``SlideError``."""
-    level = slide.level_count - 1
+    level = len(slide.level_dimensions) - 1
     width, height = slide.level_dimensions[level]
     try:
         read_level_region(slide, level, 0, 0, min(width, 16), min(height, 16))
