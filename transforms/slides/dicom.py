@@ -59,7 +59,8 @@ class DicomSlideFile:
             raise
 
     def read(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
-        return np.asarray(self._wsi.read_region((x, y), self._levels[level], (w, h), as_array=True))
+        region = self._wsi.read_region((x, y), self._levels[level], (w, h))
+        return np.asarray(region.convert("RGB") if region.mode != "RGB" else region)
 
     def compressed_bytes(self, level: int, region: tuple[int, int, int, int]) -> int:
         return 0  # not counted for DICOM yet: frames are fetched by wsidicom
