@@ -43,7 +43,10 @@ def is_transient(exc: BaseException) -> bool:
     while seen is not None:
         if isinstance(seen, TimeoutError | ConnectionError):
             return True
-        if type(seen).__module__.startswith("aiohttp") and "Timeout" in type(seen).__name__:
+        module, name = type(seen).__module__, type(seen).__name__
+        if module.startswith(("aiohttp", "requests", "urllib3")) and (
+            "Timeout" in name or "ConnectionError" in name or "ProtocolError" in name
+        ):
             return True
         seen = seen.__cause__ or seen.__context__
     return False

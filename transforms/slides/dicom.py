@@ -1,9 +1,10 @@
 """DICOM whole-slide images (VL Whole Slide Microscopy) through wsidicom.
 
-A slide is one DICOM file, or a folder holding one slide's instances (a series, its levels in
-separate files). Levels come from the volume pyramid (label, overview and thumbnail images are
-not levels); the mpp from the pixel spacing. The first optical path and focal plane are read
-(wsidicom's default). wsidicom is imported here only, when a DICOM slide is opened.
+A slide is one DICOM file, a folder holding one slide's instances (a series, its levels in
+separate files), or a series in a DICOMweb store (``dicomweb.py``). Levels come from the volume
+pyramid (label, overview and thumbnail images are not levels); the mpp from the pixel spacing.
+The first optical path and focal plane are read (wsidicom's default). wsidicom is imported here
+only, when a DICOM slide is opened.
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ from transforms.core.remote_io import remote_options
 def _open(uri: str) -> Any:
     from wsidicom import WsiDicom
 
+    from transforms.slides.dicomweb import is_dicomweb, open_series
+
+    if is_dicomweb(uri):
+        return open_series(uri)
     target = uri.removeprefix("file://")
     local = "://" not in target
     files: Any = target if (local and os.path.isdir(target)) else [target]

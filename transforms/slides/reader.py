@@ -68,10 +68,11 @@ def open_slide(uri: str) -> Slide:
       SlideError: a slide that cannot be read (e.g. a truncated TIFF).
     """
     from transforms.slides.dicom import DicomSlideFile
+    from transforms.slides.dicomweb import is_dicomweb
     from transforms.slides.tiff import TiffSlideFile
 
     local = uri.removeprefix("file://")
-    if "://" not in local and os.path.isdir(local):
+    if is_dicomweb(uri) or ("://" not in local and os.path.isdir(local)):
         return DicomSlideFile(uri)  # a folder of one slide's DICOM instances
     head = _head(uri)
     if head[128:132] == b"DICM":
