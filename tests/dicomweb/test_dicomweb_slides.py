@@ -38,17 +38,19 @@ def orthanc(tmp_path_factory, shared_data):
         yield server, uris
 
 
-def run_manifest(tmp: Path, rows: list[tuple[str, str]], model: str) -> Path:
+def run_manifest(tmp: Path, rows: list[tuple[str, str]], model: str) -> tuple[Path, dict]:
+    """Run the slide pipeline over ``rows``; its output folder and its counters."""
+    from pipelines.report import counters
     from pipelines.slide_inference import run
 
     manifest = tmp / "slides.csv"
     manifest.write_text("slide_id,uri\n" + "".join(f"{s},{u}\n" for s, u in rows))
     out = tmp / "out"
-    run(
+    result = run(
         ["--slides", str(manifest), "--model", f"two={model}", "--patch_level", "0"]
         + ["--patch_px", "64", "--min_tissue", "0", "--output", str(out), "--no_heatmaps"]
     )
-    return out
+    return out, counters(result)
 
 
 def test_dicomweb_series_give_the_rows_of_the_local_files(
@@ -63,7 +65,7 @@ def test_dicomweb_series_give_the_rows_of_the_local_files(
         ("missing_series", uris["jpeg"].rsplit("/", 1)[0] + "/1.2.3.4"),
         ("not_a_series", uris["jpeg"].replace("/series/", "/seriez/")),
     ]
-    out = run_manifest(tmp_path, rows, tiny_models["two"])
+    out, _ = run_manifest(tmp_path, rows, tiny_models["two"])
 
     predictions = pd.read_parquet(out / "patch_predictions")
     columns = ["x_px", "y_px", "size_px", "level", "label"]
@@ -91,3 +93,63 @@ def test_dicomweb_series_give_the_rows_of_the_local_files(
         "not_a_series": ("PlanPatches", "SlideError"),
     }
     assert len(rows) == summaries.index.nunique() + len(errors)  # slides in = out + dead
+
+
+def through(proxy, server, uri: str) -> str:  # noqa: ANN001
+    """``uri`` of ``server`` reached through ``proxy`` instead."""
+    return uri.replace(
+        server.endpoint.removeprefix("http://"), proxy.endpoint.removeprefix("http://")
+    )
+
+
+def frame_read(method: str, path: str) -> bool:
+    """A WADO-RS frames request: what a work unit's read is made of."""
+    return method == "GET" and "/frames/" in path
+
+
+def test_a_flaky_store_is_retried_and_changes_nothing(orthanc, shared_data, tiny_models, tmp_path):
+    """Every third frame request fails (a 503, or a dropped connection): retried, counted in
+    io_retries, and the rows are those of the local file, with no dead letter."""
+    from localgcp.fault_proxy import FaultProxy
+
+    server, uris = orthanc
+    local = str(shared_data / DICOM_SLIDES["jpeg"])
+    with FaultProxy(server.endpoint, fail_every=3, fault_on=frame_read) as proxy:
+        web = uris["jpeg"].replace(
+            server.endpoint.removeprefix("http://"), proxy.endpoint.removeprefix("http://")
+        )
+        out, counted = run_manifest(tmp_path, [("web", web), ("file", local)], tiny_models["two"])
+    assert proxy.faults["503"] >= 1 and proxy.faults["drop"] >= 1
+    assert counted["io_retries"] >= proxy.faults["503"]
+    predictions = pd.read_parquet(out / "patch_predictions").sort_values(
+        ["slide_id", "y_px", "x_px"]
+    )
+    web_rows = predictions[predictions.slide_id == "web"]
+    file_rows = predictions[predictions.slide_id == "file"]
+    assert len(web_rows) == len(file_rows) > 100
+    assert web_rows.label.tolist() == file_rows.label.tolist()
+    assert read_errors(out) == []
+
+
+def test_a_hung_store_times_out_into_a_dead_letter(
+    orthanc, shared_data, tiny_models, tmp_path, monkeypatch
+):
+    """Frame requests that never get an answer time out (PATHBEAM_IO_TIMEOUT_S), are retried,
+    and end as the slide's dead letter naming the timeout; the local slide still has results."""
+    from localgcp.fault_proxy import FaultProxy
+
+    monkeypatch.setenv("PATHBEAM_IO_TIMEOUT_S", "1")
+    server, uris = orthanc
+    local = str(shared_data / DICOM_SLIDES["raw"])
+    with FaultProxy(server.endpoint, fail_every=1, fault_on=frame_read, stall_s=5) as proxy:
+        web = uris["raw"].replace(
+            server.endpoint.removeprefix("http://"), proxy.endpoint.removeprefix("http://")
+        )
+        out, _ = run_manifest(tmp_path, [("hung", web), ("file", local)], tiny_models["two"])
+    assert proxy.faults["stall"] >= 3
+    errors = {e["key"]: e for e in read_errors(out)}
+    assert set(errors) == {"hung"}
+    assert errors["hung"]["error_type"] == "RemoteIOError"
+    assert "PATHBEAM_IO_TIMEOUT_S=1s" in errors["hung"]["message"]
+    summaries = pd.read_parquet(out / "slide_summaries")
+    assert set(summaries.slide_id) == {"file"}
