@@ -37,11 +37,20 @@ def default_of(config: type, name: str) -> Any:
     raise KeyError(name)
 
 
+TRUE_WORDS = ("true", "1", "yes")
+FALSE_WORDS = ("false", "0", "no", "")
+
+
+def is_true(text: object) -> bool:
+    """Whether a flag's text (or value) says true: ``true``, ``1`` or ``yes``, any case."""
+    return str(text).strip().lower() in TRUE_WORDS
+
+
 def _truth(text: str) -> bool:
     value = text.strip().lower()
-    if value in ("true", "1", "yes"):
+    if value in TRUE_WORDS:
         return True
-    if value in ("false", "0", "no", ""):
+    if value in FALSE_WORDS:
         return False
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 

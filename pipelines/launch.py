@@ -19,7 +19,7 @@ from apache_beam.options.pipeline_options import (
 )
 from apache_beam.runners.runner import PipelineResult
 
-from pipelines.flags import COMMON, Group, check_known, print_beam_help, print_help
+from pipelines.flags import COMMON, Group, check_known, is_true, print_beam_help, print_help
 from pipelines.gpu import apply_gpu_preset
 from pipelines.options import LOCAL_RUNNER, InferenceOptions
 from pipelines.report import print_submitted
@@ -106,7 +106,7 @@ def pipeline_options(argv: list[str], groups: tuple[Group, ...]) -> PipelineOpti
 
 def is_dry_run(options: PipelineOptions) -> bool:
     """``--dry_run``: translate the job graph, run nothing (Beam keeps the flag's text)."""
-    return str(options.view_as(TestOptions).dry_run).lower() in ("true", "1", "yes")
+    return is_true(options.view_as(TestOptions).dry_run)
 
 
 def submit_only(options: PipelineOptions) -> bool:
@@ -131,7 +131,10 @@ def cli(
     if "--help_beam" in argv:
         print_beam_help(prog)
         return
-    verbose = any(a == "--verbose" or a.startswith("--verbose=t") for a in argv)
+    verbose = any(
+        a == "--verbose" or (a.startswith("--verbose=") and is_true(a.partition("=")[2]))
+        for a in argv
+    )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     for noisy in _NOISY:  # Beam repeats a failure's traceback in its own log several times
         logging.getLogger(noisy).setLevel(logging.WARNING if verbose else logging.CRITICAL)

@@ -75,15 +75,15 @@ def build(pipeline: beam.Pipeline, cfg: SlideJobConfig) -> dict[str, beam.PColle
     }
     if cfg.group_by:
         outputs["cases"] = outputs["summaries"] | "SummarizeCases" >> SummarizeCases(cfg.group_by)
-    _ = {
+    judged = {
         "inputs": slides["rows"],
         "rejected": slides[DEAD_LETTER],
         "results": outputs["summaries"],
-        "skipped_ids": skipped
-        if skipped is not None
-        else pipeline | "NoneSkipped" >> beam.Create([]),
         "errors": outputs["errors"],
-    } | "JudgeRun" >> JudgeRun("slide_id", cfg.max_failed_fraction)
+    }
+    if skipped is not None:
+        judged["skipped_ids"] = skipped
+    _ = judged | "JudgeRun" >> JudgeRun("slide_id", cfg.max_failed_fraction)
     return outputs
 
 

@@ -39,11 +39,12 @@ def build(pipeline: beam.Pipeline, cfg: TextJobConfig) -> dict[str, beam.PCollec
     """Wire the text pipeline; return one row PCollection per table, and the errors."""
     docs = pipeline | "ReadDocuments" >> ReadManifest(cfg.documents, "documents", cfg.columns)
     errors = [docs[DEAD_LETTER]]
-    rows, skipped = docs["rows"], pipeline | "NoneSkipped" >> beam.Create([])
+    rows = docs["rows"]
+    judged = {"inputs": rows, "rejected": docs[DEAD_LETTER]}
     if cfg.skip_existing:
         done = tuple((TABLES[m.task], m.name, m.version) for m in cfg.models)
         kept = rows | "SkipExisting" >> SkipExisting(cfg.destination, "doc_id", done)
-        rows, skipped = kept["rows"], kept[SKIPPED]
+        rows, judged["skipped_ids"] = kept["rows"], kept[SKIPPED]
     by_table: dict[str, list[beam.PCollection]] = {}
     for spec in cfg.models:
         out = rows | f"RunModel/{spec.name}" >> RunTextModel(
@@ -56,13 +57,9 @@ def build(pipeline: beam.Pipeline, cfg: TextJobConfig) -> dict[str, beam.PCollec
     }
     outputs[ERRORS.name] = errors | "AllErrors" >> beam.Flatten()
     results = [rows for name, rows in outputs.items() if name != ERRORS.name]
-    _ = {
-        "inputs": docs["rows"],
-        "rejected": docs[DEAD_LETTER],
-        "results": results | "AllResults" >> beam.Flatten(),
-        "skipped_ids": skipped,
-        "errors": outputs[ERRORS.name],
-    } | "JudgeRun" >> JudgeRun("doc_id", cfg.max_failed_fraction)
+    judged["results"] = results | "AllResults" >> beam.Flatten()
+    judged["errors"] = outputs[ERRORS.name]
+    _ = judged | "JudgeRun" >> JudgeRun("doc_id", cfg.max_failed_fraction)
     return outputs
 
 

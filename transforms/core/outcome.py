@@ -77,8 +77,8 @@ class JudgeRun(beam.PTransform):
     """``{"inputs", "rejected", "results", "skipped_ids", "errors"}`` -> one ``Outcome``.
 
     ``inputs``: the clean input rows; ``rejected``: the input rows' dead letters; ``results``:
-    result rows, each input counted once by its ``id_column``; ``skipped_ids``: inputs skipped
-    as done already; ``errors``: every dead letter of the run, counted by stage.
+    result rows, each input counted once by its ``id_column``; ``skipped_ids`` (optional): inputs
+    skipped as done already; ``errors``: every dead letter of the run, counted by stage.
     """
 
     def __init__(self, id_column: str, max_failed_fraction: float | None = None) -> None:
@@ -89,12 +89,15 @@ class JudgeRun(beam.PTransform):
     def expand(self, parts: dict[str, beam.PCollection]) -> beam.PCollection:
         _ = parts["errors"] | "CountByStage" >> beam.ParDo(_CountByStage())
         inputs = (parts["inputs"], parts["rejected"]) | "AllInputs" >> beam.Flatten()
+        skipped = parts.get("skipped_ids")
+        if skipped is None:
+            skipped = parts["inputs"].pipeline | "NoneSkipped" >> beam.Create([])
         counts = {
             "inputs": inputs,
             "with_results": parts["results"]
             | "ResultIds" >> beam.ParDo(_IdOf(self._id_column))
             | "DistinctResults" >> beam.Distinct(),
-            "skipped": parts["skipped_ids"],
+            "skipped": skipped,
         }
         singles = [
             beam.pvalue.AsSingleton(pcoll | f"Count/{name}" >> beam.combiners.Count.Globally())

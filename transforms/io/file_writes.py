@@ -72,10 +72,6 @@ class ParquetSink(fileio.FileSink):
             self._batches, self._buffered_bytes = [], 0
 
 
-class JsonLinesSink(fileio.TextSink):
-    """A ``FileSink`` of strings, one per line (JSON already encoded)."""
-
-
 SinkFactory = Callable[[], fileio.FileSink]
 
 
@@ -176,4 +172,4 @@ def write_parquet(folder: str, run_id: str, schema: Any) -> WriteFiles:
 
 def write_json_lines(folder: str, run_id: str) -> WriteFiles:
     """JSON strings -> ``.jsonl`` files in ``folder``, named for the run."""
-    return WriteFiles(folder, run_id, ".jsonl", JsonLinesSink)
+    return WriteFiles(folder, run_id, ".jsonl", fileio.TextSink)

@@ -114,7 +114,10 @@ JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
 JPEG_LS_LOSSLESS = "1.2.840.10008.1.2.4.80"
 
 
-def frame_syntax(metadata: list[dict[str, Any]]) -> str:
+LOSSY_IMAGE_COMPRESSION = "00282110"
+
+
+def frame_syntax(instances: list[dict[str, Any]]) -> str:
     """The transfer syntax to ask a store for, so that frames arrive with their stored pixels.
 
     Stores need not say how an instance is stored (Orthanc says neither
@@ -124,7 +127,9 @@ def frame_syntax(metadata: list[dict[str, Any]]) -> str:
     Lossless, a bit-exact transcoding that still compresses on the wire. Asking lossless data
     for JPEG Baseline (wsidicom's default) would return lossy pixels.
     """
-    lossy = any((m.get("00282110", {}).get("Value") or [""])[0] == "01" for m in metadata)
+    lossy = any(
+        (m.get(LOSSY_IMAGE_COMPRESSION, {}).get("Value") or [""])[0] == "01" for m in instances
+    )
     return JPEG_BASELINE if lossy else JPEG_LS_LOSSLESS
 
 
@@ -142,14 +147,17 @@ def open_series(uri: str) -> Any:
     ref = parse_series(uri)
     web = DICOMwebClient(ref.root, session=session_for(ref))
     try:
-        found = web.search_for_series(
-            ref.study_uid, search_filters={"SeriesInstanceUID": ref.series_uid}
+        # One QIDO request: whether the series exists, and how its instances are compressed.
+        instances = web.search_for_instances(
+            ref.study_uid, ref.series_uid, fields=[LOSSY_IMAGE_COMPRESSION]
         )
-        if not found:
+        if not instances:
             raise FileNotFoundError(f"no such DICOMweb series: {uri}")
-        syntax = frame_syntax(web.retrieve_series_metadata(ref.study_uid, ref.series_uid))
         return WsiDicom.open_web(
-            WsiDicomWebClient(web), ref.study_uid, ref.series_uid, requested_transfer_syntax=syntax
+            WsiDicomWebClient(web),
+            ref.study_uid,
+            ref.series_uid,
+            requested_transfer_syntax=frame_syntax(instances),
         )
     except HTTPError as exc:
         status = exc.response.status_code if exc.response is not None else None

@@ -144,8 +144,8 @@ class _SlideInfo(beam.DoFn):
         if not planned:
             return
         status, n = planned[0], sum(joined["planned"])
-        method = status.tissue_method or "brightfield"
-        yield slide_info(status.row, status.geom, status.tissue_area_mm2, method, n)
+        assert status.tissue_method is not None  # set on every planned status
+        yield slide_info(status.row, status.geom, status.tissue_area_mm2, status.tissue_method, n)
 
 
 def _skipped(slide_id: str) -> tuple[str, SlideStatus]:
