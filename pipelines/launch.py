@@ -33,7 +33,17 @@ FLEX_LAUNCHER_ENV = "FLEX_TEMPLATE_PYTHON_PY_FILE"
 """Set in the Flex Template launcher image."""
 _DRY_RUN = "--dry_run=True"
 """Beam's ``--dry_run`` takes a value; given bare, it means true."""
-_NOISY = ("apache_beam", "tiffslide", "fsspec", "urllib3", "google", "transformers", "torch")
+_NOISY = (
+    "apache_beam",
+    "tiffslide",
+    "wsidicom",
+    "pydicom",
+    "fsspec",
+    "urllib3",
+    "google",
+    "transformers",
+    "torch",
+)
 
 
 def launch(
