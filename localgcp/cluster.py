@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -46,6 +47,8 @@ def _wait_until_up(url: str, proc: subprocess.Popen, log: Path, timeout_s: float
         try:
             urllib.request.urlopen(url, timeout=2).read()
             return
+        except urllib.error.HTTPError:
+            return  # it answers (e.g. 401 from a server that wants credentials): it is up
         except OSError:
             time.sleep(0.2)
     raise RuntimeError(f"emulator at {url} not up after {timeout_s:.0f} s: {log}")

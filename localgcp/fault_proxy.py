@@ -4,7 +4,7 @@ Every ``fail_every``-th request that ``fault_on`` selects is answered with a 503
 connection is dropped without an answer (alternating), the two transient faults clients must
 retry. With ``stall_s``, the selected requests instead get no answer for that long (a hung
 connection). Body bytes served per object name are counted, to check that slides are read in
-ranges.
+ranges; every GET's path and size is kept, for any upstream (a DICOMweb store too).
 """
 
 from __future__ import annotations
@@ -48,6 +48,8 @@ class FaultProxy(BackgroundServer):
         self.bytes_by_object: Counter[str] = Counter()
         self.reads: list[tuple[str, str | None, int]] = []
         """(object name, Range header, bytes) of every object GET served."""
+        self.gets: list[tuple[str, int]] = []
+        """(path, body bytes) of every GET served, of any server (e.g. DICOMweb frames)."""
         self._selected = itertools.count(1)
         self._lock = threading.Lock()
         super().__init__(self._handler())
@@ -70,6 +72,7 @@ class FaultProxy(BackgroundServer):
     def _served(self, path: str, n: int, byte_range: str | None) -> None:
         match = _OBJECT.search(path)
         with self._lock:
+            self.gets.append((path, n))
             self.range_requests += byte_range is not None
             if match:
                 name = urllib.parse.unquote(match.group(1))

@@ -45,7 +45,9 @@ def _plugin_path() -> str:
 class Orthanc:
     """An Orthanc process with the DICOMweb plugin at ``/dicom-web``; stop() ends it."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, users: dict[str, str] | None = None) -> None:
+        """``users`` (name -> password) turns on HTTP basic authentication: requests without
+        them are answered 401."""
         binary = orthanc_binary()
         if binary is None:
             raise FileNotFoundError(f"Orthanc with its DICOMweb plugin is not installed: {INSTALL}")
@@ -59,7 +61,8 @@ class Orthanc:
             "HttpPort": self.port,
             "DicomPort": free_port(),
             "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False,
+            "AuthenticationEnabled": bool(users),
+            "RegisteredUsers": users or {},
             "Plugins": [_plugin_path()],
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": False},
         }

@@ -20,6 +20,7 @@ SHOWN = (
     "patches_read",
     "patches_inferred",
     "patches_failed",
+    "work_units_read",
     "bytes_read",
     "skipped_existing",
 )

@@ -1,5 +1,7 @@
-"""DICOM slides served by a real DICOMweb server (Orthanc) give the same rows as the same files
-read locally, in one job with SVS rows; a missing series and a malformed URI are dead letters."""
+"""DICOM slides served by a real DICOMweb server (Orthanc), and kept on gs:// (the GCS
+emulator), give the same rows as the same files read locally, in one job with SVS and NDPI rows;
+work units fetch only their frames, one request each; a missing series, a malformed URI, a store
+that wants credentials and a hung store are dead letters."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from localgcp.orthanc import INSTALL, Orthanc, orthanc_binary
 from tests.e2e.cli import read_errors
 
 pytestmark = pytest.mark.dicomweb
+BUCKET = "gs://dicom-bucket"
 
 DICOM_SLIDES = {
     "jpeg": "dicom_wsi2dcm_jpeg/wsi2dcm_jpeg.dcm",
@@ -53,44 +56,59 @@ def run_manifest(tmp: Path, rows: list[tuple[str, str]], model: str) -> tuple[Pa
     return out, counters(result)
 
 
-def test_dicomweb_series_give_the_rows_of_the_local_files(
-    orthanc, shared_data, tiny_models, tmp_path
+def test_dicomweb_and_gcs_dicom_give_the_rows_of_the_local_files(
+    orthanc, local_gcp, shared_data, tiny_models, tmp_path
 ):
     server, uris = orthanc
     cmu1 = shared_data / "aperio_cmu1_small_region" / "CMU-1-Small-Region.svs"
+    ndpi = shared_data / "ndpi_tritc" / "test3-TRITC-2-560.ndpi"
     rows = [(f"web_{n}", uri) for n, uri in uris.items()]
     rows += [(f"file_{n}", str(shared_data / f)) for n, f in DICOM_SLIDES.items()]
-    rows += [("svs", str(cmu1))]
+    # On gs://: the two single-file slides as files, and boxes as a folder of its instances.
+    for name in ("jpeg", "raw"):
+        rows.append(
+            (
+                f"gcs_{name}",
+                local_gcp.upload(shared_data / DICOM_SLIDES[name], f"{BUCKET}/{name}/slide.dcm"),
+            )
+        )
+    for instance in sorted((shared_data / "dicom_openslide_boxes").glob("*.dcm")):
+        local_gcp.upload(instance, f"{BUCKET}/boxes/{instance.name}")
+    rows.append(("gcs_boxes", f"{BUCKET}/boxes"))
+    rows += [("svs", str(cmu1)), ("ndpi", str(ndpi))]
     rows += [
         ("missing_series", uris["jpeg"].rsplit("/", 1)[0] + "/1.2.3.4"),
         ("not_a_series", uris["jpeg"].replace("/series/", "/seriez/")),
+        ("missing_gcs_folder", f"{BUCKET}/no-such-slide"),
     ]
     out, _ = run_manifest(tmp_path, rows, tiny_models["two"])
 
     predictions = pd.read_parquet(out / "patch_predictions")
     columns = ["x_px", "y_px", "size_px", "level", "label"]
-    for name in DICOM_SLIDES:
-        web = predictions[predictions.slide_id == f"web_{name}"].sort_values(["y_px", "x_px"])
-        local = predictions[predictions.slide_id == f"file_{name}"].sort_values(["y_px", "x_px"])
-        assert len(web) == len(local), name
-        assert len(web) > 100 or name == "boxes"  # boxes is 16 px: no 64 px patch fits
-        assert web[columns].to_numpy().tolist() == local[columns].to_numpy().tolist()
-        for a, b in zip(web.probs, local.probs, strict=True):
-            assert list(a) == pytest.approx(list(b), abs=1e-6)
-    assert (predictions.slide_id == "svs").sum() > 100  # one job mixes SVS, DICOM files and web
-
     summaries = pd.read_parquet(out / "slide_summaries").set_index("slide_id")
     for name in DICOM_SLIDES:
-        web, local = summaries.loc[f"web_{name}"], summaries.loc[f"file_{name}"]
-        assert (web.width_px, web.height_px, web.slide_mpp) == (
-            local.width_px,
-            local.height_px,
-            local.slide_mpp,
-        )
+        local = predictions[predictions.slide_id == f"file_{name}"].sort_values(["y_px", "x_px"])
+        assert len(local) > 100 or name == "boxes"  # boxes is 16 px: no 64 px patch fits
+        for source in ("web", "gcs"):
+            got = predictions[predictions.slide_id == f"{source}_{name}"]
+            got = got.sort_values(["y_px", "x_px"])
+            assert got[columns].to_numpy().tolist() == local[columns].to_numpy().tolist()
+            for a, b in zip(got.probs, local.probs, strict=True):
+                assert list(a) == pytest.approx(list(b), abs=1e-6)
+            seen, truth = summaries.loc[f"{source}_{name}"], summaries.loc[f"file_{name}"]
+            assert (seen.width_px, seen.height_px, seen.slide_mpp) == (
+                truth.width_px,
+                truth.height_px,
+                truth.slide_mpp,
+            )
+    # One job mixes SVS, NDPI, and DICOM from files, gs:// and a DICOMweb store.
+    assert (predictions.slide_id == "svs").sum() > 100
+    assert (predictions.slide_id == "ndpi").sum() > 0
     errors = {e["key"]: (e["stage"], e["error_type"]) for e in read_errors(out)}
     assert errors == {
         "missing_series": ("PlanPatches", "FileNotFoundError"),
         "not_a_series": ("PlanPatches", "SlideError"),
+        "missing_gcs_folder": ("PlanPatches", "FileNotFoundError"),
     }
     assert len(rows) == summaries.index.nunique() + len(errors)  # slides in = out + dead
 
@@ -115,9 +133,7 @@ def test_a_flaky_store_is_retried_and_changes_nothing(orthanc, shared_data, tiny
     server, uris = orthanc
     local = str(shared_data / DICOM_SLIDES["jpeg"])
     with FaultProxy(server.endpoint, fail_every=3, fault_on=frame_read) as proxy:
-        web = uris["jpeg"].replace(
-            server.endpoint.removeprefix("http://"), proxy.endpoint.removeprefix("http://")
-        )
+        web = through(proxy, server, uris["jpeg"])
         out, counted = run_manifest(tmp_path, [("web", web), ("file", local)], tiny_models["two"])
     assert proxy.faults["503"] >= 1 and proxy.faults["drop"] >= 1
     assert counted["io_retries"] >= proxy.faults["503"]
@@ -142,9 +158,7 @@ def test_a_hung_store_times_out_into_a_dead_letter(
     server, uris = orthanc
     local = str(shared_data / DICOM_SLIDES["raw"])
     with FaultProxy(server.endpoint, fail_every=1, fault_on=frame_read, stall_s=5) as proxy:
-        web = uris["raw"].replace(
-            server.endpoint.removeprefix("http://"), proxy.endpoint.removeprefix("http://")
-        )
+        web = through(proxy, server, uris["raw"])
         out, _ = run_manifest(tmp_path, [("hung", web), ("file", local)], tiny_models["two"])
     assert proxy.faults["stall"] >= 3
     errors = {e["key"]: e for e in read_errors(out)}
@@ -153,3 +167,78 @@ def test_a_hung_store_times_out_into_a_dead_letter(
     assert "PATHBEAM_IO_TIMEOUT_S=1s" in errors["hung"]["message"]
     summaries = pd.read_parquet(out / "slide_summaries")
     assert set(summaries.slide_id) == {"file"}
+
+
+def test_a_work_unit_fetches_only_its_frames_in_one_request(
+    orthanc, shared_data, tiny_models, tmp_path
+):
+    """Through a counting proxy: reading the patches of a DICOMweb slide takes at most one
+    WADO-RS request per work unit, fetches each frame once and no whole instance, and the
+    bytes_read counter is what the store sent for those frames."""
+    import pydicom
+
+    from localgcp.fault_proxy import FaultProxy
+
+    server, uris = orthanc
+    with FaultProxy(server.endpoint) as proxy:
+        web = through(proxy, server, uris["jpeg"])
+        _, counted = run_manifest(tmp_path, [("web", web)], tiny_models["two"])
+    # The slide is opened twice, each time with one QIDO search: to plan, then to read.
+    opens = [i for i, (path, _) in enumerate(proxy.gets) if "includefield=00282110" in path]
+    assert len(opens) == 2
+    reading = proxy.gets[opens[1] :]
+    frames = [(path, n) for path, n in reading if "/frames/" in path]
+    asked = [int(f) for path, _ in frames for f in path.rsplit("/frames/", 1)[1].split(",")]
+    n_frames = int(pydicom.dcmread(shared_data / DICOM_SLIDES["jpeg"]).NumberOfFrames)
+    units = counted["work_units_read"]
+    # wsidicom fetches a level's first frame when it opens a series; then one request per unit
+    # at most (neighbouring units share frames wsidicom has cached), with several frames each.
+    assert frames[0][0].endswith("/frames/1")
+    assert 1 <= len(frames) - 1 <= units > 1 and len(asked) > len(frames)
+    assert sorted(asked[1:]) == sorted(set(asked[1:]))
+    assert set(asked) <= set(range(1, n_frames + 1))
+    whole = [p for p, _ in proxy.gets if p.split("?")[0].rstrip("/").split("/")[-2] == "instances"]
+    assert whole == []  # no instance fetched whole
+    assert counted["bytes_read"] == sum(n for _, n in frames[1:])
+    for path, n in reading:
+        print(f"{n:>8} B  {path.rsplit('/', 1)[-1][:40]}")  # shown with -s: the requests
+
+
+def test_a_store_that_wants_credentials_is_a_dead_letter_naming_them(
+    tmp_path_factory, shared_data, tiny_models, tmp_path
+):
+    """Orthanc with authentication on answers 401: the slide's dead letter says which
+    credentials were sent (none, over plain http) and what to grant."""
+    with Orthanc(tmp_path_factory.mktemp("locked"), users={"reader": "s3cret"}) as locked:
+        uri = locked.series_uri("1.2.3", "1.2.3.4")
+        local = str(shared_data / DICOM_SLIDES["raw"])
+        out, _ = run_manifest(tmp_path, [("locked", uri), ("file", local)], tiny_models["two"])
+    errors = {e["key"]: e for e in read_errors(out)}
+    assert set(errors) == {"locked"}
+    assert errors["locked"]["error_type"] == "SlideError"
+    assert "refused access (401) with no credentials (plain http)" in errors["locked"]["message"]
+    assert set(pd.read_parquet(out / "slide_summaries").slide_id) == {"file"}
+
+
+def test_https_credentials_are_named_never_their_token(monkeypatch):
+    """The message names the ADC account and project; the access token never appears."""
+    import google.auth
+    from google.oauth2 import service_account
+
+    from transforms.slides.dicomweb import credentials_used, parse_series
+
+    class Account(service_account.Credentials):
+        def __init__(self) -> None:  # a real credentials class, without a key file
+            self._service_account_email = "reader@proj.iam.gserviceaccount.com"
+            self.token = "ya29.secret-token"
+
+    monkeypatch.setattr(google.auth, "default", lambda **_: (Account(), "proj"))
+    ref = parse_series(
+        "dicomweb+https://healthcare.googleapis.com/v1/projects/p/locations/l"
+        "/datasets/d/dicomStores/s/dicomWeb/studies/1.2/series/1.2.3"
+    )
+    said = credentials_used(ref)
+    assert said == (
+        "Application Default Credentials (reader@proj.iam.gserviceaccount.com, project proj)"
+    )
+    assert "ya29" not in said

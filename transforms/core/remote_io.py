@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import fsspec
+
 from transforms.core import progress
 from transforms.core.errors import RemoteIOError
 
@@ -35,6 +37,30 @@ def remote_options(uri: str) -> dict[str, Any]:
     if uri.startswith(("gs://", "gcs://")):
         return {"requests_timeout": io_timeout_s()}
     return {}
+
+
+REMOTE_BLOCK_BYTES = 256 << 10
+REMOTE_CACHED_BLOCKS = 64
+"""Remote slides are read in 256 KiB range requests kept in a 64-block LRU cache (16 MiB per open
+slide): a row of neighbouring tiles (TIFF tiles, DICOM frames) is usually contiguous in the
+file, so one request serves several, and the IFDs at the file's end stay cached while tiles are
+read from its start.
+Measured (bench/bench_gcs_reads.py, 8192 px slide): a 2048 px work unit takes 20 requests and
+4.9 MB, against 242 requests and 3.1 MB with gcsfs's default cache. On GCS a request costs
+tens of ms and a MB ~10 ms, so fewer, larger requests win; a one-block read-ahead cache
+thrashed between the IFDs and the tiles."""
+
+
+def open_remote_file(uri: str) -> Any:
+    """An fsspec file of ``uri`` read by range, through a block cache sized for tiles."""
+    fs, path = fsspec.core.url_to_fs(uri, **remote_options(uri))
+    return fs.open(
+        path,
+        "rb",
+        block_size=REMOTE_BLOCK_BYTES,
+        cache_type="blockcache",
+        cache_options={"maxblocks": REMOTE_CACHED_BLOCKS},
+    )
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -1,36 +1,113 @@
 """DICOM whole-slide images (VL Whole Slide Microscopy) through wsidicom.
 
 A slide is one DICOM file, a folder holding one slide's instances (a series, its levels in
-separate files), or a series in a DICOMweb store (``dicomweb.py``). Levels come from the volume
-pyramid (label, overview and thumbnail images are not levels); the mpp from the pixel spacing.
-The first optical path and focal plane are read (wsidicom's default). wsidicom is imported here
-only, when a DICOM slide is opened.
+separate files), local or on ``gs://`` (read by range through fsspec, never downloaded whole),
+or a series in a DICOMweb store (``dicomweb.py``). Levels come from the volume pyramid (label,
+overview and thumbnail images are not levels); the mpp from the pixel spacing. The first
+optical path and focal plane are read (wsidicom's default). wsidicom is imported here only, when
+a DICOM slide is opened.
+
+The bytes each read takes from its source are measured (``Transfer``): for files, the bytes read
+from the instances' streams (the frames' compressed bytes); for DICOMweb, the response bytes.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
+import fsspec
 import numpy as np
 
 from transforms.core.errors import SlideError, UnsupportedFormatError
-from transforms.core.remote_io import remote_options
+from transforms.core.remote_io import open_remote_file
 
 
-def _open(uri: str) -> Any:
+class Transfer:
+    """Requests and bytes a slide's source has delivered so far (thread-safe)."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.bytes = 0
+        self._lock = threading.Lock()
+
+    def add(self, n_bytes: int, requests: int = 0) -> None:
+        with self._lock:
+            self.bytes += n_bytes
+            self.requests += requests
+
+    def totals(self) -> tuple[int, int]:
+        with self._lock:
+            return self.requests, self.bytes
+
+
+class _MeteredStream:
+    """A binary stream that adds the bytes read through it to a ``Transfer``."""
+
+    def __init__(self, raw: Any, transfer: Transfer) -> None:
+        self._raw = raw
+        self._transfer = transfer
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read(size)
+        self._transfer.add(len(data))
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        n = self._raw.readinto(buffer)
+        self._transfer.add(n or 0)
+        return n
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._raw, name)
+
+
+def _instance_files(target: str) -> list[str]:
+    """The files of one slide: ``target`` itself, or the files directly in a folder."""
+    fs, path = fsspec.core.url_to_fs(target)
+    if fs.isdir(path):
+        files = sorted(f for f in fs.ls(path, detail=False) if not fs.isdir(f))
+        return [fs.unstrip_protocol(f) if "://" in target else f for f in files]
+    if not fs.exists(path):
+        raise FileNotFoundError(f"slide file not found: {target}")
+    return [target]
+
+
+def _open_stream(uri: str) -> Any:
+    return open(uri, "rb") if "://" not in uri else open_remote_file(uri)  # noqa: SIM115
+
+
+def _open_files(target: str, transfer: Transfer) -> tuple[Any, list[Any]]:
+    """The ``WsiDicom`` of a file or folder, and the streams it reads (closed by the caller)."""
     from wsidicom import WsiDicom
 
+    streams: list[Any] = []
+    try:
+        for uri in _instance_files(target):
+            streams.append(_open_stream(uri))
+        # Files that are not DICOM (a README, a thumbnail) are not part of the slide.
+        dicom = [_MeteredStream(s, transfer) for s in streams if _is_dicom(s)]
+        return WsiDicom.open_streams(dicom), streams
+    except Exception:
+        for stream in streams:
+            stream.close()
+        raise
+
+
+def _is_dicom(stream: Any) -> bool:
+    head = stream.read(132)
+    stream.seek(0)
+    return head[128:132] == b"DICM"
+
+
+def _open(uri: str, transfer: Transfer) -> tuple[Any, list[Any]]:
     from transforms.slides.dicomweb import is_dicomweb, open_series
 
     if is_dicomweb(uri):
-        return open_series(uri)
-    target = uri.removeprefix("file://")
-    local = "://" not in target
-    files: Any = target if (local and os.path.isdir(target)) else [target]
-    options = None if local else remote_options(uri)
+        return open_series(uri, transfer), []
     try:
-        return WsiDicom.open(files, file_options=options)
+        return _open_files(uri.removeprefix("file://"), transfer)
     except FileNotFoundError:
         raise
     except Exception as exc:  # wsidicom raises its own errors for non-slide DICOM
@@ -44,7 +121,9 @@ class DicomSlideFile:
     """A DICOM whole-slide image behind the ``reader.Slide`` interface."""
 
     def __init__(self, uri: str) -> None:
-        self._wsi = _open(uri)
+        self.transfer = Transfer()
+        self._wsi, self._streams = _open(uri, self.transfer)
+        self._last_read: tuple[int, tuple[int, int, int, int], int] | None = None
         try:
             levels = sorted(self._wsi.levels, key=lambda lv: lv.size.width, reverse=True)
             if not levels:
@@ -60,15 +139,25 @@ class DicomSlideFile:
             mpp = self._wsi.mpp
             self.file_mpp = float((mpp.width + mpp.height) / 2) if mpp else None
         except Exception:
-            self._wsi.close()
+            self.close()
             raise
 
     def read(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        _, before = self.transfer.totals()
         region = self._wsi.read_region((x, y), self._levels[level], (w, h))
-        return np.asarray(region.convert("RGB") if region.mode != "RGB" else region)
+        pixels = np.asarray(region.convert("RGB") if region.mode != "RGB" else region)
+        self._last_read = (level, (x, y, w, h), self.transfer.totals()[1] - before)
+        return pixels
 
     def compressed_bytes(self, level: int, region: tuple[int, int, int, int]) -> int:
-        return 0  # not counted for DICOM yet: frames are fetched by wsidicom
+        """The bytes the last read of exactly ``region`` took from the source (measured: frames
+        already cached by wsidicom cost nothing), else 0."""
+        last = self._last_read
+        return last[2] if last and last[:2] == (level, tuple(region)) else 0
 
     def close(self) -> None:
-        self._wsi.close()
+        try:
+            self._wsi.close()
+        finally:
+            for stream in self._streams:
+                stream.close()

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from transforms.core import progress
 from transforms.core.errors import SlideError
 from transforms.core.remote_io import ATTEMPTS, io_timeout_s
+
+if TYPE_CHECKING:
+    from transforms.slides.dicom import Transfer
 
 SCHEMES = ("dicomweb+http://", "dicomweb+https://")
 _SERIES = re.compile(
@@ -60,6 +63,7 @@ def _retry_policy() -> Any:
 
     return CountedRetry(
         total=ATTEMPTS - 1,
+        read=0,  # a request that timed out is retried by the operation (retry_transient)
         backoff_factor=0.5,
         status_forcelist=RETRIED_STATUS,
         allowed_methods=frozenset({"GET"}),
@@ -81,8 +85,9 @@ def credentials_used(ref: SeriesRef) -> str:
     return f"Application Default Credentials ({who}, project {project})"
 
 
-def session_for(ref: SeriesRef) -> Any:
-    """A requests session for the store: ADC for https, timeouts and retries on every request."""
+def session_for(ref: SeriesRef, transfer: Transfer | None = None) -> Any:
+    """A requests session for the store: ADC for https, timeouts and retries on every request;
+    each response's requests and body bytes are added to ``transfer``."""
     import requests
     from requests.adapters import HTTPAdapter
 
@@ -104,7 +109,10 @@ def session_for(ref: SeriesRef) -> Any:
 
     def request(method: str, url: str, **kwargs: Any) -> Any:
         kwargs.setdefault("timeout", timeout)
-        return send(method, url, **kwargs)
+        response = send(method, url, **kwargs)
+        if transfer is not None:
+            transfer.add(len(response.content), requests=1)
+        return response
 
     session.request = request
     return session
@@ -133,8 +141,8 @@ def frame_syntax(instances: list[dict[str, Any]]) -> str:
     return JPEG_BASELINE if lossy else JPEG_LS_LOSSLESS
 
 
-def open_series(uri: str) -> Any:
-    """The ``WsiDicom`` of one DICOMweb series.
+def open_series(uri: str, transfer: Transfer | None = None) -> Any:
+    """The ``WsiDicom`` of one DICOMweb series, its requests and bytes added to ``transfer``.
 
     Raises:
       FileNotFoundError: the store has no such series (404).
@@ -145,7 +153,10 @@ def open_series(uri: str) -> Any:
     from wsidicom import WsiDicom, WsiDicomWebClient
 
     ref = parse_series(uri)
-    web = DICOMwebClient(ref.root, session=session_for(ref))
+    web = DICOMwebClient(ref.root, session=session_for(ref, transfer))
+    # Its own retry layer retries every exception 5 times with 1-17 s waits (35 s for one hung
+    # request): the session already retries 429/5xx, and the operation retries timeouts.
+    web.set_http_retry_params(retry=False)
     try:
         # One QIDO request: whether the series exists, and how its instances are compressed.
         instances = web.search_for_instances(

@@ -81,6 +81,7 @@ class _ReadUnit(beam.DoFn):
             mpp = unit.patch_mpp(box)
             yield Patch(unit.slide_id, box.x_px, box.y_px, box.size_px, box.level, mpp, pixels)
         progress.count("patches_read", len(unit.patches))
+        progress.count("work_units_read")
 
 
 def cut_patch(region: np.ndarray, x: int, y: int, size: int, patch_px: int) -> np.ndarray:

@@ -9,7 +9,6 @@ file's content, never from its name alone: a ``.svs`` that is DICOM is read as D
 
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
 from typing import Protocol
 
@@ -51,12 +50,18 @@ class Slide(Protocol):
     def close(self) -> None: ...
 
 
-def _head(uri: str) -> bytes:
+def _head(uri: str) -> bytes | None:
+    """The first 132 bytes of the file at ``uri``; None for a folder."""
+    fs, path = fsspec.core.url_to_fs(uri, **remote_options(uri))
     try:
-        with fsspec.open(uri, "rb", **remote_options(uri)) as f:
-            return bytes(f.read(132))
-    except FileNotFoundError as exc:
+        with fs.open(path, "rb") as f:
+            head = bytes(f.read(132))
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as exc:
+        if fs.isdir(path):
+            return None
         raise FileNotFoundError(f"slide file not found: {uri}") from exc
+    # An object store may open a folder (a prefix) as an empty object.
+    return None if not head and fs.isdir(path) else head
 
 
 def open_slide(uri: str) -> Slide:
@@ -71,12 +76,11 @@ def open_slide(uri: str) -> Slide:
     from transforms.slides.dicomweb import is_dicomweb
     from transforms.slides.tiff import TiffSlideFile
 
-    local = uri.removeprefix("file://")
-    if is_dicomweb(uri) or ("://" not in local and os.path.isdir(local)):
-        return DicomSlideFile(uri)  # a folder of one slide's DICOM instances
-    head = _head(uri)
-    if head[128:132] == b"DICM":
+    if is_dicomweb(uri):
         return DicomSlideFile(uri)
+    head = _head(uri)
+    if head is None or head[128:132] == b"DICM":
+        return DicomSlideFile(uri)  # a DICOM file, or a folder of one slide's instances
     if head[:4] in _TIFF_MAGIC:
         return TiffSlideFile(uri)
     raise UnsupportedFormatError(

@@ -9,37 +9,14 @@ import math
 import warnings
 from typing import Any
 
-import fsspec
 import numpy as np
 
 from transforms.core.errors import SlideError, UnsupportedFormatError
-from transforms.core.remote_io import remote_options
+from transforms.core.remote_io import open_remote_file
 
 # tiffslide warns on every NDPI metadata read that its Hamamatsu parsing is partial; MPP and
 # levels, all this project reads, are parsed.
 warnings.filterwarnings("ignore", message=".*format metadata parsing only partially")
-
-REMOTE_BLOCK_BYTES = 256 << 10
-REMOTE_CACHED_BLOCKS = 64
-"""Remote slides are read in 256 KiB range requests kept in a 64-block LRU cache (16 MiB per open
-slide): a row of neighbouring tiles is usually contiguous in the file, so one request serves
-several tiles, and the IFDs at the file's end stay cached while tiles are read from its start.
-Measured (bench/bench_gcs_reads.py, 8192 px slide): a 2048 px work unit takes 20 requests and
-4.9 MB, against 242 requests and 3.1 MB with gcsfs's default cache. On GCS a request costs
-tens of ms and a MB ~10 ms, so fewer, larger requests win; a one-block read-ahead cache
-thrashed between the IFDs and the tiles."""
-
-
-def _open_remote(uri: str) -> Any:
-    """An fsspec file of ``uri`` read by range, through a block cache sized for tiles."""
-    fs, path = fsspec.core.url_to_fs(uri, **remote_options(uri))
-    return fs.open(
-        path,
-        "rb",
-        block_size=REMOTE_BLOCK_BYTES,
-        cache_type="blockcache",
-        cache_options={"maxblocks": REMOTE_CACHED_BLOCKS},
-    )
 
 
 def _file_mpp(props: dict[str, Any]) -> float | None:
@@ -61,7 +38,7 @@ class TiffSlideFile:
 
         try:
             if "://" in uri and not uri.startswith("file://"):
-                self._slide = tiffslide.TiffSlide(_open_remote(uri))
+                self._slide = tiffslide.TiffSlide(open_remote_file(uri))
             else:
                 self._slide = tiffslide.TiffSlide(uri)
         except tifffile.TiffFileError as exc:
