@@ -133,6 +133,38 @@ def ct_image(path: Path) -> str:
     return str(path)
 
 
+def dicom_missing_frames(source: Path, path: Path) -> str:
+    """The JPEG slide with half of its frames gone (NumberOfFrames still says all of them)."""
+    import pydicom
+    from pydicom.encaps import encapsulate, generate_frames
+
+    ds = pydicom.dcmread(source)
+    frames = list(generate_frames(ds.PixelData, number_of_frames=int(ds.NumberOfFrames)))
+    ds.PixelData = encapsulate(frames[: len(frames) // 2], has_bot=True)
+    ds.save_as(path)
+    return str(path)
+
+
+def dicom_in_syntax(source: Path, path: Path, syntax: str) -> str:
+    """The slide relabelled with another transfer syntax (e.g. MPEG2, which no reader decodes)."""
+    import pydicom
+
+    ds = pydicom.dcmread(source)
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.save_as(path)
+    return str(path)
+
+
+def folder_of(folder: Path, *files: Path, extra: dict[str, bytes] | None = None) -> str:
+    """A folder holding copies of ``files`` and the ``extra`` files (name -> bytes)."""
+    folder.mkdir()
+    for file in files:
+        _copy(file, folder / file.name)
+    for name, data in (extra or {}).items():
+        (folder / name).write_bytes(data)
+    return str(folder)
+
+
 def build_slides(d: Path, tmp: Path) -> dict[str, tuple[str, str | None, object]]:
     """case id -> (uri, manifest mpp or None, expected outcome)."""
     cmu1 = d / "aperio_cmu1_small_region" / "CMU-1-Small-Region.svs"
@@ -142,6 +174,7 @@ def build_slides(d: Path, tmp: Path) -> dict[str, tuple[str, str | None, object]
     (tmp / "png.svs").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(2000))
     tissue = _tissue()
     dicom_jpeg = d / "dicom_wsi2dcm_jpeg" / "wsi2dcm_jpeg.dcm"
+    boxes = d / "dicom_openslide_boxes"
     return {
         "cmu1_svs": (str(cmu1), None, OK),
         "ndpi": (str(d / "ndpi_tritc" / "test3-TRITC-2-560.ndpi"), None, OK),
@@ -183,6 +216,32 @@ def build_slides(d: Path, tmp: Path) -> dict[str, tuple[str, str | None, object]
             ct_image(tmp / "ct.dcm"),
             "0.5",
             dead("PlanPatches", "UnsupportedFormatError"),
+        ),
+        "dicom_missing_frames": (
+            dicom_missing_frames(dicom_jpeg, tmp / "missing_frames.dcm"),
+            "0.5",
+            dead("PlanPatches", "SlideError"),
+        ),
+        "dicom_unsupported_transfer_syntax": (
+            dicom_in_syntax(dicom_jpeg, tmp / "mpeg2.dcm", "1.2.840.10008.1.2.4.100"),
+            "0.5",
+            dead("PlanPatches", "UnsupportedFormatError"),
+        ),
+        "dicom_folder_without_its_volume": (  # only the thumbnail instance is left
+            folder_of(tmp / "thumbnail_only", boxes / "boxes_1.dcm"),
+            None,
+            dead("PlanPatches", "UnsupportedFormatError"),
+        ),
+        "dicom_folder_with_stray_files": (  # a README and a CT image beside the instances
+            folder_of(
+                tmp / "with_strays",
+                boxes / "boxes_0.dcm",
+                boxes / "boxes_1.dcm",
+                Path(ct_image(tmp / "stray_ct.dcm")),
+                extra={"README.txt": b"scanned 2026-11-30\n"},
+            ),
+            None,
+            OK,
         ),
         "missing_file": (str(tmp / "nope.svs"), None, dead("PlanPatches", "FileNotFoundError")),
         "no_mpp": (_tiled(tmp / "nompp.tiff", tissue), None, dead("PlanPatches", "SlideError")),
@@ -234,6 +293,10 @@ SLIDE_CASES = [
     "dicom_at_its_own_mpp",
     "dicom_truncated",
     "dicom_not_a_slide",
+    "dicom_missing_frames",
+    "dicom_unsupported_transfer_syntax",
+    "dicom_folder_without_its_volume",
+    "dicom_folder_with_stray_files",
     "missing_file",
     "no_mpp",
     "single_level",
@@ -258,6 +321,16 @@ def test_slide_case(slide_run, case):
     # The whole run: slides in = slides with results + slide dead letters.
     assert len(cases) == summaries.slide_id.nunique() + len(errors)
     assert (summaries[summaries.slide_id == "cmu1_svs"].patch_count > 100).all()
+
+
+def test_dicom_dead_letters_say_what_is_wrong(slide_run):
+    _, _, errors = slide_run
+    said = {e["key"]: e["message"] for e in errors}
+    assert "MPEG2 Main Profile" in said["dicom_unsupported_transfer_syntax"]
+    assert "1.2.840.10008.1.2.4.100" in said["dicom_unsupported_transfer_syntax"]
+    assert "less frames 6 than NumberOfFrames 12" in said["dicom_missing_frames"]
+    assert "thumbnail in Explicit VR Little Endian" in said["dicom_folder_without_its_volume"]
+    assert "CT Image Storage" in said["dicom_not_a_slide"]
 
 
 # ------------------------------------------------------------------------------ manifests

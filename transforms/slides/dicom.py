@@ -13,7 +13,6 @@ from the instances' streams (the frames' compressed bytes); for DICOMweb, the re
 
 from __future__ import annotations
 
-import os
 import threading
 from typing import Any
 
@@ -87,12 +86,40 @@ def _open_files(target: str, transfer: Transfer) -> tuple[Any, list[Any]]:
         for uri in _instance_files(target):
             streams.append(_open_stream(uri))
         # Files that are not DICOM (a README, a thumbnail) are not part of the slide.
-        dicom = [_MeteredStream(s, transfer) for s in streams if _is_dicom(s)]
-        return WsiDicom.open_streams(dicom), streams
+        dicom = [s for s in streams if _is_dicom(s)]
+        try:
+            return WsiDicom.open_streams([_MeteredStream(s, transfer) for s in dicom]), streams
+        except Exception as exc:
+            raise UnsupportedFormatError(
+                "a DICOM file or folder that holds no whole-slide image (VL Whole Slide "
+                f"Microscopy volume) wsidicom can read: it holds {_described(dicom)} "
+                f"({type(exc).__name__}: {exc})"
+            ) from exc
     except Exception:
         for stream in streams:
             stream.close()
         raise
+
+
+def _described(streams: list[Any]) -> str:
+    """What DICOM instances the streams hold: image type and transfer syntax, for messages."""
+    import pydicom
+
+    seen = []
+    for stream in streams:
+        stream.seek(0)
+        try:
+            ds = pydicom.dcmread(stream, stop_before_pixels=True)
+        except Exception as exc:  # noqa: BLE001 - described, not raised
+            seen.append(f"an unparsable DICOM file ({type(exc).__name__})")
+            continue
+        sop, syntax = ds.get("SOPClassUID"), ds.file_meta.get("TransferSyntaxUID")
+        kind = "/".join(ds.get("ImageType", [])[2:3]) or "image"
+        seen.append(
+            f"{getattr(sop, 'name', sop)} {kind.lower()} in "
+            f"{getattr(syntax, 'name', syntax)} ({syntax})"
+        )
+    return "; ".join(seen) or "no DICOM instance"
 
 
 def _is_dicom(stream: Any) -> bool:
@@ -106,15 +133,7 @@ def _open(uri: str, transfer: Transfer) -> tuple[Any, list[Any]]:
 
     if is_dicomweb(uri):
         return open_series(uri, transfer), []
-    try:
-        return _open_files(uri.removeprefix("file://"), transfer)
-    except FileNotFoundError:
-        raise
-    except Exception as exc:  # wsidicom raises its own errors for non-slide DICOM
-        raise UnsupportedFormatError(
-            "a DICOM file or folder that holds no whole-slide image (VL Whole Slide Microscopy "
-            f"volume) wsidicom can read: {type(exc).__name__}: {exc}"
-        ) from exc
+    return _open_files(uri.removeprefix("file://"), transfer)
 
 
 class DicomSlideFile:
