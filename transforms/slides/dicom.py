@@ -13,7 +13,9 @@ from the instances' streams (the frames' compressed bytes); for DICOMweb, the re
 
 from __future__ import annotations
 
+import logging
 import threading
+import warnings
 from typing import Any
 
 import fsspec
@@ -21,6 +23,18 @@ import numpy as np
 
 from transforms.core.errors import SlideError, UnsupportedFormatError
 from transforms.core.remote_io import open_remote_file
+
+_LIBRARY_NOISE = (
+    "get_frame_offsets is deprecated",  # wsidicom 0.28 calls pydicom 3's old API, once a file
+    "No bulk data URI handler provided",  # DICOMweb metadata leaves pixel data out, as it should
+)
+"""pydicom messages about how wsidicom calls it, logged and warned on every DICOM slide: nothing a
+user can act on. A logging filter, since pydicom resets its logger's level when imported."""
+logging.getLogger("pydicom").addFilter(
+    lambda record: not any(noise in record.getMessage() for noise in _LIBRARY_NOISE)
+)
+for _noise in _LIBRARY_NOISE:
+    warnings.filterwarnings("ignore", message=f".*{_noise}")
 
 
 class Transfer:
