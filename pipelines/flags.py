@@ -220,16 +220,38 @@ SLIDES: tuple[Group, ...] = (
                 repeat=True,
             ),
             Flag(
+                "model_output",
+                "NAME=classification|embedding|segmentation: what the model returns (N x C "
+                "logits, N x D vectors, N x C x h x w logits) and so which table it writes",
+                default_of(_MODEL, "output_kind"),
+                metavar="NAME=KIND",
+                repeat=True,
+            ),
+            Flag(
+                "class_names",
+                "NAME=a,b,c names of the classes, for summaries and picture legends",
+                metavar="NAME=A,B,C",
+                repeat=True,
+            ),
+            Flag(
+                "embedding_key",
+                "NAME=auto|pooler|cls|mean|OUTPUT: which output is the embedding (pooler_output; "
+                "the first token or the mean of last_hidden_state; an output's name)",
+                default_of(_MODEL, "embedding_key"),
+                metavar="NAME=KEY",
+                repeat=True,
+            ),
+            Flag(
                 "model_mean",
                 "NAME=r,g,b input normalisation mean",
-                "ImageNet",
+                "the model folder's, else ImageNet",
                 metavar="NAME=R,G,B",
                 repeat=True,
             ),
             Flag(
                 "model_std",
                 "NAME=r,g,b input normalisation std",
-                "ImageNet",
+                "the model folder's, else ImageNet",
                 metavar="NAME=R,G,B",
                 repeat=True,
             ),

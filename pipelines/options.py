@@ -42,6 +42,7 @@ FIELD_FLAGS = {
     "mean": "--model_mean",
     "std": "--model_std",
     "activation": "--model_activation",
+    "output_kind": "--model_output",
     "buffer_size": "--sort_buffer",
 }
 """Config fields whose flag is not ``--<field>``."""
@@ -189,9 +190,12 @@ def model_specs(options: PipelineOptions) -> tuple[ModelSpec, ...]:
             "--model_mean": opts.model_mean,
             "--model_std": opts.model_std,
             "--model_activation": opts.model_activation,
+            "--model_output": opts.model_output,
+            "--class_names": opts.class_names,
+            "--embedding_key": opts.embedding_key,
         },
     )
-    means, stds = by["--model_mean"], by["--model_std"]
+    means, stds, names = by["--model_mean"], by["--model_std"], by["--class_names"]
     with flags_named():
         return tuple(
             ModelSpec(
@@ -204,6 +208,11 @@ def model_specs(options: PipelineOptions) -> tuple[ModelSpec, ...]:
                     mean=_floats(means[name], "--model_mean") if name in means else None,
                     std=_floats(stds[name], "--model_std") if name in stds else None,
                     activation=by["--model_activation"].get(name),
+                    output_kind=by["--model_output"].get(name),
+                    embedding_key=by["--embedding_key"].get(name),
+                    class_names=(
+                        tuple(n.strip() for n in names[name].split(",")) if name in names else None
+                    ),
                 ),
             )
             for name, uri in by["--model"].items()

@@ -1,7 +1,8 @@
 """The configuration checked against the data before anything starts, wherever that is cheap.
 
 Manifests exist and have the columns the flags name (a header, a schema: never the rows), and
-model files exist. Each failure is one ``ConfigError`` naming the flag (exit 2); row-level
+model files exist and are of the format their name says (one header read or listing, no
+download). Each failure is one ``ConfigError`` naming the flag (exit 2); row-level
 problems stay dead letters. A dry run or a staged template reads nothing, and a job for remote
 workers does not import ``--model_class`` modules that may exist only in the worker image.
 """
@@ -18,6 +19,7 @@ from pipelines.options import LOCAL_RUNNER, SlideJobConfig, TextJobConfig
 from transforms.core.errors import ConfigError, ManifestError
 from transforms.core.remote_io import remote_options
 from transforms.io.manifests import REQUIRED_COLUMNS, ManifestSource, manifest_columns
+from transforms.models.spec import ModelSpec
 
 _WHAT = {
     "slides": "a slide manifest",
@@ -59,6 +61,36 @@ def _check_model_file(flag: str, name: str, uri: str) -> None:
         raise ConfigError(f"{flag} {name}={uri}: no such file or folder")
 
 
+HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
+
+
+def _check_model_format(spec: ModelSpec) -> None:
+    """The model's files are what its format needs: one listing or header read, no download."""
+    fs, path = fsspec.core.url_to_fs(spec.uri, **remote_options(spec.uri))
+    where = f"--model {spec.name}={spec.uri}"
+    if spec.format == "huggingface":
+        if not fs.isdir(path):
+            raise ConfigError(
+                f"{where}: not a '.pt2' program, an '.onnx' graph or a Hugging Face folder "
+                "(give a state_dict file with --model_class)"
+            )
+        names = {p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)}
+        if "config.json" not in names:
+            raise ConfigError(f"{where}: a Hugging Face folder needs config.json (save_pretrained)")
+        if not names & set(HF_WEIGHTS):
+            raise ConfigError(
+                f"{where}: the Hugging Face folder holds no weights ({', '.join(HF_WEIGHTS)}); "
+                f"it has {', '.join(sorted(names))}"
+            )
+        return
+    with fs.open(path, "rb") as f:
+        head = f.read(4)
+    if spec.format == "pt2" and head[:2] != b"PK":
+        raise ConfigError(f"{where}: not a torch.export '.pt2' program (not a zip archive)")
+    if spec.format == "onnx" and (not head or head[0] != 0x08):  # field 1 (ir_version), varint
+        raise ConfigError(f"{where}: not an ONNX graph (its protobuf does not start as one)")
+
+
 def _check_importable(name: str, model_class: str) -> None:
     module = model_class.split(":", 1)[0]
     try:
@@ -97,6 +129,7 @@ def check_slide_inputs(cfg: SlideJobConfig, options: PipelineOptions) -> None:
         )
     for spec in cfg.models:
         _check_model_file("--model", spec.name, spec.uri)
+        _check_model_format(spec)
         if spec.model_class and local:
             _check_importable(spec.name, spec.model_class)
 

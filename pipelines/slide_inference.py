@@ -1,10 +1,11 @@
-"""Slides -> patch predictions, slide summaries, heatmaps, case summaries and dead letters.
+"""Slides -> patch results (predictions, embeddings, segmentations), slide summaries, pictures,
+case summaries and dead letters.
 
     python -m pipelines.slide_inference --slides slides.csv --model tumor=tumor.pt2 \
         --patch_px 224 --patch_mpp 0.5 --output results/
 
 Extract (ReadManifest) -> PlanPatches -> ReadPatches -> RunModel/<name> per model (branches over
-one decoded patch stream) -> SummarizeSlides -> Write*.
+one decoded patch stream) -> SummarizeSlides (+ SummarizeEmbeddings) -> Write*.
 """
 
 from __future__ import annotations
@@ -25,12 +26,20 @@ from transforms.core.progress import slide_progress_line
 from transforms.io.destinations import WriteTables
 from transforms.io.incremental import SKIPPED, SkipExisting
 from transforms.io.manifests import ReadManifest
-from transforms.io.schemas import CASE_SUMMARIES, ERRORS, PATCH_PREDICTIONS, SLIDE_SUMMARIES
+from transforms.io.schemas import (
+    CASE_SUMMARIES,
+    ERRORS,
+    PATCH_EMBEDDINGS,
+    PATCH_PREDICTIONS,
+    PATCH_SEGMENTATIONS,
+    SLIDE_EMBEDDINGS,
+    SLIDE_SUMMARIES,
+)
 from transforms.models.patch_inference import RunModel
 from transforms.slides.plan_grid import PlanGridPatches
 from transforms.slides.plan_manifest import PlanManifestPatches
 from transforms.slides.read_patches import ReadPatches
-from transforms.slides.summaries import SummarizeCases, SummarizeSlides
+from transforms.slides.summaries import SummarizeCases, SummarizeEmbeddings, SummarizeSlides
 from transforms.slides.survey import SLIDE_INFO
 
 
@@ -54,22 +63,34 @@ def build(pipeline: beam.Pipeline, cfg: SlideJobConfig) -> dict[str, beam.PColle
         planned = slide_rows | "PlanPatches" >> PlanGridPatches(cfg.patching)
     read = planned["units"] | "ReadPatches" >> ReadPatches()
     errors += [planned[DEAD_LETTER], read[DEAD_LETTER]]
-    predictions = []
+    by_kind: dict[str, list[beam.PCollection]] = {kind: [] for kind in KIND_OUTPUTS}
     for spec in cfg.models:
         inferred = read["patches"] | f"RunModel/{spec.name}" >> RunModel(
             spec, cfg.batching, cfg.run.run_id, cfg.patching.patch_px
         )
-        predictions.append(inferred["predictions"])
+        by_kind[spec.output_kind].append(inferred["rows"])
         errors.append(inferred[DEAD_LETTER])
-    all_predictions = predictions | "AllPredictions" >> beam.Flatten()
-    # Each run's heatmaps in their own folder: runs into one folder never overwrite each other.
-    heatmap_dir = f"{cfg.destination.artifacts}/heatmaps/{cfg.run.run_id}" if cfg.heatmaps else None
-    summarized = (all_predictions, planned[SLIDE_INFO]) | "SummarizeSlides" >> SummarizeSlides(
-        cfg.models, heatmap_dir, cfg.run.run_id
+    results = {
+        KIND_OUTPUTS[kind]: rows | f"All{KIND_OUTPUTS[kind].title()}" >> beam.Flatten()
+        for kind, rows in by_kind.items()
+        if rows
+    }
+    every_result = list(results.values()) | "AllResults" >> beam.Flatten()
+    # Each run's pictures in their own folder: runs into one folder never overwrite each other.
+    pictures = {
+        "classification": f"{cfg.destination.artifacts}/heatmaps/{cfg.run.run_id}",
+        "segmentation": f"{cfg.destination.artifacts}/segmentations/{cfg.run.run_id}",
+    }
+    summarized = (every_result, planned[SLIDE_INFO]) | "SummarizeSlides" >> SummarizeSlides(
+        cfg.models, pictures if cfg.heatmaps else {}, cfg.run.run_id
     )
     errors.append(summarized[DEAD_LETTER])
+    if "embeddings" in results:
+        results["slide_embeddings"] = results["embeddings"] | "SummarizeEmbeddings" >> (
+            SummarizeEmbeddings(cfg.models, cfg.run.run_id)
+        )
     outputs = {
-        "predictions": all_predictions,
+        **results,
         "summaries": summarized["summaries"],
         "errors": errors | "AllErrors" >> beam.Flatten(),
     }
@@ -87,8 +108,18 @@ def build(pipeline: beam.Pipeline, cfg: SlideJobConfig) -> dict[str, beam.PColle
     return outputs
 
 
+KIND_OUTPUTS = {
+    "classification": "predictions",
+    "embedding": "embeddings",
+    "segmentation": "segmentations",
+}
+"""The output of ``build`` that each model output kind's rows go to."""
+
 TABLES = {
     "predictions": PATCH_PREDICTIONS,
+    "embeddings": PATCH_EMBEDDINGS,
+    "segmentations": PATCH_SEGMENTATIONS,
+    "slide_embeddings": SLIDE_EMBEDDINGS,
     "summaries": SLIDE_SUMMARIES,
     "cases": CASE_SUMMARIES,
     "errors": ERRORS,

@@ -18,7 +18,7 @@ def test_beams_run_inference_runs_the_patch_handler(tiny_models):
     from apache_beam.ml.inference.base import RunInference
 
     from transforms.models.handler import PatchModelHandler
-    from transforms.models.torch_models import load_model, predict_probs
+    from transforms.models.loading import load_model, predict
 
     spec = ModelSpec("two", tiny_models["two"])
     rng = np.random.default_rng(0)
@@ -26,7 +26,7 @@ def test_beams_run_inference_runs_the_patch_handler(tiny_models):
         Patch("s1", 224 * i, 0, 224, 0, 0.5, rng.integers(0, 256, (64, 64, 3), np.uint8))
         for i in range(7)
     ]
-    expected = predict_probs(load_model(spec), [p.pixels for p in patches], spec)
+    expected = np.stack(predict(load_model(spec), [p.pixels for p in patches], spec))
     want = {p.x_px: probs for p, probs in zip(patches, expected, strict=True)}
 
     def matches(results):

@@ -17,7 +17,7 @@ from pipelines.options import SlideJobConfig
 from pipelines.slide_inference import build, write
 from transforms.io.destinations import RunStamp, destination
 from transforms.models.patch_inference import BatchingConfig
-from transforms.models.spec import ModelSpec
+from transforms.models.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
 from transforms.slides.geometry import PatchingConfig
 
 pytestmark = pytest.mark.pipeline
@@ -65,7 +65,9 @@ def test_predictions_equal_a_direct_model_call(tmp_path, cmu1, tiny_models, batc
     net = torch.export.load(tiny_models["two"]).module()
     with torch.inference_mode():
         x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255
-        x = (x - torch.tensor(spec.mean).view(1, 3, 1, 1)) / torch.tensor(spec.std).view(1, 3, 1, 1)
+        x = (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(
+            1, 3, 1, 1
+        )
         direct = torch.softmax(net(x), dim=1).numpy()
     np.testing.assert_allclose(np.stack(rows.probs.to_numpy()), direct, atol=1e-5, rtol=0)
     np.testing.assert_array_equal(rows.label.to_numpy(), direct.argmax(1))

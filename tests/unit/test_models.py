@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from transforms.core.errors import ConfigError, ModelLoadError
-from transforms.models.spec import ModelSpec
-from transforms.models.torch_models import load_model, predict_probs, select_device
+from transforms.models.loading import load_model, predict
+from transforms.models.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
+from transforms.models.torch_models import select_device
 
 
 def patches(n, px=64, seed=0):
@@ -43,12 +44,14 @@ def test_pt2_and_state_dict_load_the_same_network(tiny_models):
     )
     batch = patches(5)
     spec = ModelSpec("two", tiny_models["two"])
-    a, b = predict_probs(exported, batch, spec), predict_probs(from_state, batch, spec)
+    a, b = np.stack(predict(exported, batch, spec)), np.stack(predict(from_state, batch, spec))
     np.testing.assert_allclose(a, b, atol=1e-6)
     assert a.shape == (5, 2) and np.allclose(a.sum(1), 1, atol=1e-6)
     with torch.inference_mode():
         x = torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).float() / 255
-        x = (x - torch.tensor(spec.mean).view(1, 3, 1, 1)) / torch.tensor(spec.std).view(1, 3, 1, 1)
+        x = (x - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(IMAGENET_STD).view(
+            1, 3, 1, 1
+        )
         direct = torch.softmax(tiny_net(2, seed=0)(x), 1).numpy()
     np.testing.assert_allclose(a, direct, atol=1e-5)
 
@@ -74,7 +77,7 @@ def test_wrong_output_shape_is_an_error(tmp_path):
     path = export_pt2(Flat(), str(tmp_path / "flat.pt2"))
     spec = ModelSpec("flat", path)
     with pytest.raises(ValueError, match="expected"):
-        predict_probs(load_model(spec), patches(2), spec)
+        predict(load_model(spec), patches(2), spec)
 
 
 def test_version_is_part_of_the_shared_tag():

@@ -82,7 +82,7 @@ def test_run_model_gives_every_other_patch_its_prediction(tmp_path, model_class,
             | RunModel(spec, BatchingConfig(16, 16), "r", patch_px=32)
         )
         expected = [i * 32 for i in range(20) if i not in blank]
-        assert_that(out["predictions"] | beam.Map(_xy), equal_to(expected))
+        assert_that(out["rows"] | beam.Map(_xy), equal_to(expected))
         assert_that(
             out["dead_letters"] | beam.Map(_key),
             equal_to([f"s@{i * 32},0" for i in blank]),

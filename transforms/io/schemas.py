@@ -2,7 +2,8 @@
 
 Each table is a tuple of ``Column``s; ``arrow_schema`` and ``bigquery_schema`` derive the Parquet
 and BigQuery schemas from the same definition, so the two sinks cannot drift apart. Types follow
-BigQuery's names: STRING, INT64, FLOAT64, RECORD; modes NULLABLE, REQUIRED, REPEATED.
+BigQuery's names: STRING, INT64, FLOAT64, RECORD; modes NULLABLE, REQUIRED, REPEATED. FLOAT32 is
+float32 in Parquet (half the bytes of an embedding) and FLOAT64 in BigQuery, which has no other.
 """
 
 from __future__ import annotations
@@ -47,19 +48,66 @@ _RUN = (
 _SLIDE_KEY = ("slide_id", "model_name", "model_version")
 _SLIDE_CLUSTER = ("slide_id", "model_name")
 
+_PATCH_BOX = (
+    Column("slide_id", "STRING", "REQUIRED"),
+    Column("model_name", "STRING", "REQUIRED"),
+    Column("model_version", "STRING", "REQUIRED"),
+    Column("x_px", "INT64", "REQUIRED", description="level-0 left edge"),
+    Column("y_px", "INT64", "REQUIRED", description="level-0 top edge"),
+    Column("size_px", "INT64", "REQUIRED", description="level-0 edge of the square patch"),
+    Column("level", "INT64", "REQUIRED", description="pyramid level the pixels were read from"),
+    Column("mpp", "FLOAT64", description="microns per pixel of the pixels the model saw"),
+)
+
 PATCH_PREDICTIONS = Table(
     "patch_predictions",
+    (
+        *_PATCH_BOX,
+        Column("probs", "FLOAT64", "REPEATED"),
+        Column("label", "INT64", "REQUIRED", description="argmax of probs"),
+        *_RUN,
+    ),
+    _SLIDE_KEY,
+    _SLIDE_CLUSTER,
+)
+
+PATCH_EMBEDDINGS = Table(
+    "patch_embeddings",
+    (
+        *_PATCH_BOX,
+        Column("embedding", "FLOAT32", "REPEATED", description="the model's vector, as it is"),
+        *_RUN,
+    ),
+    _SLIDE_KEY,
+    _SLIDE_CLUSTER,
+)
+
+PATCH_SEGMENTATIONS = Table(
+    "patch_segmentations",
+    (
+        *_PATCH_BOX,
+        Column(
+            "class_fractions",
+            "FLOAT64",
+            "REPEATED",
+            description="share of the patch's pixels whose most likely class is c",
+        ),
+        Column("argmax_counts", "INT64", "REPEATED", description="those pixels, counted"),
+        Column("label", "INT64", "REQUIRED", description="the class with most pixels"),
+        *_RUN,
+    ),
+    _SLIDE_KEY,
+    _SLIDE_CLUSTER,
+)
+
+SLIDE_EMBEDDINGS = Table(
+    "slide_embeddings",
     (
         Column("slide_id", "STRING", "REQUIRED"),
         Column("model_name", "STRING", "REQUIRED"),
         Column("model_version", "STRING", "REQUIRED"),
-        Column("x_px", "INT64", "REQUIRED", description="level-0 left edge"),
-        Column("y_px", "INT64", "REQUIRED", description="level-0 top edge"),
-        Column("size_px", "INT64", "REQUIRED", description="level-0 edge of the square patch"),
-        Column("level", "INT64", "REQUIRED", description="pyramid level the pixels were read from"),
-        Column("mpp", "FLOAT64", description="microns per pixel of the pixels the model saw"),
-        Column("probs", "FLOAT64", "REPEATED"),
-        Column("label", "INT64", "REQUIRED", description="argmax of probs"),
+        Column("patch_count", "INT64", "REQUIRED"),
+        Column("embedding", "FLOAT32", "REPEATED", description="mean of the patch embeddings"),
         *_RUN,
     ),
     _SLIDE_KEY,
@@ -91,7 +139,13 @@ SLIDE_SUMMARIES = Table(
             description="brightfield or fluorescence: how the tissue mask was made",
         ),
         *_CLASS_STATS,
-        Column("heatmap_uri", "STRING"),
+        Column(
+            "class_area_mm2",
+            "FLOAT64",
+            "REPEATED",
+            description="segmentation models: tissue area per class within the patches",
+        ),
+        Column("heatmap_uri", "STRING", description="heatmap, or class map of a segmentation"),
         Column("metadata", "RECORD", "REPEATED", _KEY_VALUE, "extra slide manifest columns"),
         *_RUN,
     ),
@@ -201,6 +255,7 @@ _ARROW_TYPES = {
     "STRING": "string",
     "INT64": "int64",
     "FLOAT64": "float64",
+    "FLOAT32": "float32",
     "BOOL": "bool_",
     "DATE": "date32",
 }
@@ -233,7 +288,8 @@ def bigquery_schema(table: Table) -> dict[str, list[dict[str, Any]]]:
     """The BigQuery JSON schema of ``table`` (``{"fields": [...]}``)."""
 
     def field(column: Column) -> dict[str, Any]:
-        out: dict[str, Any] = {"name": column.name, "type": column.type, "mode": column.mode}
+        kind = "FLOAT64" if column.type == "FLOAT32" else column.type
+        out: dict[str, Any] = {"name": column.name, "type": kind, "mode": column.mode}
         if column.fields:
             out["fields"] = [field(c) for c in column.fields]
         if column.description:
@@ -267,6 +323,9 @@ def safe_name(text: str, max_len: int = 100) -> str:
 
 ALL_TABLES = (
     PATCH_PREDICTIONS,
+    PATCH_EMBEDDINGS,
+    PATCH_SEGMENTATIONS,
+    SLIDE_EMBEDDINGS,
     SLIDE_SUMMARIES,
     CASE_SUMMARIES,
     TEXT_ENTITIES,

@@ -1,6 +1,6 @@
-"""A Beam ``ModelHandler`` for patch classifiers, usable with Beam's own ``RunInference`` too.
+"""A Beam ``ModelHandler`` for patch models, usable with Beam's own ``RunInference`` too.
 
-Kept apart from ``torch_models.py``: importing ``apache_beam.ml.inference.base`` imports torch
+Kept apart from ``loading.py``: importing ``apache_beam.ml.inference.base`` imports torch
 (Beam 2.77's model manager does), and building a pipeline graph must not: ``RunModel`` creates
 this handler inside its DoFn's ``setup()``.
 """
@@ -14,12 +14,14 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from transforms.core.errors import ModelLoadError
+from transforms.models.loading import load_model, predict
 from transforms.models.spec import ModelSpec
-from transforms.models.torch_models import LoadedModel, load_model, predict_probs
+from transforms.models.torch_models import LoadedModel
 
 
 class PatchModelHandler(ModelHandler):
-    """Beam ``ModelHandler`` for patch classifiers: ``Patch`` in, class probabilities out.
+    """Beam ``ModelHandler`` for patch models: ``Patch`` in; class probabilities, an embedding
+    or a class-map summary out (the model's output kind).
 
     Usable with Beam's own ``RunInference`` too; this project's ``RunModel`` uses the same hooks
     and adds per-element dead letters around them.
@@ -38,7 +40,7 @@ class PatchModelHandler(ModelHandler):
         model = load_model(self.spec)
         blank = np.zeros((self.patch_px, self.patch_px, 3), np.uint8)
         try:
-            predict_probs(model, [blank], self.spec)
+            predict(model, [blank], self.spec)
         except Exception as exc:
             raise ModelLoadError(
                 f"model {self.spec.name!r} from {self.spec.uri} fails on a "
@@ -50,10 +52,10 @@ class PatchModelHandler(ModelHandler):
     def run_inference(
         self, batch: Sequence[Any], model: LoadedModel, inference_args: dict | None = None
     ) -> list[PredictionResult]:
-        probs = predict_probs(model, [patch.pixels for patch in batch], self.spec)
+        results = predict(model, [patch.pixels for patch in batch], self.spec)
         return [
-            PredictionResult(example=patch, inference=p, model_id=self.spec.shared_tag)
-            for patch, p in zip(batch, probs, strict=True)
+            PredictionResult(example=patch, inference=r, model_id=self.spec.shared_tag)
+            for patch, r in zip(batch, results, strict=True)
         ]
 
     def get_num_bytes(self, batch: Sequence[Any]) -> int:

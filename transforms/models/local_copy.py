@@ -63,3 +63,24 @@ def local_folder(uri: str, cache_dir: str | None = None) -> str:
         except OSError:  # another process finished first
             pass
     return target
+
+
+def local_copy_with(uri: str, suffixes: tuple[str, ...], cache_dir: str | None = None) -> str:
+    """``local_copy`` of a file and of its companions ``uri + suffix`` that exist (an ONNX
+    graph's external weights, ``model.onnx.data``), side by side under their own names."""
+    folder = _cache_target(uri, cache_dir)
+    if folder is None:
+        return uri.removeprefix("file://")
+    import fsspec
+
+    from transforms.core.remote_io import remote_options
+
+    fs, path = fsspec.core.url_to_fs(uri, **remote_options(uri))
+    os.makedirs(folder, exist_ok=True)
+    name = os.path.basename(path)
+    for companion in (uri, *(uri + s for s in suffixes if fs.exists(path + s))):
+        copied = local_copy(companion, folder)
+        target = os.path.join(folder, os.path.basename(companion))
+        if not os.path.exists(target):
+            os.replace(copied, target)
+    return os.path.join(folder, name)

@@ -1,4 +1,7 @@
-"""RunModel: patches -> batches -> one shared model per process -> ``patch_predictions`` rows.
+"""RunModel: patches -> batches -> one shared model per process -> rows of the model's table.
+
+A classification model writes ``patch_predictions``, an embedding model ``patch_embeddings``, a
+segmentation model ``patch_segmentations`` (``RESULT_TABLES``); the rows share the patch box.
 
 Why not Beam's ``RunInference``: it sends a whole failed batch to its failure output and cannot
 flag single non-finite predictions; here a failed batch is bisected down to the patches that fail
@@ -44,8 +47,7 @@ class BatchingConfig:
             raise ConfigError(f"`batch_size` must be in [1, 4096], got {size}") from None
 
 
-def prediction_row(patch: Any, probs: np.ndarray, spec: ModelSpec, run_id: str) -> dict:
-    """One ``patch_predictions`` row."""
+def _box(patch: Any, spec: ModelSpec, run_id: str) -> dict:
     return {
         "slide_id": patch.slide_id,
         "model_name": spec.name,
@@ -55,10 +57,39 @@ def prediction_row(patch: Any, probs: np.ndarray, spec: ModelSpec, run_id: str) 
         "size_px": patch.size_px,
         "level": patch.level,
         "mpp": patch.mpp,
-        "probs": [float(p) for p in probs],
-        "label": int(np.argmax(probs)),
         "run_id": run_id,
     }
+
+
+def prediction_row(patch: Any, probs: np.ndarray, spec: ModelSpec, run_id: str) -> dict:
+    """One ``patch_predictions`` row."""
+    return {
+        **_box(patch, spec, run_id),
+        "probs": [float(p) for p in probs],
+        "label": int(np.argmax(probs)),
+    }
+
+
+def embedding_row(patch: Any, vector: np.ndarray, spec: ModelSpec, run_id: str) -> dict:
+    """One ``patch_embeddings`` row."""
+    return {**_box(patch, spec, run_id), "embedding": np.asarray(vector, np.float32).tolist()}
+
+
+def segmentation_row(patch: Any, seg: Any, spec: ModelSpec, run_id: str) -> dict:
+    """One ``patch_segmentations`` row (``seg``: an ``outputs.Segmented``)."""
+    return {
+        **_box(patch, spec, run_id),
+        "class_fractions": [float(f) for f in seg.class_fractions],
+        "argmax_counts": [int(c) for c in seg.argmax_counts],
+        "label": int(np.argmax(seg.argmax_counts)),
+    }
+
+
+RESULT_ROWS = {
+    "classification": prediction_row,
+    "embedding": embedding_row,
+    "segmentation": segmentation_row,
+}
 
 
 def _patch_input(patch: Any, spec: ModelSpec) -> dict:
@@ -74,7 +105,7 @@ def _patch_input(patch: Any, spec: ModelSpec) -> dict:
 
 
 class _RunPatchModel(ModelRunner):
-    """A batch of ``Patch`` -> prediction rows, and a dead letter per patch that failed."""
+    """A batch of ``Patch`` -> result rows, and a dead letter per patch that failed."""
 
     def __init__(self, spec: ModelSpec, patch_px: int, run_id: str) -> None:
         super().__init__(spec.name, spec.shared_tag)
@@ -92,14 +123,15 @@ class _RunPatchModel(ModelRunner):
     def load(self) -> Any:
         return self._handler.load_model()
 
-    def infer(self, model: Any, batch: list[Any]) -> list[np.ndarray]:
+    def infer(self, model: Any, batch: list[Any]) -> list[Any]:
         return [r.inference for r in self._handler.run_inference(batch, model)]
 
     def process(self, batch: Sequence[Any]) -> Iterator[Any]:
         stage = f"RunModel/{self._spec.name}"
         progress.count("batches")
         inferred = 0
-        for patch, probs, error in self.outcomes(batch):
+        row = RESULT_ROWS[self._spec.output_kind]
+        for patch, result, error in self.outcomes(batch):
             if error is not None:
                 progress.count("patches_failed")
                 yield beam.pvalue.TaggedOutput(
@@ -108,14 +140,14 @@ class _RunPatchModel(ModelRunner):
                 )
                 continue
             inferred += 1
-            yield prediction_row(patch, probs, self._spec, self._run_id)
+            yield row(patch, result, self._spec, self._run_id)
         progress.count("patches_inferred", inferred)
 
 
 class RunModel(beam.PTransform):
-    """Patches -> ``patch_predictions`` rows for one model.
+    """Patches -> result rows of one model (its output kind's table).
 
-    In: ``Patch``. Out: a dict with ``predictions`` rows and ``DEAD_LETTER`` rows.
+    In: ``Patch``. Out: a dict with ``rows`` and ``DEAD_LETTER`` rows.
     """
 
     def __init__(
@@ -137,7 +169,7 @@ class RunModel(beam.PTransform):
             )
             | "Infer"
             >> beam.ParDo(_RunPatchModel(self._spec, self._patch_px, self._run_id)).with_outputs(
-                DEAD_LETTER, main="predictions"
+                DEAD_LETTER, main="rows"
             )
         )
-        return {"predictions": out.predictions, DEAD_LETTER: out[DEAD_LETTER]}
+        return {"rows": out.rows, DEAD_LETTER: out[DEAD_LETTER]}

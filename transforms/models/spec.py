@@ -1,8 +1,13 @@
 """Patch-model specs and the one model-name rule that the CLI, the specs and the templates share.
 
-Two ways to ship a patch model:
-  * a ``.pt2`` program saved with ``torch.export.save`` (self-contained; the default), or
-  * a ``state_dict`` file plus an importable class (``model_class = "pkg.mod:Class"``).
+Four ways to ship a patch model (``model_format`` tells them apart by the URI):
+  * a ``.pt2`` program saved with ``torch.export.save`` (self-contained);
+  * a ``state_dict`` file plus an importable class (``model_class = "pkg.mod:Class"``);
+  * an ``.onnx`` graph (run by onnxruntime; external weights as ``<file>.data`` beside it);
+  * a Hugging Face vision folder written by ``save_pretrained`` (ViT, DINOv2, Swin, ConvNeXt...).
+
+And three kinds of output (``OUTPUT_KINDS``): class logits (``classification``), one vector per
+patch (``embedding``), or a class map per patch (``segmentation``).
 """
 
 from __future__ import annotations
@@ -21,6 +26,34 @@ _MODEL_NAME = re.compile(f"^{MODEL_NAME_PATTERN}$")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 ACTIVATIONS = ("softmax", "sigmoid", "none")
+OUTPUT_KINDS = ("classification", "embedding", "segmentation")
+EMBEDDING_KEYS = ("auto", "pooler", "cls", "mean")
+"""How an embedding is taken from a model's output: ``pooler`` (``pooler_output``), ``cls`` (the
+first token of ``last_hidden_state``), ``mean`` (the mean over its tokens), ``auto`` (a 2-D
+output as it is, else ``pooler`` when the model has one, else ``cls``); any other value names an
+output (a dict key, or an ONNX output name) that is N x D."""
+FORMATS = ("pt2", "state_dict", "onnx", "huggingface")
+_WEIGHT_FILES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
+
+
+def model_format(uri: str, model_class: str | None) -> str:
+    """The format of the model at ``uri`` (one of ``FORMATS``), from its name and ``model_class``.
+
+    Raises ``ConfigError`` for a weights file without a class to load it into.
+    """
+    path = uri.rstrip("/")
+    if model_class is not None:
+        return "state_dict"
+    if path.endswith(".pt2"):
+        return "pt2"
+    if path.endswith(".onnx"):
+        return "onnx"
+    if path.endswith(_WEIGHT_FILES):
+        raise ConfigError(
+            f"`uri` {uri}: a weights file needs `model_class` NAME=package.module:Class; or "
+            "give a torch.export '.pt2' program, an '.onnx' graph or a Hugging Face folder"
+        )
+    return "huggingface"
 
 
 def is_model_name(name: str) -> bool:
@@ -45,10 +78,15 @@ class ModelSpec:
     uri: str
     version: str = "unversioned"
     model_class: str | None = None
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
+    mean: tuple[float, ...] | None = None
+    """Input normalisation; None: the model folder's own (a Hugging Face image-processor
+    config), else ImageNet's."""
+    std: tuple[float, ...] | None = None
     activation: str = "softmax"
     require_gpu: bool = False
+    output_kind: str = "classification"
+    class_names: tuple[str, ...] = ()
+    embedding_key: str = "auto"
 
     def __post_init__(self) -> None:
         check_model_name(self.name)
@@ -58,15 +96,33 @@ class ModelSpec:
             raise ConfigError(
                 f"`model_class` {self.name}={self.model_class}: expected 'package.module:Class'"
             )
-        if self.model_class is None and not self.uri.endswith(".pt2"):
+        model_format(self.uri, self.model_class)
+        if self.output_kind not in OUTPUT_KINDS:
             raise ConfigError(
-                f"`uri` {self.name}={self.uri}: expected a torch.export '.pt2' program, or a "
-                f"state_dict with `model_class` {self.name}=package.module:Class"
+                f"`output_kind` of {self.name}: one of {', '.join(OUTPUT_KINDS)}, "
+                f"got {self.output_kind!r}"
             )
-        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+        if self.embedding_key != "auto" and self.output_kind != "embedding":
+            raise ConfigError(f"`embedding_key` of {self.name}: only for `output_kind` embedding")
+        if len(set(self.class_names)) != len(self.class_names) or "" in self.class_names:
+            raise ConfigError(f"`class_names` of {self.name}: distinct, non-empty names")
+        if self.class_names and self.output_kind == "embedding":
+            raise ConfigError(f"`class_names` of {self.name}: an embedding has no classes")
+        if (self.mean is not None and len(self.mean) != 3) or (
+            self.std is not None and (len(self.std) != 3 or min(self.std) <= 0)
+        ):
             raise ConfigError(f"`mean`/`std` of {self.name}: need 3 values each, std > 0")
         if self.activation not in ACTIVATIONS:
             raise ConfigError(f"`activation` of {self.name}: one of {', '.join(ACTIVATIONS)}")
+
+    @property
+    def format(self) -> str:
+        """One of ``FORMATS``."""
+        return model_format(self.uri, self.model_class)
+
+    def class_name(self, index: int) -> str:
+        """The name of class ``index`` (``class_names``, else ``class <index>``)."""
+        return self.class_names[index] if index < len(self.class_names) else f"class {index}"
 
     @property
     def shared_tag(self) -> str:

@@ -1,20 +1,25 @@
-"""Patch classifiers in torch: device choice, loading (``.pt2`` or ``state_dict``), prediction.
+"""Patch models in torch: device choice, and the torch formats (``.pt2``, ``state_dict``,
+Hugging Face vision folders) behind the one ``LoadedModel`` interface.
 
-torch is imported only inside these functions, so building or launching a pipeline imports none.
+torch and transformers are imported only inside these functions, so building or launching a
+pipeline imports neither.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import logging
+import os
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from transforms.core.errors import ModelLoadError
-from transforms.models.local_copy import local_copy
-from transforms.models.spec import ModelSpec
+from transforms.models.local_copy import local_copy, local_folder
+from transforms.models.outputs import Outputs
+from transforms.models.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
 
 _LOG = logging.getLogger(__name__)
 
@@ -35,74 +40,127 @@ def select_device(require_gpu: bool) -> str:
 
 
 class LoadedModel:
-    """A model on its device (a plain object, so ``Shared`` can hold a weak reference)."""
+    """A model ready to run on its device (a plain object, so ``Shared`` can hold a weak
+    reference): ``forward`` takes ``H x W x 3`` uint8 patches and returns named float arrays."""
 
-    def __init__(self, module: Any, device: str) -> None:
-        self.module = module
+    def __init__(self, device: str, mean: Sequence[float], std: Sequence[float]) -> None:
         self.device = device
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+
+    def forward(self, pixels: Sequence[np.ndarray]) -> Outputs:
+        raise NotImplementedError
+
+    def normalised(self, pixels: Sequence[np.ndarray]) -> np.ndarray:
+        """``N x 3 x H x W`` float32: scaled to [0, 1], then ``(x - mean) / std``."""
+        batch = np.stack(pixels).astype(np.float32).transpose(0, 3, 1, 2) / 255.0
+        mean = np.asarray(self.mean, np.float32).reshape(1, 3, 1, 1)
+        std = np.asarray(self.std, np.float32).reshape(1, 3, 1, 1)
+        return (batch - mean) / std
 
 
-def load_model(spec: ModelSpec) -> LoadedModel:
-    """Load ``spec`` onto the chosen device in eval mode.
-
-    Raises:
-      ModelLoadError: naming the model, the URI and the cause (fatal for the job).
-    """
+def preprocess(pixels: Sequence[np.ndarray], model: LoadedModel) -> Any:
+    """Stack uint8 patches into a normalised ``N x 3 x H x W`` float tensor on the model's
+    device (the uint8 batch is what crosses to a GPU: a quarter of the bytes of float32)."""
     import torch
 
-    try:
-        device = select_device(spec.require_gpu)
-    except ModelLoadError as exc:
-        raise ModelLoadError(f"model {spec.name!r} from {spec.uri}: {exc}") from exc
-    try:
-        path = local_copy(spec.uri)
-        if spec.model_class is None:
-            module = _quietly(lambda: torch.export.load(path)).module()
-        else:
-            module_name, class_name = spec.model_class.split(":", 1)
-            module = getattr(importlib.import_module(module_name), class_name)()
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            module.load_state_dict(state)
-            module.eval()
-        module = module.to(device)
-    except Exception as exc:
-        raise ModelLoadError(
-            f"model {spec.name!r} (version {spec.version}) could not be loaded from {spec.uri}: "
-            f"{type(exc).__name__}: {exc}"
-        ) from exc
-    _LOG.info("loaded model %s version %s on %s", spec.name, spec.version, device)
-    return LoadedModel(module, device)
-
-
-def preprocess(pixels: Sequence[np.ndarray], spec: ModelSpec, device: str) -> Any:
-    """Stack ``H x W x 3`` uint8 patches into a normalised ``N x 3 x H x W`` float tensor."""
-    import torch
-
-    batch = torch.from_numpy(np.stack(pixels)).to(device)
+    batch = torch.from_numpy(np.stack(pixels)).to(model.device)
     batch = batch.permute(0, 3, 1, 2).float().div_(255.0)
-    mean = torch.tensor(spec.mean, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(spec.std, device=device).view(1, 3, 1, 1)
+    mean = torch.tensor(model.mean, device=model.device).view(1, 3, 1, 1)
+    std = torch.tensor(model.std, device=model.device).view(1, 3, 1, 1)
     return batch.sub_(mean).div_(std)
 
 
-def predict_probs(model: LoadedModel, pixels: Sequence[np.ndarray], spec: ModelSpec) -> np.ndarray:
-    """Class probabilities ``N x C`` (float32) for a batch of patches."""
+def as_outputs(result: Any) -> Outputs:
+    """A torch model's result (a tensor, a tuple, a dict or a Hugging Face ``ModelOutput``) as
+    named float32 arrays on the CPU."""
     import torch
 
-    with torch.inference_mode():
-        logits = model.module(preprocess(pixels, spec, model.device))
-        if isinstance(logits, tuple | list):
-            logits = logits[0]
-        if logits.ndim != 2 or logits.shape[0] != len(pixels):
-            raise ValueError(
-                f"model {spec.name!r} returned shape {tuple(logits.shape)}; expected "
-                f"({len(pixels)}, n_classes) logits"
-            )
-        if spec.activation == "softmax":
-            logits = torch.softmax(logits.float(), dim=1)
-        elif spec.activation == "sigmoid":
-            logits = torch.sigmoid(logits.float())
-        return logits.float().cpu().numpy()
+    if isinstance(result, torch.Tensor):
+        items: list[tuple[str, Any]] = [("output", result)]
+    elif isinstance(result, tuple | list):
+        items = [(str(i), v) for i, v in enumerate(result)]
+    elif isinstance(result, dict):  # ModelOutput is a dict too
+        items = list(result.items())
+    else:
+        raise ValueError(f"unsupported model output type {type(result).__name__}")
+    return {
+        name: value.detach().float().cpu().numpy()
+        for name, value in items
+        if isinstance(value, torch.Tensor)
+    }
+
+
+class TorchModel(LoadedModel):
+    """A ``.pt2`` program or a ``state_dict`` in its class: ``module(x)``."""
+
+    def __init__(self, module: Any, device: str, mean: Sequence[float], std: Sequence[float]):
+        super().__init__(device, mean, std)
+        self.module = module
+
+    def forward(self, pixels: Sequence[np.ndarray]) -> Outputs:
+        import torch
+
+        with torch.inference_mode():
+            return as_outputs(self.module(preprocess(pixels, self)))
+
+
+class HuggingFaceModel(TorchModel):
+    """A ``save_pretrained`` vision folder: ``module(pixel_values=x)``."""
+
+    def forward(self, pixels: Sequence[np.ndarray]) -> Outputs:
+        import torch
+
+        with torch.inference_mode():
+            return as_outputs(self.module(pixel_values=preprocess(pixels, self)))
+
+
+def normalisation(spec: ModelSpec, folder: str | None = None) -> tuple[Sequence, Sequence]:
+    """Mean and std, each from the flags; else the folder's image-processor config; else
+    ImageNet's."""
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    config = os.path.join(folder, "preprocessor_config.json") if folder else None
+    if config and os.path.exists(config):
+        with open(config) as f:
+            processor = json.load(f)
+        if (
+            len(processor.get("image_mean") or ()) == 3
+            and len(processor.get("image_std") or ()) == 3
+        ):
+            mean, std = processor["image_mean"], processor["image_std"]
+    return spec.mean or mean, spec.std or std
+
+
+_HF_CLASSES = {
+    "classification": "AutoModelForImageClassification",
+    "embedding": "AutoModel",
+    "segmentation": "AutoModelForSemanticSegmentation",
+}
+
+
+def load_torch(spec: ModelSpec, device: str) -> LoadedModel:
+    """A ``.pt2``, ``state_dict`` or Hugging Face model of ``spec`` on ``device``, in eval mode."""
+    import torch
+
+    if spec.format == "huggingface":
+        import transformers
+
+        folder = local_folder(spec.uri)
+        if not os.path.exists(os.path.join(folder, "config.json")):
+            raise FileNotFoundError(f"no config.json in {spec.uri}: not a save_pretrained folder")
+        auto = getattr(transformers, _HF_CLASSES[spec.output_kind])
+        module = auto.from_pretrained(folder, local_files_only=True).eval().to(device)
+        return HuggingFaceModel(module, device, *normalisation(spec, folder))
+    path = local_copy(spec.uri)
+    if spec.format == "pt2":
+        module = _quietly(lambda: torch.export.load(path)).module()
+    else:
+        assert spec.model_class is not None
+        module_name, class_name = spec.model_class.split(":", 1)
+        module = getattr(importlib.import_module(module_name), class_name)()
+        module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        module.eval()
+    return TorchModel(module.to(device), device, *normalisation(spec))
 
 
 def _quietly(load: Any) -> Any:

@@ -1,8 +1,9 @@
-"""Heatmap pictures: patch probabilities over the slide thumbnail, with a title and a legend;
-the thumbnail read (retried like every other slide read) and the PNG write.
+"""Heatmap pictures: patch probabilities over the slide thumbnail, with a title and a legend
+naming the classes; the thumbnail read (retried like every other slide read) and the PNG write.
 
 Two classes (or one sigmoid output): the probability of the last class on a blue-yellow-red scale.
-More classes: each cell in its top class's colour, more opaque where the model is surer.
+More classes: each cell in its top class's colour, more opaque where the model is surer. A class
+map (segmentation): each cell in the colour of the class with most pixels, whatever the count.
 """
 
 from __future__ import annotations
@@ -55,15 +56,15 @@ def colour_scale(values: np.ndarray) -> np.ndarray:
     return _SCALE[lo] * (1 - frac) + _SCALE[lo + 1] * frac
 
 
-def overlay_rgba(probs: np.ndarray, painted: np.ndarray) -> np.ndarray:
+def overlay_rgba(probs: np.ndarray, painted: np.ndarray, class_map: bool = False) -> np.ndarray:
     """An ``H x W x 4`` uint8 overlay of a probability raster ``H x W x C``, clear where unpainted.
 
-    Two classes (or one): the last class's probability on the colour scale. More: the top class's
-    palette colour, more opaque where the model is surer.
+    Two classes (or one): the last class's probability on the colour scale. More, or a class map:
+    the top class's palette colour, more opaque where the model is surer.
     """
     h, w, n_classes = probs.shape
     rgba = np.zeros((h, w, 4), np.uint8)
-    if n_classes <= 2:
+    if n_classes <= 2 and not class_map:
         rgba[..., :3] = colour_scale(probs[..., -1]).round().astype(np.uint8)
         rgba[..., 3] = np.where(painted, 128, 0)
     else:
@@ -81,6 +82,8 @@ def render_heatmap(
     probs: np.ndarray,
     painted: np.ndarray,
     title: str,
+    class_names: list[str] | None = None,
+    class_map: bool = False,
 ) -> bytes:
     """A PNG of a probability raster (cells of ``cell_px`` level-0 pixels) over the thumbnail.
 
@@ -93,33 +96,38 @@ def render_heatmap(
     base = Image.fromarray(thumb).convert("RGBA")
     scale = cell_px / thumb_downsample
     size = (max(1, round(probs.shape[1] * scale)), max(1, round(probs.shape[0] * scale)))
-    overlay = Image.fromarray(overlay_rgba(probs, painted)).resize(size, Image.Resampling.NEAREST)
+    overlay = Image.fromarray(overlay_rgba(probs, painted, class_map))
+    overlay = overlay.resize(size, Image.Resampling.NEAREST)
     layer = Image.new("RGBA", (w, h), (0, 0, 0, 0))
     layer.paste(overlay.crop((0, 0, min(size[0], w), min(size[1], h))), (0, 0))
     blended = Image.alpha_composite(base, layer).convert("RGB")
     canvas = Image.new("RGB", (max(w, 320), h + _LEGEND_PX), "white")
     canvas.paste(blended, (0, 0))
-    _draw_legend(ImageDraw.Draw(canvas), h, canvas.width, probs.shape[2], title)
+    names = class_names or [f"class {c}" for c in range(probs.shape[2])]
+    _draw_legend(ImageDraw.Draw(canvas), h, canvas.width, names, title, class_map)
     buf = io.BytesIO()
     canvas.save(buf, format="PNG")
     return buf.getvalue()
 
 
-def _draw_legend(draw: Any, top: int, width: int, n_classes: int, title: str) -> None:
+def _draw_legend(
+    draw: Any, top: int, width: int, names: list[str], title: str, class_map: bool
+) -> None:
     black = (0, 0, 0)
     draw.text((6, top + 4), title[:120], fill=black)
     bar_top, bar_w = top + 24, min(256, width - 60)
-    if n_classes <= 2:
+    if len(names) <= 2 and not class_map:
         for i in range(bar_w):
             rgb = tuple(int(c) for c in colour_scale(np.array(i / (bar_w - 1))))
             draw.line([(30 + i, bar_top), (30 + i, bar_top + 12)], fill=rgb)
         draw.text((6, bar_top), "0", fill=black)
-        draw.text((36 + bar_w, bar_top), f"1  P(class {n_classes - 1})", fill=black)
+        draw.text((36 + bar_w, bar_top), f"1  P({names[-1]})", fill=black)
         return
-    for c in range(min(n_classes, len(PALETTE))):
-        x = 6 + c * 40
+    x = 6
+    for c, name in enumerate(names[: len(PALETTE)]):
         draw.rectangle([x, bar_top, x + 12, bar_top + 12], fill=tuple(int(v) for v in PALETTE[c]))
-        draw.text((x + 16, bar_top), str(c), fill=black)
+        draw.text((x + 16, bar_top), name, fill=black)
+        x += 16 + int(draw.textlength(name)) + 14
 
 
 def slide_thumbnail(uri: str) -> tuple[np.ndarray, float]:

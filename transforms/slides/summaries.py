@@ -1,8 +1,11 @@
-"""Patch predictions -> slide summaries (and their heatmaps) -> case summaries.
+"""Patch results -> slide summaries (and their pictures), slide embeddings, case summaries.
 
 Per slide and model a ``CombineFn`` keeps running sums, counts, maxima and the compact patch
-positions a heatmap needs, so nothing holds the prediction rows. Every planned slide gets a summary
-row for every model, also when none of its patches had tissue.
+positions a heatmap needs, so nothing holds the result rows. Every planned slide gets a summary
+row for every model, also when none of its patches had tissue. What a row's statistics are
+taken from depends on the model's output kind: class probabilities (classification), the share
+of the patch's pixels per class (segmentation: also areas per class, and a class map instead of
+a heatmap), or nothing but the count (embedding: the mean embedding goes to ``slide_embeddings``).
 """
 
 from __future__ import annotations
@@ -38,6 +41,9 @@ class SlideStats:
 
     n: int = 0
     sums: np.ndarray | None = None
+    areas_px: np.ndarray | None = None
+    """Per class, the sum of each patch's value times its level-0 area in px (segmentation:
+    the class's area)."""
     counts: np.ndarray | None = None
     maxima: np.ndarray | None = None
     cell_px: int = 0
@@ -45,13 +51,17 @@ class SlideStats:
 
     def add(self, box: tuple[int, int, int], probs: Sequence[float]) -> None:
         p = np.asarray(probs, dtype=np.float64)
+        self.n += 1
+        if len(p) == 0:  # an embedding: counted, nothing to average
+            return
         if self.sums is None:
             self.sums, self.counts, self.maxima = np.zeros_like(p), np.zeros_like(p), p.copy()
+            self.areas_px = np.zeros_like(p)
             self.cell_px = max(1, int(box[2]))
             self.raster = np.zeros((1, 1, len(p) + 1), np.float32)
-        assert self.counts is not None and self.maxima is not None
-        self.n += 1
+        assert self.counts is not None and self.maxima is not None and self.areas_px is not None
         self.sums += p
+        self.areas_px += p * float(box[2]) ** 2
         self.counts[int(np.argmax(p))] += 1
         np.maximum(self.maxima, p, out=self.maxima)
         half = int(box[2]) // 2  # a patch paints the cell holding its centre
@@ -87,13 +97,17 @@ class SlideStats:
 
     def merge(self, other: SlideStats) -> SlideStats:
         if other.sums is None:
+            self.n += other.n
             return self
         if self.sums is None:
+            other.n += self.n
             return other
-        assert self.counts is not None and self.maxima is not None
+        assert self.counts is not None and self.maxima is not None and self.areas_px is not None
         assert other.counts is not None and other.maxima is not None and other.raster is not None
+        assert other.areas_px is not None
         self.n += other.n
         self.sums += other.sums
+        self.areas_px += other.areas_px
         self.counts += other.counts
         np.maximum(self.maxima, other.maxima, out=self.maxima)
         while self.cell_px < other.cell_px:
@@ -122,6 +136,14 @@ class SlideStats:
         }
 
 
+def summarised_values(row: dict) -> Sequence[float]:
+    """What a result row contributes to its slide's statistics: class probabilities, class
+    pixel shares, or nothing (an embedding)."""
+    if "probs" in row:
+        return row["probs"]
+    return row.get("class_fractions", ())
+
+
 class SlideStatsFn(beam.CombineFn):
     """``patch_predictions`` rows -> ``SlideStats``."""
 
@@ -129,7 +151,7 @@ class SlideStatsFn(beam.CombineFn):
         return SlideStats()
 
     def add_input(self, acc: SlideStats, row: dict) -> SlideStats:
-        acc.add((row["x_px"], row["y_px"], row["size_px"]), row["probs"])
+        acc.add((row["x_px"], row["y_px"], row["size_px"]), summarised_values(row))
         return acc
 
     def merge_accumulators(self, accs: Iterable[SlideStats]) -> SlideStats:
@@ -158,9 +180,11 @@ def _key_info(info: dict) -> tuple[str, dict]:
 class _SummarizeSlide(beam.DoFn):
     STAGE = "RenderHeatmap"
 
-    def __init__(self, specs: Sequence[ModelSpec], heatmap_dir: str | None, run_id: str) -> None:
+    def __init__(
+        self, specs: Sequence[ModelSpec], picture_dirs: dict[str, str], run_id: str
+    ) -> None:
         self._specs = list(specs)
-        self._heatmap_dir = heatmap_dir
+        self._picture_dirs = picture_dirs
         self._run_id = run_id
 
     def process(self, element: tuple[str, dict[str, list]]) -> Iterator[Any]:
@@ -174,7 +198,7 @@ class _SummarizeSlide(beam.DoFn):
         for spec in self._specs:
             stats = by_model.get(spec.name, SlideStats())
             heatmap_uri = None
-            if self._heatmap_dir is not None and stats.n:
+            if spec.output_kind in self._picture_dirs and stats.sums is not None:
                 try:
                     thumb = thumb or slide_thumbnail(info["uri"])
                     heatmap_uri = self._write_heatmap(info, spec, stats, thumb)
@@ -193,13 +217,23 @@ class _SummarizeSlide(beam.DoFn):
     ) -> str:
         from transforms.slides.heatmaps import heatmap_uri, render_heatmap, write_png
 
-        assert stats.sums is not None and self._heatmap_dir is not None
+        assert stats.sums is not None
+        shown = "pixel share" if spec.output_kind == "segmentation" else "mean P"
         title = (
             f"{info['slide_id']} | {spec.name} {spec.version} | {stats.n} patches | "
-            f"mean P = {np.round(stats.sums / stats.n, 3).tolist()}"
+            f"{shown} = {np.round(stats.sums / stats.n, 3).tolist()}"
         )
-        png = render_heatmap(thumb[0], thumb[1], stats.cell_px, *stats.heatmap_raster(), title)
-        uri = heatmap_uri(self._heatmap_dir, info["slide_id"], spec.name)
+        n_classes = len(stats.sums)
+        png = render_heatmap(
+            thumb[0],
+            thumb[1],
+            stats.cell_px,
+            *stats.heatmap_raster(),
+            title,
+            [spec.class_name(c) for c in range(n_classes)],
+            class_map=spec.output_kind == "segmentation",
+        )
+        uri = heatmap_uri(self._picture_dirs[spec.output_kind], info["slide_id"], spec.name)
         write_png(uri, png)
         return uri
 
@@ -221,21 +255,33 @@ def summary_row(
         "tissue_area_mm2": info["tissue_area_mm2"],
         "tissue_method": info["tissue_method"],
         **stats.class_stats(),
+        "class_area_mm2": class_areas_mm2(spec, stats, info["mpp"]),
         "heatmap_uri": heatmap_uri,
         "metadata": metadata_record(info["metadata"]),
         "run_id": run_id,
     }
 
 
-class SummarizeSlides(beam.PTransform):
-    """(predictions, slide infos) -> ``slide_summaries`` rows and one heatmap per slide × model.
+def class_areas_mm2(spec: ModelSpec, stats: SlideStats, mpp: float | None) -> list[float]:
+    """A segmentation's tissue area per class within the patches (empty for other kinds, or
+    without an mpp)."""
+    if spec.output_kind != "segmentation" or stats.areas_px is None or not mpp:
+        return []
+    return (stats.areas_px * (mpp / 1000.0) ** 2).tolist()
 
-    Out: a dict with ``summaries`` and ``DEAD_LETTER`` rows (heatmaps that failed to render).
+
+class SummarizeSlides(beam.PTransform):
+    """(result rows, slide infos) -> ``slide_summaries`` rows, and one picture per slide × model:
+    a heatmap (classification) or a class map (segmentation) in ``picture_dirs[output kind]``.
+
+    Out: a dict with ``summaries`` and ``DEAD_LETTER`` rows (pictures that failed to render).
     """
 
-    def __init__(self, specs: Sequence[ModelSpec], heatmap_dir: str | None, run_id: str) -> None:
+    def __init__(
+        self, specs: Sequence[ModelSpec], picture_dirs: dict[str, str], run_id: str
+    ) -> None:
         super().__init__()
-        self._fn = _SummarizeSlide(specs, heatmap_dir, run_id)
+        self._fn = _SummarizeSlide(specs, picture_dirs, run_id)
 
     def expand(self, inputs: tuple[beam.PCollection, beam.PCollection]) -> dict:
         predictions, infos = inputs
@@ -252,6 +298,58 @@ class SummarizeSlides(beam.PTransform):
             | "Summarize" >> beam.ParDo(self._fn).with_outputs(DEAD_LETTER, main="summaries")
         )
         return {"summaries": out.summaries, DEAD_LETTER: out[DEAD_LETTER]}
+
+
+class _MeanEmbeddingFn(beam.CombineFn):
+    """Embedding rows -> (count, sum of vectors) -> the mean vector."""
+
+    def create_accumulator(self) -> tuple[int, np.ndarray | None]:
+        return 0, None
+
+    def add_input(self, acc: tuple, row: dict) -> tuple[int, np.ndarray]:
+        n, total = acc
+        vector = np.asarray(row["embedding"], np.float64)
+        return n + 1, vector if total is None else total + vector
+
+    def merge_accumulators(self, accs: Iterable[tuple]) -> tuple[int, np.ndarray | None]:
+        n, total = 0, None
+        for count, vectors in accs:
+            if vectors is not None:
+                n, total = n + count, vectors if total is None else total + vectors
+        return n, total
+
+    def extract_output(self, acc: tuple) -> tuple[int, np.ndarray | None]:
+        n, total = acc
+        return n, None if total is None else total / n
+
+
+class SummarizeEmbeddings(beam.PTransform):
+    """``patch_embeddings`` rows -> one ``slide_embeddings`` row per slide and model: the mean
+    embedding and the patch count."""
+
+    def __init__(self, specs: Sequence[ModelSpec], run_id: str) -> None:
+        super().__init__()
+        self._versions = {s.name: s.version for s in specs}
+        self._run_id = run_id
+
+    def _row(self, item: tuple[tuple[str, str], tuple[int, np.ndarray]]) -> dict:
+        (slide_id, model_name), (n, mean) = item
+        return {
+            "slide_id": slide_id,
+            "model_name": model_name,
+            "model_version": self._versions[model_name],
+            "patch_count": n,
+            "embedding": mean.astype(np.float32).tolist(),
+            "run_id": self._run_id,
+        }
+
+    def expand(self, rows: beam.PCollection) -> beam.PCollection:
+        return (
+            rows
+            | "KeyBySlideAndModel" >> beam.Map(_key_slide_model)
+            | "MeanEmbedding" >> beam.CombinePerKey(_MeanEmbeddingFn())
+            | "SlideEmbeddingRow" >> beam.Map(self._row)
+        )
 
 
 def case_summary(group_by: str, group_value: str, rows: Iterable[dict]) -> dict:
