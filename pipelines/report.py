@@ -62,9 +62,15 @@ def _print_outcome(c: dict[str, int], what: str) -> Outcome:
 
 
 def print_report(
-    result: PipelineResult, dest: Destination, run_id: str, elapsed_s: float, heatmaps: bool
+    result: PipelineResult,
+    dest: Destination,
+    run_id: str,
+    elapsed_s: float,
+    tables: list[str],
+    pictures: dict[str, str],
 ) -> Outcome:
-    """Print slides and how they ended, dead letters by stage, patches/s and the outputs."""
+    """Print slides and how they ended, dead letters by stage, patches/s, the tables written and
+    the picture folders (what -> folder)."""
     c = counters(result)
     inferred = c.get("patches_inferred", 0)
     print(f"\nrun {run_id}: {result.state} in {elapsed_s:.1f}s")
@@ -76,9 +82,9 @@ def print_report(
         )
     print(f"  patch inferences: {inferred} ({inferred / max(elapsed_s, 1e-9):.1f}/s overall)")
     print("  counters: " + ", ".join(f"{k}={c.get(k, 0)}" for k in SHOWN))
-    print(f"  {_where(dest, 'patch_predictions, slide_summaries, errors', run_id)}")
-    if heatmaps and dest.artifacts:
-        print(f"  heatmaps: {dest.artifacts}/heatmaps/{run_id}/")
+    print(f"  {_where(dest, ', '.join(tables), run_id)}")
+    for what, folder in pictures.items():
+        print(f"  {what}: {folder}/")
     return done
 
 

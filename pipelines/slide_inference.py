@@ -76,13 +76,8 @@ def build(pipeline: beam.Pipeline, cfg: SlideJobConfig) -> dict[str, beam.PColle
         if rows
     }
     every_result = list(results.values()) | "AllResults" >> beam.Flatten()
-    # Each run's pictures in their own folder: runs into one folder never overwrite each other.
-    pictures = {
-        "classification": f"{cfg.destination.artifacts}/heatmaps/{cfg.run.run_id}",
-        "segmentation": f"{cfg.destination.artifacts}/segmentations/{cfg.run.run_id}",
-    }
     summarized = (every_result, planned[SLIDE_INFO]) | "SummarizeSlides" >> SummarizeSlides(
-        cfg.models, pictures if cfg.heatmaps else {}, cfg.run.run_id
+        cfg.models, picture_dirs(cfg), cfg.run.run_id
     )
     errors.append(summarized[DEAD_LETTER])
     if "embeddings" in results:
@@ -106,6 +101,37 @@ def build(pipeline: beam.Pipeline, cfg: SlideJobConfig) -> dict[str, beam.PColle
         judged["skipped_ids"] = skipped
     _ = judged | "JudgeRun" >> JudgeRun("slide_id", cfg.max_failed_fraction)
     return outputs
+
+
+PICTURES = {"classification": "heatmaps", "segmentation": "segmentations"}
+"""The picture each output kind gets per slide (embeddings get none), and its folder's name."""
+
+
+def picture_dirs(cfg: SlideJobConfig) -> dict[str, str]:
+    """Output kind -> the folder of this run's pictures of that kind (none with --no_heatmaps).
+
+    Each run's pictures go in their own folder: runs into one folder never overwrite each other.
+    """
+    if not cfg.heatmaps:
+        return {}
+    kinds = {spec.output_kind for spec in cfg.models}
+    return {
+        kind: f"{cfg.destination.artifacts}/{folder}/{cfg.run.run_id}"
+        for kind, folder in PICTURES.items()
+        if kind in kinds
+    }
+
+
+def output_tables(cfg: SlideJobConfig) -> list[str]:
+    """The tables a run of ``cfg`` writes."""
+    kinds = {spec.output_kind for spec in cfg.models}
+    names = [TABLES[KIND_OUTPUTS[kind]].name for kind in KIND_OUTPUTS if kind in kinds]
+    if "embedding" in kinds:
+        names.append(SLIDE_EMBEDDINGS.name)
+    names.append(SLIDE_SUMMARIES.name)
+    if cfg.group_by:
+        names.append(CASE_SUMMARIES.name)
+    return [*names, ERRORS.name]
 
 
 KIND_OUTPUTS = {
@@ -143,7 +169,10 @@ def run(argv: list[str] | None = None) -> PipelineResult:
         write(build(pipeline, cfg), cfg)
 
     def report(result: PipelineResult, elapsed: float) -> Outcome:
-        return print_report(result, cfg.destination, cfg.run.run_id, elapsed, cfg.heatmaps)
+        pictures = {PICTURES[kind]: folder for kind, folder in picture_dirs(cfg).items()}
+        return print_report(
+            result, cfg.destination, cfg.run.run_id, elapsed, output_tables(cfg), pictures
+        )
 
     return launch(
         options, cfg.destination, cfg.run.run_id, wire, slide_progress_line, len(cfg.models), report

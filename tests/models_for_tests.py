@@ -77,3 +77,86 @@ class SpatialOutput(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x)
+
+
+class TinyEncoder(nn.Module):
+    """A patch encoder: N x 3 x H x W -> N x 16 features (the shape of a foundation model's
+    pooled output)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, stride=2)
+        self.proj = nn.Linear(8, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(torch.relu(self.conv(x)).mean(dim=(2, 3)))
+
+
+class NanEmbeddingOnDark(TinyEncoder):
+    """An encoder returning NaN vectors for dark patches: some elements fail, the rest do not."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = super().forward(x)
+        dark = x.flatten(1).mean(dim=1, keepdim=True) < 0
+        return torch.where(dark, torch.full_like(features, float("nan")), features)
+
+
+def tiny_vision_folder(folder: str, kind: str = "vit", seed: int = 0) -> str:
+    """A ``save_pretrained`` ViT or DINOv2 with random weights (the architecture of UNI, Virchow,
+    Phikon, H-optimus), 64 px input, with an image-processor config (mean = std = 0.5)."""
+    import json
+    import os
+
+    import transformers
+
+    torch.manual_seed(seed)
+    shape = {
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 64,
+        "image_size": 64,
+        "patch_size": 16,
+    }
+    if kind == "vit":
+        model = transformers.ViTModel(transformers.ViTConfig(**shape))
+    else:
+        model = transformers.Dinov2Model(transformers.Dinov2Config(**shape))
+    model.eval().save_pretrained(folder)
+    with open(os.path.join(folder, "preprocessor_config.json"), "w") as f:
+        json.dump({"image_mean": [0.5] * 3, "image_std": [0.5] * 3, "size": {"height": 64}}, f)
+    return folder
+
+
+def export_onnx(net: nn.Module, path: str, patch_px: int = 64, fixed_batch: int | None = None):
+    """Save ``net`` as an ONNX graph: a dynamic batch, or a fixed one of ``fixed_batch``."""
+    import warnings
+
+    example = torch.zeros(fixed_batch or 2, 3, patch_px, patch_px)
+    axes = None if fixed_batch else {"image": {0: "n"}, "logits": {0: "n"}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter announces its deprecation
+        torch.onnx.export(
+            net.eval(),
+            (example,),
+            path,
+            dynamo=False,
+            input_names=["image"],
+            output_names=["logits"],
+            dynamic_axes=axes,
+        )
+    return path
+
+
+def onnx_taking_tokens(path: str) -> str:
+    """An ONNX graph whose input is N x 16 int64 token ids, not an image."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    tokens = helper.make_tensor_value_info("tokens", TensorProto.INT64, ["n", 16])
+    out = helper.make_tensor_value_info("ids", TensorProto.INT64, ["n", 16])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["tokens"], ["ids"])], "t", [tokens], [out]
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return path

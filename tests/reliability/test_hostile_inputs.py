@@ -483,7 +483,17 @@ def test_text_case(text_run, case):
 
 # --------------------------------------------------------------------------------- models
 
-MODEL_CASES = ["missing_model", "corrupt_pt2", "wrong_output_shape", "require_gpu_on_cpu"]
+MODEL_CASES = [
+    "missing_model",
+    "corrupt_pt2",
+    "wrong_output_shape",
+    "require_gpu_on_cpu",
+    "onnx_not_an_image",
+    "onnx_not_an_onnx_file",
+    "hf_folder_without_weights",
+    "segmentation_output_not_a_map",
+    "embedding_key_missing",
+]
 
 
 def _slide_args(tmp: Path, shared_data: Path, model: str, *extra: str) -> list[str]:
@@ -511,10 +521,18 @@ def test_model_case_fails_the_job_at_setup_naming_model_and_cause(
     import torch
 
     from pipelines.slide_inference import run
-    from tests.models_for_tests import SpatialOutput, export_pt2
+    from tests.models_for_tests import (
+        SpatialOutput,
+        export_pt2,
+        onnx_taking_tokens,
+        tiny_vision_folder,
+    )
 
     if torch.cuda.is_available() and case == "require_gpu_on_cpu":
         pytest.skip("this machine has a GPU")
+    weightless = tiny_vision_folder(str(tmp_path / "weightless"))
+    (tmp_path / "weightless" / "model.safetensors").unlink()
+    (tmp_path / "fake.onnx").write_bytes(b"PK\x03\x04 a zip, not an ONNX graph")
     uri, extra, cause = {
         "missing_model": (str(tmp_path / "nope.pt2"), (), "no such file"),
         "corrupt_pt2": (str(tmp_path / "corrupt.pt2"), (), "could not be loaded"),
@@ -524,6 +542,23 @@ def test_model_case_fails_the_job_at_setup_naming_model_and_cause(
             "fails on a 64x64 patch",
         ),
         "require_gpu_on_cpu": (tiny_models["two"], ("--require_gpu",), "no CUDA device"),
+        "onnx_not_an_image": (
+            onnx_taking_tokens(str(tmp_path / "tokens.onnx")),
+            (),
+            "not one N x 3 x H x W float image: it takes tokens tensor(int64) ['n', 16]",
+        ),
+        "onnx_not_an_onnx_file": (str(tmp_path / "fake.onnx"), (), "not an ONNX graph"),
+        "hf_folder_without_weights": (weightless, (), "holds no weights"),
+        "segmentation_output_not_a_map": (
+            tiny_models["two"],
+            ("--model_output", "bad=segmentation"),
+            "expected (1, n_classes >= 2, h, w) logits",
+        ),
+        "embedding_key_missing": (
+            tiny_vision_folder(str(tmp_path / "vit")),
+            ("--model_output", "bad=embedding", "--embedding_key", "bad=features"),
+            "--embedding_key bad=features names no output; it has last_hidden_state, pooler_output",
+        ),
     }[case]
     (tmp_path / "corrupt.pt2").write_bytes(b"PK\x03\x04 not a torch.export archive" * 100)
     with pytest.raises(Exception) as failure:
@@ -550,6 +585,23 @@ def test_model_case_nan_output_is_flagged_not_written(shared_data, tmp_path):
     assert all(np.isfinite(list(p)).all() for p in predictions.probs)
     c = counters(result)
     assert c["patches_planned"] == len(predictions) + len(errors)
+
+
+def test_an_embedding_with_nan_is_a_dead_letter_per_patch(shared_data, tmp_path):
+    """NaN vectors for dark patches: those patches are dead letters, the rest are rows."""
+    from pipelines.report import counters
+    from pipelines.slide_inference import run
+    from tests.models_for_tests import NanEmbeddingOnDark, export_pt2
+
+    model = export_pt2(NanEmbeddingOnDark().eval(), str(tmp_path / "nan_encoder.pt2"))
+    result = run(_slide_args(tmp_path, shared_data, model, "--model_output", "bad=embedding"))
+    rows = pd.read_parquet(tmp_path / "out" / "patch_embeddings")
+    errors = read_errors(tmp_path / "out")
+    assert errors and {(e["stage"], e["error_type"]) for e in errors} == {
+        ("RunModel/bad", "ModelOutputError")
+    }
+    assert len(rows) > 0 and all(np.isfinite(list(v)).all() for v in rows.embedding)
+    assert counters(result)["patches_planned"] == len(rows) + len(errors)
 
 
 def test_the_corpus_has_at_least_thirty_cases():

@@ -2,7 +2,8 @@
 
 One session per worker process (the DoFn loads through ``Shared``), on the CUDA provider when
 onnxruntime has one (``onnxruntime-gpu``) and the CPU provider otherwise. The graph's first input
-names the patch batch; a fixed batch dimension is served in chunks of that size. A graph whose
+names the patch batch; a fixed batch dimension is served in chunks of that size (the last one
+padded). A graph whose
 input is not an ``N x 3 x H x W`` float image fails at load. onnxruntime is imported here only.
 """
 
@@ -52,14 +53,19 @@ class OnnxModel(LoadedModel):
     def forward(self, pixels: Sequence[np.ndarray]) -> Outputs:
         x = self.normalised(pixels)
         step = self.fixed_batch or len(x)
-        parts = [
-            self.session.run(None, {self.input_name: x[i : i + step]})
-            for i in range(0, len(x), step)
-        ]
+        parts = []
+        for i in range(0, len(x), step):
+            chunk = x[i : i + step]
+            short = step - len(chunk)  # a fixed-batch graph: pad the last chunk, drop the pad
+            if short:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], short, axis=0)])
+            parts.append([np.asarray(o, np.float32)[: step - short] for o in self._run(chunk)])
         return {
-            name: np.concatenate([np.asarray(p[k], np.float32) for p in parts])
-            for k, name in enumerate(self.output_names)
+            name: np.concatenate([p[k] for p in parts]) for k, name in enumerate(self.output_names)
         }
+
+    def _run(self, batch: np.ndarray) -> list:
+        return self.session.run(None, {self.input_name: batch})
 
 
 def check_image_input(session: Any, uri: str) -> None:

@@ -131,6 +131,14 @@ def normalisation(spec: ModelSpec, folder: str | None = None) -> tuple[Sequence,
     return spec.mean or mean, spec.std or std
 
 
+def huggingface_offline() -> None:
+    """Hugging Face loads from local folders only, without progress bars in the job's log."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 _HF_CLASSES = {
     "classification": "AutoModelForImageClassification",
     "embedding": "AutoModel",
@@ -143,6 +151,7 @@ def load_torch(spec: ModelSpec, device: str) -> LoadedModel:
     import torch
 
     if spec.format == "huggingface":
+        huggingface_offline()
         import transformers
 
         folder = local_folder(spec.uri)

@@ -7,7 +7,6 @@ copied once per worker process to a local cache). Nothing is fetched from a hub:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +16,7 @@ import numpy as np
 from transforms.core.errors import ConfigError, ModelLoadError
 from transforms.models.local_copy import local_folder
 from transforms.models.spec import check_model_name
+from transforms.models.torch_models import huggingface_offline
 
 TASKS = ("token-classification", "text-classification", "embedding")
 
@@ -54,15 +54,8 @@ class LoadedTextModel:
         self.multi_label = getattr(config, "problem_type", None) == "multi_label_classification"
 
 
-def _offline() -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-
-
 def load_tokenizer(spec: TextModelSpec) -> Any:
-    _offline()
+    huggingface_offline()
     from transformers import AutoTokenizer
 
     try:
@@ -81,7 +74,7 @@ def load_tokenizer(spec: TextModelSpec) -> Any:
 
 def load_text_model(spec: TextModelSpec) -> LoadedTextModel:
     """Load tokenizer and model for ``spec.task`` onto the chosen device, in eval mode."""
-    _offline()
+    huggingface_offline()
     from transformers import (
         AutoModel,
         AutoModelForSequenceClassification,

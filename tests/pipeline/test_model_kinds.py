@@ -1,0 +1,187 @@
+"""Embedding, segmentation and ONNX models through the pipeline: rows equal a direct call of the
+same model on the same pixels, whatever the batch size; tables, summaries and pictures per kind;
+the accounting (patches planned = rows + dead letters) for every kind."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import tiffslide
+import torch
+
+from tests.models_for_tests import (
+    SpatialOutput,
+    TinyEncoder,
+    export_onnx,
+    export_pt2,
+    tiny_net,
+    tiny_vision_folder,
+)
+from transforms.models.spec import IMAGENET_MEAN, IMAGENET_STD
+
+pytestmark = pytest.mark.pipeline
+
+
+def run_cli(tmp_path, cmu1, *models: str, extra: tuple[str, ...] = ()):  # noqa: ANN001
+    """The slide CLI over CMU-1 with ``--model``-style args ``models``; the output folder."""
+    from pipelines.report import counters
+    from pipelines.slide_inference import run
+
+    manifest = tmp_path / "slides.csv"
+    manifest.write_text(f"slide_id,uri\ncmu1,{cmu1}\n")
+    out = tmp_path / "out"
+    result = run(
+        ["--slides", str(manifest), *models, "--patch_px", "64", "--patch_mpp", "0.5"]
+        + ["--output", str(out), "--artifacts", str(tmp_path / "art"), *extra]
+    )
+    return out, counters(result)
+
+
+def pixels_of(cmu1, rows: pd.DataFrame) -> np.ndarray:  # noqa: ANN001
+    """The pixels of each row's patch, read directly (the slide is 0.499 µm/px: no resize)."""
+    slide = tiffslide.TiffSlide(str(cmu1))
+    return np.stack(
+        [
+            slide.read_region((int(r.x_px), int(r.y_px)), 0, (int(r.size_px),) * 2, as_array=True)
+            for r in rows.itertuples()
+        ]
+    )[..., :3]
+
+
+def normalised(pixels: np.ndarray, mean, std) -> torch.Tensor:  # noqa: ANN001
+    x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255
+    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+
+@pytest.mark.parametrize(
+    "kind, key, batch", [("vit", "auto", 1), ("vit", "cls", 7), ("dinov2", "mean", 32)]
+)
+def test_hugging_face_embeddings_equal_a_direct_encoder_call(kind, key, batch, cmu1, tmp_path):
+    import transformers
+
+    folder = tiny_vision_folder(str(tmp_path / kind), kind)
+    out, counted = run_cli(
+        tmp_path,
+        cmu1,
+        "--model",
+        f"enc={folder}",
+        "--model_output",
+        "enc=embedding",
+        "--embedding_key",
+        f"enc={key}",
+        extra=("--batch_size", str(batch)),
+    )
+    rows = pd.read_parquet(out / "patch_embeddings").sort_values(["y_px", "x_px"])
+    assert len(rows) == counted["patches_planned"] > 100
+    encoder = transformers.AutoModel.from_pretrained(folder).eval()
+    with torch.inference_mode():
+        # Normalised by the folder's image-processor config (0.5, 0.5), not ImageNet's.
+        result = encoder(pixel_values=normalised(pixels_of(cmu1, rows), [0.5] * 3, [0.5] * 3))
+    hidden = result.last_hidden_state
+    direct = {
+        "auto": result.pooler_output if result.pooler_output is not None else hidden[:, 0],
+        "cls": hidden[:, 0],
+        "mean": hidden.mean(dim=1),
+    }[key].numpy()
+    got = np.stack(rows.embedding.to_numpy())
+    assert got.dtype == np.float32 and got.shape == (len(rows), 32)
+    np.testing.assert_allclose(got, direct, atol=1e-5, rtol=0)
+
+    # One slide_embeddings row: the mean of the patch embeddings, and their count.
+    slide = pd.read_parquet(out / "slide_embeddings").iloc[0]
+    assert slide.patch_count == len(rows)
+    np.testing.assert_allclose(slide.embedding, got.mean(axis=0), atol=1e-6)
+    summary = pd.read_parquet(out / "slide_summaries").iloc[0]
+    assert summary.patch_count == len(rows) and list(summary.class_mean_prob) == []
+    assert pd.isna(summary.heatmap_uri)  # an embedding has no picture
+    assert not (out / "patch_predictions").exists()
+
+
+def test_a_pt2_encoder_and_an_onnx_classifier_run_beside_a_classifier(cmu1, tmp_path):
+    """Three models over one patch stream: a .pt2 encoder, a fixed-batch ONNX classifier and the
+    same classifier as .pt2; each model's rows equal a direct call on the same pixels."""
+    import onnxruntime as ort
+
+    torch.manual_seed(3)
+    encoder = TinyEncoder().eval()
+    encoder_uri = export_pt2(encoder, str(tmp_path / "enc.pt2"))
+    net = tiny_net(2, seed=0)
+    onnx_uri = export_onnx(net, str(tmp_path / "two.onnx"), fixed_batch=3)
+    out, counted = run_cli(
+        tmp_path,
+        cmu1,
+        *("--model", f"enc={encoder_uri}", "--model_output", "enc=embedding"),
+        *(
+            "--model",
+            f"onnx={onnx_uri}",
+            "--model",
+            f"pt2={export_pt2(net, str(tmp_path / 'two.pt2'))}",
+        ),
+        *("--class_names", "onnx=stroma,tumour"),
+        extra=("--batch_size", "8"),
+    )
+    embeddings = pd.read_parquet(out / "patch_embeddings").sort_values(["y_px", "x_px"])
+    predictions = pd.read_parquet(out / "patch_predictions")
+    pixels = pixels_of(cmu1, embeddings)
+    with torch.inference_mode():
+        direct = encoder(normalised(pixels, IMAGENET_MEAN, IMAGENET_STD)).numpy()
+    np.testing.assert_allclose(np.stack(embeddings.embedding.to_numpy()), direct, atol=1e-5)
+
+    session = ort.InferenceSession(onnx_uri)
+    x = normalised(pixels, IMAGENET_MEAN, IMAGENET_STD).numpy()
+    padded = np.concatenate([x, x[: (-len(x)) % 3]])  # the graph takes batches of exactly 3
+    logits = np.concatenate(
+        [session.run(None, {"image": padded[i : i + 3]})[0] for i in range(0, len(padded), 3)]
+    )[: len(x)]
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    onnx_rows = predictions[predictions.model_name == "onnx"].sort_values(["y_px", "x_px"])
+    np.testing.assert_allclose(
+        np.stack(onnx_rows.probs.to_numpy()), e / e.sum(1, keepdims=True), atol=1e-5
+    )
+    pt2_rows = predictions[predictions.model_name == "pt2"].sort_values(["y_px", "x_px"])
+    np.testing.assert_allclose(
+        np.stack(onnx_rows.probs.to_numpy()), np.stack(pt2_rows.probs.to_numpy()), atol=1e-5
+    )
+    # Accounting per model: patches planned = rows, for each model and kind.
+    n = counted["patches_planned"]
+    assert len(embeddings) == len(onnx_rows) == len(pt2_rows) == n > 100
+    assert counted["patches_inferred"] == 3 * n
+    summaries = pd.read_parquet(out / "slide_summaries").set_index("model_name")
+    assert "segmentations" not in str(summaries.loc["onnx"].heatmap_uri)
+    assert "/heatmaps/" in summaries.loc["onnx"].heatmap_uri
+
+
+def test_a_segmentation_model_writes_class_fractions_areas_and_a_class_map(cmu1, tmp_path):
+    """A 1x1-conv segmentation net (N x 2 x H x W logits): per patch, the pixel share of each
+    class equals the argmax of a direct call; areas per class add up to the patches' area."""
+    from PIL import Image
+
+    torch.manual_seed(1)
+    net = SpatialOutput().eval()
+    uri = export_pt2(net, str(tmp_path / "seg.pt2"))
+    out, counted = run_cli(
+        tmp_path,
+        cmu1,
+        *("--model", f"seg={uri}", "--model_output", "seg=segmentation"),
+        *("--class_names", "seg=stroma,epithelium"),
+    )
+    rows = pd.read_parquet(out / "patch_segmentations").sort_values(["y_px", "x_px"])
+    assert len(rows) == counted["patches_planned"] > 100
+    with torch.inference_mode():
+        logits = net(normalised(pixels_of(cmu1, rows), IMAGENET_MEAN, IMAGENET_STD))
+    labels = logits.argmax(dim=1).flatten(1).numpy()
+    share = np.stack([(labels == c).mean(axis=1) for c in (0, 1)], axis=1)
+    np.testing.assert_allclose(np.stack(rows.class_fractions.to_numpy()), share, atol=1e-9)
+    counts = np.stack(rows.argmax_counts.to_numpy())
+    assert (counts.sum(axis=1) == 64 * 64).all()
+    assert (rows.label.to_numpy() == counts.argmax(axis=1)).all()
+
+    summary = pd.read_parquet(out / "slide_summaries").iloc[0]
+    mpp = summary.slide_mpp
+    patch_area = ((rows.size_px * mpp / 1000) ** 2).sum()
+    assert sum(summary.class_area_mm2) == pytest.approx(patch_area, rel=1e-6)
+    assert all(a > 0 for a in summary.class_area_mm2)
+    assert "/segmentations/" in summary.heatmap_uri
+    picture = Image.open(summary.heatmap_uri)
+    assert picture.width > 300 and picture.height > 300
