@@ -326,3 +326,55 @@ def test_staging_tables_a_dead_run_left_are_dropped_once_stale(local_gcp):
     gone = BigQueryDataset(local_gcp.project, "never_made", local_gcp.bigquery_endpoint)
     assert prepare_dataset(gone, stale_after=dt.timedelta(0)) == []  # and now it exists
     assert bq.get_dataset(f"{gone.project}.{gone.dataset}").dataset_id == "never_made"
+
+
+def test_embedding_and_segmentation_tables_round_trip_through_bigquery(
+    local_gcp, gcs_slides, scratch_bucket, tiny_models, tmp_path
+):
+    """An encoder, a segmentation net and a classifier in one job, to Parquet and twice to
+    BigQuery: the BigQuery rows equal the Parquet rows (embeddings as ARRAY<FLOAT64>), reruns
+    leave one set, and --skip_existing is keyed by each model's own results."""
+    from tests.models_for_tests import SpatialOutput, TinyEncoder, export_pt2
+    from transforms.io.schemas import PATCH_EMBEDDINGS, PATCH_SEGMENTATIONS, SLIDE_EMBEDDINGS
+
+    slides = manifest(local_gcp, tmp_path, "kinds.csv", {"cmu1": gcs_slides["cmu1"]})
+    models = [
+        *("--model", f"enc={export_pt2(TinyEncoder().eval(), str(tmp_path / 'enc.pt2'))}"),
+        *("--model", f"seg={export_pt2(SpatialOutput().eval(), str(tmp_path / 'seg.pt2'))}"),
+        *("--model_output", "enc=embedding", "--model_output", "seg=segmentation"),
+    ]
+    local_out = tmp_path / "parquet"
+    run(slide_args(slides, tiny_models["two"], str(local_out), *models))
+    out = f"bq://{local_gcp.project}.kinds"
+    for attempt in range(2):
+        run(
+            slide_args(slides, tiny_models["two"], out, *models)
+            + bq_args("kinds")
+            + ["--run_id", f"kinds{attempt}"]
+        )
+    for schema in (PATCH_EMBEDDINGS, PATCH_SEGMENTATIONS, PATCH_PREDICTIONS):
+        theirs = pd.read_parquet(local_out / schema.name).sort_values(PATCH_KEY)
+        mine = table(local_gcp, "kinds", schema.name).sort_values(PATCH_KEY)
+        assert duplicate_keys(mine, PATCH_KEY) == 0 and set(mine.run_id) == {"kinds1"}
+        assert len(mine) == len(theirs) > 100, schema.name
+        column = {"patch_embeddings": "embedding", "patch_segmentations": "class_fractions"}
+        values = column.get(schema.name, "probs")
+        for a, b in zip(mine[values], theirs[values], strict=True):
+            assert list(a) == pytest.approx(list(b), abs=1e-6)
+    meta = local_gcp.bigquery().get_table(f"{local_gcp.project}.kinds.patch_embeddings")
+    field = next(f for f in meta.schema if f.name == "embedding")
+    assert (field.field_type, field.mode) in {("FLOAT", "REPEATED"), ("FLOAT64", "REPEATED")}
+    slide_embedding = table(local_gcp, "kinds", SLIDE_EMBEDDINGS.name)
+    assert len(slide_embedding) == 1 and len(slide_embedding.embedding[0]) == 16
+    summaries = table(local_gcp, "kinds", SLIDE_SUMMARIES.name).set_index("model_name")
+    assert len(summaries) == 3 and len(summaries.loc["seg"].class_area_mm2) == 2
+
+    # --skip_existing per model: a new version of the encoder alone reruns the slide for it only.
+    result = run(
+        slide_args(slides, tiny_models["two"], out, *models, "--skip_existing")
+        + ["--model_version", "enc=v2"]
+        + bq_args("kinds")
+    )
+    assert counters(result)["slides_planned"] == 1
+    embeddings = table(local_gcp, "kinds", PATCH_EMBEDDINGS.name)
+    assert sorted(embeddings.model_version.unique()) == ["unversioned", "v2"]
