@@ -228,6 +228,14 @@ SLIDES: tuple[Group, ...] = (
                 repeat=True,
             ),
             Flag(
+                "model_input",
+                "NAME=rgb|eho: the patch's RGB, or its EHO stain channels (eosin, hematoxylin, "
+                "optical density) scaled by its slide's H&E stain basis",
+                default_of(_MODEL, "input"),
+                metavar="NAME=INPUT",
+                repeat=True,
+            ),
+            Flag(
                 "class_names",
                 "NAME=a,b,c names of the classes, for summaries and picture legends",
                 metavar="NAME=A,B,C",

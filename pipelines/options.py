@@ -43,6 +43,7 @@ FIELD_FLAGS = {
     "std": "--model_std",
     "activation": "--model_activation",
     "output_kind": "--model_output",
+    "input": "--model_input",
     "buffer_size": "--sort_buffer",
 }
 """Config fields whose flag is not ``--<field>``."""
@@ -193,6 +194,7 @@ def model_specs(options: PipelineOptions) -> tuple[ModelSpec, ...]:
             "--model_output": opts.model_output,
             "--class_names": opts.class_names,
             "--embedding_key": opts.embedding_key,
+            "--model_input": opts.model_input,
         },
     )
     means, stds, names = by["--model_mean"], by["--model_std"], by["--class_names"]
@@ -210,6 +212,7 @@ def model_specs(options: PipelineOptions) -> tuple[ModelSpec, ...]:
                     activation=by["--model_activation"].get(name),
                     output_kind=by["--model_output"].get(name),
                     embedding_key=by["--embedding_key"].get(name),
+                    input=by["--model_input"].get(name),
                     class_names=(
                         tuple(n.strip() for n in names[name].split(",")) if name in names else None
                     ),
@@ -255,12 +258,13 @@ def slide_job_config(options: PipelineOptions) -> SlideJobConfig:
     )
     if opts.patch_level is not None and opts.patch_mpp is None:
         patching["patch_mpp"] = None  # tiling by level, not at an mpp
+    models = model_specs(options)
     with flags_named():
         return SlideJobConfig(
             slides=slides,
             patches=patches,
-            models=model_specs(options),
-            patching=PatchingConfig(**patching),
+            models=models,
+            patching=PatchingConfig(**patching, stain_basis=any(m.input == "eho" for m in models)),
             batching=_slide_batching(options),
             destination=_destination(options, needs_artifacts=not opts.no_heatmaps),
             run=_run(common),

@@ -153,9 +153,13 @@ def test_a_pt2_encoder_and_an_onnx_classifier_run_beside_a_classifier(cmu1, tmp_
 
 
 def test_a_segmentation_model_writes_class_fractions_areas_and_a_class_map(cmu1, tmp_path):
-    """A 1x1-conv segmentation net (N x 2 x H x W logits): per patch, the pixel share of each
-    class equals the argmax of a direct call; areas per class add up to the patches' area."""
+    """A 1x1-conv segmentation net (N x 2 x H x W logits): per patch, the share of its pixels
+    that are tissue (by the slide's tissue rule) of each class equals the argmax of a direct
+    call; the class areas add up to the tissue area within the patches."""
     from PIL import Image
+
+    from transforms.slides.geometry import PatchingConfig
+    from transforms.slides.survey import survey_or_failure
 
     torch.manual_seed(1)
     net = SpatialOutput().eval()
@@ -168,19 +172,23 @@ def test_a_segmentation_model_writes_class_fractions_areas_and_a_class_map(cmu1,
     )
     rows = pd.read_parquet(out / "patch_segmentations").sort_values(["y_px", "x_px"])
     assert len(rows) == counted["patches_planned"] > 100
+    pixels = pixels_of(cmu1, rows)
     with torch.inference_mode():
-        logits = net(normalised(pixels_of(cmu1, rows), IMAGENET_MEAN, IMAGENET_STD))
+        logits = net(normalised(pixels, IMAGENET_MEAN, IMAGENET_STD))
+    row = {"slide_id": "cmu1", "uri": str(cmu1), "mpp": None, "metadata": {}}
+    survey = survey_or_failure(row, PatchingConfig(patch_px=64), grid=True)
+    tissue = np.stack([survey.appearance.tissue.mask(p) for p in pixels]).reshape(len(rows), -1)
     labels = logits.argmax(dim=1).flatten(1).numpy()
-    share = np.stack([(labels == c).mean(axis=1) for c in (0, 1)], axis=1)
+    share = np.stack([((labels == c) & tissue).mean(axis=1) for c in (0, 1)], axis=1)
     np.testing.assert_allclose(np.stack(rows.class_fractions.to_numpy()), share, atol=1e-9)
+    np.testing.assert_allclose(rows.tissue_fraction, tissue.mean(axis=1), atol=1e-9)
     counts = np.stack(rows.argmax_counts.to_numpy())
-    assert (counts.sum(axis=1) == 64 * 64).all()
+    assert (counts.sum(axis=1) == tissue.sum(axis=1)).all()
     assert (rows.label.to_numpy() == counts.argmax(axis=1)).all()
 
     summary = pd.read_parquet(out / "slide_summaries").iloc[0]
-    mpp = summary.slide_mpp
-    patch_area = ((rows.size_px * mpp / 1000) ** 2).sum()
-    assert sum(summary.class_area_mm2) == pytest.approx(patch_area, rel=1e-6)
+    tissue_in_patches = rows.tissue_fraction * (rows.size_px * summary.slide_mpp / 1000) ** 2
+    assert sum(summary.class_area_mm2) == pytest.approx(tissue_in_patches.sum(), rel=1e-6)
     assert all(a > 0 for a in summary.class_area_mm2)
     assert "/segmentations/" in summary.heatmap_uri
     picture = Image.open(summary.heatmap_uri)

@@ -14,9 +14,12 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from transforms.core.errors import ModelLoadError
-from transforms.models.loading import load_model, predict
+from transforms.models.loading import load_model, model_input, predict
 from transforms.models.spec import ModelSpec
 from transforms.models.torch_models import LoadedModel
+from transforms.slides.stains import reference_basis
+from transforms.slides.survey import SlideAppearance
+from transforms.slides.tissue import TissueRule
 
 
 class PatchModelHandler(ModelHandler):
@@ -40,7 +43,8 @@ class PatchModelHandler(ModelHandler):
         model = load_model(self.spec)
         blank = np.zeros((self.patch_px, self.patch_px, 3), np.uint8)
         try:
-            predict(model, [blank], self.spec)
+            check = SlideAppearance(TissueRule("brightfield", 0.0), reference_basis())
+            predict(model, [model_input(blank, check, self.spec)], self.spec)
         except Exception as exc:
             raise ModelLoadError(
                 f"model {self.spec.name!r} from {self.spec.uri} fails on a "
@@ -52,7 +56,14 @@ class PatchModelHandler(ModelHandler):
     def run_inference(
         self, batch: Sequence[Any], model: LoadedModel, inference_args: dict | None = None
     ) -> list[PredictionResult]:
-        results = predict(model, [patch.pixels for patch in batch], self.spec)
+        pixels = [model_input(patch.pixels, patch.appearance, self.spec) for patch in batch]
+        tissue = None
+        if self.spec.output_kind == "segmentation":  # class areas count tissue pixels only
+            tissue = [
+                patch.appearance.tissue.mask(patch.pixels) if patch.appearance else None
+                for patch in batch
+            ]
+        results = predict(model, pixels, self.spec, tissue)
         return [
             PredictionResult(example=patch, inference=r, model_id=self.spec.shared_tag)
             for patch, r in zip(batch, results, strict=True)

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from transforms.core.errors import ModelLoadError
+from transforms.core.errors import ModelLoadError, SlideError
 from transforms.models.outputs import model_outputs
 from transforms.models.spec import ModelSpec
 from transforms.models.torch_models import LoadedModel, select_device
+from transforms.slides.stains import eho
 
 _LOG = logging.getLogger(__name__)
 
@@ -50,6 +52,29 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     return model
 
 
-def predict(model: LoadedModel, pixels: Sequence[np.ndarray], spec: ModelSpec) -> list:
-    """One result per patch: probabilities, an embedding or a ``Segmented`` class map."""
-    return model_outputs(model.forward(pixels), spec, len(pixels))
+def model_input(pixels: np.ndarray, appearance: Any, spec: ModelSpec) -> np.ndarray:
+    """What the model is handed for one patch: its RGB, or its EHO stain channels by its slide's
+    stain basis (``appearance``: the slide's ``SlideAppearance``).
+
+    Raises ``SlideError`` for EHO when the slide has no stain basis (a dead letter per patch).
+    """
+    if spec.input == "rgb":
+        return pixels
+    stains = appearance.stains if appearance is not None else None
+    if stains is None:
+        raise SlideError(
+            f"model {spec.name!r} takes EHO stain channels, but this slide has no H&E stain "
+            "basis (a fluorescence slide, or too little stained tissue in its survey image)"
+        )
+    return eho(pixels, stains)
+
+
+def predict(
+    model: LoadedModel,
+    pixels: Sequence[np.ndarray],
+    spec: ModelSpec,
+    tissue: Sequence[np.ndarray | None] | None = None,
+) -> list:
+    """One result per patch: probabilities, an embedding or a ``Segmented`` class map (counted
+    over each patch's ``tissue`` pixels when given)."""
+    return model_outputs(model.forward(pixels), spec, len(pixels), tissue)

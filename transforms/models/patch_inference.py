@@ -82,6 +82,8 @@ def segmentation_row(patch: Any, seg: Any, spec: ModelSpec, run_id: str) -> dict
         "class_fractions": [float(f) for f in seg.class_fractions],
         "argmax_counts": [int(c) for c in seg.argmax_counts],
         "label": int(np.argmax(seg.argmax_counts)),
+        "tissue_fraction": seg.tissue_fraction,
+        "class_grid": [int(c) for c in seg.class_grid.ravel()],
     }
 
 

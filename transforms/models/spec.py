@@ -27,6 +27,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 ACTIVATIONS = ("softmax", "sigmoid", "none")
 OUTPUT_KINDS = ("classification", "embedding", "segmentation")
+INPUTS = ("rgb", "eho")
+"""What a model is handed: the patch's RGB, or EHO stain channels (eosin, hematoxylin, optical
+density; ``slides/stains.py``) scaled by its slide's stain basis."""
 EMBEDDING_KEYS = ("auto", "pooler", "cls", "mean")
 """How an embedding is taken from a model's output: ``pooler`` (``pooler_output``), ``cls`` (the
 first token of ``last_hidden_state``), ``mean`` (the mean over its tokens), ``auto`` (a 2-D
@@ -87,6 +90,7 @@ class ModelSpec:
     output_kind: str = "classification"
     class_names: tuple[str, ...] = ()
     embedding_key: str = "auto"
+    input: str = "rgb"
 
     def __post_init__(self) -> None:
         check_model_name(self.name)
@@ -97,6 +101,8 @@ class ModelSpec:
                 f"`model_class` {self.name}={self.model_class}: expected 'package.module:Class'"
             )
         model_format(self.uri, self.model_class)
+        if self.input not in INPUTS:
+            raise ConfigError(f"`input` of {self.name}: one of {', '.join(INPUTS)}")
         if self.output_kind not in OUTPUT_KINDS:
             raise ConfigError(
                 f"`output_kind` of {self.name}: one of {', '.join(OUTPUT_KINDS)}, "

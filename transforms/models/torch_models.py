@@ -117,8 +117,10 @@ class HuggingFaceModel(TorchModel):
 
 def normalisation(spec: ModelSpec, folder: str | None = None) -> tuple[Sequence, Sequence]:
     """Mean and std, each from the flags; else the folder's image-processor config; else
-    ImageNet's."""
+    ImageNet's (for RGB input) or none (0 and 1, for stain channels)."""
     mean, std = IMAGENET_MEAN, IMAGENET_STD
+    if spec.input == "eho":  # stain channels are scaled 0-1 already
+        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
     config = os.path.join(folder, "preprocessor_config.json") if folder else None
     if config and os.path.exists(config):
         with open(config) as f:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from transforms.core.errors import ConfigError, OutOfBoundsError, SlideError
 
@@ -35,6 +36,8 @@ class PatchingConfig:
         ``fluorescence`` (dark background).
       block_px: edge of a work unit's block at the read level, rounded to whole tiles.
       max_patches_per_unit: cap on patches in one work unit.
+      stain_basis: estimate each brightfield slide's H&E stain basis in its survey (for models
+        that take stain channels, ``--model_input NAME=eho``).
     """
 
     patch_px: int = 224
@@ -45,6 +48,7 @@ class PatchingConfig:
     tissue_method: str = "auto"
     block_px: int = 2048
     max_patches_per_unit: int = 64
+    stain_basis: bool = False
 
     def __post_init__(self) -> None:
         if not 8 <= self.patch_px <= 8192:
@@ -110,6 +114,8 @@ class WorkUnit:
     patch_px: int = 224
     mpp: float | None = None
     slide_mpp: float | None = None
+    appearance: Any = None
+    """The slide's ``survey.SlideAppearance`` (tissue rule, stain basis)."""
 
     def patch_mpp(self, box: PatchBox) -> float | None:
         """µm/px of ``box`` once resized to ``patch_px``: the grid's MPP, else from the slide's."""

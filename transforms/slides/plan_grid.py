@@ -7,6 +7,7 @@ grouped into work units of neighbouring patches that one region read serves.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
@@ -36,7 +37,7 @@ class _PlanSlide(beam.DoFn):
             row["slide_id"], row["uri"], survey.geom, boxes, self._cfg, survey.spec.mpp
         ):
             planned += len(unit.patches)
-            yield unit
+            yield dataclasses.replace(unit, appearance=survey.appearance)
         progress.count("slides_planned")
         progress.count("patches_planned", planned)
         if planned == 0:

@@ -14,6 +14,7 @@ A manifest may list a million patches of one slide, so no step groups patches by
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -55,6 +56,8 @@ class SlideStatus:
     tissue_method: str | None = None
     failure: str | None = None
     skipped: bool = False
+    appearance: Any = None
+    """The slide's ``survey.SlideAppearance``."""
 
 
 def patch_error(row: dict[str, Any], error: Exception | str) -> Any:
@@ -75,7 +78,10 @@ class _SurveySlide(beam.DoFn):
             return
         progress.count("slides_planned")
         area = survey.mask.area_mm2(survey.geom.mpp)
-        yield row["slide_id"], SlideStatus(row, survey.geom, area, survey.tissue_method)
+        yield (
+            row["slide_id"],
+            SlideStatus(row, survey.geom, area, survey.tissue_method, appearance=survey.appearance),
+        )
 
 
 class _PlacePatch(beam.DoFn):
@@ -128,7 +134,7 @@ class _BlockUnits(beam.DoFn):
         boxes.sort(key=lambda b: (b.y_px, b.x_px))
         for unit in work_units(slide_id, status.row["uri"], status.geom, boxes, self._cfg, None):
             progress.count("patches_planned", len(unit.patches))
-            yield unit
+            yield dataclasses.replace(unit, appearance=status.appearance)
 
 
 def _planned_count(unit: Any) -> tuple[str, int]:

@@ -34,6 +34,9 @@ class Patch:
     level: int
     mpp: float | None
     pixels: np.ndarray
+    appearance: Any = None
+    """The slide's ``survey.SlideAppearance``: its tissue rule (which of the patch's pixels are
+    tissue) and stain basis (for models that take stain channels)."""
 
     @property
     def key(self) -> str:
@@ -79,7 +82,16 @@ class _ReadUnit(beam.DoFn):
             x, y, size = box_at_level(box, ds)
             pixels = cut_patch(region, x - rx, y - ry, size, unit.patch_px)
             mpp = unit.patch_mpp(box)
-            yield Patch(unit.slide_id, box.x_px, box.y_px, box.size_px, box.level, mpp, pixels)
+            yield Patch(
+                unit.slide_id,
+                box.x_px,
+                box.y_px,
+                box.size_px,
+                box.level,
+                mpp,
+                pixels,
+                unit.appearance,
+            )
         progress.count("patches_read", len(unit.patches))
         progress.count("work_units_read")
 

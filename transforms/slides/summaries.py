@@ -49,25 +49,47 @@ class SlideStats:
     cell_px: int = 0
     raster: np.ndarray | None = None
 
-    def add(self, box: tuple[int, int, int], probs: Sequence[float]) -> None:
+    def add(
+        self, box: tuple[int, int, int], probs: Sequence[float], grid: Sequence[int] = ()
+    ) -> None:
+        """Count one patch: its values (probabilities or class shares) and, for a class map,
+        its ``k x k`` grid of classes (-1: not tissue), painted cell by cell."""
         p = np.asarray(probs, dtype=np.float64)
         self.n += 1
         if len(p) == 0:  # an embedding: counted, nothing to average
             return
+        k = int(round(np.sqrt(len(grid)))) if len(grid) else 1
         if self.sums is None:
             self.sums, self.counts, self.maxima = np.zeros_like(p), np.zeros_like(p), p.copy()
             self.areas_px = np.zeros_like(p)
-            self.cell_px = max(1, int(box[2]))
+            self.cell_px = max(1, int(box[2]) // k)
             self.raster = np.zeros((1, 1, len(p) + 1), np.float32)
         assert self.counts is not None and self.maxima is not None and self.areas_px is not None
         self.sums += p
         self.areas_px += p * float(box[2]) ** 2
         self.counts[int(np.argmax(p))] += 1
         np.maximum(self.maxima, p, out=self.maxima)
+        if len(grid):
+            self._paint_grid(box, np.asarray(grid).reshape(k, k), len(p))
+            return
         half = int(box[2]) // 2  # a patch paints the cell holding its centre
         self._paint(
             np.array([box[0] + half]), np.array([box[1] + half]), np.append(p, 1.0)[None, :]
         )
+
+    def _paint_grid(self, box: tuple[int, int, int], grid: np.ndarray, n_classes: int) -> None:
+        """Paint a patch's class grid: each tissue cell one-hot at its centre."""
+        k = grid.shape[0]
+        ys, xs = np.nonzero(grid >= 0)
+        if not len(ys):
+            return
+        step = box[2] / k
+        values = np.zeros((len(ys), n_classes + 1), np.float32)
+        values[np.arange(len(ys)), grid[ys, xs]] = 1.0
+        values[:, -1] = 1.0
+        centre_x = (box[0] + (xs + 0.5) * step).astype(np.int64)
+        centre_y = (box[1] + (ys + 0.5) * step).astype(np.int64)
+        self._paint(centre_x, centre_y, values)
 
     def _paint(self, xs: np.ndarray, ys: np.ndarray, values: np.ndarray) -> None:
         """Add ``values`` (``N x (C+1)``) at level-0 points, growing or coarsening the raster."""
@@ -151,7 +173,8 @@ class SlideStatsFn(beam.CombineFn):
         return SlideStats()
 
     def add_input(self, acc: SlideStats, row: dict) -> SlideStats:
-        acc.add((row["x_px"], row["y_px"], row["size_px"]), summarised_values(row))
+        box = (row["x_px"], row["y_px"], row["size_px"])
+        acc.add(box, summarised_values(row), row.get("class_grid", ()))
         return acc
 
     def merge_accumulators(self, accs: Iterable[SlideStats]) -> SlideStats:

@@ -12,7 +12,7 @@ from typing import Any
 import apache_beam as beam
 
 from transforms.core import progress
-from transforms.core.errors import DEAD_LETTER, dead_letter
+from transforms.core.errors import DEAD_LETTER, SlideError, dead_letter
 from transforms.core.remote_io import retry_transient
 from transforms.slides.geometry import GridSpec, PatchingConfig, SlideGeometry, grid_spec
 from transforms.slides.reader import (
@@ -22,12 +22,22 @@ from transforms.slides.reader import (
     read_downsampled,
     slide_geometry,
 )
-from transforms.slides.tissue import TissueMask, resolve_method, tissue_mask
+from transforms.slides.stains import StainBasis, estimate_stains
+from transforms.slides.tissue import TissueMask, TissueRule, resolve_method, tissue_rule
 
 STAGE = "PlanPatches"
 """The stage named in planning's dead letters, whichever plan (grid or manifest) made them."""
 SLIDE_INFO = "slide_info"
 """Tag of the planning output with one ``slide_info`` dict per planned slide."""
+
+
+@dataclass(frozen=True)
+class SlideAppearance:
+    """How one slide's pixels read, learned in its survey and carried by its work units and
+    patches: what is tissue (``TissueRule``), and its H&E stain basis when one was asked for."""
+
+    tissue: TissueRule
+    stains: StainBasis | None = None
 
 
 @dataclass(frozen=True)
@@ -39,6 +49,9 @@ class Survey:
     spec: GridSpec | None
     tissue_method: str = "brightfield"
     """The method that made ``mask`` (``auto`` resolved for this slide)."""
+    appearance: SlideAppearance | None = None
+    """Its tissue rule, and its H&E stain basis when asked for (``PatchingConfig.stain_basis``)
+    and the slide is brightfield with enough stained tissue."""
 
 
 def mask_downsample(geom: SlideGeometry, patch_l0_px: int | None) -> float:
@@ -76,7 +89,15 @@ def _survey(row: dict[str, Any], cfg: PatchingConfig, grid: bool) -> Survey:
             slide, geom, mask_downsample(geom, spec.patch_l0_px if spec else None)
         )
         method = resolve_method(rgb, row.get("tissue_method") or cfg.tissue_method)
-        return Survey(geom, TissueMask(tissue_mask(rgb, method), ds), spec, method)
+        rule = tissue_rule(rgb, method)
+        mask = rule.mask(rgb)
+        stains = None
+        if cfg.stain_basis and method == "brightfield":
+            try:
+                stains = estimate_stains(rgb, mask)
+            except SlideError:
+                pass  # its patches are dead letters for the models that need it, saying why
+        return Survey(geom, TissueMask(mask, ds), spec, method, SlideAppearance(rule, stains))
     finally:
         slide.close()
 

@@ -80,20 +80,47 @@ def resolve_method(rgb: np.ndarray, method: str) -> str:
     return "fluorescence" if np.median(border) < DARK_BACKGROUND else "brightfield"
 
 
-def tissue_mask(rgb: np.ndarray, method: str = "brightfield") -> np.ndarray:
-    """Boolean tissue mask of an ``H x W x 3`` uint8 image."""
+@dataclass(frozen=True)
+class TissueRule:
+    """What is tissue on one slide: the method and the threshold its survey image set. Applied
+    to a full-resolution patch, it gives that patch's tissue pixels by the slide's own rule."""
+
+    method: str
+    level: float
+
+    def mask(self, rgb: np.ndarray) -> np.ndarray:
+        """Boolean tissue mask of an ``H x W x 3`` uint8 image."""
+        rgb = rgb[..., :3]
+        value = rgb.max(axis=2)  # uint8 throughout where possible: masks can be 4096 px across
+        if self.method == "fluorescence":
+            return value > self.level
+        saturation = _saturation(rgb, value)
+        return (saturation > self.level) & (value >= MIN_BRIGHTFIELD_VALUE)
+
+
+def _saturation(rgb: np.ndarray, value: np.ndarray) -> np.ndarray:
+    saturation = (value - rgb.min(axis=2)).astype(np.float32)
+    np.divide(saturation, value, out=saturation, where=value > 0)
+    return saturation
+
+
+def tissue_rule(rgb: np.ndarray, method: str = "brightfield") -> TissueRule:
+    """The rule an ``H x W x 3`` uint8 image sets: Otsu's threshold of its saturation (clamped;
+    brightfield) or of its brightness (fluorescence)."""
     if rgb.ndim != 3 or rgb.shape[2] < 3:
         raise ValueError(f"expected an H x W x 3 image, got shape {rgb.shape}")
     rgb = rgb[..., :3]
     method = resolve_method(rgb, method)
-    value = rgb.max(axis=2)  # uint8 throughout where possible: masks can be 4096 px across
+    value = rgb.max(axis=2)
     if method == "fluorescence":
         level = otsu_threshold(value.ravel() / np.float32(255.0)) * 255.0
-        return value > max(level, MIN_FLUORESCENCE_VALUE)
+        return TissueRule(method, max(level, MIN_FLUORESCENCE_VALUE))
     if method != "brightfield":
         raise ValueError(f"unknown tissue method {method!r}")
-    saturation = (value - rgb.min(axis=2)).astype(np.float32)
-    np.divide(saturation, value, out=saturation, where=value > 0)
     lo, hi = SATURATION_BOUNDS
-    level = min(max(otsu_threshold(saturation.ravel()), lo), hi)
-    return (saturation > level) & (value >= MIN_BRIGHTFIELD_VALUE)
+    return TissueRule(method, min(max(otsu_threshold(_saturation(rgb, value).ravel()), lo), hi))
+
+
+def tissue_mask(rgb: np.ndarray, method: str = "brightfield") -> np.ndarray:
+    """Boolean tissue mask of an ``H x W x 3`` uint8 image, by the rule it sets itself."""
+    return tissue_rule(rgb, method).mask(rgb)
