@@ -41,7 +41,7 @@ p = beam.Pipeline(runner=FnApiRunner())
 _ = {
     "slides": (p | "S" >> ReadManifest(slides, "slides"))["rows"],
     "patches": (p | "P" >> ReadManifest(patches, "patches"))["rows"],
-} | PlanManifestPatches(PatchingConfig(patch_px=64, patch_mpp=0.5))
+} | PlanManifestPatches([PatchingConfig(patch_px=64, patch_mpp=0.5)])
 result = p.run()
 result.wait_until_finish()
 wall = time.monotonic() - t

@@ -228,6 +228,21 @@ SLIDES: tuple[Group, ...] = (
                 repeat=True,
             ),
             Flag(
+                "model_patch_px",
+                "NAME=PX the model's own patch edge (models with one patch geometry share one "
+                "decoded patch stream; each slide is still surveyed once)",
+                "--patch_px",
+                metavar="NAME=PX",
+                repeat=True,
+            ),
+            Flag(
+                "model_mpp",
+                "NAME=MPP the model's own patch resolution, µm/px (grid tiling by mpp only)",
+                "--patch_mpp",
+                metavar="NAME=MPP",
+                repeat=True,
+            ),
+            Flag(
                 "model_input",
                 "NAME=rgb|eho: the patch's RGB, or its EHO stain channels (eosin, hematoxylin, "
                 "optical density) scaled by its slide's H&E stain basis",

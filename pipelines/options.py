@@ -8,6 +8,7 @@ run naming it. Transforms never read ``PipelineOptions``.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import uuid
 from collections.abc import Iterator
@@ -116,6 +117,17 @@ def _floats(text: str, flag: str) -> tuple[float, ...]:
         raise ConfigError(f"{flag} expects comma-separated numbers, got {text!r}") from None
 
 
+def _number(values: dict[str, str], name: str, kind: type, flag: str) -> Any:
+    """``values[name]`` as a number of ``kind`` (None when absent); ``ConfigError`` naming
+    ``flag`` otherwise."""
+    if name not in values:
+        return None
+    try:
+        return kind(values[name])
+    except ValueError:
+        raise ConfigError(f"{flag} {name}={values[name]}: expected a number") from None
+
+
 def _check_names(flag: str, values: dict[str, str], uris: dict[str, str]) -> None:
     unknown = sorted(set(values) - set(uris))
     if unknown:
@@ -177,6 +189,39 @@ class SlideJobConfig:
     group_by: str | None
     heatmaps: bool
     max_failed_fraction: float | None = None
+    geometries: tuple[PatchingConfig, ...] = ()
+    """The distinct patch geometries the models take (``ModelSpec.geometry`` indexes them);
+    empty: just ``patching``."""
+
+    @property
+    def patch_geometries(self) -> tuple[PatchingConfig, ...]:
+        return self.geometries or (self.patching,)
+
+
+def patch_geometries(
+    base: PatchingConfig, models: tuple[ModelSpec, ...], manifest: bool
+) -> tuple[tuple[PatchingConfig, ...], tuple[ModelSpec, ...]]:
+    """The distinct patch geometries of ``models`` (the job's, with each model's own patch px
+    and mpp), and the models with their geometry's index set. ``ConfigError`` for a model mpp
+    where the patches are not cut at an mpp (``--patch_level``, or a patch manifest)."""
+    geometries: list[PatchingConfig] = []
+    resolved = []
+    for model in models:
+        if model.patch_mpp is not None and (manifest or base.patch_level is not None):
+            how = "a patch manifest gives each patch's box" if manifest else "--patch_level is set"
+            raise ConfigError(
+                f"--model_mpp {model.name}: {how}, so patches are not cut at an mpp; only "
+                "--model_patch_px can differ per model"
+            )
+        geometry = dataclasses.replace(
+            base,
+            patch_px=model.patch_px or base.patch_px,
+            patch_mpp=model.patch_mpp or base.patch_mpp,
+        )
+        if geometry not in geometries:
+            geometries.append(geometry)
+        resolved.append(dataclasses.replace(model, geometry=geometries.index(geometry)))
+    return tuple(geometries), tuple(resolved)
 
 
 def model_specs(options: PipelineOptions) -> tuple[ModelSpec, ...]:
@@ -195,6 +240,8 @@ def model_specs(options: PipelineOptions) -> tuple[ModelSpec, ...]:
             "--class_names": opts.class_names,
             "--embedding_key": opts.embedding_key,
             "--model_input": opts.model_input,
+            "--model_patch_px": opts.model_patch_px,
+            "--model_mpp": opts.model_mpp,
         },
     )
     means, stds, names = by["--model_mean"], by["--model_std"], by["--class_names"]
@@ -213,6 +260,8 @@ def model_specs(options: PipelineOptions) -> tuple[ModelSpec, ...]:
                     output_kind=by["--model_output"].get(name),
                     embedding_key=by["--embedding_key"].get(name),
                     input=by["--model_input"].get(name),
+                    patch_px=_number(by["--model_patch_px"], name, int, "--model_patch_px"),
+                    patch_mpp=_number(by["--model_mpp"], name, float, "--model_mpp"),
                     class_names=(
                         tuple(n.strip() for n in names[name].split(",")) if name in names else None
                     ),
@@ -258,13 +307,18 @@ def slide_job_config(options: PipelineOptions) -> SlideJobConfig:
     )
     if opts.patch_level is not None and opts.patch_mpp is None:
         patching["patch_mpp"] = None  # tiling by level, not at an mpp
-    models = model_specs(options)
     with flags_named():
+        base = PatchingConfig(**patching)
+        models = model_specs(options)
+        geometries, models = patch_geometries(base, models, manifest=patches is not None)
+        stains = any(m.input == "eho" for m in models)
+        geometries = tuple(dataclasses.replace(g, stain_basis=stains) for g in geometries)
         return SlideJobConfig(
             slides=slides,
             patches=patches,
             models=models,
-            patching=PatchingConfig(**patching, stain_basis=any(m.input == "eho" for m in models)),
+            patching=dataclasses.replace(base, stain_basis=stains),
+            geometries=geometries,
             batching=_slide_batching(options),
             destination=_destination(options, needs_artifacts=not opts.no_heatmaps),
             run=_run(common),

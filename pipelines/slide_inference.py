@@ -11,6 +11,7 @@ one decoded patch stream) -> SummarizeSlides (+ SummarizeEmbeddings) -> Write*.
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.runners.runner import PipelineResult
@@ -43,6 +44,13 @@ from transforms.slides.summaries import SummarizeCases, SummarizeEmbeddings, Sum
 from transforms.slides.survey import SLIDE_INFO
 
 
+class _ByGeometry(beam.PartitionFn):
+    """A patch's stream: the index of the patch geometry it was cut for."""
+
+    def partition_for(self, element: Any, num_partitions: int, *args: Any, **kwargs: Any) -> int:
+        return int(element.geometry)
+
+
 def build(pipeline: beam.Pipeline, cfg: SlideJobConfig) -> dict[str, beam.PCollection]:
     """Wire the slide pipeline; return its output PCollections (before the writes)."""
     slides = pipeline | "ReadSlideManifest" >> ReadManifest(cfg.slides, "slides")
@@ -58,15 +66,21 @@ def build(pipeline: beam.Pipeline, cfg: SlideJobConfig) -> dict[str, beam.PColle
         plan_input = {"slides": slide_rows, "patches": patches["rows"]}
         if skipped is not None:
             plan_input["skipped"] = skipped
-        planned = plan_input | "PlanPatches" >> PlanManifestPatches(cfg.patching)
+        planned = plan_input | "PlanPatches" >> PlanManifestPatches(cfg.patch_geometries)
     else:
-        planned = slide_rows | "PlanPatches" >> PlanGridPatches(cfg.patching)
+        planned = slide_rows | "PlanPatches" >> PlanGridPatches(cfg.patch_geometries)
     read = planned["units"] | "ReadPatches" >> ReadPatches()
     errors += [planned[DEAD_LETTER], read[DEAD_LETTER]]
+    streams = [read["patches"]]  # one decoded patch stream per patch geometry
+    n_geometries = len(cfg.patch_geometries)
+    if n_geometries > 1:
+        parts = read["patches"] | "ByGeometry" >> beam.Partition(_ByGeometry(), n_geometries)
+        streams = [parts[i] for i in range(n_geometries)]
     by_kind: dict[str, list[beam.PCollection]] = {kind: [] for kind in KIND_OUTPUTS}
     for spec in cfg.models:
-        inferred = read["patches"] | f"RunModel/{spec.name}" >> RunModel(
-            spec, cfg.batching, cfg.run.run_id, cfg.patching.patch_px
+        patch_px = cfg.patch_geometries[spec.geometry].patch_px
+        inferred = streams[spec.geometry] | f"RunModel/{spec.name}" >> RunModel(
+            spec, cfg.batching, cfg.run.run_id, patch_px
         )
         by_kind[spec.output_kind].append(inferred["rows"])
         errors.append(inferred[DEAD_LETTER])

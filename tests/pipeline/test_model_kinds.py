@@ -28,6 +28,7 @@ def run_cli(tmp_path, cmu1, *models: str, extra: tuple[str, ...] = ()):  # noqa:
     from pipelines.report import counters
     from pipelines.slide_inference import run
 
+    tmp_path.mkdir(parents=True, exist_ok=True)
     manifest = tmp_path / "slides.csv"
     manifest.write_text(f"slide_id,uri\ncmu1,{cmu1}\n")
     out = tmp_path / "out"
@@ -176,7 +177,7 @@ def test_a_segmentation_model_writes_class_fractions_areas_and_a_class_map(cmu1,
     with torch.inference_mode():
         logits = net(normalised(pixels, IMAGENET_MEAN, IMAGENET_STD))
     row = {"slide_id": "cmu1", "uri": str(cmu1), "mpp": None, "metadata": {}}
-    survey = survey_or_failure(row, PatchingConfig(patch_px=64), grid=True)
+    survey = survey_or_failure(row, [PatchingConfig(patch_px=64)], grid=True)
     tissue = np.stack([survey.appearance.tissue.mask(p) for p in pixels]).reshape(len(rows), -1)
     labels = logits.argmax(dim=1).flatten(1).numpy()
     share = np.stack([((labels == c) & tissue).mean(axis=1) for c in (0, 1)], axis=1)
@@ -193,3 +194,114 @@ def test_a_segmentation_model_writes_class_fractions_areas_and_a_class_map(cmu1,
     assert "/segmentations/" in summary.heatmap_uri
     picture = Image.open(summary.heatmap_uri)
     assert picture.width > 300 and picture.height > 300
+
+
+def test_the_real_onnx_segmentation_model_on_cmu1(shared_data, cmu1, tmp_path):
+    """The lavlab-shell epithelium/stroma net (ONNX, EHO input at 2 µm/px) through the CLI:
+    its rows equal a direct onnxruntime call on the EHO of the same patches; epithelium and
+    stroma are both found; the class areas add up to the tissue area within the patches."""
+    import onnxruntime as ort
+
+    from transforms.models.outputs import activate
+    from transforms.slides.geometry import PatchingConfig
+    from transforms.slides.read_patches import cut_patch
+    from transforms.slides.stains import eho
+    from transforms.slides.survey import survey_or_failure
+
+    model = shared_data.parent / "models" / "lavlab_shell_0.9.1_v1" / "model_v1.onnx"
+    if not model.exists():
+        pytest.skip(f"{model} is absent")
+    out, counted = run_cli(
+        tmp_path,
+        cmu1,
+        *("--model", f"shell={model}", "--model_output", "shell=segmentation"),
+        *("--model_activation", "shell=sigmoid", "--model_input", "shell=eho"),
+        *("--class_names", "shell=lumen,epithelium,stroma"),
+        extra=("--patch_px", "320", "--patch_mpp", "2", "--min_tissue", "0.05"),
+    )
+    rows = pd.read_parquet(out / "patch_segmentations").sort_values(["y_px", "x_px"])
+    assert len(rows) == counted["patches_planned"] >= 2
+    row = {"slide_id": "cmu1", "uri": str(cmu1), "mpp": None, "metadata": {}}
+    cfg = PatchingConfig(patch_px=320, patch_mpp=2, stain_basis=True)
+    appearance = survey_or_failure(row, [cfg], grid=True).appearance
+    pixels = [cut_patch(p, 0, 0, p.shape[0], 320) for p in pixels_of(cmu1, rows)]
+    x = np.stack([eho(p, appearance.stains) for p in pixels]).astype(np.float32) / 255
+    session = ort.InferenceSession(str(model))
+    logits = session.run(None, {"input": x.transpose(0, 3, 1, 2)})[0]
+    labels = activate(logits, "sigmoid").argmax(axis=1)
+    for i, got in enumerate(rows.itertuples()):
+        tissue = appearance.tissue.mask(pixels[i])
+        direct = [((labels[i] == c) & tissue).mean() for c in range(3)]
+        assert list(got.class_fractions) == pytest.approx(direct, abs=1e-9)
+
+    summary = pd.read_parquet(out / "slide_summaries").iloc[0]
+    lumen, epithelium, stroma = summary.class_area_mm2
+    assert epithelium > 0.01 and stroma > 0.01  # mm², on an H&E slide
+    in_patches = (rows.tissue_fraction * (rows.size_px * summary.slide_mpp / 1000) ** 2).sum()
+    assert lumen + epithelium + stroma == pytest.approx(in_patches, rel=1e-6)
+    assert in_patches <= summary.tissue_area_mm2 * 1.2  # the patches hold part of the tissue
+
+
+def test_models_with_their_own_patch_geometry_share_one_survey(cmu1, tiny_models, tmp_path):
+    """A 64 px classifier at the job's 0.5 µm/px and a segmentation net at 128 px and 2 µm/px
+    in one job: each slide is surveyed once, each model gets its own grid, and its rows equal
+    those of a job with that model alone."""
+    torch.manual_seed(1)
+    seg = export_pt2(SpatialOutput().eval(), str(tmp_path / "seg.pt2"), patch_px=128)
+    seg_args = ("--model", f"seg={seg}", "--model_output", "seg=segmentation")
+    own = ("--model_patch_px", "seg=128", "--model_mpp", "seg=2")
+    both_out, both = run_cli(
+        tmp_path / "both", cmu1, "--model", f"two={tiny_models['two']}", *seg_args, *own
+    )
+    alone_out, alone = run_cli(
+        tmp_path / "alone", cmu1, *seg_args, extra=("--patch_px", "128", "--patch_mpp", "2")
+    )
+    assert both["slides_opened"] == 1  # one survey for both geometries
+    summaries = pd.read_parquet(both_out / "slide_summaries").set_index("model_name")
+    seg_rows = pd.read_parquet(both_out / "patch_segmentations").sort_values(["y_px", "x_px"])
+    seg_alone = pd.read_parquet(alone_out / "patch_segmentations").sort_values(["y_px", "x_px"])
+    predictions = pd.read_parquet(both_out / "patch_predictions")
+    assert set(seg_rows.size_px) == {round(128 * 2 / summaries.slide_mpp.iloc[0])}
+    assert seg_rows[["x_px", "y_px", "size_px"]].values.tolist() == (
+        seg_alone[["x_px", "y_px", "size_px"]].values.tolist()
+    )
+    for a, b in zip(seg_rows.class_fractions, seg_alone.class_fractions, strict=True):
+        assert list(a) == pytest.approx(list(b), abs=1e-9)
+    assert summaries.loc["seg"].patches_planned == len(seg_rows) == alone["patches_planned"]
+    assert summaries.loc["two"].patches_planned == len(predictions) > len(seg_rows)
+    assert both["patches_planned"] == len(predictions) + len(seg_rows)
+
+
+def test_a_model_mpp_with_a_patch_manifest_is_a_config_error(cmu1, tiny_models, tmp_path):
+    from transforms.core.errors import ConfigError
+
+    patches = tmp_path / "patches.csv"
+    patches.write_text("slide_id,x_px,y_px,size_px\ncmu1,0,0,256\n")
+    with pytest.raises(ConfigError, match="--model_mpp two: a patch manifest"):
+        run_cli(
+            tmp_path,
+            cmu1,
+            "--model",
+            f"two={tiny_models['two']}",
+            extra=("--patches", str(patches), "--model_mpp", "two=1"),
+        )
+
+
+def test_a_patch_manifest_is_cut_to_each_models_patch_size(cmu1, tiny_models, tmp_path):
+    """With a patch manifest, a model's own --model_patch_px resizes the same boxes for it."""
+    torch.manual_seed(1)
+    seg = export_pt2(SpatialOutput().eval(), str(tmp_path / "seg.pt2"), patch_px=32)
+    patches = tmp_path / "patches.csv"
+    patches.write_text("slide_id,x_px,y_px,size_px\ncmu1,0,0,256\ncmu1,982,1355,256\n")
+    out, counted = run_cli(
+        tmp_path,
+        cmu1,
+        *("--model", f"two={tiny_models['two']}", "--model", f"seg={seg}"),
+        *("--model_output", "seg=segmentation", "--model_patch_px", "seg=32"),
+        extra=("--patches", str(patches)),
+    )
+    segs = pd.read_parquet(out / "patch_segmentations")
+    predictions = pd.read_parquet(out / "patch_predictions")
+    assert sorted(segs.x_px) == sorted(predictions.x_px) == [0, 982]
+    assert (np.stack(segs.argmax_counts.to_numpy()).sum(axis=1) <= 32 * 32).all()
+    assert counted["patches_planned"] == 4  # two boxes, two geometries

@@ -60,7 +60,7 @@ def test_twenty_thousand_patches_of_one_slide_all_planned_and_every_bad_row_acco
 
     def one_info_for_the_planned_slide(infos):
         [info] = infos
-        assert (info["slide_id"], info["patches_planned"]) == ("big", 20_000)
+        assert (info["slide_id"], info["patches_planned"]) == ("big", [20_000])  # one geometry
         assert (info["width_px"], info["height_px"]) == (3072, 2048)
         assert 0.45 < info["tissue_area_mm2"] < 0.6  # 1024 x 2048 px of tissue at 0.5 µm/px
 
@@ -81,7 +81,7 @@ def test_twenty_thousand_patches_of_one_slide_all_planned_and_every_bad_row_acco
             "slides": p | "Slides" >> beam.Create(slides),
             "patches": p | "Patches" >> beam.Create(rows),
             "skipped": p | "Skipped" >> beam.Create(["done"]),
-        } | PlanManifestPatches(cfg)
+        } | PlanManifestPatches([cfg])
         assert_that(planned["units"], units_hold_every_good_patch_once, label="Units")
         assert_that(planned[SLIDE_INFO], one_info_for_the_planned_slide, label="Info")
         assert_that(planned[DEAD_LETTER], dead_letters_name_each_bad_row, label="Errors")

@@ -54,7 +54,7 @@ def test_level0_patches_match_the_reference_md5(shared_data, ground_truth, slide
     with beam.Pipeline(runner=FnApiRunner()) as p:
         slides = p | "Slides" >> beam.Create([slide_row])
         patches = p | "Patches" >> beam.Create(patch_rows)
-        planned = {"slides": slides, "patches": patches} | PlanManifestPatches(cfg)
+        planned = {"slides": slides, "patches": patches} | PlanManifestPatches([cfg])
         read = planned["units"] | ReadPatches()
         assert_that(read["patches"] | beam.Map(_md5_of), equal_to(expected))
         assert_that(read["dead_letters"], equal_to([]), label="NoDeadLetters")

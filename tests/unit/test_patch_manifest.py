@@ -68,7 +68,7 @@ def _plan_block(n: int) -> tuple[int, int, int]:
     units = patches = 0
     tracemalloc.start()
     try:
-        for unit in _BlockUnits(CFG).process((("s", 0, 0, 0), _one_block(n)), STATUSES):
+        for unit in _BlockUnits([CFG]).process((("s", 0, 0, 0), _one_block(n)), STATUSES):
             units += 1
             patches += len(unit.patches)
             assert len(unit.patches) <= CFG.max_patches_per_unit
@@ -89,7 +89,7 @@ def test_planning_a_block_holds_a_bounded_buffer_however_many_patches_it_has():
 
 
 def test_units_of_a_block_are_tile_aligned_and_cover_their_patches():
-    units = list(_BlockUnits(CFG).process((("s", 0, 0, 0), _one_block(500)), STATUSES))
+    units = list(_BlockUnits([CFG]).process((("s", 0, 0, 0), _one_block(500)), STATUSES))
     assert sum(len(u.patches) for u in units) == 500
     for unit in units:
         x, y, w, h = unit.region_lvl

@@ -91,6 +91,13 @@ class ModelSpec:
     class_names: tuple[str, ...] = ()
     embedding_key: str = "auto"
     input: str = "rgb"
+    patch_px: int | None = None
+    """The model's own patch edge (None: the job's ``--patch_px``)."""
+    patch_mpp: float | None = None
+    """The model's own patch resolution (None: the job's ``--patch_mpp``)."""
+    geometry: int = 0
+    """Index of the model's patch geometry among the job's (set when the job is configured):
+    models with one geometry share one decoded patch stream."""
 
     def __post_init__(self) -> None:
         check_model_name(self.name)
@@ -101,6 +108,10 @@ class ModelSpec:
                 f"`model_class` {self.name}={self.model_class}: expected 'package.module:Class'"
             )
         model_format(self.uri, self.model_class)
+        if self.patch_px is not None and not 8 <= self.patch_px <= 8192:
+            raise ConfigError(f"`patch_px` of {self.name}: between 8 and 8192")
+        if self.patch_mpp is not None and not 0 < self.patch_mpp < 1000:
+            raise ConfigError(f"`patch_mpp` of {self.name}: a positive micron size")
         if self.input not in INPUTS:
             raise ConfigError(f"`input` of {self.name}: one of {', '.join(INPUTS)}")
         if self.output_kind not in OUTPUT_KINDS:

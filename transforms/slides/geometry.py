@@ -116,6 +116,8 @@ class WorkUnit:
     slide_mpp: float | None = None
     appearance: Any = None
     """The slide's ``survey.SlideAppearance`` (tissue rule, stain basis)."""
+    geometry: int = 0
+    """Which of the job's patch geometries (patch px and mpp) the unit was planned for."""
 
     def patch_mpp(self, box: PatchBox) -> float | None:
         """µm/px of ``box`` once resized to ``patch_px``: the grid's MPP, else from the slide's."""

@@ -15,7 +15,7 @@ A manifest may list a million patches of one slide, so no step groups patches by
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,11 +67,11 @@ def patch_error(row: dict[str, Any], error: Exception | str) -> Any:
 class _SurveySlide(beam.DoFn):
     """Slide row -> ``(slide_id, SlideStatus)``; a failed slide is also a dead letter."""
 
-    def __init__(self, cfg: PatchingConfig) -> None:
-        self._cfg = cfg
+    def __init__(self, cfgs: Sequence[PatchingConfig]) -> None:
+        self._cfgs = tuple(cfgs)
 
     def process(self, row: dict[str, Any]) -> Iterator[Any]:
-        survey = survey_or_failure(row, self._cfg, grid=False)
+        survey = survey_or_failure(row, self._cfgs, grid=False)
         if isinstance(survey, Exception):
             yield slide_error(row, survey)
             yield row["slide_id"], SlideStatus(failure=f"slide failed: {survey}")
@@ -111,10 +111,11 @@ class _PlacePatch(beam.DoFn):
 
 
 class _BlockUnits(beam.DoFn):
-    """One block's patch boxes -> work units of at most ``max_patches_per_unit`` patches."""
+    """One block's patch boxes -> work units of at most ``max_patches_per_unit`` patches, once
+    per patch geometry (the manifest fixes the boxes; geometries differ in ``patch_px``)."""
 
-    def __init__(self, cfg: PatchingConfig) -> None:
-        self._cfg = cfg
+    def __init__(self, cfgs: Sequence[PatchingConfig]) -> None:
+        self._cfgs = tuple(cfgs)
 
     def process(
         self, element: tuple[tuple, Iterable[PatchBox]], statuses: dict[str, SlideStatus]
@@ -132,24 +133,35 @@ class _BlockUnits(beam.DoFn):
     def _units(self, slide_id: str, status: SlideStatus, boxes: list[PatchBox]) -> Iterator[Any]:
         assert status.row is not None and status.geom is not None
         boxes.sort(key=lambda b: (b.y_px, b.x_px))
-        for unit in work_units(slide_id, status.row["uri"], status.geom, boxes, self._cfg, None):
-            progress.count("patches_planned", len(unit.patches))
-            yield dataclasses.replace(unit, appearance=status.appearance)
+        for index, cfg in enumerate(self._cfgs):
+            for unit in work_units(slide_id, status.row["uri"], status.geom, boxes, cfg, None):
+                progress.count("patches_planned", len(unit.patches))
+                yield dataclasses.replace(unit, appearance=status.appearance, geometry=index)
 
 
-def _planned_count(unit: Any) -> tuple[str, int]:
-    return unit.slide_id, len(unit.patches)
+def _planned_count(unit: Any) -> tuple[tuple[str, int], int]:
+    return (unit.slide_id, unit.geometry), len(unit.patches)
+
+
+def _by_slide(item: tuple[tuple[str, int], int]) -> tuple[str, tuple[int, int]]:
+    (slide_id, geometry), n = item
+    return slide_id, (geometry, n)
 
 
 class _SlideInfo(beam.DoFn):
-    """A planned slide's status and its planned-patch count -> its ``SLIDE_INFO`` record."""
+    """A planned slide's status and its planned-patch counts -> its ``SLIDE_INFO`` record."""
+
+    def __init__(self, n_geometries: int) -> None:
+        self._n = n_geometries
 
     def process(self, element: tuple[str, dict[str, Iterable[Any]]]) -> Iterator[dict[str, Any]]:
         _, joined = element
         planned = [s for s in joined["status"] if s.geom is not None]
         if not planned:
             return
-        status, n = planned[0], sum(joined["planned"])
+        status, n = planned[0], [0] * self._n
+        for geometry, count in joined["planned"]:
+            n[geometry] += count
         assert status.tissue_method is not None  # set on every planned status
         yield slide_info(status.row, status.geom, status.tissue_area_mm2, status.tissue_method, n)
 
@@ -165,13 +177,14 @@ class PlanManifestPatches(beam.PTransform):
     ``DEAD_LETTER`` rows.
     """
 
-    def __init__(self, cfg: PatchingConfig) -> None:
+    def __init__(self, cfgs: Sequence[PatchingConfig]) -> None:
         super().__init__()
-        self._cfg = cfg
+        self._cfgs = tuple(cfgs)
+        self._cfg = self._cfgs[0]  # block size, tissue method: the job's
 
     def expand(self, inputs: dict[str, beam.PCollection]) -> dict[str, beam.PCollection]:
         slides, patches, skipped_ids = inputs["slides"], inputs["patches"], inputs.get("skipped")
-        surveyed = slides | "SurveySlides" >> beam.ParDo(_SurveySlide(self._cfg)).with_outputs(
+        surveyed = slides | "SurveySlides" >> beam.ParDo(_SurveySlide(self._cfgs)).with_outputs(
             DEAD_LETTER, main="statuses"
         )
         statuses = surveyed.statuses
@@ -187,17 +200,18 @@ class PlanManifestPatches(beam.PTransform):
         units = (
             placed.boxes
             | "GroupByBlock" >> beam.GroupByKey()
-            | "BlockUnits" >> beam.ParDo(_BlockUnits(self._cfg), by_id)
+            | "BlockUnits" >> beam.ParDo(_BlockUnits(self._cfgs), by_id)
         )
         planned = (
             units
             | "PatchesPerUnit" >> beam.Map(_planned_count)
-            | "PatchesPerSlide" >> beam.CombinePerKey(sum)
+            | "PatchesPerSlideAndGeometry" >> beam.CombinePerKey(sum)
+            | "KeyBySlide" >> beam.Map(_by_slide)
         )
         info = (
             {"status": surveyed.statuses, "planned": planned}
             | "JoinCounts" >> beam.CoGroupByKey()
-            | "SlideInfo" >> beam.ParDo(_SlideInfo())
+            | "SlideInfo" >> beam.ParDo(_SlideInfo(len(self._cfgs)))
         )
         errors = (surveyed[DEAD_LETTER], placed[DEAD_LETTER]) | "Errors" >> beam.Flatten()
         return {"units": units, SLIDE_INFO: info, DEAD_LETTER: errors}

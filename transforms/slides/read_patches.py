@@ -37,6 +37,8 @@ class Patch:
     appearance: Any = None
     """The slide's ``survey.SlideAppearance``: its tissue rule (which of the patch's pixels are
     tissue) and stain basis (for models that take stain channels)."""
+    geometry: int = 0
+    """Which of the job's patch geometries it was cut for."""
 
     @property
     def key(self) -> str:
@@ -91,6 +93,7 @@ class _ReadUnit(beam.DoFn):
                 mpp,
                 pixels,
                 unit.appearance,
+                unit.geometry,
             )
         progress.count("patches_read", len(unit.patches))
         progress.count("work_units_read")

@@ -273,7 +273,7 @@ def summary_row(
         "width_px": info["width_px"],
         "height_px": info["height_px"],
         "slide_mpp": info["mpp"],
-        "patches_planned": info["patches_planned"],
+        "patches_planned": info["patches_planned"][spec.geometry],
         "patch_count": stats.n,
         "tissue_area_mm2": info["tissue_area_mm2"],
         "tissue_method": info["tissue_method"],

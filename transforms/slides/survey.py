@@ -6,6 +6,7 @@ transient I/O failures retried (``retry_transient``) and the slide closed again 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,11 +43,12 @@ class SlideAppearance:
 
 @dataclass(frozen=True)
 class Survey:
-    """What planning learns of one slide. ``spec`` is the grid when tiling one, else None."""
+    """What planning learns of one slide. ``specs``: the grid of each patch geometry when
+    tiling, else empty."""
 
     geom: SlideGeometry
     mask: TissueMask
-    spec: GridSpec | None
+    specs: tuple[GridSpec, ...]
     tissue_method: str = "brightfield"
     """The method that made ``mask`` (``auto`` resolved for this slide)."""
     appearance: SlideAppearance | None = None
@@ -66,28 +68,31 @@ def mask_downsample(geom: SlideGeometry, patch_l0_px: int | None) -> float:
     return max(1.0, min(max(patch_l0_px / 8, longest / 4096), longest / 256))
 
 
-def survey_or_failure(row: dict[str, Any], cfg: PatchingConfig, grid: bool) -> Survey | Exception:
-    """Survey the slide of a clean slide row, retrying transient I/O failures; or return what
+def survey_or_failure(
+    row: dict[str, Any], cfgs: Sequence[PatchingConfig], grid: bool
+) -> Survey | Exception:
+    """Survey the slide of a clean slide row once for every patch geometry ``cfgs`` (the first
+    one's tissue method and stain setting apply), retrying transient I/O failures; or return what
     makes the slide unusable (``SlideError``, ``FileNotFoundError``, ``RemoteIOError``, ...),
     counted in ``slides_failed``, for the caller to turn into the slide's dead letter."""
     try:
-        return retry_transient(f"planning {row['slide_id']}", lambda: _survey(row, cfg, grid))
+        return retry_transient(f"planning {row['slide_id']}", lambda: _survey(row, cfgs, grid))
     except Exception as exc:  # noqa: BLE001 - every failure is this slide's dead letter
         progress.count("slides_failed")
         return exc
 
 
-def _survey(row: dict[str, Any], cfg: PatchingConfig, grid: bool) -> Survey:
+def _survey(row: dict[str, Any], cfgs: Sequence[PatchingConfig], grid: bool) -> Survey:
+    cfg = cfgs[0]
     slide = open_slide(row["uri"])
     try:
         progress.count("slides_opened")
         geom = slide_geometry(slide, row["mpp"])
         check_decode_limits(slide, geom)
         probe_decode(slide)
-        spec = grid_spec(geom, cfg) if grid else None
-        rgb, ds = read_downsampled(
-            slide, geom, mask_downsample(geom, spec.patch_l0_px if spec else None)
-        )
+        specs = tuple(grid_spec(geom, c) for c in cfgs) if grid else ()
+        finest = min((s.patch_l0_px for s in specs), default=None)
+        rgb, ds = read_downsampled(slide, geom, mask_downsample(geom, finest))
         method = resolve_method(rgb, row.get("tissue_method") or cfg.tissue_method)
         rule = tissue_rule(rgb, method)
         mask = rule.mask(rgb)
@@ -97,7 +102,7 @@ def _survey(row: dict[str, Any], cfg: PatchingConfig, grid: bool) -> Survey:
                 stains = estimate_stains(rgb, mask)
             except SlideError:
                 pass  # its patches are dead letters for the models that need it, saying why
-        return Survey(geom, TissueMask(mask, ds), spec, method, SlideAppearance(rule, stains))
+        return Survey(geom, TissueMask(mask, ds), specs, method, SlideAppearance(rule, stains))
     finally:
         slide.close()
 
@@ -107,9 +112,10 @@ def slide_info(
     geom: SlideGeometry,
     tissue_area_mm2: float | None,
     tissue_method: str,
-    patches_planned: int,
+    patches_planned: list[int],
 ) -> dict[str, Any]:
-    """The ``SLIDE_INFO`` record of a planned slide, as SummarizeSlides takes it."""
+    """The ``SLIDE_INFO`` record of a planned slide, as SummarizeSlides takes it
+    (``patches_planned``: per patch geometry)."""
     return {
         "tissue_method": tissue_method,
         "slide_id": row["slide_id"],
