@@ -169,13 +169,13 @@ def bare_model(model: Path, pixels: np.ndarray) -> float:
     """Patches/s of the model's forward pass alone, on normalised batches already in memory."""
     import torch
 
-    from transforms.models.spec import ModelSpec
-    from transforms.models.torch_models import preprocess
+    from transforms.models.spec import IMAGENET_MEAN, IMAGENET_STD
+    from transforms.models.torch_models import LoadedModel, preprocess
 
     net = torch.export.load(str(model)).module()
-    spec = ModelSpec("m", str(model))
+    on_cpu = LoadedModel("cpu", IMAGENET_MEAN, IMAGENET_STD)
     batches = [
-        preprocess(list(pixels[i : i + BATCH]), spec, "cpu") for i in range(0, len(pixels), BATCH)
+        preprocess(list(pixels[i : i + BATCH]), on_cpu) for i in range(0, len(pixels), BATCH)
     ]
     with torch.inference_mode():
         net(batches[0])

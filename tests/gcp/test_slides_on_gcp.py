@@ -378,3 +378,25 @@ def test_embedding_and_segmentation_tables_round_trip_through_bigquery(
     assert counters(result)["slides_planned"] == 1
     embeddings = table(local_gcp, "kinds", PATCH_EMBEDDINGS.name)
     assert sorted(embeddings.model_version.unique()) == ["unversioned", "v2"]
+
+
+def test_a_table_an_older_version_made_gets_the_new_columns(local_gcp):
+    """slide_summaries made before class_area_mm2 existed: ensure_table adds the columns it
+    lacks in place, keeping the old ones."""
+    from google.cloud import bigquery
+
+    from transforms.io.bigquery import BigQueryDataset, ensure_table
+
+    bq = local_gcp.bigquery()
+    target = BigQueryDataset(local_gcp.project, "evolving")
+    bq.create_dataset(f"{local_gcp.project}.evolving", exists_ok=True)
+    old = [
+        bigquery.SchemaField("slide_id", "STRING", "REQUIRED"),
+        bigquery.SchemaField("run_date", "DATE", "REQUIRED"),
+    ]
+    bq.create_table(bigquery.Table(target.table_id("slide_summaries"), schema=old))
+    ensure_table(bq, target, SLIDE_SUMMARIES)
+    names = [f.name for f in bq.get_table(target.table_id("slide_summaries")).schema]
+    assert names[:2] == ["slide_id", "run_date"]
+    assert {"class_area_mm2", "tissue_method", "heatmap_uri"} <= set(names)
+    assert len(names) == len(SLIDE_SUMMARIES.columns)

@@ -305,3 +305,38 @@ def test_a_patch_manifest_is_cut_to_each_models_patch_size(cmu1, tiny_models, tm
     assert sorted(segs.x_px) == sorted(predictions.x_px) == [0, 982]
     assert (np.stack(segs.argmax_counts.to_numpy()).sum(axis=1) <= 32 * 32).all()
     assert counted["patches_planned"] == 4  # two boxes, two geometries
+
+
+def test_an_encoder_saved_without_a_pooler_embeds_its_cls_token(tmp_path):
+    """AutoModel would give a pooler-less ViT a randomly initialised pooler; the loader drops
+    it, so `auto` is the CLS token, the same on every worker. Other missing weights fail."""
+    import safetensors.torch
+    import transformers
+
+    from transforms.core.errors import ModelLoadError
+    from transforms.models.loading import load_model, predict
+    from transforms.models.spec import ModelSpec
+
+    config = transformers.ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=64,
+        patch_size=16,
+    )
+    folder = tmp_path / "no_pooler"
+    net = transformers.ViTModel(config, add_pooling_layer=False).eval()
+    net.save_pretrained(folder)
+    spec = ModelSpec("enc", str(folder), output_kind="embedding")
+    patch = np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8)
+    got = np.stack(predict(load_model(spec), [patch], spec))
+    with torch.inference_mode():
+        cls = net(pixel_values=normalised(patch[None], IMAGENET_MEAN, IMAGENET_STD))
+    np.testing.assert_allclose(got, cls.last_hidden_state[:, 0].numpy(), atol=1e-5)
+
+    weights = safetensors.torch.load_file(folder / "model.safetensors")
+    del weights["layernorm.weight"]
+    safetensors.torch.save_file(weights, folder / "model.safetensors")
+    with pytest.raises(ModelLoadError, match="lacks weights the model needs.*layernorm.weight"):
+        load_model(spec)

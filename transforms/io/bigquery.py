@@ -167,14 +167,27 @@ def _schema_fields(table: Table) -> list[Any]:
 
 
 def ensure_table(bq: Any, target: BigQueryDataset, table: Table) -> None:
-    """Create ``table`` (and its dataset) if needed: partitioned by run date, clustered."""
+    """Create ``table`` (and its dataset) if needed: partitioned by run date, clustered. A table
+    an older version made gets the columns it lacks (BigQuery adds NULLABLE and REPEATED
+    columns in place; rows written before read them as NULL or empty)."""
     from google.cloud import bigquery
 
     bq.create_dataset(f"{target.project}.{target.dataset}", exists_ok=True)
-    spec = bigquery.Table(target.table_id(table.name), schema=_schema_fields(table))
+    wanted = _schema_fields(table)
+    spec = bigquery.Table(target.table_id(table.name), schema=wanted)
     spec.time_partitioning = bigquery.TimePartitioning(field="run_date")
     spec.clustering_fields = list(table.cluster)
-    bq.create_table(spec, exists_ok=True)
+    existing = bq.create_table(spec, exists_ok=True)
+    have = {field.name for field in existing.schema}
+    missing = [field for field in wanted if field.name not in have]
+    if missing and existing.schema:
+        existing.schema = [*existing.schema, *missing]
+        bq.update_table(existing, ["schema"])
+        log.info(
+            "BigQuery: added %s to %s",
+            ", ".join(f.name for f in missing),
+            target.table_id(table.name),
+        )
 
 
 STAGING_PREFIX = "_staging_"

