@@ -10,6 +10,7 @@ workers does not import ``--model_class`` modules that may exist only in the wor
 from __future__ import annotations
 
 import importlib.util
+import logging
 
 import fsspec
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
@@ -17,9 +18,11 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from pipelines.launch import is_dry_run, submit_only
 from pipelines.options import LOCAL_RUNNER, SlideJobConfig, TextJobConfig
 from transforms.core.errors import ConfigError, ManifestError
-from transforms.core.remote_io import remote_options
+from transforms.core.remote_io import is_transient, remote_options
 from transforms.io.manifests import REQUIRED_COLUMNS, ManifestSource, manifest_columns
 from transforms.models.spec import ModelSpec
+
+log = logging.getLogger(__name__)
 
 _WHAT = {
     "slides": "a slide manifest",
@@ -83,8 +86,14 @@ def _check_model_format(spec: ModelSpec) -> None:
                 f"it has {', '.join(sorted(names))}"
             )
         return
-    with fs.open(path, "rb") as f:
-        head = f.read(4)
+    try:
+        with fs.open(path, "rb") as f:
+            head = f.read(4)
+    except Exception as exc:  # noqa: BLE001 - a store that stalls now is not a config error
+        if not is_transient(exc):
+            raise
+        log.warning("--model %s: its header could not be read now (%s)", spec.name, exc)
+        return  # the workers' load retries, and fails the job naming the model if it must
     if spec.format == "pt2" and head[:2] != b"PK":
         raise ConfigError(f"{where}: not a torch.export '.pt2' program (not a zip archive)")
     if spec.format == "onnx" and (not head or head[0] != 0x08):  # field 1 (ir_version), varint

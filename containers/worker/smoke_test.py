@@ -16,13 +16,16 @@ def main() -> None:
     args = parser.parse_args()
 
     import imagecodecs  # noqa: F401 - JPEG tiles need it
+    import onnxruntime
     import tiffslide  # noqa: F401
     import torch
 
     import pipelines.slide_inference  # noqa: F401
+    from transforms.models.onnx_models import providers
     from transforms.models.torch_models import select_device
 
     device = select_device(args.require_gpu)
+    onnx_providers = providers(args.require_gpu)  # the CUDA provider where there is a GPU
     net = (
         torch.nn.Sequential(
             torch.nn.Conv2d(3, 4, 3),
@@ -46,6 +49,8 @@ def main() -> None:
                 "device": device,
                 "tiffslide": md.version("tiffslide"),
                 "imagecodecs": md.version("imagecodecs"),
+                "onnxruntime": onnxruntime.__version__,
+                "onnx_providers": onnx_providers,
             }
         )
     )

@@ -145,7 +145,7 @@ def test_max_failed_fraction_fails_the_job_itself(tmp_path, cmu1, tiny_models):
 
 def test_a_model_that_cannot_load_is_one_line_and_leaves_no_staging(tmp_path, cmu1):
     corrupt = tmp_path / "corrupt.pt2"
-    corrupt.write_bytes(b"not a torch.export archive")
+    corrupt.write_bytes(b"PK\x03\x04 a zip header, not a torch.export archive" * 10)
     out = tmp_path / "out"
     proc = run_module(
         SLIDES,

@@ -106,3 +106,16 @@ def test_remote_model_files_and_folders_are_copied_once_into_the_cache(tmp_path)
     assert sorted(os.listdir(folder)) == [".complete", "config.json", "tokenizer.json"]
     assert local_folder("memory://bucket/hf", cache) == folder
     assert local_copy(str(tmp_path / "x.pt2")) == str(tmp_path / "x.pt2")
+
+
+def test_onnx_takes_the_cuda_provider_where_there_is_one(monkeypatch):
+    import onnxruntime
+
+    from transforms.models.onnx_models import CPU, CUDA, providers
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: [CUDA, CPU])
+    assert providers(require_gpu=True) == [CUDA, CPU]
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: [CPU])
+    assert providers(require_gpu=False) == [CPU]
+    with pytest.raises(ModelLoadError, match="onnxruntime-gpu"):
+        providers(require_gpu=True)
