@@ -23,6 +23,7 @@ from transforms.io.destinations import DEFAULT_OUTPUT
 from transforms.models.patch_inference import BatchingConfig
 from transforms.models.spec import ModelSpec
 from transforms.slides.geometry import PatchingConfig
+from transforms.slides.qupath import MIN_PROB as QUPATH_MIN_PROB
 from transforms.text.batching import TokenBatchingConfig
 from transforms.text.windows import WindowConfig
 
@@ -367,7 +368,26 @@ SLIDES: tuple[Group, ...] = (
             ),
         ),
     ),
-    ("heatmaps", (Flag("no_heatmaps", "skip the heatmap PNGs", False, switch=True),)),
+    (
+        "pictures",
+        (
+            Flag(
+                "no_heatmaps",
+                "skip the per-slide pictures (heatmaps, class maps, thumbnails) and the QuPath "
+                "GeoJSON; the runs row and the report are still written",
+                False,
+                switch=True,
+            ),
+            Flag(
+                "qupath_min_prob",
+                "export a patch to QuPath GeoJSON when its top class probability (or tissue "
+                "share, for segmentation) is at least this",
+                str(QUPATH_MIN_PROB),
+                float,
+                "P",
+            ),
+        ),
+    ),
 )
 
 TEXT: tuple[Group, ...] = (

@@ -28,6 +28,7 @@ from transforms.core.outcome import Outcome, RunFailedError
 from transforms.core.progress import ProgressLine, ProgressReporter
 from transforms.io.destinations import Destination
 from transforms.io.file_writes import remove_staging
+from transforms.io.runs import RunInfo, mark_failed, record, write_record
 
 FLEX_LAUNCHER_ENV = "FLEX_TEMPLATE_PYTHON_PY_FILE"
 """Set in the Flex Template launcher image."""
@@ -49,7 +50,7 @@ _NOISY = (
 def launch(
     options: PipelineOptions,
     destination: Destination,
-    run_id: str,
+    info: RunInfo | None,
     wire: Callable[[beam.Pipeline], Any],
     line: ProgressLine,
     n_models: int,
@@ -60,9 +61,13 @@ def launch(
     is not waited for, and says where to follow it instead. Nothing is prepared here: the job
     prepares its destination itself when it runs, so a dry run has no side effects.
 
+    The job records itself (``RecordRun``); here the run's record is written when the job is
+    only submitted (status ``submitted``), and when a local run fails (``failed``, the error).
+
     Raises:
       RunFailedError: after the report, when inputs failed and none produced a result.
     """
+    run_id = info.run_id if info else "run"
     standard = options.view_as(StandardOptions)
     if not standard.runner:
         standard.runner = LOCAL_RUNNER
@@ -77,20 +82,26 @@ def launch(
             result = pipeline.run()
             if not (submitted or dry_run):
                 result.wait_until_finish()
-        except BaseException:
+        except BaseException as exc:
             if destination.folder is not None:
                 remove_staging(destination.folder, run_id)
+            if info is not None and not dry_run:
+                mark_failed(destination, info, f"{type(exc).__name__}: {exc}")
             raise
     if dry_run:
         print(f"\ndry run: the job graph was translated for {standard.runner}; nothing was run")
     elif submitted:
-        print_submitted(result, options.view_as(GoogleCloudOptions).template_location)
+        template = options.view_as(GoogleCloudOptions).template_location
+        if info is not None and not template:  # a staged template is not a run yet
+            write_record(destination, record(info, "submitted"))
+        print_submitted(result, template)
     else:
         done = report(result, time.monotonic() - started)
         if done.inputs and not done.with_results and done.failed:
-            raise RunFailedError(
-                f"no input produced a result: all {done.failed} failed (see the dead letters)"
-            )
+            error = f"no input produced a result: all {done.failed} failed (see the dead letters)"
+            if info is not None:
+                mark_failed(destination, info, error)
+            raise RunFailedError(error)
     return result
 
 

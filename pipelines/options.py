@@ -17,16 +17,23 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
+from apache_beam.options.pipeline_options import (
+    GoogleCloudOptions,
+    PipelineOptions,
+    StandardOptions,
+    WorkerOptions,
+)
 
 from pipelines.flags import COMMON, SLIDES, TEXT, add_flags
 from transforms.core.errors import ConfigError
 from transforms.io.bigquery import resolve_endpoint
 from transforms.io.destinations import Destination, RunStamp, destination
 from transforms.io.manifests import ManifestSource, manifest_source
+from transforms.io.runs import ModelInfo, RunInfo, code_version, flag_pairs
 from transforms.models.patch_inference import BatchingConfig
 from transforms.models.spec import ModelSpec, check_model_name
 from transforms.slides.geometry import PatchingConfig
+from transforms.slides.qupath import MIN_PROB as QUPATH_MIN_PROB
 from transforms.text.batching import TokenBatchingConfig
 from transforms.text.models import TextModelSpec
 from transforms.text.windows import WindowConfig
@@ -189,6 +196,9 @@ class SlideJobConfig:
     group_by: str | None
     heatmaps: bool
     max_failed_fraction: float | None = None
+    info: RunInfo | None = None
+    """What the run's record says of its launch (flags, code, models)."""
+    qupath_min_prob: float = QUPATH_MIN_PROB
     geometries: tuple[PatchingConfig, ...] = ()
     """The distinct patch geometries the models take (``ModelSpec.geometry`` indexes them);
     empty: just ``patching``."""
@@ -196,6 +206,39 @@ class SlideJobConfig:
     @property
     def patch_geometries(self) -> tuple[PatchingConfig, ...]:
         return self.geometries or (self.patching,)
+
+
+def run_info(
+    options: PipelineOptions,
+    pipeline: str,
+    run: RunStamp,
+    models: tuple[ModelInfo, ...],
+    units: str,
+) -> RunInfo:
+    """The launch side of a run's record: its flags (as given, secrets redacted), the code, the
+    runner, the worker image and the models."""
+    given_flags = options.get_all_options(drop_default=True, retain_unknown_options=True)
+    flags = flag_pairs(
+        [f"--{name}={_flag_text(value)}" for name, value in sorted(given_flags.items())]
+    )
+    version, commit = code_version()
+    image = options.view_as(WorkerOptions).sdk_container_image
+    return RunInfo(
+        run_id=run.run_id,
+        pipeline=pipeline,
+        started_at=datetime.now(UTC),
+        flags=flags,
+        runner=options.view_as(StandardOptions).runner or LOCAL_RUNNER.rsplit(".", 1)[-1],
+        container_image=image,
+        package_version=version,
+        git_commit=commit,
+        models=models,
+        units=units,
+    )
+
+
+def _flag_text(value: Any) -> str:
+    return ",".join(str(v) for v in value) if isinstance(value, list) else str(value)
 
 
 def patch_geometries(
@@ -313,6 +356,14 @@ def slide_job_config(options: PipelineOptions) -> SlideJobConfig:
         geometries, models = patch_geometries(base, models, manifest=patches is not None)
         stains = any(m.input == "eho" for m in models)
         geometries = tuple(dataclasses.replace(g, stain_basis=stains) for g in geometries)
+        run = _run(common)
+        info = run_info(
+            options,
+            "slides",
+            run,
+            tuple(ModelInfo(m.name, m.version, m.uri, m.format, m.output_kind) for m in models),
+            "patches",
+        )
         return SlideJobConfig(
             slides=slides,
             patches=patches,
@@ -321,11 +372,13 @@ def slide_job_config(options: PipelineOptions) -> SlideJobConfig:
             geometries=geometries,
             batching=_slide_batching(options),
             destination=_destination(options, needs_artifacts=not opts.no_heatmaps),
-            run=_run(common),
+            run=run,
             skip_existing=common.skip_existing,
             group_by=opts.group_by,
             heatmaps=not opts.no_heatmaps,
             max_failed_fraction=_failed_fraction(common),
+            info=info,
+            **given(qupath_min_prob=opts.qupath_min_prob),
         )
 
 
@@ -342,6 +395,7 @@ class TextJobConfig:
     run: RunStamp
     skip_existing: bool
     max_failed_fraction: float | None = None
+    info: RunInfo | None = None
 
 
 def text_job_config(options: PipelineOptions) -> TextJobConfig:
@@ -387,6 +441,14 @@ def text_job_config(options: PipelineOptions) -> TextJobConfig:
             for column, ours in ((opts.doc_id_column, "doc_id"), (opts.text_column, "text"))
             if column and column != ours
         }
+        run = _run(common)
+        info = run_info(
+            options,
+            "text",
+            run,
+            tuple(ModelInfo(m.name, m.version, m.uri, "huggingface", m.task) for m in models),
+            "tokens",
+        )
         return TextJobConfig(
             documents=documents,
             columns=columns,
@@ -394,7 +456,8 @@ def text_job_config(options: PipelineOptions) -> TextJobConfig:
             windows=windows,
             batching=batching,
             destination=_destination(options, needs_artifacts=False),
-            run=_run(common),
+            run=run,
             skip_existing=common.skip_existing,
             max_failed_fraction=_failed_fraction(common),
+            info=info,
         )

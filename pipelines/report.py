@@ -3,6 +3,8 @@ throughput and where the outputs are. Its ``Outcome`` decides the exit code."""
 
 from __future__ import annotations
 
+import os
+
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.runners.runner import PipelineResult
 
@@ -68,6 +70,7 @@ def print_report(
     elapsed_s: float,
     tables: list[str],
     pictures: dict[str, str],
+    report_dir: str | None = None,
 ) -> Outcome:
     """Print slides and how they ended, dead letters by stage, patches/s, the tables written and
     the picture folders (what -> folder)."""
@@ -85,7 +88,16 @@ def print_report(
     print(f"  {_where(dest, ', '.join(tables), run_id)}")
     for what, folder in pictures.items():
         print(f"  {what}: {folder}/")
+    print_report_location(report_dir)
     return done
+
+
+def print_report_location(report_dir: str | None) -> None:
+    """Where the run's HTML report is: the first thing to open."""
+    if report_dir:
+        page = f"{report_dir}/index.html"
+        shown = page if "://" in page else f"file://{os.path.abspath(page)}"
+        print(f"  report: {shown}  (open it in a browser)")
 
 
 def _where(dest: Destination, tables: str, run_id: str) -> str:
@@ -95,7 +107,12 @@ def _where(dest: Destination, tables: str, run_id: str) -> str:
 
 
 def print_text_report(
-    result: PipelineResult, dest: Destination, run_id: str, elapsed_s: float, n_models: int
+    result: PipelineResult,
+    dest: Destination,
+    run_id: str,
+    elapsed_s: float,
+    n_models: int,
+    report_dir: str | None = None,
 ) -> Outcome:
     """Print documents and how they ended, dead letters, padding and the output locations."""
     c = counters(result)
@@ -112,5 +129,6 @@ def print_text_report(
         f"overall), {c.get('windows', 0)} windows"
     )
     print(f"  tokens: {real} real, {padded} padding ({fraction:.1%} padding)")
-    print(f"  {_where(dest, 'text_* and errors', run_id)}")
+    print(f"  {_where(dest, 'text_*, errors and runs', run_id)}")
+    print_report_location(report_dir)
     return outcome_

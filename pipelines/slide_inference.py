@@ -24,24 +24,35 @@ from pipelines.report import print_report
 from transforms.core.errors import DEAD_LETTER
 from transforms.core.outcome import JudgeRun, Outcome
 from transforms.core.progress import slide_progress_line
-from transforms.io.destinations import WriteTables
+from transforms.io.destinations import WriteTables, report_dir
 from transforms.io.incremental import SKIPPED, SkipExisting
 from transforms.io.manifests import ReadManifest
+from transforms.io.record_run import RecordRun
 from transforms.io.schemas import (
     CASE_SUMMARIES,
     ERRORS,
     PATCH_EMBEDDINGS,
     PATCH_PREDICTIONS,
     PATCH_SEGMENTATIONS,
+    RUNS,
     SLIDE_EMBEDDINGS,
     SLIDE_SUMMARIES,
 )
 from transforms.models.patch_inference import RunModel
 from transforms.slides.plan_grid import PlanGridPatches
 from transforms.slides.plan_manifest import PlanManifestPatches
+from transforms.slides.qupath import ExportQuPath
 from transforms.slides.read_patches import ReadPatches
 from transforms.slides.summaries import SummarizeCases, SummarizeEmbeddings, SummarizeSlides
 from transforms.slides.survey import SLIDE_INFO
+
+OUTCOME = "outcome"
+"""The output of ``build`` that is not a table: the run's ``Outcome`` (inputs and how they
+ended), which ``write`` records."""
+
+
+def _one(_: Any) -> int:
+    return 1
 
 
 class _ByGeometry(beam.PartitionFn):
@@ -94,6 +105,12 @@ def build(pipeline: beam.Pipeline, cfg: SlideJobConfig) -> dict[str, beam.PColle
         cfg.models, picture_dirs(cfg), cfg.run.run_id
     )
     errors.append(summarized[DEAD_LETTER])
+    if cfg.heatmaps:
+        folder = f"{cfg.destination.artifacts}/{QUPATH}/{cfg.run.run_id}"
+        exported = every_result | "ExportQuPath" >> ExportQuPath(
+            cfg.models, folder, cfg.qupath_min_prob
+        )
+        errors.append(exported[DEAD_LETTER])
     if "embeddings" in results:
         results["slide_embeddings"] = results["embeddings"] | "SummarizeEmbeddings" >> (
             SummarizeEmbeddings(cfg.models, cfg.run.run_id)
@@ -113,12 +130,19 @@ def build(pipeline: beam.Pipeline, cfg: SlideJobConfig) -> dict[str, beam.PColle
     }
     if skipped is not None:
         judged["skipped_ids"] = skipped
-    _ = judged | "JudgeRun" >> JudgeRun("slide_id", cfg.max_failed_fraction)
+    outputs[OUTCOME] = judged | "JudgeRun" >> JudgeRun("slide_id", cfg.max_failed_fraction)
     return outputs
 
 
-PICTURES = {"classification": "heatmaps", "segmentation": "segmentations"}
-"""The picture each output kind gets per slide (embeddings get none), and its folder's name."""
+PICTURES = {
+    "classification": "heatmaps",
+    "segmentation": "segmentations",
+    "thumbnail": "thumbnails",
+}
+QUPATH = "qupath"
+"""The folder of the QuPath GeoJSON files (one per slide and classifying model)."""
+"""The picture each output kind gets per slide (embeddings get none), and its folder's name;
+every slide also gets a thumbnail."""
 
 
 def picture_dirs(cfg: SlideJobConfig) -> dict[str, str]:
@@ -128,7 +152,7 @@ def picture_dirs(cfg: SlideJobConfig) -> dict[str, str]:
     """
     if not cfg.heatmaps:
         return {}
-    kinds = {spec.output_kind for spec in cfg.models}
+    kinds = {spec.output_kind for spec in cfg.models} | {"thumbnail"}
     return {
         kind: f"{cfg.destination.artifacts}/{folder}/{cfg.run.run_id}"
         for kind, folder in PICTURES.items()
@@ -145,7 +169,7 @@ def output_tables(cfg: SlideJobConfig) -> list[str]:
     names.append(SLIDE_SUMMARIES.name)
     if cfg.group_by:
         names.append(CASE_SUMMARIES.name)
-    return [*names, ERRORS.name]
+    return [*names, ERRORS.name, RUNS.name]
 
 
 KIND_OUTPUTS = {
@@ -168,9 +192,24 @@ TABLES = {
 
 
 def write(outputs: dict[str, beam.PCollection], cfg: SlideJobConfig) -> None:
-    """Write every output table to ``cfg.destination``."""
-    tables = {TABLES[name].name: rows for name, rows in outputs.items()}
-    _ = tables | "WriteResults" >> WriteTables(cfg.destination, cfg.run)
+    """Write every output table to ``cfg.destination``, then record the run (its ``runs`` row
+    and its report) once the writes are done."""
+    tables = {TABLES[name].name: rows for name, rows in outputs.items() if name in TABLES}
+    written = tables | "WriteResults" >> WriteTables(cfg.destination, cfg.run)
+    patches = [outputs[name] for name in KIND_OUTPUTS.values() if name in outputs]
+    sections = {"slides": outputs["summaries"]}
+    if "cases" in outputs:
+        sections["cases"] = outputs["cases"]
+    if cfg.info is None:  # a config built by hand (tests): nothing to record
+        return
+    _ = {
+        "outcome": outputs[OUTCOME],
+        "tables": tables,
+        "written": written,
+        "errors": outputs["errors"],
+        "units": patches | "AllPatchRows" >> beam.Flatten() | "OnePerPatch" >> beam.Map(_one),
+        "sections": sections,
+    } | "RecordRun" >> RecordRun(cfg.info, cfg.destination, report_dir(cfg.destination, cfg.run))
 
 
 def run(argv: list[str] | None = None) -> PipelineResult:
@@ -184,12 +223,20 @@ def run(argv: list[str] | None = None) -> PipelineResult:
 
     def report(result: PipelineResult, elapsed: float) -> Outcome:
         pictures = {PICTURES[kind]: folder for kind, folder in picture_dirs(cfg).items()}
+        if cfg.heatmaps:
+            pictures["QuPath GeoJSON"] = f"{cfg.destination.artifacts}/{QUPATH}/{cfg.run.run_id}"
         return print_report(
-            result, cfg.destination, cfg.run.run_id, elapsed, output_tables(cfg), pictures
+            result,
+            cfg.destination,
+            cfg.run.run_id,
+            elapsed,
+            output_tables(cfg),
+            pictures,
+            report_dir(cfg.destination, cfg.run),
         )
 
     return launch(
-        options, cfg.destination, cfg.run.run_id, wire, slide_progress_line, len(cfg.models), report
+        options, cfg.destination, cfg.info, wire, slide_progress_line, len(cfg.models), report
     )
 
 

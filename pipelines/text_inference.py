@@ -22,9 +22,10 @@ from pipelines.report import print_text_report
 from transforms.core.errors import DEAD_LETTER
 from transforms.core.outcome import JudgeRun, Outcome
 from transforms.core.progress import text_progress_line
-from transforms.io.destinations import WriteTables
+from transforms.io.destinations import WriteTables, report_dir
 from transforms.io.incremental import SKIPPED, SkipExisting
 from transforms.io.manifests import ReadManifest
+from transforms.io.record_run import RecordRun
 from transforms.io.schemas import ERRORS, TEXT_EMBEDDINGS, TEXT_ENTITIES, TEXT_LABELS
 from transforms.text.inference import RunTextModel
 
@@ -59,13 +60,58 @@ def build(pipeline: beam.Pipeline, cfg: TextJobConfig) -> dict[str, beam.PCollec
     results = [rows for name, rows in outputs.items() if name != ERRORS.name]
     judged["results"] = results | "AllResults" >> beam.Flatten()
     judged["errors"] = outputs[ERRORS.name]
-    _ = judged | "JudgeRun" >> JudgeRun("doc_id", cfg.max_failed_fraction)
+    outputs[OUTCOME] = judged | "JudgeRun" >> JudgeRun("doc_id", cfg.max_failed_fraction)
     return outputs
 
 
+OUTCOME = "outcome"
+"""The output of ``build`` that is not a table: the run's ``Outcome``, which ``write`` records."""
+
+
+def document_row(row: dict) -> dict:
+    """A result row as the run report lists it."""
+    if "entities" in row:
+        summary = f"{len(row['entities'])} entities"
+    elif "top_label" in row:
+        summary = f"label {row['top_label']}"
+    else:
+        summary = f"{row.get('dim')}-d embedding"
+    keep = ("doc_id", "model_name", "n_tokens")
+    return {**{k: row[k] for k in keep}, "summary": summary}
+
+
+def labels_of(row: dict) -> list[str]:
+    """The entity labels of an entities row, or the top label of a labels row."""
+    if "entities" in row:
+        return [entity["label"] for entity in row["entities"]]
+    return [row["top_label"]] if "top_label" in row else []
+
+
 def write(outputs: dict[str, beam.PCollection], cfg: TextJobConfig) -> None:
-    """Write every output table to ``cfg.destination``."""
-    _ = outputs | "WriteResults" >> WriteTables(cfg.destination, cfg.run)
+    """Write every output table to ``cfg.destination``, then record the run (its ``runs`` row
+    and its report) once the writes are done."""
+    tables = {name: rows for name, rows in outputs.items() if name != OUTCOME}
+    written = tables | "WriteResults" >> WriteTables(cfg.destination, cfg.run)
+    results = [rows for name, rows in tables.items() if name != ERRORS.name]
+    every = results | "AllResultRows" >> beam.Flatten(pipeline=outputs[OUTCOME].pipeline)
+    labels = (
+        every
+        | "Labels" >> beam.FlatMap(labels_of)
+        | "CountLabels" >> beam.combiners.Count.PerElement()
+    )
+    if cfg.info is None:  # a config built by hand (tests): nothing to record
+        return
+    _ = {
+        "outcome": outputs[OUTCOME],
+        "tables": tables,
+        "written": written,
+        "errors": outputs[ERRORS.name],
+        "units": every | "Tokens" >> beam.Map(lambda row: int(row["n_tokens"])),
+        "sections": {
+            "documents": every | "DocumentRows" >> beam.Map(document_row),
+            "labels": labels,
+        },
+    } | "RecordRun" >> RecordRun(cfg.info, cfg.destination, report_dir(cfg.destination, cfg.run))
 
 
 def run(argv: list[str] | None = None) -> PipelineResult:
@@ -78,10 +124,17 @@ def run(argv: list[str] | None = None) -> PipelineResult:
         write(build(pipeline, cfg), cfg)
 
     def report(result: PipelineResult, elapsed: float) -> Outcome:
-        return print_text_report(result, cfg.destination, cfg.run.run_id, elapsed, len(cfg.models))
+        return print_text_report(
+            result,
+            cfg.destination,
+            cfg.run.run_id,
+            elapsed,
+            len(cfg.models),
+            report_dir(cfg.destination, cfg.run),
+        )
 
     return launch(
-        options, cfg.destination, cfg.run.run_id, wire, text_progress_line, len(cfg.models), report
+        options, cfg.destination, cfg.info, wire, text_progress_line, len(cfg.models), report
     )
 
 

@@ -160,7 +160,7 @@ class EndpointClient:
         return getattr(api, name) if hasattr(api, name) else getattr(cloud, name)
 
 
-def _schema_fields(table: Table) -> list[Any]:
+def schema_fields(table: Table) -> list[Any]:
     from google.cloud import bigquery
 
     return [bigquery.SchemaField.from_api_repr(f) for f in bigquery_schema(table)["fields"]]
@@ -173,7 +173,7 @@ def ensure_table(bq: Any, target: BigQueryDataset, table: Table) -> None:
     from google.cloud import bigquery
 
     bq.create_dataset(f"{target.project}.{target.dataset}", exists_ok=True)
-    wanted = _schema_fields(table)
+    wanted = schema_fields(table)
     spec = bigquery.Table(target.table_id(table.name), schema=wanted)
     spec.time_partitioning = bigquery.TimePartitioning(field="run_date")
     spec.clustering_fields = list(table.cluster)

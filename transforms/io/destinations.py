@@ -18,7 +18,7 @@ import apache_beam as beam
 from transforms.core.errors import ConfigError
 from transforms.io.bigquery import BigQueryDataset, WriteToBigQueryTable, parse_dataset, query_keys
 from transforms.io.file_writes import write_json_lines, write_parquet
-from transforms.io.schemas import ALL_TABLES, ERRORS, Table, arrow_schema
+from transforms.io.schemas import ALL_TABLES, ERRORS, Table, arrow_schema, safe_name
 
 DEFAULT_OUTPUT = "results"
 TABLES = {table.name: table for table in ALL_TABLES}
@@ -179,6 +179,14 @@ class WriteTables(beam.PTransform):
             name: rows | name >> WriteRows(TABLES[name], self._dest, self._run, prepared)
             for name, rows in tables.items()
         }
+
+
+def report_dir(dest: Destination, run: RunStamp) -> str | None:
+    """Where a run's HTML report goes: ``<artifacts>/report/<run_id>`` (None without an
+    artifacts folder, e.g. a BigQuery run with --no_heatmaps and no --artifacts)."""
+    if not dest.artifacts:
+        return None
+    return f"{dest.artifacts.rstrip('/')}/report/{safe_name(run.run_id)}"
 
 
 def existing_keys(dest: Destination, table: Table, columns: tuple[str, ...]) -> set[tuple]:

@@ -161,7 +161,9 @@ SLIDE_SUMMARIES = Table(
             "REPEATED",
             description="segmentation models: tissue area per class within the patches",
         ),
+        Column("class_names", "STRING", "REPEATED", description="--class_names, else empty"),
         Column("heatmap_uri", "STRING", description="heatmap, or class map of a segmentation"),
+        Column("thumbnail_uri", "STRING", description="the slide's thumbnail (JPEG)"),
         Column("metadata", "RECORD", "REPEATED", _KEY_VALUE, "extra slide manifest columns"),
         *_RUN,
     ),
@@ -253,6 +255,67 @@ TEXT_EMBEDDINGS = Table(
     _TEXT_CLUSTER,
 )
 
+RUNS = Table(
+    "runs",
+    (
+        Column("run_id", "STRING", "REQUIRED"),
+        Column("pipeline", "STRING", "REQUIRED", description="slides or text"),
+        Column("status", "STRING", "REQUIRED", description="succeeded, failed or submitted"),
+        Column("error", "STRING", description="why a failed run failed"),
+        Column("started_at", "TIMESTAMP", "REQUIRED"),
+        Column("finished_at", "TIMESTAMP"),
+        Column("wall_s", "FLOAT64"),
+        Column("flags", "RECORD", "REPEATED", _KEY_VALUE, "the command line, secrets redacted"),
+        Column("package_version", "STRING"),
+        Column("git_commit", "STRING"),
+        Column("container_image", "STRING"),
+        Column("runner", "STRING"),
+        Column("device", "STRING", description="cuda or cpu, on the worker that recorded it"),
+        Column("precision", "STRING"),
+        Column(
+            "models",
+            "RECORD",
+            "REPEATED",
+            (
+                Column("name", "STRING", "REQUIRED"),
+                Column("version", "STRING"),
+                Column("uri", "STRING"),
+                Column("sha256", "STRING", description="of the weights file, or of the folder"),
+                Column("format", "STRING"),
+                Column("output_kind", "STRING"),
+            ),
+        ),
+        Column("inputs", "INT64", description="slides or documents in"),
+        Column("inputs_with_results", "INT64"),
+        Column("inputs_skipped", "INT64", description="skipped as done already"),
+        Column("inputs_failed", "INT64"),
+        Column(
+            "outputs",
+            "RECORD",
+            "REPEATED",
+            (Column("table", "STRING", "REQUIRED"), Column("rows", "INT64", "REQUIRED")),
+        ),
+        Column(
+            "dead_letters",
+            "RECORD",
+            "REPEATED",
+            (
+                Column("stage", "STRING", "REQUIRED"),
+                Column("error_type", "STRING", "REQUIRED"),
+                Column("count", "INT64", "REQUIRED"),
+                Column("example", "STRING", description="one key and message"),
+            ),
+        ),
+        Column("units", "STRING", description="what units_per_s counts: patches or tokens"),
+        Column("units_done", "INT64"),
+        Column("units_per_s", "FLOAT64"),
+        Column("report_uri", "STRING"),
+        _RUN[1],  # run_date; run_id is the first column
+    ),
+    ("run_id",),
+    ("pipeline", "status"),
+)
+
 ERRORS = Table(
     "errors",
     (
@@ -280,7 +343,9 @@ _ARROW_TYPES = {
 def _arrow_type(column: Column) -> Any:
     import pyarrow as pa
 
-    if column.type == "RECORD":
+    if column.type == "TIMESTAMP":
+        base = pa.timestamp("us", tz="UTC")
+    elif column.type == "RECORD":
         base = pa.struct([_arrow_field(c) for c in column.fields])
     else:
         base = getattr(pa, _ARROW_TYPES[column.type])()
@@ -347,5 +412,6 @@ ALL_TABLES = (
     TEXT_ENTITIES,
     TEXT_LABELS,
     TEXT_EMBEDDINGS,
+    RUNS,
     ERRORS,
 )

@@ -152,9 +152,14 @@ def heatmap_uri(folder: str, slide_id: str, model_name: str) -> str:
     return f"{folder.rstrip('/')}/{safe_name(slide_id)}__{safe_name(model_name)}.png"
 
 
-def write_png(uri: str, png: bytes) -> None:
-    """Write ``png`` to a local or ``gs://`` ``uri``, creating folders as needed."""
+def thumbnail_uri(folder: str, slide_id: str) -> str:
+    """Where the thumbnail JPEG of ``slide_id`` goes."""
+    return f"{folder.rstrip('/')}/{safe_name(slide_id)}.jpg"
+
+
+def write_image(uri: str, data: bytes) -> None:
+    """Write an encoded image to a local or ``gs://`` ``uri``, creating folders as needed."""
     import fsspec
 
     with fsspec.open(uri, "wb", auto_mkdir=True, **remote_options(uri)) as f:
-        f.write(png)
+        f.write(data)

@@ -23,6 +23,8 @@ from transforms.io.schemas import metadata_record
 from transforms.models.spec import ModelSpec
 from transforms.slides.heatmaps import slide_thumbnail
 
+THUMBNAIL_PX = 512
+"""Long side of the thumbnail JPEG each slide gets beside its pictures (for the run report)."""
 MAX_HEATMAP_SIDE = 1024
 """Heatmap raster cells per side at most; past it, cells merge 2 x 2, so memory stays bounded."""
 
@@ -217,28 +219,49 @@ class _SummarizeSlide(beam.DoFn):
             yield from self._summaries(slide_id, infos[0], dict(groups["stats"]))
 
     def _summaries(self, slide_id: str, info: dict, by_model: dict) -> Iterator[Any]:
-        thumb = None
+        thumb, thumbnail_uri = None, None
+        if self._picture_dirs:
+            try:
+                thumb = slide_thumbnail(info["uri"])
+                thumbnail_uri = self._write_thumbnail(info, thumb[0])
+            except Exception as exc:  # noqa: BLE001 - the summary rows still go out
+                yield self._failed(slide_id, "thumbnail", exc)
         for spec in self._specs:
             stats = by_model.get(spec.name, SlideStats())
             heatmap_uri = None
-            if spec.output_kind in self._picture_dirs and stats.sums is not None:
+            if thumb and spec.output_kind in self._picture_dirs and stats.sums is not None:
                 try:
-                    thumb = thumb or slide_thumbnail(info["uri"])
                     heatmap_uri = self._write_heatmap(info, spec, stats, thumb)
                 except Exception as exc:  # noqa: BLE001 - the summary row still goes out
-                    yield beam.pvalue.TaggedOutput(
-                        DEAD_LETTER,
-                        dead_letter(
-                            self.STAGE, f"{slide_id}/{spec.name}", exc, {"slide_id": slide_id}
-                        ),
-                    )
-            yield summary_row(info, spec, stats, heatmap_uri, self._run_id)
+                    yield self._failed(slide_id, spec.name, exc)
+            row = summary_row(info, spec, stats, heatmap_uri, self._run_id)
+            yield {**row, "thumbnail_uri": thumbnail_uri}
         progress.count("slides_summarized")
+
+    def _failed(self, slide_id: str, what: str, exc: Exception) -> Any:
+        return beam.pvalue.TaggedOutput(
+            DEAD_LETTER, dead_letter(self.STAGE, f"{slide_id}/{what}", exc, {"slide_id": slide_id})
+        )
+
+    def _write_thumbnail(self, info: dict, thumb: np.ndarray) -> str:
+        import io
+
+        from PIL import Image
+
+        from transforms.slides.heatmaps import thumbnail_uri, write_image
+
+        image = Image.fromarray(thumb)
+        image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=85)
+        uri = thumbnail_uri(self._picture_dirs["thumbnail"], info["slide_id"])
+        write_image(uri, buffer.getvalue())
+        return uri
 
     def _write_heatmap(
         self, info: dict, spec: ModelSpec, stats: SlideStats, thumb: tuple[np.ndarray, float]
     ) -> str:
-        from transforms.slides.heatmaps import heatmap_uri, render_heatmap, write_png
+        from transforms.slides.heatmaps import heatmap_uri, render_heatmap, write_image
 
         assert stats.sums is not None
         shown = "pixel share" if spec.output_kind == "segmentation" else "mean P"
@@ -257,7 +280,7 @@ class _SummarizeSlide(beam.DoFn):
             class_map=spec.output_kind == "segmentation",
         )
         uri = heatmap_uri(self._picture_dirs[spec.output_kind], info["slide_id"], spec.name)
-        write_png(uri, png)
+        write_image(uri, png)
         return uri
 
 
@@ -279,6 +302,7 @@ def summary_row(
         "tissue_method": info["tissue_method"],
         **stats.class_stats(),
         "class_area_mm2": class_areas_mm2(spec, stats, info["mpp"]),
+        "class_names": list(spec.class_names),
         "heatmap_uri": heatmap_uri,
         "metadata": metadata_record(info["metadata"]),
         "run_id": run_id,

@@ -1,0 +1,310 @@
+"""The durable record of every run: one ``runs`` row, written where the results go.
+
+``RunInfo`` is what the launcher knows (the flags, the code, the models); the job's last step
+(``record_run.RecordRun``) adds what happened (counts, dead letters, throughput, weights' sha256)
+and writes the row with status ``succeeded``. The launcher writes ``submitted`` for a job it only
+submits, and ``failed`` (with the error) for a local run that failed, keeping the counts the job
+recorded if it got that far. A row is keyed by ``run_id``: a folder holds
+``runs/<run_id>.parquet`` (rewritten), BigQuery replaces the row in one transaction, so a rerun
+with the same ``--run_id`` never leaves two.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import os
+import subprocess
+from dataclasses import dataclass, field
+from typing import Any
+
+from transforms.core.errors import redact
+from transforms.io.schemas import RUNS, arrow_schema, safe_name
+
+log = logging.getLogger(__name__)
+
+SECRET_FLAGS = ("token", "password", "secret", "credential", "api_key", "apikey")
+"""A flag whose name holds one of these has its value replaced in the record."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    version: str
+    uri: str
+    format: str
+    output_kind: str
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What the launcher knows of a run before it starts."""
+
+    run_id: str
+    pipeline: str
+    started_at: dt.datetime
+    flags: tuple[tuple[str, str], ...]
+    runner: str
+    container_image: str | None = None
+    package_version: str | None = None
+    git_commit: str | None = None
+    models: tuple[ModelInfo, ...] = ()
+    units: str = "patches"
+    precision: str = "fp32"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def flag_pairs(argv: list[str]) -> tuple[tuple[str, str], ...]:
+    """``--a=1 --b 2 --c`` -> ``(("a", "1"), ("b", "2"), ("c", "true"))``, secrets redacted."""
+    pairs: list[tuple[str, str]] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        if not arg.startswith("--"):
+            continue
+        name, sep, value = arg[2:].partition("=")
+        if not sep:
+            if i < len(argv) and not argv[i].startswith("--"):
+                value, i = argv[i], i + 1
+            else:
+                value = "true"
+        if any(secret in name.lower() for secret in SECRET_FLAGS):
+            value = "REDACTED"
+        pairs.append((name, redact(value)))
+    return tuple(pairs)
+
+
+def code_version() -> tuple[str | None, str | None]:
+    """(package version, git commit): the installed ``pathbeam``'s, and this checkout's HEAD
+    (or ``PATHBEAM_GIT_COMMIT``, which an image build can set)."""
+    import importlib.metadata
+
+    try:
+        version: str | None = importlib.metadata.version("pathbeam")
+    except importlib.metadata.PackageNotFoundError:
+        version = None
+    commit = os.environ.get("PATHBEAM_GIT_COMMIT")
+    if not commit:
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        try:
+            commit = subprocess.run(
+                ["git", "-C", root, "rev-parse", "HEAD"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+                check=True,
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            commit = None
+    return version, commit or None
+
+
+def weights_sha256(uri: str) -> str:
+    """sha256 of a weights file, as ``sha256sum`` prints it; for a folder (a Hugging Face
+    model), the sha256 of its files' ``<sha256>  <relative path>`` lines, sorted by path."""
+    import fsspec
+
+    from transforms.core.remote_io import remote_options
+
+    fs, path = fsspec.core.url_to_fs(uri, **remote_options(uri))
+
+    def of_file(name: str) -> str:
+        digest = hashlib.sha256()
+        with fs.open(name, "rb") as f:
+            while chunk := f.read(8 << 20):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+    if not fs.isdir(path):
+        return of_file(path)
+    root = path.rstrip("/")
+    lines = [
+        f"{of_file(name)}  {name[len(root) + 1 :]}\n"
+        for name in sorted(fs.find(root))
+        if not name.rsplit("/", 1)[-1].startswith(".")
+    ]
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+def record(
+    info: RunInfo,
+    status: str,
+    *,
+    finished_at: dt.datetime | None = None,
+    error: str | None = None,
+    counts: dict[str, Any] | None = None,
+    device: str | None = None,
+    sha256: dict[str, str] | None = None,
+    report_uri: str | None = None,
+) -> dict[str, Any]:
+    """One ``runs`` row. ``counts``: ``inputs``, ``inputs_with_results``, ``inputs_skipped``,
+    ``inputs_failed``, ``outputs`` ({table: rows}), ``dead_letters`` ([(stage, type, n,
+    example)]), ``units_done``."""
+    counts = counts or {}
+    wall = (finished_at - info.started_at).total_seconds() if finished_at else None
+    units_done = counts.get("units_done")
+    return {
+        "run_id": info.run_id,
+        "pipeline": info.pipeline,
+        "status": status,
+        "error": redact(error) if error else None,
+        "started_at": info.started_at,
+        "finished_at": finished_at,
+        "wall_s": wall,
+        "flags": [{"key": k, "value": v} for k, v in info.flags],
+        "package_version": info.package_version,
+        "git_commit": info.git_commit,
+        "container_image": info.container_image,
+        "runner": info.runner,
+        "device": device,
+        "precision": info.precision,
+        "models": [
+            {
+                "name": m.name,
+                "version": m.version,
+                "uri": redact(m.uri),
+                "sha256": (sha256 or {}).get(m.name),
+                "format": m.format,
+                "output_kind": m.output_kind,
+            }
+            for m in info.models
+        ],
+        "inputs": counts.get("inputs"),
+        "inputs_with_results": counts.get("inputs_with_results"),
+        "inputs_skipped": counts.get("inputs_skipped"),
+        "inputs_failed": counts.get("inputs_failed"),
+        "outputs": [{"table": t, "rows": n} for t, n in sorted(counts.get("outputs", {}).items())],
+        "dead_letters": [
+            {"stage": s, "error_type": t, "count": n, "example": redact(e)}
+            for s, t, n, e in counts.get("dead_letters", [])
+        ],
+        "units": info.units,
+        "units_done": units_done,
+        "units_per_s": units_done / wall if units_done is not None and wall else None,
+        "report_uri": report_uri,
+        "run_date": info.started_at.date(),
+    }
+
+
+def _folder_file(folder: str, run_id: str) -> str:
+    return f"{folder.rstrip('/')}/{RUNS.name}/{safe_name(run_id)}.parquet"
+
+
+def write_record(dest: Any, row: dict[str, Any]) -> None:
+    """Write (or replace) the run's row at ``dest`` (a ``Destination``)."""
+    if dest.bigquery is not None:
+        _write_bigquery(dest.bigquery, row)
+        return
+    import fsspec
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from transforms.core.remote_io import remote_options
+
+    uri = _folder_file(dest.folder, row["run_id"])
+    table = pa.Table.from_pylist([row], schema=arrow_schema(RUNS))
+    with fsspec.open(uri, "wb", auto_mkdir=True, **remote_options(uri)) as f:
+        pq.write_table(table, f)
+
+
+def _write_bigquery(target: Any, row: dict[str, Any]) -> None:
+    import json
+
+    from google.cloud import bigquery
+
+    from transforms.io.bigquery import (
+        client,
+        ensure_table,
+        replace_sql,
+        schema_fields,
+        staging_table,
+    )
+
+    bq = client(target)
+    ensure_table(bq, target, RUNS)
+    staging = staging_table(RUNS, row["run_id"])
+    job = bq.load_table_from_json(
+        [json.loads(json.dumps(row, default=_json_value))],
+        target.table_id(staging),
+        job_config=bigquery.LoadJobConfig(
+            schema=schema_fields(RUNS), write_disposition="WRITE_TRUNCATE"
+        ),
+    )
+    job.result()
+    bq.query(replace_sql(target, RUNS, staging)).result()
+    bq.delete_table(target.table_id(staging), not_found_ok=True)
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    return str(value)
+
+
+def read_records(dest: Any, run_id: str | None = None, last: int | None = None) -> list[dict]:
+    """Run rows at ``dest``, newest first: one run's, or the ``last`` N."""
+    if dest.bigquery is not None:
+        return _read_bigquery(dest.bigquery, run_id, last)
+    import fsspec
+    import pyarrow.parquet as pq
+
+    from transforms.core.remote_io import remote_options
+
+    root = f"{dest.folder.rstrip('/')}/{RUNS.name}"
+    fs, path = fsspec.core.url_to_fs(root, **remote_options(root))
+    if run_id:
+        names = [f"{path}/{safe_name(run_id)}.parquet"]
+    else:
+        names = fs.glob(f"{path}/*.parquet") if fs.exists(path) else []
+    rows = []
+    for name in names:
+        try:
+            with fs.open(name, "rb") as f:
+                rows.extend(pq.read_table(f).to_pylist())
+        except FileNotFoundError:
+            continue
+    rows.sort(key=lambda r: r["started_at"], reverse=True)
+    return rows[:last] if last else rows
+
+
+def _read_bigquery(target: Any, run_id: str | None, last: int | None) -> list[dict]:
+    from google.api_core.exceptions import NotFound
+    from google.cloud import bigquery
+
+    from transforms.io.bigquery import client
+
+    bq = client(target)
+    sql = f"SELECT * FROM {target.sql_name(RUNS.name)}"
+    params = []
+    if run_id:
+        sql += " WHERE run_id = @run_id"
+        params.append(bigquery.ScalarQueryParameter("run_id", "STRING", run_id))
+    sql += " ORDER BY started_at DESC"
+    if last:
+        sql += f" LIMIT {int(last)}"
+    try:
+        result = bq.query(sql, job_config=bigquery.QueryJobConfig(query_parameters=params))
+        return [dict(row.items()) for row in result.result()]
+    except NotFound:
+        return []
+
+
+def mark_failed(dest: Any, info: RunInfo, error: str) -> None:
+    """Record a run that failed: its recorded row (if the job wrote one) with status
+    ``failed`` and the error; else a row of what the launcher knows. Never raises: a run's
+    own failure is what the caller reports."""
+    try:
+        rows = read_records(dest, info.run_id)
+        now = dt.datetime.now(dt.UTC)
+        if rows:
+            row = {**rows[0], "status": "failed", "error": redact(error), "finished_at": now}
+            row["wall_s"] = (now - info.started_at).total_seconds()
+        else:
+            row = record(info, "failed", finished_at=now, error=error)
+        write_record(dest, row)
+    except Exception:  # noqa: BLE001
+        log.warning("the failed run could not be recorded", exc_info=True)
