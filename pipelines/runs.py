@@ -11,8 +11,8 @@ import sys
 from typing import Any
 
 from transforms.core.errors import ConfigError
-from transforms.io.bigquery import resolve_endpoint
-from transforms.io.destinations import destination
+from transforms.io.bigquery import parse_dataset, resolve_endpoint
+from transforms.io.destinations import Destination, destination
 from transforms.io.runs import read_records
 
 
@@ -66,7 +66,7 @@ def show_run(r: dict) -> str:
             f"{m['uri']}  sha256 {m['sha256']}"
         )
     for o in r.get("outputs") or []:
-        out.append(f"  table     {o['table']}: {o['rows']} rows")
+        out.append(f"  table     {o['table_name']}: {o['row_count']} rows")
     for d in r.get("dead_letters") or []:
         out.append(f"  dead      {d['count']} x {d['error_type']} at {d['stage']}: {d['example']}")
     if r.get("report_uri"):
@@ -84,7 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bigquery_endpoint", help="a BigQuery emulator's endpoint")
     args = parser.parse_args(argv)
     try:
-        dest = destination(args.output, None, None, False, resolve_endpoint(args.bigquery_endpoint))
+        if args.output.startswith("bq://"):
+            endpoint = resolve_endpoint(args.bigquery_endpoint)
+            dest = Destination(bigquery=parse_dataset(args.output, "--output", endpoint))
+        else:
+            dest = destination(args.output, None, None, False)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

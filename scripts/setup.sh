@@ -16,11 +16,15 @@ if [[ "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
   .venv/bin/python -m pip install --quiet -e ".[dev]"
   echo "$want" > "$stamp"
 fi
-# Orthanc with its DICOMweb plugin: the real DICOMweb server the DICOM tests read slides from.
-# Installed where apt-get can be used (root, as in CI); elsewhere, or if apt fails, those tests
-# skip, saying how to install it.
-if [[ ! -x /usr/sbin/Orthanc ]] && command -v apt-get >/dev/null && [[ "$(id -u)" == 0 ]]; then
+# Debian packages the tests use, installed where apt-get can be used (root, as in CI); elsewhere,
+# or if apt fails, those tests skip, saying how to install them:
+#   orthanc, orthanc-dicomweb: the real DICOMweb server the DICOM tests read slides from;
+#   chromium: the headless browser the run report is checked in.
+missing=()
+[[ -x /usr/sbin/Orthanc ]] || missing+=(orthanc orthanc-dicomweb)
+command -v chromium >/dev/null || missing+=(chromium)
+if (( ${#missing[@]} )) && command -v apt-get >/dev/null && [[ "$(id -u)" == 0 ]]; then
   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-      orthanc orthanc-dicomweb >/dev/null; } ||
-    echo "warning: apt-get could not install orthanc orthanc-dicomweb; DICOMweb tests will skip"
+      "${missing[@]}" >/dev/null; } ||
+    echo "warning: apt-get could not install ${missing[*]}; the tests that need them will skip"
 fi

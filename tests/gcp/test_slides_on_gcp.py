@@ -378,6 +378,10 @@ def test_embedding_and_segmentation_tables_round_trip_through_bigquery(
     assert counters(result)["slides_planned"] == 1
     embeddings = table(local_gcp, "kinds", PATCH_EMBEDDINGS.name)
     assert sorted(embeddings.model_version.unique()) == ["unversioned", "v2"]
+    # Every run recorded itself once, in the same dataset.
+    runs = table(local_gcp, "kinds", "runs")
+    assert runs.run_id.is_unique and {"kinds0", "kinds1"} <= set(runs.run_id)
+    assert set(runs.status) == {"succeeded"} and len(runs) == 3
 
 
 def test_a_table_an_older_version_made_gets_the_new_columns(local_gcp):
@@ -400,3 +404,25 @@ def test_a_table_an_older_version_made_gets_the_new_columns(local_gcp):
     assert names[:2] == ["slide_id", "run_date"]
     assert {"class_area_mm2", "tissue_method", "heatmap_uri"} <= set(names)
     assert len(names) == len(SLIDE_SUMMARIES.columns)
+
+
+def test_runs_rows_in_bigquery_are_one_per_run_id(local_gcp, scratch_bucket, tmp_path):
+    """A run recorded twice under one run_id (a rerun, or submitted then succeeded) leaves one
+    row in BigQuery, the last one written; and the runs command reads it back."""
+    import datetime as dt
+
+    from pipelines.runs import main
+    from transforms.io.destinations import destination
+    from transforms.io.runs import RunInfo, read_records, record, write_record
+
+    dest = destination(f"bq://{local_gcp.project}.records", None, "gs://scratch-bucket/t", False)
+    info = RunInfo("same-run", "slides", dt.datetime.now(dt.UTC), (("output", "bq://x"),), "r")
+    write_record(dest, record(info, "submitted"))
+    write_record(dest, record(info, "succeeded", finished_at=dt.datetime.now(dt.UTC)))
+    rows = table(local_gcp, "records", "runs")
+    assert list(rows.run_id) == ["same-run"] and list(rows.status) == ["succeeded"]
+    [again] = read_records(dest, "same-run")
+    assert again["status"] == "succeeded" and again["flags"] == [
+        {"key": "output", "value": "bq://x"}
+    ]
+    assert main(["--output", f"bq://{local_gcp.project}.records"]) == 0

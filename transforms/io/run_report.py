@@ -65,7 +65,7 @@ def _record(row: dict) -> str:
         f"<td><code>{e(m['sha256'])}</code></td></tr>"
         for m in row["models"]
     )
-    outputs = ", ".join(f"{e(o['table'])}: {o['rows']:,}" for o in row["outputs"])
+    outputs = ", ".join(f"{e(o['table_name'])}: {o['row_count']:,}" for o in row["outputs"])
     rate = f"{row['units_per_s']:.1f} {e(row['units'])}/s" if row.get("units_per_s") else "–"
     flags = " ".join(f"--{e(f['key'])}={e(f['value'])}" for f in row["flags"])
     error = f" · {e(row['error'])}" if row.get("error") else ""

@@ -175,7 +175,9 @@ def record(
         "inputs_with_results": counts.get("inputs_with_results"),
         "inputs_skipped": counts.get("inputs_skipped"),
         "inputs_failed": counts.get("inputs_failed"),
-        "outputs": [{"table": t, "rows": n} for t, n in sorted(counts.get("outputs", {}).items())],
+        "outputs": [
+            {"table_name": t, "row_count": n} for t, n in sorted(counts.get("outputs", {}).items())
+        ],
         "dead_letters": [
             {"stage": s, "error_type": t, "count": n, "example": redact(e)}
             for s, t, n, e in counts.get("dead_letters", [])
@@ -225,14 +227,15 @@ def _write_bigquery(target: Any, row: dict[str, Any]) -> None:
     bq = client(target)
     ensure_table(bq, target, RUNS)
     staging = staging_table(RUNS, row["run_id"])
-    job = bq.load_table_from_json(
-        [json.loads(json.dumps(row, default=_json_value))],
-        target.table_id(staging),
-        job_config=bigquery.LoadJobConfig(
-            schema=schema_fields(RUNS), write_disposition="WRITE_TRUNCATE"
-        ),
+    # A one-row staging table (streamed in) and the same keyed replace as every other table:
+    # the runs row is never streamed into the target itself, so a later replace can delete it.
+    bq.delete_table(target.table_id(staging), not_found_ok=True)
+    bq.create_table(bigquery.Table(target.table_id(staging), schema=schema_fields(RUNS)))
+    errors = bq.insert_rows_json(
+        target.table_id(staging), [json.loads(json.dumps(row, default=_json_value))]
     )
-    job.result()
+    if errors:
+        raise RuntimeError(f"the runs row was refused: {errors}")
     bq.query(replace_sql(target, RUNS, staging)).result()
     bq.delete_table(target.table_id(staging), not_found_ok=True)
 

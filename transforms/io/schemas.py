@@ -293,7 +293,10 @@ RUNS = Table(
             "outputs",
             "RECORD",
             "REPEATED",
-            (Column("table", "STRING", "REQUIRED"), Column("rows", "INT64", "REQUIRED")),
+            (
+                Column("table_name", "STRING", "REQUIRED"),
+                Column("row_count", "INT64", "REQUIRED"),
+            ),
         ),
         Column(
             "dead_letters",
