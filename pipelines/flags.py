@@ -501,7 +501,7 @@ def check_known(argv: Sequence[str], groups: tuple[Group, ...]) -> None:
         raise ConfigError(f"unexpected argument {token!r}: flags take the form --name value")
 
 
-ORDER = ("input", "models", "patches", "batching", "heatmaps", "output", "run")
+ORDER = ("input", "models", "patches", "batching", "pictures", "output", "run")
 
 
 def print_help(prog: str, summary: str, groups: tuple[Group, ...], out: Any = None) -> None:

@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -94,7 +95,7 @@ def test_the_runs_command_lists_and_shows_runs(slide_run):
 
     out, _ = slide_run
     listing = subprocess.run(
-        [shutil.which("python") or "python", "-m", "pipelines.runs", "--output", str(out)],
+        [sys.executable, "-m", "pipelines.runs", "--output", str(out)],
         capture_output=True,
         text=True,
         check=True,
