@@ -84,6 +84,17 @@ def test_ncbi_abstracts_and_bad_rows(tmp_path, shared_data, minilm, tiny_text_mo
     assert "dead letters: 6 (ReadManifest 6)" in proc.stdout
     assert "results: 300 from 3 model(s)" in proc.stdout
 
+    # The run's record and report: documents in, tokens per second, labels counted.
+    [run] = pd.read_parquet(out / "runs").to_dict("records")
+    assert (run["status"], run["pipeline"], run["units"]) == ("succeeded", "text", "tokens")
+    assert (run["inputs"], run["inputs_with_results"], run["inputs_failed"]) == (106, 100, 6)
+    assert run["units_done"] == int(embeddings.n_tokens.sum() * 3) and run["units_per_s"] > 0
+    page = next((out / "report").glob("*/index.html")).read_text()
+    assert "report:" in proc.stdout and "index.html" in proc.stdout
+    assert all(doc_id in page for doc_id in list(ids)[:20])
+    assert "positive" in page or "negative" in page  # labels counted
+    assert "ReadManifest" in page and "<td class=num>6</td>" in page  # dead letters
+
 
 def test_a_long_document_is_windowed_never_truncated(tmp_path, tiny_text_models):
     text = ("Familial adenomatous polyposis is an autosomal dominant disease. " * 16000)[:1_000_000]

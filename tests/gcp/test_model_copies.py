@@ -102,3 +102,39 @@ def test_a_model_copy_that_always_hangs_fails_the_job_at_setup_naming_it(
     assert proxy.faults["stall"] >= 3  # every attempt of the copy was tried, and timed out
     assert elapsed < 120
     assert not list((tmp_path / "out").glob("patch_predictions/*.parquet"))
+
+
+def test_onnx_and_hugging_face_models_load_from_gcs(local_gcp, shared_data, tmp_path):
+    """The real ONNX graph with its external weights file, and a save_pretrained ViT folder,
+    loaded from gs://, give the outputs of the same models loaded from local files; their
+    weights' sha256 is the same from either place."""
+    import numpy as np
+
+    from tests.models_for_tests import tiny_vision_folder
+    from transforms.io.runs import weights_sha256
+    from transforms.models.loading import load_model, predict
+    from transforms.models.spec import ModelSpec
+
+    if local_gcp.storage().lookup_bucket("models-bucket") is None:
+        local_gcp.storage().create_bucket("models-bucket")
+    onnx = shared_data.parent / "models" / "lavlab_shell_0.9.1_v1" / "model_v1.onnx"
+    if not onnx.exists():
+        pytest.skip(f"{onnx} is absent")
+    remote_onnx = local_gcp.upload(onnx, f"{BUCKET}/shell/model_v1.onnx")
+    local_gcp.upload(Path(f"{onnx}.data"), f"{BUCKET}/shell/model_v1.onnx.data")
+    vit = Path(tiny_vision_folder(str(tmp_path / "vit")))
+    for file in vit.iterdir():
+        local_gcp.upload(file, f"{BUCKET}/vit/{file.name}")
+    cases = [
+        ("seg", str(onnx), remote_onnx, "segmentation", 320),
+        ("enc", str(vit), f"{BUCKET}/vit", "embedding", 64),
+    ]
+    rng = np.random.default_rng(0)
+    for name, here, there, kind, px in cases:
+        patches = list(rng.integers(0, 256, (2, px, px, 3), dtype=np.uint8))
+        local = ModelSpec(name, here, output_kind=kind)
+        remote = ModelSpec(name, there, output_kind=kind)
+        a = np.stack([np.asarray(r) for r in predict(load_model(local), patches, local)])
+        b = np.stack([np.asarray(r) for r in predict(load_model(remote), patches, remote)])
+        np.testing.assert_array_equal(a, b)
+        assert weights_sha256(here) == weights_sha256(there)

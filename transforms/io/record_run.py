@@ -107,9 +107,7 @@ class _Record(beam.DoFn):
 
             write_report(self._report_dir, row, dead, sections)
         write_record(self._dest, row)
-        log.info(
-            "run %s recorded%s", self._info.run_id, f"; report {report_uri}" * bool(report_uri)
-        )
+        log.info("run %s recorded (report: %s)", self._info.run_id, report_uri or "none")
         yield row
 
 
