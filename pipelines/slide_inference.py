@@ -11,7 +11,6 @@ one decoded patch stream) -> SummarizeSlides (+ SummarizeEmbeddings) -> Write*.
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 import apache_beam as beam
 from apache_beam.runners.runner import PipelineResult
@@ -42,24 +41,13 @@ from transforms.models.patch_inference import RunModel
 from transforms.slides.plan_grid import PlanGridPatches
 from transforms.slides.plan_manifest import PlanManifestPatches
 from transforms.slides.qupath import ExportQuPath
-from transforms.slides.read_patches import ReadPatches
+from transforms.slides.read_patches import ReadPatches, SplitByGeometry
 from transforms.slides.summaries import SummarizeCases, SummarizeEmbeddings, SummarizeSlides
 from transforms.slides.survey import SLIDE_INFO
 
 OUTCOME = "outcome"
 """The output of ``build`` that is not a table: the run's ``Outcome`` (inputs and how they
 ended), which ``write`` records."""
-
-
-def _one(_: Any) -> int:
-    return 1
-
-
-class _ByGeometry(beam.PartitionFn):
-    """A patch's stream: the index of the patch geometry it was cut for."""
-
-    def partition_for(self, element: Any, num_partitions: int, *args: Any, **kwargs: Any) -> int:
-        return int(element.geometry)
 
 
 def build(pipeline: beam.Pipeline, cfg: SlideJobConfig) -> dict[str, beam.PCollection]:
@@ -82,11 +70,7 @@ def build(pipeline: beam.Pipeline, cfg: SlideJobConfig) -> dict[str, beam.PColle
         planned = slide_rows | "PlanPatches" >> PlanGridPatches(cfg.patch_geometries)
     read = planned["units"] | "ReadPatches" >> ReadPatches()
     errors += [planned[DEAD_LETTER], read[DEAD_LETTER]]
-    streams = [read["patches"]]  # one decoded patch stream per patch geometry
-    n_geometries = len(cfg.patch_geometries)
-    if n_geometries > 1:
-        parts = read["patches"] | "ByGeometry" >> beam.Partition(_ByGeometry(), n_geometries)
-        streams = [parts[i] for i in range(n_geometries)]
+    streams = read["patches"] | "SplitByGeometry" >> SplitByGeometry(len(cfg.patch_geometries))
     by_kind: dict[str, list[beam.PCollection]] = {kind: [] for kind in KIND_OUTPUTS}
     for spec in cfg.models:
         patch_px = cfg.patch_geometries[spec.geometry].patch_px
@@ -207,7 +191,7 @@ def write(outputs: dict[str, beam.PCollection], cfg: SlideJobConfig) -> None:
         "tables": tables,
         "written": written,
         "errors": outputs["errors"],
-        "units": patches | "AllPatchRows" >> beam.Flatten() | "OnePerPatch" >> beam.Map(_one),
+        "units": patches | "AllPatchRows" >> beam.Flatten(),
         "sections": sections,
     } | "RecordRun" >> RecordRun(cfg.info, cfg.destination, report_dir(cfg.destination, cfg.run))
 

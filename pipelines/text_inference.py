@@ -26,6 +26,7 @@ from transforms.io.destinations import WriteTables, report_dir
 from transforms.io.incremental import SKIPPED, SkipExisting
 from transforms.io.manifests import ReadManifest
 from transforms.io.record_run import RecordRun
+from transforms.io.run_report import text_document_row, text_labels
 from transforms.io.schemas import ERRORS, TEXT_EMBEDDINGS, TEXT_ENTITIES, TEXT_LABELS
 from transforms.text.inference import RunTextModel
 
@@ -68,25 +69,6 @@ OUTCOME = "outcome"
 """The output of ``build`` that is not a table: the run's ``Outcome``, which ``write`` records."""
 
 
-def document_row(row: dict) -> dict:
-    """A result row as the run report lists it."""
-    if "entities" in row:
-        summary = f"{len(row['entities'])} entities"
-    elif "top_label" in row:
-        summary = f"label {row['top_label']}"
-    else:
-        summary = f"{row.get('dim')}-d embedding"
-    keep = ("doc_id", "model_name", "n_tokens")
-    return {**{k: row[k] for k in keep}, "summary": summary}
-
-
-def labels_of(row: dict) -> list[str]:
-    """The entity labels of an entities row, or the top label of a labels row."""
-    if "entities" in row:
-        return [entity["label"] for entity in row["entities"]]
-    return [row["top_label"]] if "top_label" in row else []
-
-
 def write(outputs: dict[str, beam.PCollection], cfg: TextJobConfig) -> None:
     """Write every output table to ``cfg.destination``, then record the run (its ``runs`` row
     and its report) once the writes are done."""
@@ -96,7 +78,7 @@ def write(outputs: dict[str, beam.PCollection], cfg: TextJobConfig) -> None:
     every = results | "AllResultRows" >> beam.Flatten(pipeline=outputs[OUTCOME].pipeline)
     labels = (
         every
-        | "Labels" >> beam.FlatMap(labels_of)
+        | "Labels" >> beam.FlatMap(text_labels)
         | "CountLabels" >> beam.combiners.Count.PerElement()
     )
     if cfg.info is None:  # a config built by hand (tests): nothing to record
@@ -106,9 +88,9 @@ def write(outputs: dict[str, beam.PCollection], cfg: TextJobConfig) -> None:
         "tables": tables,
         "written": written,
         "errors": outputs[ERRORS.name],
-        "units": every | "Tokens" >> beam.Map(lambda row: int(row["n_tokens"])),
+        "units": every,
         "sections": {
-            "documents": every | "DocumentRows" >> beam.Map(document_row),
+            "documents": every | "DocumentRows" >> beam.Map(text_document_row),
             "labels": labels,
         },
     } | "RecordRun" >> RecordRun(cfg.info, cfg.destination, report_dir(cfg.destination, cfg.run))

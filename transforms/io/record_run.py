@@ -115,12 +115,18 @@ def _none(_: Any) -> None:
     return None
 
 
+def units_of(row: dict) -> int:
+    """What one result row adds to ``units_done``: its tokens (text), else one patch."""
+    return int(row["n_tokens"]) if "n_tokens" in row else 1
+
+
 class RecordRun(beam.PTransform):
     """``{"outcome", "tables", "written", "errors", "units", "sections"}`` -> the run's row.
 
     ``outcome``: ``JudgeRun``'s; ``tables``: {table name: rows} (counted); ``written``: {name:
-    write result} (waited for); ``errors``: every dead letter; ``units``: ints summed into
-    ``units_done``; ``sections``: {name: small rows} the report shows (slide summaries, ...).
+    write result} (waited for); ``errors``: every dead letter; ``units``: the result rows whose
+    patches or tokens (``units_of``) make ``units_done``; ``sections``: {name: small rows} the
+    report shows (slide summaries, ...).
     """
 
     def __init__(self, info: RunInfo, dest: Any, report_dir: str | None) -> None:
@@ -143,7 +149,11 @@ class RecordRun(beam.PTransform):
         ]
         outputs = counted | "AllCounts" >> beam.Flatten(pipeline=pipeline)
         dead = parts["errors"] | "DeadLetterCounts" >> beam.CombineGlobally(DeadLetterCounts())
-        units = parts["units"] | "UnitsDone" >> beam.CombineGlobally(sum)
+        units = (
+            parts["units"]
+            | "UnitsOfRows" >> beam.Map(units_of)
+            | "UnitsDone" >> beam.CombineGlobally(sum)
+        )
         sections = [  # bounded: a run of millions of documents shows a sample of them
             rows
             | f"Collect/{name}" >> beam.combiners.Sample.FixedSizeGlobally(MAX_ROWS)

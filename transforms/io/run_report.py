@@ -210,6 +210,25 @@ def _documents(rows: list[dict], labels: list[tuple[str, int]]) -> str:
     )
 
 
+def text_document_row(row: dict) -> dict:
+    """A text result row as the report lists it: id, model, tokens and a one-line result."""
+    if "entities" in row:
+        summary = f"{len(row['entities'])} entities"
+    elif "top_label" in row:
+        summary = f"label {row['top_label']}"
+    else:
+        summary = f"{row.get('dim')}-d embedding"
+    keep = ("doc_id", "model_name", "n_tokens")
+    return {**{k: row[k] for k in keep}, "summary": summary}
+
+
+def text_labels(row: dict) -> list[str]:
+    """The entity labels of an entities row, or the top label of a labels row (counted)."""
+    if "entities" in row:
+        return [entity["label"] for entity in row["entities"]]
+    return [row["top_label"]] if "top_label" in row else []
+
+
 def render_report(row: dict, dead: dict, sections: dict[str, list], report_dir: str) -> str:
     """The report's HTML."""
     parts = [_record(row)]

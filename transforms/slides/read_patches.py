@@ -128,3 +128,25 @@ class ReadPatches(beam.PTransform):
             | "ReadRegions" >> beam.ParDo(_ReadUnit()).with_outputs(DEAD_LETTER, main="patches")
         )
         return {"patches": read.patches, DEAD_LETTER: read[DEAD_LETTER]}
+
+
+class _ByGeometry(beam.PartitionFn):
+    """A patch's stream: the index of the patch geometry it was cut for."""
+
+    def partition_for(self, element: Any, num_partitions: int, *args: Any, **kwargs: Any) -> int:
+        return int(element.geometry)
+
+
+class SplitByGeometry(beam.PTransform):
+    """Patches -> one stream per patch geometry (``Patch.geometry`` indexes the list), so models
+    with one geometry share one decoded stream."""
+
+    def __init__(self, n_geometries: int) -> None:
+        super().__init__()
+        self._n = n_geometries
+
+    def expand(self, patches: beam.PCollection) -> list[beam.PCollection]:
+        if self._n == 1:
+            return [patches]
+        parts = patches | "ByGeometry" >> beam.Partition(_ByGeometry(), self._n)
+        return [parts[i] for i in range(self._n)]
