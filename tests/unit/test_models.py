@@ -119,3 +119,17 @@ def test_onnx_takes_the_cuda_provider_where_there_is_one(monkeypatch):
     assert providers(require_gpu=False) == [CPU]
     with pytest.raises(ModelLoadError, match="onnxruntime-gpu"):
         providers(require_gpu=True)
+
+
+def test_an_onnx_graph_of_a_fixed_patch_size_fails_at_setup_on_another(tmp_path):
+    """A graph exported for 64 px patches cannot take 32 px ones: the handler's check batch
+    fails the model's setup, naming the model and --patch_px, before any patch is read."""
+    from tests.models_for_tests import export_onnx, tiny_net
+    from transforms.models.handler import PatchModelHandler
+
+    uri = export_onnx(tiny_net(2), str(tmp_path / "fixed64.onnx"), patch_px=64, fixed_batch=2)
+    spec = ModelSpec("fixed", uri)
+    model = PatchModelHandler(spec, 64).load_model()  # its own size: fine
+    assert np.stack(predict(model, patches(3), spec)).shape == (3, 2)  # 3 through a batch of 2
+    with pytest.raises(ModelLoadError, match=r"'fixed'.*fails on a 32x32 patch \(--patch_px 32\)"):
+        PatchModelHandler(spec, 32).load_model()
