@@ -21,6 +21,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from transforms.core.errors import ConfigError
 from transforms.io.destinations import DEFAULT_OUTPUT
 from transforms.models.patch_inference import BatchingConfig
+from transforms.models.precision import GuardConfig
 from transforms.models.spec import ModelSpec
 from transforms.slides.geometry import PatchingConfig
 from transforms.slides.qupath import MIN_PROB as QUPATH_MIN_PROB
@@ -227,6 +228,41 @@ SLIDES: tuple[Group, ...] = (
                 default_of(_MODEL, "output_kind"),
                 metavar="NAME=KIND",
                 repeat=True,
+            ),
+            Flag(
+                "precision",
+                "NAME=fp32|bf16|fp16|auto: autocast around the forward pass (auto: fp16 on CUDA, "
+                "bf16 on CPUs with AMX or AVX-512 BF16, else fp32), checked by the accuracy guard",
+                default_of(_MODEL, "precision"),
+                metavar="NAME=PRECISION",
+                repeat=True,
+            ),
+            Flag(
+                "precision_strict",
+                "fail the job when the accuracy guard fails, instead of falling back to fp32",
+                False,
+                switch=True,
+            ),
+            Flag(
+                "guard_min_agreement",
+                "accuracy guard: least share of labels equal to fp32's",
+                str(GuardConfig.min_agreement),
+                float,
+                "SHARE",
+            ),
+            Flag(
+                "guard_max_prob_diff",
+                "accuracy guard: largest probability difference from fp32",
+                str(GuardConfig.max_prob_diff),
+                float,
+                "P",
+            ),
+            Flag(
+                "guard_min_cosine",
+                "accuracy guard: least cosine similarity of an embedding to fp32's",
+                str(GuardConfig.min_cosine),
+                float,
+                "COS",
             ),
             Flag(
                 "model_patch_px",

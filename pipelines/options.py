@@ -31,6 +31,7 @@ from transforms.io.destinations import Destination, RunStamp, destination
 from transforms.io.manifests import ManifestSource, manifest_source
 from transforms.io.runs import ModelInfo, RunInfo, code_version, flag_pairs
 from transforms.models.patch_inference import BatchingConfig
+from transforms.models.precision import GuardConfig
 from transforms.models.spec import ModelSpec, check_model_name
 from transforms.slides.geometry import PatchingConfig
 from transforms.slides.qupath import MIN_PROB as QUPATH_MIN_PROB
@@ -199,6 +200,7 @@ class SlideJobConfig:
     info: RunInfo | None = None
     """What the run's record says of its launch (flags, code, models)."""
     qupath_min_prob: float = QUPATH_MIN_PROB
+    guard: GuardConfig = GuardConfig()
     geometries: tuple[PatchingConfig, ...] = ()
     """The distinct patch geometries the models take (``ModelSpec.geometry`` indexes them);
     empty: just ``patching``."""
@@ -214,6 +216,7 @@ def run_info(
     run: RunStamp,
     models: tuple[ModelInfo, ...],
     units: str,
+    precision: str = "fp32",
 ) -> RunInfo:
     """The launch side of a run's record: its flags (as given, secrets redacted), the code, the
     runner, the worker image and the models."""
@@ -234,6 +237,7 @@ def run_info(
         git_commit=commit,
         models=models,
         units=units,
+        precision=precision,
     )
 
 
@@ -284,6 +288,7 @@ def model_specs(options: PipelineOptions) -> tuple[ModelSpec, ...]:
             "--embedding_key": opts.embedding_key,
             "--model_input": opts.model_input,
             "--model_patch_px": opts.model_patch_px,
+            "--precision": opts.precision,
             "--model_mpp": opts.model_mpp,
         },
     )
@@ -304,6 +309,7 @@ def model_specs(options: PipelineOptions) -> tuple[ModelSpec, ...]:
                     embedding_key=by["--embedding_key"].get(name),
                     input=by["--model_input"].get(name),
                     patch_px=_number(by["--model_patch_px"], name, int, "--model_patch_px"),
+                    precision=by["--precision"].get(name),
                     patch_mpp=_number(by["--model_mpp"], name, float, "--model_mpp"),
                     class_names=(
                         tuple(n.strip() for n in names[name].split(",")) if name in names else None
@@ -363,6 +369,7 @@ def slide_job_config(options: PipelineOptions) -> SlideJobConfig:
             run,
             tuple(ModelInfo(m.name, m.version, m.uri, m.format, m.output_kind) for m in models),
             "patches",
+            precision=", ".join(f"{m.name}={m.precision}" for m in models),
         )
         return SlideJobConfig(
             slides=slides,
@@ -379,6 +386,14 @@ def slide_job_config(options: PipelineOptions) -> SlideJobConfig:
             max_failed_fraction=_failed_fraction(common),
             info=info,
             **given(qupath_min_prob=opts.qupath_min_prob),
+            guard=GuardConfig(
+                **given(
+                    min_agreement=opts.guard_min_agreement,
+                    max_prob_diff=opts.guard_max_prob_diff,
+                    min_cosine=opts.guard_min_cosine,
+                ),
+                strict=bool(opts.precision_strict),
+            ),
         )
 
 

@@ -160,3 +160,18 @@ def onnx_taking_tokens(path: str) -> str:
     )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     return path
+
+
+class LossyInBf16(nn.Module):
+    """Logits 1000 + a hundredth of the patch's mean: fp32 tells the classes apart, bf16 (whose
+    step at 1000 is 4) cannot, so its labels disagree with fp32's on about half the patches."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(3, 2)
+        with torch.no_grad():
+            self.head.weight.copy_(torch.tensor([[0.01, 0.0, 0.0], [0.0, 0.0, 0.0]]))
+            self.head.bias.fill_(1000.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x.mean(dim=(2, 3)))

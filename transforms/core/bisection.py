@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from transforms.core import progress
+from transforms.core.errors import ModelLoadError
 
 Outcome = tuple[Any, Any, BaseException | None]
 """``(element, result, error)``: exactly one of result and error is meaningful."""
@@ -42,6 +43,8 @@ class SplittingRunner:
     def _run(self, batch: list[Any]) -> list[Outcome]:
         try:
             return [(x, r, None) for x, r in zip(batch, self._fn(batch), strict=True)]
+        except ModelLoadError:
+            raise  # the model itself is unusable (e.g. its precision guard failed, strict)
         except Exception as exc:  # noqa: BLE001 - split, then blame single elements only
             if len(batch) == 1:
                 return [(batch[0], None, exc)]

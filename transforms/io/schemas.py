@@ -271,7 +271,11 @@ RUNS = Table(
         Column("container_image", "STRING"),
         Column("runner", "STRING"),
         Column("device", "STRING", description="cuda or cpu, on the worker that recorded it"),
-        Column("precision", "STRING"),
+        Column(
+            "precision",
+            "STRING",
+            description="asked per model (the guard may lower it; see the log)",
+        ),
         Column(
             "models",
             "RECORD",

@@ -14,7 +14,8 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from transforms.core.errors import ModelLoadError
-from transforms.models.loading import load_model, model_input, predict
+from transforms.models.loading import guarded, load_model, model_input, predict
+from transforms.models.precision import GuardConfig
 from transforms.models.spec import ModelSpec
 from transforms.models.torch_models import LoadedModel
 from transforms.slides.stains import reference_basis
@@ -31,11 +32,17 @@ class PatchModelHandler(ModelHandler):
     """
 
     def __init__(
-        self, spec: ModelSpec, patch_px: int, min_batch_size: int = 1, max_batch_size: int = 64
+        self,
+        spec: ModelSpec,
+        patch_px: int,
+        min_batch_size: int = 1,
+        max_batch_size: int = 64,
+        guard: GuardConfig | None = None,
     ) -> None:
         super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size)
         self.spec = spec
         self.patch_px = patch_px
+        self.guard = guard or GuardConfig()
 
     def load_model(self) -> LoadedModel:
         """Load the model and check it takes ``patch_px`` patches, so a mismatch fails the job
@@ -63,7 +70,7 @@ class PatchModelHandler(ModelHandler):
                 patch.appearance.tissue.mask(patch.pixels) if patch.appearance else None
                 for patch in batch
             ]
-        results = predict(model, pixels, self.spec, tissue)
+        results = guarded(model, pixels, self.spec, tissue, self.guard)
         return [
             PredictionResult(example=patch, inference=r, model_id=self.spec.shared_tag)
             for patch, r in zip(batch, results, strict=True)

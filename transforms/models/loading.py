@@ -14,8 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from transforms.core import progress
 from transforms.core.errors import ModelLoadError, SlideError
 from transforms.models.outputs import model_outputs
+from transforms.models.precision import GUARD_PATCHES, GuardConfig, compare, merge, resolve
 from transforms.models.spec import ModelSpec
 from transforms.models.torch_models import LoadedModel, select_device
 from transforms.slides.stains import eho
@@ -41,15 +43,51 @@ def load_model(spec: ModelSpec) -> LoadedModel:
             f"model {spec.name!r} (version {spec.version}) could not be loaded from {spec.uri}: "
             f"{type(exc).__name__}: {exc}"
         ) from exc
+    model.precision = resolve(spec.precision, model.device, spec.format)
     _LOG.info(
-        "loaded model %s version %s (%s, %s) on %s",
+        "loaded model %s version %s (%s, %s) on %s in %s",
         spec.name,
         spec.version,
         spec.format,
         spec.output_kind,
         model.device,
+        model.precision,
     )
     return model
+
+
+def guarded(
+    model: LoadedModel,
+    pixels: Sequence[np.ndarray],
+    spec: ModelSpec,
+    tissue: Sequence[np.ndarray | None] | None,
+    cfg: GuardConfig,
+) -> list:
+    """``predict``, checking reduced precision on the process's first ``GUARD_PATCHES`` real
+    patches (``precision.py``): each of their batches runs in both precisions and is compared;
+    a failing batch turns the process to fp32 (or fails the job, with ``strict``)."""
+    if model.precision == "fp32" or (model.guard is not None and model.guard.n >= GUARD_PATCHES):
+        return predict(model, pixels, spec, tissue)
+    with model.lock:
+        if model.precision == "fp32" or (model.guard and model.guard.n >= GUARD_PATCHES):
+            return predict(model, pixels, spec, tissue)
+        reduced = predict(model, pixels, spec, tissue)
+        precision, model.precision = model.precision, "fp32"
+        exact = predict(model, pixels, spec, tissue)
+        result = merge(model.guard, compare(spec.output_kind, reduced, exact, precision, cfg))
+        model.guard = result
+        if result.passed:
+            model.precision = precision
+            if result.n >= GUARD_PATCHES:
+                _LOG.info("model %s: %s", spec.name, result.describe())
+            return reduced
+        progress.count("precision_fallbacks")
+        if cfg.strict:
+            raise ModelLoadError(
+                f"model {spec.name!r}: {result.describe()}; --precision_strict is set"
+            )
+        _LOG.warning("model %s falls back to fp32: %s", spec.name, result.describe())
+        return exact
 
 
 def model_input(pixels: np.ndarray, appearance: Any, spec: ModelSpec) -> np.ndarray:

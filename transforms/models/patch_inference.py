@@ -109,17 +109,18 @@ def _patch_input(patch: Any, spec: ModelSpec) -> dict:
 class _RunPatchModel(ModelRunner):
     """A batch of ``Patch`` -> result rows, and a dead letter per patch that failed."""
 
-    def __init__(self, spec: ModelSpec, patch_px: int, run_id: str) -> None:
+    def __init__(self, spec: ModelSpec, patch_px: int, run_id: str, guard: Any = None) -> None:
         super().__init__(spec.name, spec.shared_tag)
         self._spec = spec
         self._patch_px = patch_px
         self._run_id = run_id
+        self._guard = guard
         self._handler: Any = None
 
     def setup(self) -> None:
         from transforms.models.handler import PatchModelHandler  # imports torch
 
-        self._handler = PatchModelHandler(self._spec, self._patch_px)
+        self._handler = PatchModelHandler(self._spec, self._patch_px, guard=self._guard)
         super().setup()  # loads once per process; a failure fails the job, naming the model
 
     def load(self) -> Any:
@@ -153,13 +154,19 @@ class RunModel(beam.PTransform):
     """
 
     def __init__(
-        self, spec: ModelSpec, batching: BatchingConfig, run_id: str, patch_px: int
+        self,
+        spec: ModelSpec,
+        batching: BatchingConfig,
+        run_id: str,
+        patch_px: int,
+        guard: Any = None,
     ) -> None:
         super().__init__()
         self._spec = spec
         self._batching = batching
         self._run_id = run_id
         self._patch_px = patch_px
+        self._guard = guard
 
     def expand(self, patches: beam.PCollection) -> dict[str, beam.PCollection]:
         out = (
@@ -170,8 +177,8 @@ class RunModel(beam.PTransform):
                 max_batch_size=self._batching.max_batch_size,
             )
             | "Infer"
-            >> beam.ParDo(_RunPatchModel(self._spec, self._patch_px, self._run_id)).with_outputs(
-                DEAD_LETTER, main="rows"
-            )
+            >> beam.ParDo(
+                _RunPatchModel(self._spec, self._patch_px, self._run_id, self._guard)
+            ).with_outputs(DEAD_LETTER, main="rows")
         )
         return {"rows": out.rows, DEAD_LETTER: out[DEAD_LETTER]}

@@ -91,6 +91,8 @@ class ModelSpec:
     class_names: tuple[str, ...] = ()
     embedding_key: str = "auto"
     input: str = "rgb"
+    precision: str = "fp32"
+    """fp32, bf16, fp16 or auto (``precision.py``)."""
     patch_px: int | None = None
     """The model's own patch edge (None: the job's ``--patch_px``)."""
     patch_mpp: float | None = None
@@ -112,6 +114,12 @@ class ModelSpec:
             raise ConfigError(f"`patch_px` of {self.name}: between 8 and 8192")
         if self.patch_mpp is not None and not 0 < self.patch_mpp < 1000:
             raise ConfigError(f"`patch_mpp` of {self.name}: a positive micron size")
+        if self.precision not in ("fp32", "bf16", "fp16", "auto"):
+            raise ConfigError(f"`precision` of {self.name}: one of fp32, bf16, fp16, auto")
+        if self.format == "onnx" and self.precision in ("bf16", "fp16"):
+            raise ConfigError(
+                f"`precision` {self.name}={self.precision}: ONNX graphs run as exported (fp32)"
+            )
         if self.input not in INPUTS:
             raise ConfigError(f"`input` of {self.name}: one of {', '.join(INPUTS)}")
         if self.output_kind not in OUTPUT_KINDS:

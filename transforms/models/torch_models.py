@@ -7,10 +7,12 @@ pipeline imports neither.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
 import os
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -47,6 +49,12 @@ class LoadedModel:
         self.device = device
         self.mean = tuple(float(m) for m in mean)
         self.std = tuple(float(s) for s in std)
+        self.precision = "fp32"
+        """What ``forward`` runs in (``precision.py``); set by the loader, lowered to fp32 by
+        the accuracy guard."""
+        self.guard: Any = None
+        """The ``precision.GuardResult`` of this process's first batch, once run."""
+        self.lock = threading.Lock()
 
     def forward(self, pixels: Sequence[np.ndarray]) -> Outputs:
         raise NotImplementedError
@@ -92,7 +100,8 @@ def as_outputs(result: Any) -> Outputs:
 
 
 class TorchModel(LoadedModel):
-    """A ``.pt2`` program or a ``state_dict`` in its class: ``module(x)``."""
+    """A ``.pt2`` program or a ``state_dict`` in its class: ``module(x)``, under an autocast
+    when its precision is reduced (outputs are float32 either way)."""
 
     def __init__(self, module: Any, device: str, mean: Sequence[float], std: Sequence[float]):
         super().__init__(device, mean, std)
@@ -101,18 +110,26 @@ class TorchModel(LoadedModel):
     def forward(self, pixels: Sequence[np.ndarray]) -> Outputs:
         import torch
 
-        with torch.inference_mode():
-            return as_outputs(self.module(preprocess(pixels, self)))
+        with torch.inference_mode(), self._autocast():
+            return as_outputs(self.call(preprocess(pixels, self)))
+
+    def call(self, batch: Any) -> Any:
+        return self.module(batch)
+
+    def _autocast(self) -> Any:
+        import torch
+
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device, dtype=dtype)
 
 
 class HuggingFaceModel(TorchModel):
     """A ``save_pretrained`` vision folder: ``module(pixel_values=x)``."""
 
-    def forward(self, pixels: Sequence[np.ndarray]) -> Outputs:
-        import torch
-
-        with torch.inference_mode():
-            return as_outputs(self.module(pixel_values=preprocess(pixels, self)))
+    def call(self, batch: Any) -> Any:
+        return self.module(pixel_values=batch)
 
 
 def normalisation(spec: ModelSpec, folder: str | None = None) -> tuple[Sequence, Sequence]:

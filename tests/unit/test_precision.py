@@ -1,0 +1,76 @@
+"""Reduced precision: what ``auto`` picks, the accuracy guard passing on a normal model in bf16,
+falling back (or failing, strict) on a model that loses its labels in bf16."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from transforms.core.errors import ConfigError, ModelLoadError
+from transforms.models import precision
+from transforms.models.loading import guarded, load_model, predict
+from transforms.models.precision import GUARD_PATCHES, GuardConfig, resolve
+from transforms.models.spec import ModelSpec
+
+
+def patches(n, px=64, seed=0):
+    """Noise around a brightness that varies from patch to patch (dark to light)."""
+    rng = np.random.default_rng(seed)
+    levels = rng.integers(40, 216, (n, 1, 1, 1))
+    noise = rng.integers(-30, 31, (n, px, px, 3))
+    return list((levels + noise).clip(0, 255).astype(np.uint8))
+
+
+def test_auto_picks_by_device_and_cpu_flags(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
+    assert resolve("auto", "cpu", "pt2") == "bf16"
+    assert resolve("auto", "cuda", "huggingface") == "fp16"
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
+    assert resolve("auto", "cpu", "pt2") == "fp32"
+    assert resolve("auto", "cuda", "onnx") == "fp32"  # ONNX graphs run as exported
+    assert (
+        resolve("bf16", "cpu", "state_dict") == "bf16" and resolve("fp32", "cuda", "pt2") == "fp32"
+    )
+    with pytest.raises(ConfigError, match="ONNX graphs run as exported"):
+        ModelSpec("m", "m.onnx", precision="fp16")
+
+
+def test_this_machine_has_bf16_where_its_cpu_says_so():
+    flags = open("/proc/cpuinfo").read()
+    assert precision.cpu_has_bf16() == ("amx_bf16" in flags or "avx512_bf16" in flags)
+
+
+def run_guard(model, spec, cfg, n=GUARD_PATCHES + 8, batch=8):  # noqa: ANN001
+    out = []
+    data = patches(n)
+    for i in range(0, n, batch):
+        out += guarded(model, data[i : i + batch], spec, None, cfg)
+    return np.stack(out), data
+
+
+def test_the_guard_passes_a_normal_model_in_bf16(tiny_models):
+    spec = ModelSpec("two", tiny_models["two"], precision="bf16")
+    model = load_model(spec)
+    assert model.precision == "bf16"
+    got, data = run_guard(model, spec, GuardConfig())
+    assert model.precision == "bf16" and model.guard.passed
+    assert model.guard.n >= GUARD_PATCHES and model.guard.agreement == 1.0
+    exact = np.stack(predict(load_model(ModelSpec("two", tiny_models["two"])), data, spec))
+    assert np.abs(got - exact).max() <= 0.02 and not np.array_equal(got, exact)  # bf16 ran
+
+
+def test_the_guard_falls_back_to_fp32_on_a_model_that_loses_its_labels(tmp_path):
+    from tests.models_for_tests import LossyInBf16, export_pt2
+
+    uri = export_pt2(LossyInBf16().eval(), str(tmp_path / "lossy.pt2"))
+    spec = ModelSpec("lossy", uri, precision="bf16")
+    model = load_model(spec)
+    got, data = run_guard(model, spec, GuardConfig())
+    assert model.precision == "fp32" and not model.guard.passed
+    assert model.guard.agreement < 0.99
+    exact = np.stack(predict(load_model(ModelSpec("lossy", uri)), data, spec))
+    np.testing.assert_array_equal(got, exact)  # every result is fp32's, the first batch too
+
+    strict = load_model(spec)
+    with pytest.raises(ModelLoadError, match="guard FAILED.*--precision_strict"):
+        run_guard(strict, spec, GuardConfig(strict=True))
