@@ -21,7 +21,7 @@ from pipelines.options import SlideJobConfig, slide_job_config
 from pipelines.preflight import check_slide_inputs
 from pipelines.report import print_report
 from transforms.core.errors import DEAD_LETTER
-from transforms.core.outcome import JudgeRun, Outcome
+from transforms.core.outcome import OUTCOME, JudgeRun, Outcome
 from transforms.core.progress import slide_progress_line
 from transforms.io.destinations import WriteTables, report_dir
 from transforms.io.incremental import SKIPPED, SkipExisting
@@ -44,10 +44,6 @@ from transforms.slides.qupath import ExportQuPath
 from transforms.slides.read_patches import ReadPatches, SplitByGeometry
 from transforms.slides.summaries import SummarizeCases, SummarizeEmbeddings, SummarizeSlides
 from transforms.slides.survey import SLIDE_INFO
-
-OUTCOME = "outcome"
-"""The output of ``build`` that is not a table: the run's ``Outcome`` (inputs and how they
-ended), which ``write`` records."""
 
 
 def build(pipeline: beam.Pipeline, cfg: SlideJobConfig) -> dict[str, beam.PCollection]:
@@ -180,14 +176,14 @@ def write(outputs: dict[str, beam.PCollection], cfg: SlideJobConfig) -> None:
     and its report) once the writes are done."""
     tables = {TABLES[name].name: rows for name, rows in outputs.items() if name in TABLES}
     written = tables | "WriteResults" >> WriteTables(cfg.destination, cfg.run)
+    if cfg.info is None:  # a config built by hand (tests): nothing to record
+        return
     patches = [outputs[name] for name in KIND_OUTPUTS.values() if name in outputs]
     sections = {"slides": outputs["summaries"]}
     if "cases" in outputs:
         sections["cases"] = outputs["cases"]
-    if cfg.info is None:  # a config built by hand (tests): nothing to record
-        return
     _ = {
-        "outcome": outputs[OUTCOME],
+        OUTCOME: outputs[OUTCOME],
         "tables": tables,
         "written": written,
         "errors": outputs["errors"],

@@ -20,7 +20,7 @@ from pipelines.options import TextJobConfig, text_job_config
 from pipelines.preflight import check_text_inputs
 from pipelines.report import print_text_report
 from transforms.core.errors import DEAD_LETTER
-from transforms.core.outcome import JudgeRun, Outcome
+from transforms.core.outcome import OUTCOME, JudgeRun, Outcome
 from transforms.core.progress import text_progress_line
 from transforms.io.destinations import WriteTables, report_dir
 from transforms.io.incremental import SKIPPED, SkipExisting
@@ -65,15 +65,13 @@ def build(pipeline: beam.Pipeline, cfg: TextJobConfig) -> dict[str, beam.PCollec
     return outputs
 
 
-OUTCOME = "outcome"
-"""The output of ``build`` that is not a table: the run's ``Outcome``, which ``write`` records."""
-
-
 def write(outputs: dict[str, beam.PCollection], cfg: TextJobConfig) -> None:
     """Write every output table to ``cfg.destination``, then record the run (its ``runs`` row
     and its report) once the writes are done."""
     tables = {name: rows for name, rows in outputs.items() if name != OUTCOME}
     written = tables | "WriteResults" >> WriteTables(cfg.destination, cfg.run)
+    if cfg.info is None:  # a config built by hand (tests): nothing to record
+        return
     results = [rows for name, rows in tables.items() if name != ERRORS.name]
     every = results | "AllResultRows" >> beam.Flatten(pipeline=outputs[OUTCOME].pipeline)
     labels = (
@@ -81,10 +79,8 @@ def write(outputs: dict[str, beam.PCollection], cfg: TextJobConfig) -> None:
         | "Labels" >> beam.FlatMap(text_labels)
         | "CountLabels" >> beam.combiners.Count.PerElement()
     )
-    if cfg.info is None:  # a config built by hand (tests): nothing to record
-        return
     _ = {
-        "outcome": outputs[OUTCOME],
+        OUTCOME: outputs[OUTCOME],
         "tables": tables,
         "written": written,
         "errors": outputs[ERRORS.name],

@@ -20,6 +20,11 @@ DEAD_LETTERS = "dead_letters/"
 """Counter-name prefix of the dead letters of one stage: ``dead_letters/<stage>``."""
 
 
+OUTCOME = "outcome"
+"""The key under which a pipeline's ``build`` returns ``JudgeRun``'s ``Outcome`` beside its
+tables; ``write`` records it."""
+
+
 class RunFailedError(PipelineError):
     """More inputs failed than the run allows."""
 

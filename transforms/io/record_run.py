@@ -14,6 +14,7 @@ from typing import Any
 
 import apache_beam as beam
 
+from transforms.core.outcome import OUTCOME
 from transforms.io.run_report import MAX_ROWS
 from transforms.io.runs import RunInfo, record, weights_sha256, write_record
 
@@ -134,7 +135,7 @@ class RecordRun(beam.PTransform):
         self._fn = _Record(info, dest, report_dir)
 
     def expand(self, parts: dict[str, Any]) -> beam.PCollection:
-        pipeline = parts["outcome"].pipeline
+        pipeline = parts[OUTCOME].pipeline
         written = [
             result | f"Done/{name}" >> beam.Map(_none)
             for name, result in parts["written"].items()
@@ -167,7 +168,7 @@ class RecordRun(beam.PTransform):
             | "RecordRun"
             >> beam.ParDo(
                 self._fn,
-                beam.pvalue.AsSingleton(parts["outcome"]),
+                beam.pvalue.AsSingleton(parts[OUTCOME]),
                 beam.pvalue.AsList(all_written),
                 beam.pvalue.AsDict(outputs),
                 beam.pvalue.AsSingleton(dead),
