@@ -114,6 +114,41 @@ COMMON: tuple[Group, ...] = (
                 repeat=True,
             ),
             Flag("require_gpu", "fail worker setup without a CUDA device", False, switch=True),
+            Flag(
+                "precision",
+                "NAME=fp32|bf16|fp16|auto: autocast around the forward pass (auto: fp16 on CUDA, "
+                "bf16 on CPUs with AMX or AVX-512 BF16, else fp32), checked by the accuracy guard",
+                default_of(_MODEL, "precision"),
+                metavar="NAME=PRECISION",
+                repeat=True,
+            ),
+            Flag(
+                "precision_strict",
+                "fail the job when the accuracy guard fails, instead of falling back to fp32",
+                False,
+                switch=True,
+            ),
+            Flag(
+                "guard_min_agreement",
+                "accuracy guard: least share of labels equal to fp32's",
+                str(GuardConfig.min_agreement),
+                float,
+                "SHARE",
+            ),
+            Flag(
+                "guard_max_prob_diff",
+                "accuracy guard: largest probability difference from fp32",
+                str(GuardConfig.max_prob_diff),
+                float,
+                "P",
+            ),
+            Flag(
+                "guard_min_cosine",
+                "accuracy guard: least cosine similarity of an embedding to fp32's",
+                str(GuardConfig.min_cosine),
+                float,
+                "COS",
+            ),
         ),
     ),
     (
@@ -230,39 +265,11 @@ SLIDES: tuple[Group, ...] = (
                 repeat=True,
             ),
             Flag(
-                "precision",
-                "NAME=fp32|bf16|fp16|auto: autocast around the forward pass (auto: fp16 on CUDA, "
-                "bf16 on CPUs with AMX or AVX-512 BF16, else fp32), checked by the accuracy guard",
-                default_of(_MODEL, "precision"),
-                metavar="NAME=PRECISION",
+                "compile",
+                "NAME: torch.compile the model once per worker process, at setup, for batches "
+                "of --max_batch_size (pays off in long jobs: see README)",
+                metavar="NAME",
                 repeat=True,
-            ),
-            Flag(
-                "precision_strict",
-                "fail the job when the accuracy guard fails, instead of falling back to fp32",
-                False,
-                switch=True,
-            ),
-            Flag(
-                "guard_min_agreement",
-                "accuracy guard: least share of labels equal to fp32's",
-                str(GuardConfig.min_agreement),
-                float,
-                "SHARE",
-            ),
-            Flag(
-                "guard_max_prob_diff",
-                "accuracy guard: largest probability difference from fp32",
-                str(GuardConfig.max_prob_diff),
-                float,
-                "P",
-            ),
-            Flag(
-                "guard_min_cosine",
-                "accuracy guard: least cosine similarity of an embedding to fp32's",
-                str(GuardConfig.min_cosine),
-                float,
-                "COS",
             ),
             Flag(
                 "model_patch_px",

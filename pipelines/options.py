@@ -288,11 +288,13 @@ def model_specs(options: PipelineOptions) -> tuple[ModelSpec, ...]:
             "--embedding_key": opts.embedding_key,
             "--model_input": opts.model_input,
             "--model_patch_px": opts.model_patch_px,
-            "--precision": opts.precision,
+            "--precision": common.precision,
             "--model_mpp": opts.model_mpp,
         },
     )
     means, stds, names = by["--model_mean"], by["--model_std"], by["--class_names"]
+    compiled = set(opts.compile)
+    _check_names("--compile", dict.fromkeys(compiled, ""), by["--model"])
     with flags_named():
         return tuple(
             ModelSpec(
@@ -310,6 +312,7 @@ def model_specs(options: PipelineOptions) -> tuple[ModelSpec, ...]:
                     input=by["--model_input"].get(name),
                     patch_px=_number(by["--model_patch_px"], name, int, "--model_patch_px"),
                     precision=by["--precision"].get(name),
+                    compile=name in compiled or None,
                     patch_mpp=_number(by["--model_mpp"], name, float, "--model_mpp"),
                     class_names=(
                         tuple(n.strip() for n in names[name].split(",")) if name in names else None
@@ -329,6 +332,17 @@ def _slide_batching(options: PipelineOptions) -> BatchingConfig:
         return BatchingConfig(
             **given(min_batch_size=opts.min_batch_size, max_batch_size=common.max_batch_size)
         )
+
+
+def _guard(common: InferenceOptions) -> GuardConfig:
+    return GuardConfig(
+        **given(
+            min_agreement=common.guard_min_agreement,
+            max_prob_diff=common.guard_max_prob_diff,
+            min_cosine=common.guard_min_cosine,
+        ),
+        strict=bool(common.precision_strict),
+    )
 
 
 def _failed_fraction(common: InferenceOptions) -> float | None:
@@ -386,14 +400,7 @@ def slide_job_config(options: PipelineOptions) -> SlideJobConfig:
             max_failed_fraction=_failed_fraction(common),
             info=info,
             **given(qupath_min_prob=opts.qupath_min_prob),
-            guard=GuardConfig(
-                **given(
-                    min_agreement=opts.guard_min_agreement,
-                    max_prob_diff=opts.guard_max_prob_diff,
-                    min_cosine=opts.guard_min_cosine,
-                ),
-                strict=bool(opts.precision_strict),
-            ),
+            guard=_guard(common),
         )
 
 
@@ -411,6 +418,7 @@ class TextJobConfig:
     skip_existing: bool
     max_failed_fraction: float | None = None
     info: RunInfo | None = None
+    guard: GuardConfig = GuardConfig()
 
 
 def text_job_config(options: PipelineOptions) -> TextJobConfig:
@@ -420,7 +428,14 @@ def text_job_config(options: PipelineOptions) -> TextJobConfig:
     documents = _source(
         opts.documents, "--documents", options, "a file with doc_id and text columns"
     )
-    by = _per_model(options, {"--task": opts.task, "--model_version": common.model_version})
+    by = _per_model(
+        options,
+        {
+            "--task": opts.task,
+            "--model_version": common.model_version,
+            "--precision": common.precision,
+        },
+    )
     missing = sorted(set(by["--model"]) - set(by["--task"]))
     if missing:
         raise ConfigError(f"--task NAME=TASK is required for {', '.join(missing)}")
@@ -447,7 +462,10 @@ def text_job_config(options: PipelineOptions) -> TextJobConfig:
                 uri,
                 by["--task"][name],
                 require_gpu=common.require_gpu,
-                **given(version=by["--model_version"].get(name)),
+                **given(
+                    version=by["--model_version"].get(name),
+                    precision=by["--precision"].get(name),
+                ),
             )
             for name, uri in by["--model"].items()
         )
@@ -463,6 +481,7 @@ def text_job_config(options: PipelineOptions) -> TextJobConfig:
             run,
             tuple(ModelInfo(m.name, m.version, m.uri, "huggingface", m.task) for m in models),
             "tokens",
+            precision=", ".join(f"{m.name}={m.precision}" for m in models),
         )
         return TextJobConfig(
             documents=documents,
@@ -475,4 +494,5 @@ def text_job_config(options: PipelineOptions) -> TextJobConfig:
             skip_existing=common.skip_existing,
             max_failed_fraction=_failed_fraction(common),
             info=info,
+            guard=_guard(common),
         )

@@ -65,6 +65,14 @@ def show_run(r: dict) -> str:
             f"  model     {m['name']} {m['version']} ({m['output_kind']}, {m['format']}) "
             f"{m['uri']}  sha256 {m['sha256']}"
         )
+    for g in r.get("precision_guard") or []:
+        figures = ", ".join(
+            f"{name.replace('_', ' ')} {g[name]:.4g}"
+            for name in ("label_agreement", "max_prob_diff", "min_cosine")
+            if g.get(name) is not None
+        )
+        verdict = f"kept {g['precision']}" if g["passed"] else "fell back to fp32"
+        out.append(f"  guard     {g['model']}: {verdict} ({g['checked']} checked; {figures})")
     for o in r.get("outputs") or []:
         out.append(f"  table     {o['table_name']}: {o['row_count']} rows")
     for d in r.get("dead_letters") or []:

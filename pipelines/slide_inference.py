@@ -38,6 +38,7 @@ from transforms.io.schemas import (
     SLIDE_SUMMARIES,
 )
 from transforms.models.patch_inference import RunModel
+from transforms.models.precision import GUARD
 from transforms.slides.plan_grid import PlanGridPatches
 from transforms.slides.plan_manifest import PlanManifestPatches
 from transforms.slides.qupath import ExportQuPath
@@ -68,6 +69,7 @@ def build(pipeline: beam.Pipeline, cfg: SlideJobConfig) -> dict[str, beam.PColle
     errors += [planned[DEAD_LETTER], read[DEAD_LETTER]]
     streams = read["patches"] | "SplitByGeometry" >> SplitByGeometry(len(cfg.patch_geometries))
     by_kind: dict[str, list[beam.PCollection]] = {kind: [] for kind in KIND_OUTPUTS}
+    guard = []
     for spec in cfg.models:
         patch_px = cfg.patch_geometries[spec.geometry].patch_px
         inferred = streams[spec.geometry] | f"RunModel/{spec.name}" >> RunModel(
@@ -75,6 +77,7 @@ def build(pipeline: beam.Pipeline, cfg: SlideJobConfig) -> dict[str, beam.PColle
         )
         by_kind[spec.output_kind].append(inferred["rows"])
         errors.append(inferred[DEAD_LETTER])
+        guard.append(inferred[GUARD])
     results = {
         KIND_OUTPUTS[kind]: rows | f"All{KIND_OUTPUTS[kind].title()}" >> beam.Flatten()
         for kind, rows in by_kind.items()
@@ -99,6 +102,7 @@ def build(pipeline: beam.Pipeline, cfg: SlideJobConfig) -> dict[str, beam.PColle
         **results,
         "summaries": summarized["summaries"],
         "errors": errors | "AllErrors" >> beam.Flatten(),
+        GUARD: guard | "AllGuard" >> beam.Flatten(),
     }
     if cfg.group_by:
         outputs["cases"] = outputs["summaries"] | "SummarizeCases" >> SummarizeCases(cfg.group_by)
@@ -189,6 +193,7 @@ def write(outputs: dict[str, beam.PCollection], cfg: SlideJobConfig) -> None:
         "errors": outputs["errors"],
         "units": patches | "AllPatchRows" >> beam.Flatten(),
         "sections": sections,
+        GUARD: outputs[GUARD],
     } | "RecordRun" >> RecordRun(cfg.info, cfg.destination, report_dir(cfg.destination, cfg.run))
 
 

@@ -28,6 +28,7 @@ from transforms.io.manifests import ReadManifest
 from transforms.io.record_run import RecordRun
 from transforms.io.run_report import text_document_row, text_labels
 from transforms.io.schemas import ERRORS, TEXT_EMBEDDINGS, TEXT_ENTITIES, TEXT_LABELS
+from transforms.models.precision import GUARD
 from transforms.text.inference import RunTextModel
 
 TABLES = {
@@ -48,12 +49,14 @@ def build(pipeline: beam.Pipeline, cfg: TextJobConfig) -> dict[str, beam.PCollec
         kept = rows | "SkipExisting" >> SkipExisting(cfg.destination, "doc_id", done)
         rows, judged["skipped_ids"] = kept["rows"], kept[SKIPPED]
     by_table: dict[str, list[beam.PCollection]] = {}
+    guard = []
     for spec in cfg.models:
         out = rows | f"RunModel/{spec.name}" >> RunTextModel(
-            spec, cfg.windows, cfg.batching, cfg.run.run_id
+            spec, cfg.windows, cfg.batching, cfg.run.run_id, cfg.guard
         )
         by_table.setdefault(TABLES[spec.task].name, []).append(out["rows"])
         errors.append(out[DEAD_LETTER])
+        guard.append(out[GUARD])
     outputs = {
         name: rows | f"All/{name}" >> beam.Flatten() for name, rows in sorted(by_table.items())
     }
@@ -62,13 +65,14 @@ def build(pipeline: beam.Pipeline, cfg: TextJobConfig) -> dict[str, beam.PCollec
     judged["results"] = results | "AllResults" >> beam.Flatten()
     judged["errors"] = outputs[ERRORS.name]
     outputs[OUTCOME] = judged | "JudgeRun" >> JudgeRun("doc_id", cfg.max_failed_fraction)
+    outputs[GUARD] = guard | "AllGuard" >> beam.Flatten(pipeline=pipeline)
     return outputs
 
 
 def write(outputs: dict[str, beam.PCollection], cfg: TextJobConfig) -> None:
     """Write every output table to ``cfg.destination``, then record the run (its ``runs`` row
     and its report) once the writes are done."""
-    tables = {name: rows for name, rows in outputs.items() if name != OUTCOME}
+    tables = {name: rows for name, rows in outputs.items() if name not in (OUTCOME, GUARD)}
     written = tables | "WriteResults" >> WriteTables(cfg.destination, cfg.run)
     if cfg.info is None:  # a config built by hand (tests): nothing to record
         return
@@ -89,6 +93,7 @@ def write(outputs: dict[str, beam.PCollection], cfg: TextJobConfig) -> None:
             "documents": every | "DocumentRows" >> beam.Map(text_document_row),
             "labels": labels,
         },
+        GUARD: outputs[GUARD],
     } | "RecordRun" >> RecordRun(cfg.info, cfg.destination, report_dir(cfg.destination, cfg.run))
 
 

@@ -71,3 +71,80 @@ def test_predictions_equal_a_direct_model_call(tmp_path, cmu1, tiny_models, batc
         direct = torch.softmax(net(x), dim=1).numpy()
     np.testing.assert_allclose(np.stack(rows.probs.to_numpy()), direct, atol=1e-5, rtol=0)
     np.testing.assert_array_equal(rows.label.to_numpy(), direct.argmax(1))
+
+
+def _job(tmp_path, cmu1, spec, batch_size, run_id):  # noqa: ANN001
+    manifest = tmp_path / "slides.csv"
+    manifest.write_text(f"slide_id,uri\ncmu1,{cmu1}\n")
+    cfg = SlideJobConfig(
+        slides=str(manifest),
+        patches=None,
+        models=(spec,),
+        patching=PatchingConfig(patch_px=64, patch_mpp=0.5, min_tissue=0.5),
+        batching=BatchingConfig(batch_size, batch_size),
+        destination=destination(str(tmp_path / run_id), None, None, None, False),
+        skip_existing=False,
+        group_by=None,
+        run=RunStamp(run_id, dt.date(2026, 1, 1)),
+        heatmaps=False,
+    )
+    run_job(cfg)
+    rows = pd.read_parquet(tmp_path / run_id / "patch_predictions")
+    return rows.sort_values(["x_px", "y_px"]).reset_index(drop=True)
+
+
+def _direct_logits(model_uri: str, cmu1, rows: pd.DataFrame, one_by_one: bool) -> np.ndarray:  # noqa: ANN001
+    slide = tiffslide.TiffSlide(str(cmu1))
+    pixels = np.stack(
+        [
+            slide.read_region((int(r.x_px), int(r.y_px)), 0, (64, 64), as_array=True)
+            for r in rows.itertuples()
+        ]
+    )
+    net = torch.export.load(model_uri).module()
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    with torch.inference_mode():
+        x = (torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255 - mean) / std
+        if one_by_one:
+            return np.concatenate([net(x[i : i + 1]).numpy() for i in range(len(x))])
+        return net(x).numpy()
+
+
+def test_fp32_predictions_are_bit_for_bit_the_plain_model(tmp_path, cmu1, tiny_models):
+    """With --precision fp32 (the default) nothing of the reduced-precision machinery touches
+    the numbers: each patch's probabilities are, bit for bit, the softmax of the plain model's
+    float32 logits for that patch alone (batches of 1, so no batch-size-dependent kernels)."""
+    from transforms.models.outputs import activate
+
+    spec = ModelSpec("two", tiny_models["two"], precision="fp32")
+    rows = _job(tmp_path, cmu1, spec, 1, "fp32")
+    direct = activate(_direct_logits(tiny_models["two"], cmu1, rows, one_by_one=True), "softmax")
+    got = np.stack(rows.probs.to_numpy()).astype(np.float32)
+    assert len(rows) > 100 and got.tobytes() == direct.astype(np.float32).tobytes()
+
+
+def test_a_compiled_model_gives_the_eager_models_predictions(tmp_path, cmu1, tiny_models, caplog):
+    """--compile: one static graph for batches of 7 (partial batches padded, never recompiled),
+    built at setup; its predictions equal the eager model's."""
+    import logging
+
+    caplog.set_level(logging.INFO, logger="transforms.models.handler")
+    spec = ModelSpec("two", tiny_models["two"], compile=True)
+    rows = _job(tmp_path, cmu1, spec, 7, "compiled")
+    assert len(rows) > 100 and len(rows) % 7 != 0  # the last batch was padded
+    direct = torch.softmax(
+        torch.from_numpy(_direct_logits(tiny_models["two"], cmu1, rows, one_by_one=False)), 1
+    ).numpy()
+    np.testing.assert_allclose(np.stack(rows.probs.to_numpy()), direct, atol=1e-5, rtol=0)
+    compiled = [r.getMessage() for r in caplog.records if "compiled in" in r.getMessage()]
+    assert len(compiled) == 1 and compiled[0].startswith(
+        "model two compiled in fp32 for batches of 7"
+    )
+
+
+def test_compile_is_refused_for_onnx(tmp_path):
+    from transforms.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="compile.*onnxruntime"):
+        ModelSpec("seg", str(tmp_path / "m.onnx"), compile=True)

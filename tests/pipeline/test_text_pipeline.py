@@ -103,3 +103,44 @@ def test_padding_stays_under_ten_percent_on_ncbi_sentences(tmp_path, shared_data
     for i, text in enumerate(texts):
         for e in entities.loc[f"s{i}"].entities:
             assert text[e["start_char"] : e["end_char"]] == e["text"]
+
+
+def test_text_models_in_bf16_pass_the_guard_and_keep_their_results(
+    tmp_path, shared_data, minilm, tiny_text_models
+):
+    """--precision NAME=bf16 on the text pipeline: the guard compares the first windows in both
+    precisions, records its figures, and the bf16 results stay close to fp32's."""
+    from pipelines.text_inference import run
+    from transforms.io.destinations import destination as dest_of
+    from transforms.io.runs import read_records
+
+    texts = ncbi_sentences(shared_data)[:80]
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text(
+        "".join(json.dumps({"doc_id": f"s{i}", "text": t}) + "\n" for i, t in enumerate(texts))
+    )
+    models = ["--model", f"emb={minilm}", "--task", "emb=embedding"]
+    models += ["--model", f"ner={tiny_text_models['ner']}", "--task", "ner=token-classification"]
+    out = {}
+    for precision in ("fp32", "bf16"):
+        run(
+            ["--documents", str(docs), *models, "--run_id", precision]
+            + ["--precision", f"emb={precision}", "--precision", f"ner={precision}"]
+            + ["--output", str(tmp_path / precision)]
+        )
+        out[precision] = tmp_path / precision
+    [row] = read_records(dest_of(str(out["bf16"]), None, None, False), "bf16")
+    guard = {g["model"]: g for g in row["precision_guard"]}
+    assert set(guard) == {"emb", "ner"} and all(g["passed"] for g in guard.values())
+    assert guard["emb"]["min_cosine"] >= 0.999 and guard["emb"]["checked"] >= 32
+    assert guard["ner"]["label_agreement"] >= 0.99 and guard["ner"]["max_prob_diff"] <= 0.02
+    [fp32_row] = read_records(dest_of(str(out["fp32"]), None, None, False), "fp32")
+    assert fp32_row["precision_guard"] == []  # nothing to check in fp32
+
+    def vectors(folder):
+        rows = pd.read_parquet(folder / "text_embeddings").sort_values("doc_id")
+        return np.stack(rows.embedding.to_numpy())
+
+    a, b = vectors(out["bf16"]), vectors(out["fp32"])
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    assert len(a) == len(texts) and cos.min() > 0.995 and not np.array_equal(a, b)

@@ -40,7 +40,7 @@ def slide_run(shared_data, tiny_models, tmp_path_factory):
     run(
         ["--slides", str(manifest), "--model", f"two={tiny_models['two']}", "--patch_px", "64"]
         + ["--class_names", "two=stroma,tumour", "--output", str(out), "--run_id", "report-1"]
-        + ["--qupath_min_prob", "0.0"]
+        + ["--qupath_min_prob", "0.0", "--precision", "two=bf16"]
     )
     return out, rows
 
@@ -66,6 +66,11 @@ def test_the_runs_row_of_a_run_with_dead_letters(slide_run, tiny_models):
     assert row["git_commit"] and row["package_version"]
     flags = {f["key"]: f["value"] for f in row["flags"]}
     assert flags["run_id"] == "report-1" and flags["class_names"] == "two=stroma,tumour"
+    # bf16 was checked against fp32 on the first real patches, and the figures recorded
+    [guard] = row["precision_guard"]
+    assert row["precision"] == "two=bf16" and guard["model"] == "two" and guard["passed"]
+    assert guard["precision"] == "bf16" and guard["checked"] >= 32
+    assert guard["label_agreement"] >= 0.99 and 0 < guard["max_prob_diff"] <= 0.02
 
 
 def test_a_failed_run_is_recorded_with_its_error(shared_data, tmp_path):
@@ -208,6 +213,7 @@ def test_the_report_in_a_real_browser(slide_run, tmp_path):
     for error_type in ("FileNotFoundError", "SlideError"):
         assert error_type in seen["text"]
     assert "report-1" in seen["text"] and "succeeded" in seen["text"]
+    assert "accuracy guard" in seen["text"] and "kept bf16" in seen["text"]
     assert seen["images"] >= 3 and seen["broken"] == []  # 2 thumbnails and a heatmap load
     assert seen["screenshot"].stat().st_size > 10_000
     # The folder can be copied: images are referenced by relative paths.

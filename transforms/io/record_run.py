@@ -17,6 +17,7 @@ import apache_beam as beam
 from transforms.core.outcome import OUTCOME
 from transforms.io.run_report import MAX_ROWS
 from transforms.io.runs import RunInfo, record, weights_sha256, write_record
+from transforms.models.precision import GUARD, per_model
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ class _Record(beam.DoFn):
         dead: dict,
         units_done: int,
         sections: dict[str, list],
+        guard: list[dict],
     ) -> Iterator[dict]:
         sha256 = {}
         for model in self._info.models:
@@ -92,6 +94,7 @@ class _Record(beam.DoFn):
                 for (stage, kind), (n, examples) in sorted(dead.items())
             ],
             "units_done": units_done,
+            "precision_guard": per_model(guard),
         }
         report_uri = f"{self._report_dir}/index.html" if self._report_dir else None
         row = record(
@@ -127,7 +130,7 @@ class RecordRun(beam.PTransform):
     ``outcome``: ``JudgeRun``'s; ``tables``: {table name: rows} (counted); ``written``: {name:
     write result} (waited for); ``errors``: every dead letter; ``units``: the result rows whose
     patches or tokens (``units_of``) make ``units_done``; ``sections``: {name: small rows} the
-    report shows (slide summaries, ...).
+    report shows (slide summaries, ...); ``GUARD`` (optional): the accuracy guard's rows.
     """
 
     def __init__(self, info: RunInfo, dest: Any, report_dir: str | None) -> None:
@@ -162,6 +165,7 @@ class RecordRun(beam.PTransform):
             for name, rows in parts["sections"].items()
         ]
         all_sections = sections | "AllSections" >> beam.Flatten(pipeline=pipeline)
+        guard = parts[GUARD] if GUARD in parts else pipeline | "NoGuard" >> beam.Create([])
         return (
             pipeline
             | "Once" >> beam.Create([None])
@@ -174,5 +178,6 @@ class RecordRun(beam.PTransform):
                 beam.pvalue.AsSingleton(dead),
                 beam.pvalue.AsSingleton(units),
                 beam.pvalue.AsDict(all_sections),
+                beam.pvalue.AsList(guard),
             )
         )

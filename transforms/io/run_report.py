@@ -87,7 +87,35 @@ def _record(row: dict) -> str:
 </dl>
 <h2>Models</h2>
 <table><tr><th>name</th><th>version</th><th>output</th><th>format</th><th>URI</th>
-<th>sha256</th></tr>{models}</table>"""
+<th>sha256</th></tr>{models}</table>{_guard(row.get("precision_guard") or [])}"""
+
+
+def _guard(rows: list[dict]) -> str:
+    """The accuracy guard's figures per model (reduced precision only)."""
+    if not rows:
+        return ""
+
+    def figure(value: float | None) -> str:
+        return "–" if value is None else f"{value:.4g}"
+
+    body = "".join(
+        f"<tr><td>{e(g['model'])}</td><td>{e(g['precision'])}</td>"
+        f"<td class=num>{e(g['checked'])}</td><td class=num>{figure(g['label_agreement'])}</td>"
+        f"<td class=num>{figure(g['max_prob_diff'])}</td>"
+        f"<td class=num>{figure(g['min_cosine'])}</td>"
+        + (
+            f'<td class="ok">kept {e(g["precision"])}</td></tr>'
+            if g["passed"]
+            else '<td class="failed">fell back to fp32</td></tr>'
+        )
+        for g in rows
+    )
+    return (
+        "<h2>Reduced precision: the accuracy guard</h2><p>Each worker process ran its first "
+        "inputs in both precisions and compared them.</p><table><tr><th>model</th>"
+        "<th>precision</th><th>inputs checked</th><th>label agreement</th>"
+        "<th>max prob diff</th><th>min cosine</th><th>verdict</th></tr>" + body + "</table>"
+    )
 
 
 def _when(value: Any) -> str:

@@ -141,7 +141,7 @@ def record(
 ) -> dict[str, Any]:
     """One ``runs`` row. ``counts``: ``inputs``, ``inputs_with_results``, ``inputs_skipped``,
     ``inputs_failed``, ``outputs`` ({table: rows}), ``dead_letters`` ([(stage, type, n,
-    example)]), ``units_done``."""
+    example)]), ``units_done``, ``precision_guard`` ([``precision.GuardResult``], one a model)."""
     counts = counts or {}
     wall = (finished_at - info.started_at).total_seconds() if finished_at else None
     units_done = counts.get("units_done")
@@ -160,6 +160,18 @@ def record(
         "runner": info.runner,
         "device": device,
         "precision": info.precision,
+        "precision_guard": [
+            {
+                "model": g.model,
+                "precision": g.precision,
+                "checked": g.n,
+                "label_agreement": g.agreement,
+                "max_prob_diff": g.max_prob_diff,
+                "min_cosine": g.min_cosine,
+                "passed": g.passed,
+            }
+            for g in counts.get("precision_guard", [])
+        ],
         "models": [
             {
                 "name": m.name,

@@ -274,7 +274,22 @@ RUNS = Table(
         Column(
             "precision",
             "STRING",
-            description="asked per model (the guard may lower it; see the log)",
+            description="asked per model (the guard may lower it: precision_guard)",
+        ),
+        Column(
+            "precision_guard",
+            "RECORD",
+            "REPEATED",
+            (
+                Column("model", "STRING", "REQUIRED"),
+                Column("precision", "STRING", "REQUIRED", description="the reduced one checked"),
+                Column("checked", "INT64", description="inputs run in both precisions"),
+                Column("label_agreement", "FLOAT64"),
+                Column("max_prob_diff", "FLOAT64"),
+                Column("min_cosine", "FLOAT64"),
+                Column("passed", "BOOL", description="false: workers fell back to fp32"),
+            ),
+            "the accuracy guard's figures per model, over every worker process",
         ),
         Column(
             "models",

@@ -7,6 +7,8 @@ this handler inside its DoFn's ``setup()``.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,13 +16,15 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from transforms.core.errors import ModelLoadError
-from transforms.models.loading import guarded, load_model, model_input, predict
+from transforms.models.loading import compile_model, guarded, load_model, model_input, predict
 from transforms.models.precision import GuardConfig
 from transforms.models.spec import ModelSpec
 from transforms.models.torch_models import LoadedModel
 from transforms.slides.stains import reference_basis
 from transforms.slides.survey import SlideAppearance
 from transforms.slides.tissue import TissueRule
+
+_LOG = logging.getLogger(__name__)
 
 
 class PatchModelHandler(ModelHandler):
@@ -40,18 +44,24 @@ class PatchModelHandler(ModelHandler):
         guard: GuardConfig | None = None,
     ) -> None:
         super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size)
+        self._max_batch_size = max_batch_size
         self.spec = spec
         self.patch_px = patch_px
         self.guard = guard or GuardConfig()
 
     def load_model(self) -> LoadedModel:
         """Load the model and check it takes ``patch_px`` patches, so a mismatch fails the job
-        at setup instead of turning every patch into a dead letter."""
+        at setup instead of turning every patch into a dead letter. A compiled model
+        (``--compile``) compiles here, once per process, in its precision and in fp32 (which
+        its accuracy guard runs too)."""
         model = load_model(self.spec)
         blank = np.zeros((self.patch_px, self.patch_px, 3), np.uint8)
         try:
             check = SlideAppearance(TissueRule("brightfield", 0.0), reference_basis())
-            predict(model, [model_input(blank, check, self.spec)], self.spec)
+            patch = [model_input(blank, check, self.spec)]
+            if self.spec.compile:
+                self._compile(model, patch)
+            predict(model, patch, self.spec)
         except Exception as exc:
             raise ModelLoadError(
                 f"model {self.spec.name!r} from {self.spec.uri} fails on a "
@@ -59,6 +69,26 @@ class PatchModelHandler(ModelHandler):
                 f"{type(exc).__name__}: {exc}"
             ) from exc
         return model
+
+    def _compile(self, model: LoadedModel, patch: list[np.ndarray]) -> None:
+        """Compile ``model`` and build its graphs: one in its precision, one in fp32 when that
+        is reduced (the accuracy guard runs both)."""
+        compile_model(model, self._max_batch_size)
+        precision = model.precision
+        try:
+            for each in dict.fromkeys((precision, "fp32")):
+                model.precision = each
+                started = time.monotonic()
+                predict(model, patch, self.spec)
+                _LOG.info(
+                    "model %s compiled in %s for batches of %d in %.1f s",
+                    self.spec.name,
+                    model.precision,
+                    self._max_batch_size,
+                    time.monotonic() - started,
+                )
+        finally:
+            model.precision = precision
 
     def run_inference(
         self, batch: Sequence[Any], model: LoadedModel, inference_args: dict | None = None

@@ -14,12 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from transforms.core import progress
 from transforms.core.errors import ModelLoadError, SlideError
 from transforms.models.outputs import model_outputs
-from transforms.models.precision import GUARD_PATCHES, GuardConfig, compare, merge, resolve
+from transforms.models.precision import GuardConfig, resolve, run_guarded
 from transforms.models.spec import ModelSpec
-from transforms.models.torch_models import LoadedModel, select_device
+from transforms.models.torch_models import LoadedModel, TorchModel, select_device
 from transforms.slides.stains import eho
 
 _LOG = logging.getLogger(__name__)
@@ -56,6 +55,13 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     return model
 
 
+def compile_model(model: LoadedModel, batch_size: int) -> None:
+    """``torch.compile`` a torch model for batches of ``batch_size`` (``TorchModel.compile``)."""
+    if not isinstance(model, TorchModel):
+        raise ModelLoadError(f"{type(model).__name__} cannot be compiled")
+    model.compile(batch_size)
+
+
 def guarded(
     model: LoadedModel,
     pixels: Sequence[np.ndarray],
@@ -63,31 +69,10 @@ def guarded(
     tissue: Sequence[np.ndarray | None] | None,
     cfg: GuardConfig,
 ) -> list:
-    """``predict``, checking reduced precision on the process's first ``GUARD_PATCHES`` real
-    patches (``precision.py``): each of their batches runs in both precisions and is compared;
-    a failing batch turns the process to fp32 (or fails the job, with ``strict``)."""
-    if model.precision == "fp32" or (model.guard is not None and model.guard.n >= GUARD_PATCHES):
-        return predict(model, pixels, spec, tissue)
-    with model.lock:
-        if model.precision == "fp32" or (model.guard and model.guard.n >= GUARD_PATCHES):
-            return predict(model, pixels, spec, tissue)
-        reduced = predict(model, pixels, spec, tissue)
-        precision, model.precision = model.precision, "fp32"
-        exact = predict(model, pixels, spec, tissue)
-        result = merge(model.guard, compare(spec.output_kind, reduced, exact, precision, cfg))
-        model.guard = result
-        if result.passed:
-            model.precision = precision
-            if result.n >= GUARD_PATCHES:
-                _LOG.info("model %s: %s", spec.name, result.describe())
-            return reduced
-        progress.count("precision_fallbacks")
-        if cfg.strict:
-            raise ModelLoadError(
-                f"model {spec.name!r}: {result.describe()}; --precision_strict is set"
-            )
-        _LOG.warning("model %s falls back to fp32: %s", spec.name, result.describe())
-        return exact
+    """``predict``, with reduced precision checked by the accuracy guard (``precision.py``)."""
+    return run_guarded(
+        model, lambda: predict(model, pixels, spec, tissue), spec.output_kind, spec.name, cfg
+    )
 
 
 def model_input(pixels: np.ndarray, appearance: Any, spec: ModelSpec) -> np.ndarray:

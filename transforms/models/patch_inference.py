@@ -20,6 +20,7 @@ import numpy as np
 
 from transforms.core import progress
 from transforms.core.errors import DEAD_LETTER, ConfigError, dead_letter
+from transforms.models.precision import GUARD
 from transforms.models.runner import ModelRunner
 from transforms.models.spec import ModelSpec
 
@@ -109,18 +110,23 @@ def _patch_input(patch: Any, spec: ModelSpec) -> dict:
 class _RunPatchModel(ModelRunner):
     """A batch of ``Patch`` -> result rows, and a dead letter per patch that failed."""
 
-    def __init__(self, spec: ModelSpec, patch_px: int, run_id: str, guard: Any = None) -> None:
+    def __init__(
+        self, spec: ModelSpec, patch_px: int, run_id: str, guard: Any, max_batch_size: int
+    ) -> None:
         super().__init__(spec.name, spec.shared_tag)
         self._spec = spec
         self._patch_px = patch_px
         self._run_id = run_id
         self._guard = guard
+        self._max_batch_size = max_batch_size
         self._handler: Any = None
 
     def setup(self) -> None:
         from transforms.models.handler import PatchModelHandler  # imports torch
 
-        self._handler = PatchModelHandler(self._spec, self._patch_px, guard=self._guard)
+        self._handler = PatchModelHandler(
+            self._spec, self._patch_px, max_batch_size=self._max_batch_size, guard=self._guard
+        )
         super().setup()  # loads once per process; a failure fails the job, naming the model
 
     def load(self) -> Any:
@@ -145,12 +151,14 @@ class _RunPatchModel(ModelRunner):
             inferred += 1
             yield row(patch, result, self._spec, self._run_id)
         progress.count("patches_inferred", inferred)
+        yield from self.guard_outputs()
 
 
 class RunModel(beam.PTransform):
     """Patches -> result rows of one model (its output kind's table).
 
-    In: ``Patch``. Out: a dict with ``rows`` and ``DEAD_LETTER`` rows.
+    In: ``Patch``. Out: a dict with ``rows``, ``DEAD_LETTER`` rows and the accuracy guard's
+    ``GUARD`` rows.
     """
 
     def __init__(
@@ -178,7 +186,13 @@ class RunModel(beam.PTransform):
             )
             | "Infer"
             >> beam.ParDo(
-                _RunPatchModel(self._spec, self._patch_px, self._run_id, self._guard)
-            ).with_outputs(DEAD_LETTER, main="rows")
+                _RunPatchModel(
+                    self._spec,
+                    self._patch_px,
+                    self._run_id,
+                    self._guard,
+                    self._batching.max_batch_size,
+                )
+            ).with_outputs(DEAD_LETTER, GUARD, main="rows")
         )
-        return {"rows": out.rows, DEAD_LETTER: out[DEAD_LETTER]}
+        return {"rows": out.rows, DEAD_LETTER: out[DEAD_LETTER], GUARD: out[GUARD]}

@@ -19,6 +19,7 @@ from apache_beam.utils.shared import Shared
 
 from transforms.core.bisection import Outcome, SplittingRunner
 from transforms.core.errors import ModelOutputError
+from transforms.models.precision import GUARD, guard_row
 
 MAX_BATCH = 4096
 """Largest batch handed to a model at once; out-of-memory errors lower it per process."""
@@ -60,6 +61,12 @@ class ModelRunner(beam.DoFn):
                 )
                 output = None
             yield element, output, error
+
+    def guard_outputs(self) -> Iterator[Any]:
+        """The accuracy guard's figures of the batches guarded since the last call, as rows of
+        the ``GUARD`` output (``precision.py``): the run record collects them."""
+        for result in self._model.take_guard_batches():
+            yield beam.pvalue.TaggedOutput(GUARD, guard_row(result))
 
 
 def _preview(output: Any) -> str:

@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass
 
 from transforms.core.errors import ConfigError
+from transforms.models.precision import check_precision
 
 MODEL_NAME_PATTERN = r"[A-Za-z][A-Za-z0-9_]{0,62}"
 """A model name starts with a letter and holds letters, digits and underscores, at most 63: it
@@ -93,6 +94,8 @@ class ModelSpec:
     input: str = "rgb"
     precision: str = "fp32"
     """fp32, bf16, fp16 or auto (``precision.py``)."""
+    compile: bool = False
+    """``torch.compile`` the model at load, for batches of a fixed size (``torch_models``)."""
     patch_px: int | None = None
     """The model's own patch edge (None: the job's ``--patch_px``)."""
     patch_mpp: float | None = None
@@ -114,11 +117,11 @@ class ModelSpec:
             raise ConfigError(f"`patch_px` of {self.name}: between 8 and 8192")
         if self.patch_mpp is not None and not 0 < self.patch_mpp < 1000:
             raise ConfigError(f"`patch_mpp` of {self.name}: a positive micron size")
-        if self.precision not in ("fp32", "bf16", "fp16", "auto"):
-            raise ConfigError(f"`precision` of {self.name}: one of fp32, bf16, fp16, auto")
-        if self.format == "onnx" and self.precision in ("bf16", "fp16"):
+        check_precision(self.name, self.precision, self.format)
+        if self.compile and self.format == "onnx":
             raise ConfigError(
-                f"`precision` {self.name}={self.precision}: ONNX graphs run as exported (fp32)"
+                f"`compile` {self.name}: ONNX graphs are optimised by onnxruntime itself; "
+                "compile applies to .pt2, state_dict and Hugging Face models"
             )
         if self.input not in INPUTS:
             raise ConfigError(f"`input` of {self.name}: one of {', '.join(INPUTS)}")

@@ -10,6 +10,7 @@ import apache_beam as beam
 
 from transforms.core import progress
 from transforms.core.errors import DEAD_LETTER
+from transforms.models.precision import GUARD, GuardConfig, run_guarded
 from transforms.models.runner import ModelRunner
 from transforms.text.batching import SortAndBatchByTokens, TokenBatchingConfig
 from transforms.text.merge import MergeWindows, RouteByWindows
@@ -20,9 +21,10 @@ from transforms.text.windows import TextWindow, TokenizeDocument, WindowConfig, 
 class _RunTextModel(ModelRunner):
     """A batch of windows -> new windows with ``output`` (or ``error``) filled in."""
 
-    def __init__(self, spec: TextModelSpec) -> None:
+    def __init__(self, spec: TextModelSpec, guard: GuardConfig) -> None:
         super().__init__(spec.name, spec.shared_tag)
         self._spec = spec
+        self._guard = guard
         self._labels: list[str] = []
 
     def load(self) -> Any:
@@ -38,7 +40,11 @@ class _RunTextModel(ModelRunner):
     def infer(self, model: Any, batch: list[TextWindow]) -> list[Any]:
         from transforms.text.models import forward
 
-        return forward(model, [w.ids for w in batch])
+        ids = [w.ids for w in batch]
+        spec = self._spec
+        return run_guarded(
+            model, lambda: forward(model, ids), spec.guard_kind, spec.name, self._guard
+        )
 
     def process(self, batch: Sequence[TextWindow]) -> Iterator[TextWindow]:
         for window, out, error in self.outcomes(batch):
@@ -48,30 +54,41 @@ class _RunTextModel(ModelRunner):
             else:
                 yield dataclasses.replace(window, output=out, labels=self._labels)
         progress.count("windows_inferred", len(batch))
+        yield from self.guard_outputs()
 
 
 class RunTextModel(beam.PTransform):
     """Document rows -> rows of the task's table for one model.
 
-    Out: a dict with ``rows`` and ``DEAD_LETTER`` rows.
+    Out: a dict with ``rows``, ``DEAD_LETTER`` rows and the accuracy guard's ``GUARD`` rows.
     """
 
     def __init__(
-        self, spec: TextModelSpec, windows: WindowConfig, batching: TokenBatchingConfig, run_id: str
+        self,
+        spec: TextModelSpec,
+        windows: WindowConfig,
+        batching: TokenBatchingConfig,
+        run_id: str,
+        guard: GuardConfig | None = None,
     ) -> None:
         super().__init__()
         self._spec, self._windows, self._batching, self._run_id = spec, windows, batching, run_id
+        self._guard = guard or GuardConfig()
 
     def expand(self, docs: beam.PCollection) -> dict[str, beam.PCollection]:
         tokenized = docs | "Tokenize" >> beam.ParDo(
             TokenizeDocument(self._spec, self._windows)
         ).with_outputs(DEAD_LETTER, main="windows")
-        routed = (
+        inferred = (
             tokenized.windows
             | "SortAndBatch" >> SortAndBatchByTokens(self._batching, window_length)
-            | "Infer" >> beam.ParDo(_RunTextModel(self._spec))
-            | "RouteByWindows"
-            >> beam.ParDo(RouteByWindows()).with_outputs(RouteByWindows.MULTI, main="single")
+            | "Infer"
+            >> beam.ParDo(_RunTextModel(self._spec, self._guard)).with_outputs(
+                GUARD, main="windows"
+            )
+        )
+        routed = inferred.windows | "RouteByWindows" >> beam.ParDo(RouteByWindows()).with_outputs(
+            RouteByWindows.MULTI, main="single"
         )
         grouped = routed[RouteByWindows.MULTI] | "GroupWindows" >> beam.GroupByKey()
         merged = (
@@ -83,4 +100,4 @@ class RunTextModel(beam.PTransform):
             )
         )
         errors = (tokenized[DEAD_LETTER], merged[DEAD_LETTER]) | "Errors" >> beam.Flatten()
-        return {"rows": merged.rows, DEAD_LETTER: errors}
+        return {"rows": merged.rows, DEAD_LETTER: errors, GUARD: inferred[GUARD]}

@@ -15,6 +15,7 @@ import numpy as np
 
 from transforms.core.errors import ConfigError, ModelLoadError
 from transforms.models.local_copy import local_folder
+from transforms.models.precision import Guarded, autocast, check_precision, resolve
 from transforms.models.spec import check_model_name
 from transforms.models.torch_models import huggingface_offline
 
@@ -30,21 +31,32 @@ class TextModelSpec:
     task: str
     version: str = "unversioned"
     require_gpu: bool = False
+    precision: str = "fp32"
+    """fp32, bf16, fp16 or auto (``transforms.models.precision``)."""
 
     def __post_init__(self) -> None:
         check_model_name(self.name)
         if self.task not in TASKS:
             raise ConfigError(f"`task` {self.name}={self.task}: one of {', '.join(TASKS)}")
+        check_precision(self.name, self.precision, "huggingface")
+
+    @property
+    def guard_kind(self) -> str:
+        """What the accuracy guard compares (``precision.compare``)."""
+        return "text-embedding" if self.task == "embedding" else self.task
 
     @property
     def shared_tag(self) -> str:
         return f"{self.name}|{self.version}|{self.uri}|{self.task}"
 
 
-class LoadedTextModel:
-    """Tokenizer, model and device (a plain object, so ``Shared`` can hold a weak reference)."""
+class LoadedTextModel(Guarded):
+    """Tokenizer, model, device and precision (a plain object, so ``Shared`` can hold a weak
+    reference)."""
 
     def __init__(self, tokenizer: Any, model: Any, device: str, spec: TextModelSpec) -> None:
+        super().__init__()
+        self.precision = resolve(spec.precision, device, "huggingface")
         self.tokenizer = tokenizer
         self.model = model
         self.device = device
@@ -122,7 +134,8 @@ def forward(loaded: LoadedTextModel, windows: Sequence[list[int]]) -> list[np.nd
         mask[i, : len(w)] = 1
     ids, mask = ids.to(loaded.device), mask.to(loaded.device)
     with torch.inference_mode():
-        out = loaded.model(input_ids=ids, attention_mask=mask)
+        with autocast(loaded.device, loaded.precision):
+            out = loaded.model(input_ids=ids, attention_mask=mask)
         task = loaded.spec.task
         if task == "embedding":
             hidden = out.last_hidden_state.float()
