@@ -63,8 +63,16 @@ def make_slide(width: int, height: int, seed: int, mask_downsample: int = 16) ->
     return SyntheticSlide(rgb, tissue, tumour, mask_downsample)
 
 
-def write_svs(path: str, rgb: np.ndarray, mpp: float, tile: int = 256, levels: int = 3) -> None:
-    """Write an Aperio-style pyramid: tiled JPEG levels at 1, 4, 16, ... with MPP in the text."""
+def write_svs(
+    path: str,
+    rgb: np.ndarray,
+    mpp: float,
+    tile: int = 256,
+    levels: int = 3,
+    compression: str = "jpeg",
+) -> None:
+    """Write an Aperio-style pyramid: tiled levels at 1, 4, 16, ... with MPP in the text;
+    ``compression`` ``jpeg`` (quality 90) or ``jpeg2000`` (40 dB PSNR, as lossy as a scanner's)."""
     import tifffile
     from PIL import Image
 
@@ -74,8 +82,22 @@ def write_svs(path: str, rgb: np.ndarray, mpp: float, tile: int = 256, levels: i
         f"({tile}x{tile}) JPEG/RGB Q=90|AppMag = 20|MPP = {mpp}|Filename = synthetic"
     )
     with tifffile.TiffWriter(path, bigtiff=False) as tif:
-        opts = {"photometric": "rgb", "compression": "jpeg", "compressionargs": {"level": 90}}
-        tif.write(rgb, tile=(tile, tile), description=desc, subfiletype=0, **opts)
+        level = 90 if compression == "jpeg" else 40
+        opts = {
+            "photometric": "rgb",
+            "compression": compression,
+            "compressionargs": {"level": level},
+        }
+        per_cm = (1e4 / mpp, 1e4 / mpp)  # as scanners write them: readers that skip the text
+        tif.write(
+            rgb,
+            tile=(tile, tile),
+            description=desc,
+            subfiletype=0,
+            resolution=per_cm,
+            resolutionunit="CENTIMETER",
+            **opts,
+        )
         thumb = np.asarray(Image.fromarray(rgb).resize((max(1, width // 32), max(1, height // 32))))
         tif.write(
             thumb,
