@@ -6,6 +6,7 @@ tiffslide reads from any fsspec URL, fetching only the byte ranges of the tiles 
 from __future__ import annotations
 
 import math
+import threading
 import warnings
 from typing import Any
 
@@ -13,6 +14,7 @@ import numpy as np
 
 from transforms.core.errors import SlideError, UnsupportedFormatError
 from transforms.core.remote_io import open_remote_file
+from transforms.slides.tiles import read_tiled
 
 # tiffslide warns on every NDPI metadata read that its Hamamatsu parsing is partial; MPP and
 # levels, all this project reads, are parsed.
@@ -65,8 +67,21 @@ class TiffSlideFile:
             for tile, dims in zip(self.declared_tiles, self.level_dimensions, strict=True)
         )
         self.file_mpp = _file_mpp(props)
+        self._lock = threading.Lock()
+
+    def _first_page(self, level: int) -> Any:
+        try:
+            return self._slide.ts_tifffile.series[0].levels[level].keyframe
+        except (AttributeError, IndexError):
+            return None
 
     def read(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """Tiled levels decode their tiles in parallel (``tiles.py``); others via tiffslide."""
+        page = self._first_page(level)
+        if page is not None:
+            block = read_tiled(page, self.level_dimensions[level], (x, y, w, h), self._lock)
+            if block is not None:
+                return block
         ds = self.level_downsamples[level]
         # tiffslide takes a level-0 location and divides by the downsample, flooring; the
         # ceiling of the product maps back to exactly (x, y) for any downsample >= 1.
@@ -74,8 +89,8 @@ class TiffSlideFile:
         return np.asarray(self._slide.read_region(loc, level, (w, h), as_array=True))
 
     def compressed_bytes(self, level: int, region: tuple[int, int, int, int]) -> int:
+        page = self._first_page(level)
         try:
-            page = self._slide.ts_tifffile.series[0].levels[level].keyframe
             counts = page.databytecounts
             tw, th = page.tilewidth or page.imagewidth, page.tilelength or page.rowsperstrip
             across = -(-page.imagewidth // tw)
