@@ -52,8 +52,7 @@ class PatchModelHandler(ModelHandler):
     def load_model(self) -> LoadedModel:
         """Load the model and check it takes ``patch_px`` patches, so a mismatch fails the job
         at setup instead of turning every patch into a dead letter. A compiled model
-        (``--compile``) compiles here, once per process, in its precision and in fp32 (which
-        its accuracy guard runs too)."""
+        (``--compile``) compiles here, once per process."""
         model = load_model(self.spec)
         blank = np.zeros((self.patch_px, self.patch_px, 3), np.uint8)
         try:
@@ -71,24 +70,17 @@ class PatchModelHandler(ModelHandler):
         return model
 
     def _compile(self, model: LoadedModel, patch: list[np.ndarray]) -> None:
-        """Compile ``model`` and build its graphs: one in its precision, one in fp32 when that
-        is reduced (the accuracy guard runs both)."""
+        """Compile ``model`` for its precision and build the graph now, at setup."""
         compile_model(model, self._max_batch_size)
-        precision = model.precision
-        try:
-            for each in dict.fromkeys((precision, "fp32")):
-                model.precision = each
-                started = time.monotonic()
-                predict(model, patch, self.spec)
-                _LOG.info(
-                    "model %s compiled in %s for batches of %d in %.1f s",
-                    self.spec.name,
-                    model.precision,
-                    self._max_batch_size,
-                    time.monotonic() - started,
-                )
-        finally:
-            model.precision = precision
+        started = time.monotonic()
+        predict(model, patch, self.spec)
+        _LOG.info(
+            "model %s compiled in %s for batches of %d in %.1f s",
+            self.spec.name,
+            model.precision,
+            self._max_batch_size,
+            time.monotonic() - started,
+        )
 
     def run_inference(
         self, batch: Sequence[Any], model: LoadedModel, inference_args: dict | None = None

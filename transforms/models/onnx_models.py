@@ -18,7 +18,7 @@ from transforms.core.errors import ModelLoadError
 from transforms.models.local_copy import local_copy_with
 from transforms.models.outputs import Outputs
 from transforms.models.spec import ModelSpec
-from transforms.models.torch_models import LoadedModel, normalisation
+from transforms.models.torch_models import LoadedModel, in_fixed_batches, normalisation
 
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
@@ -52,17 +52,15 @@ class OnnxModel(LoadedModel):
 
     def forward(self, pixels: Sequence[np.ndarray]) -> Outputs:
         x = self.normalised(pixels)
-        step = self.fixed_batch or len(x)
-        parts = []
-        for i in range(0, len(x), step):
-            chunk = x[i : i + step]
-            short = step - len(chunk)  # a fixed-batch graph: pad the last chunk, drop the pad
-            if short:
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], short, axis=0)])
-            parts.append([np.asarray(o, np.float32)[: step - short] for o in self._run(chunk)])
-        return {
-            name: np.concatenate([p[k] for p in parts]) for k, name in enumerate(self.output_names)
-        }
+        return in_fixed_batches(
+            x,
+            self.fixed_batch or len(x),
+            lambda chunk: {
+                name: np.asarray(o, np.float32)
+                for name, o in zip(self.output_names, self._run(chunk), strict=True)
+            },
+            lambda chunk, short: np.concatenate([chunk, np.repeat(chunk[-1:], short, axis=0)]),
+        )
 
     def _run(self, batch: np.ndarray) -> list:
         return self.session.run(None, {self.input_name: batch})

@@ -11,7 +11,7 @@ import importlib
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -62,6 +62,21 @@ class LoadedModel(Guarded):
         return (batch - mean) / std
 
 
+def in_fixed_batches(
+    batch: Any, size: int, run: Callable[[Any], Outputs], pad: Callable[[Any, int], Any]
+) -> Outputs:
+    """``run`` over ``batch`` in chunks of exactly ``size`` (a graph built for one batch size):
+    the last chunk is padded by ``pad(chunk, short)`` and its pad dropped from every output."""
+    parts = []
+    for i in range(0, len(batch), size):
+        chunk = batch[i : i + size]
+        n = len(chunk)
+        if n < size:
+            chunk = pad(chunk, size - n)
+        parts.append({name: value[:n] for name, value in run(chunk).items()})
+    return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+
 def preprocess(pixels: Sequence[np.ndarray], model: LoadedModel) -> Any:
     """Stack uint8 patches into a normalised ``N x 3 x H x W`` float tensor on the model's
     device (the uint8 batch is what crosses to a GPU: a quarter of the bytes of float32)."""
@@ -101,50 +116,46 @@ class TorchModel(LoadedModel):
     def __init__(self, module: Any, device: str, mean: Sequence[float], std: Sequence[float]):
         super().__init__(device, mean, std)
         self.module = module
-        self.fixed_batch: int | None = None
-        """With ``compile``: the one batch size the compiled graph takes."""
+        self.compiled: Any = None
+        """With ``compile``: the compiled module, for ``compiled_for`` and ``fixed_batch``."""
+        self.compiled_for = ""
+        self.fixed_batch = 0
 
     def compile(self, batch_size: int) -> None:
-        """``torch.compile`` the module for batches of exactly ``batch_size``: smaller batches
-        are padded with zeros and larger ones split, so each precision compiles one static
-        graph (at its first call, which ``PatchModelHandler.load_model`` makes at setup) and
-        nothing recompiles per bundle. A dynamic-shape graph ran 20x slower on this CPU."""
+        """``torch.compile`` the module for the model's precision and batches of exactly
+        ``batch_size``: smaller batches are padded with zeros and larger ones split, so one
+        static graph is built (at the first call, which ``PatchModelHandler.load_model`` makes
+        at setup) and nothing recompiles per bundle (a dynamic-shape graph ran 20x slower on
+        this CPU). Other precisions run the module eagerly: the accuracy guard's fp32 pass
+        covers 32 patches, not worth a second compile."""
         import torch
 
-        self.module = torch.compile(self.module, dynamic=False)
-        self.fixed_batch = batch_size
+        self.compiled = torch.compile(self.module, dynamic=False)
+        self.compiled_for, self.fixed_batch = self.precision, batch_size
 
     def forward(self, pixels: Sequence[np.ndarray]) -> Outputs:
         import torch
 
         with torch.inference_mode(), autocast(self.device, self.precision):
             batch = preprocess(pixels, self)
-            if self.fixed_batch is None:
-                return as_outputs(self.call(batch))
-            parts = [
-                self._padded_call(batch[i : i + self.fixed_batch])
-                for i in range(0, len(batch), self.fixed_batch)
-            ]
-        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+            if self.compiled is None or self.precision != self.compiled_for:
+                return as_outputs(self.call(self.module, batch))
+            return in_fixed_batches(
+                batch,
+                self.fixed_batch,
+                lambda chunk: as_outputs(self.call(self.compiled, chunk)),
+                lambda chunk, short: torch.cat([chunk, chunk.new_zeros((short, *chunk.shape[1:]))]),
+            )
 
-    def _padded_call(self, batch: Any) -> Outputs:
-        import torch
-
-        n = len(batch)
-        assert self.fixed_batch is not None
-        if n < self.fixed_batch:
-            batch = torch.cat([batch, batch.new_zeros((self.fixed_batch - n, *batch.shape[1:]))])
-        return {name: value[:n] for name, value in as_outputs(self.call(batch)).items()}
-
-    def call(self, batch: Any) -> Any:
-        return self.module(batch)
+    def call(self, module: Any, batch: Any) -> Any:
+        return module(batch)
 
 
 class HuggingFaceModel(TorchModel):
     """A ``save_pretrained`` vision folder: ``module(pixel_values=x)``."""
 
-    def call(self, batch: Any) -> Any:
-        return self.module(pixel_values=batch)
+    def call(self, module: Any, batch: Any) -> Any:
+        return module(pixel_values=batch)
 
 
 def normalisation(spec: ModelSpec, folder: str | None = None) -> tuple[Sequence, Sequence]:
