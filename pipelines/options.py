@@ -381,7 +381,10 @@ def slide_job_config(options: PipelineOptions) -> SlideJobConfig:
             options,
             "slides",
             run,
-            tuple(ModelInfo(m.name, m.version, m.uri, m.format, m.output_kind) for m in models),
+            tuple(
+                ModelInfo(m.name, m.version, m.uri, m.format, m.output_kind, m.precision)
+                for m in models
+            ),
             "patches",
             precision=", ".join(f"{m.name}={m.precision}" for m in models),
         )
@@ -479,7 +482,10 @@ def text_job_config(options: PipelineOptions) -> TextJobConfig:
             options,
             "text",
             run,
-            tuple(ModelInfo(m.name, m.version, m.uri, "huggingface", m.task) for m in models),
+            tuple(
+                ModelInfo(m.name, m.version, m.uri, "huggingface", m.task, m.precision)
+                for m in models
+            ),
             "tokens",
             precision=", ".join(f"{m.name}={m.precision}" for m in models),
         )

@@ -62,7 +62,8 @@ def show_run(r: dict) -> str:
     out.append(f"  where     {r.get('runner')} on {r.get('device')} ({r.get('precision')})")
     for m in r.get("models") or []:
         out.append(
-            f"  model     {m['name']} {m['version']} ({m['output_kind']}, {m['format']}) "
+            f"  model     {m['name']} {m['version']} ({m['output_kind']}, {m['format']}, "
+            f"{m.get('precision')}) "
             f"{m['uri']}  sha256 {m['sha256']}"
         )
     for g in r.get("precision_guard") or []:

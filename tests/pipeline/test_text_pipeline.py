@@ -136,6 +136,8 @@ def test_text_models_in_bf16_pass_the_guard_and_keep_their_results(
     assert guard["ner"]["label_agreement"] >= 0.99 and guard["ner"]["max_prob_diff"] <= 0.02
     [fp32_row] = read_records(dest_of(str(out["fp32"]), None, None, False), "fp32")
     assert fp32_row["precision_guard"] == []  # nothing to check in fp32
+    assert {m["precision"] for m in row["models"]} == {"bf16"}
+    assert {m["precision"] for m in fp32_row["models"]} == {"fp32"}
 
     def vectors(folder):
         rows = pd.read_parquet(folder / "text_embeddings").sort_values("doc_id")

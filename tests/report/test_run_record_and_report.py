@@ -56,6 +56,7 @@ def test_the_runs_row_of_a_run_with_dead_letters(slide_run, tiny_models):
     dead = {(d["stage"], d["error_type"]): d["count"] for d in row["dead_letters"]}
     assert dead == {("PlanPatches", "FileNotFoundError"): 1, ("PlanPatches", "SlideError"): 1}
     [model] = row["models"]
+    assert model["precision"] == "bf16"  # what it ran in
     weights = Path(tiny_models["two"]).read_bytes()
     assert model["sha256"] == hashlib.sha256(weights).hexdigest()  # what sha256sum prints
     outputs = {o["table_name"]: o["row_count"] for o in row["outputs"]}

@@ -61,7 +61,8 @@ def _record(row: dict) -> str:
     css = "ok" if status == "succeeded" else "failed"
     models = "".join(
         f"<tr><td>{e(m['name'])}</td><td>{e(m['version'])}</td><td>{e(m['output_kind'])}</td>"
-        f"<td>{e(m['format'])}</td><td><code>{e(m['uri'])}</code></td>"
+        f"<td>{e(m['format'])}</td><td>{e(m.get('precision'))}</td>"
+        f"<td><code>{e(m['uri'])}</code></td>"
         f"<td><code>{e(m['sha256'])}</code></td></tr>"
         for m in row["models"]
     )
@@ -86,7 +87,7 @@ def _record(row: dict) -> str:
 <dt>flags</dt><dd><code>{flags}</code></dd>
 </dl>
 <h2>Models</h2>
-<table><tr><th>name</th><th>version</th><th>output</th><th>format</th><th>URI</th>
+<table><tr><th>name</th><th>version</th><th>output</th><th>format</th><th>precision</th><th>URI</th>
 <th>sha256</th></tr>{models}</table>{_guard(row.get("precision_guard") or [])}"""
 
 

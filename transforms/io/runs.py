@@ -35,6 +35,8 @@ class ModelInfo:
     uri: str
     format: str
     output_kind: str
+    precision: str = "fp32"
+    """As asked (``auto`` included)."""
 
 
 @dataclass(frozen=True)
@@ -138,6 +140,7 @@ def record(
     device: str | None = None,
     sha256: dict[str, str] | None = None,
     report_uri: str | None = None,
+    precisions: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """One ``runs`` row. ``counts``: ``inputs``, ``inputs_with_results``, ``inputs_skipped``,
     ``inputs_failed``, ``outputs`` ({table: rows}), ``dead_letters`` ([(stage, type, n,
@@ -180,6 +183,7 @@ def record(
                 "sha256": (sha256 or {}).get(m.name),
                 "format": m.format,
                 "output_kind": m.output_kind,
+                "precision": (precisions or {}).get(m.name, m.precision),
             }
             for m in info.models
         ],

@@ -302,6 +302,11 @@ RUNS = Table(
                 Column("sha256", "STRING", description="of the weights file, or of the folder"),
                 Column("format", "STRING"),
                 Column("output_kind", "STRING"),
+                Column(
+                    "precision",
+                    "STRING",
+                    description="what it ran in on the recording worker's device (auto resolved)",
+                ),
             ),
         ),
         Column("inputs", "INT64", description="slides or documents in"),
