@@ -29,26 +29,31 @@ def run_job(cfg: SlideJobConfig) -> None:
     pipeline.run().wait_until_finish()
 
 
-@pytest.mark.parametrize("batch_size", [1, 7, 32])
-def test_predictions_equal_a_direct_model_call(tmp_path, cmu1, tiny_models, batch_size):
+def _job(tmp_path, cmu1, spec, batch_size, run_id):  # noqa: ANN001
     manifest = tmp_path / "slides.csv"
     manifest.write_text(f"slide_id,uri\ncmu1,{cmu1}\n")
-    spec = ModelSpec("two", tiny_models["two"], version="t1")
     cfg = SlideJobConfig(
         slides=str(manifest),
         patches=None,
         models=(spec,),
         patching=PatchingConfig(patch_px=64, patch_mpp=0.5, min_tissue=0.5),
         batching=BatchingConfig(batch_size, batch_size),
-        destination=destination(str(tmp_path / "out"), None, None, None, False),
+        destination=destination(str(tmp_path / run_id), None, None, None, False),
         skip_existing=False,
         group_by=None,
-        run=RunStamp(f"b{batch_size}", dt.date(2026, 1, 1)),
+        run=RunStamp(run_id, dt.date(2026, 1, 1)),
         heatmaps=False,
     )
     run_job(cfg)
-    rows = pd.read_parquet(tmp_path / "out" / "patch_predictions")
-    summary = pd.read_parquet(tmp_path / "out" / "slide_summaries").iloc[0]
+    rows = pd.read_parquet(tmp_path / run_id / "patch_predictions")
+    return rows.sort_values(["x_px", "y_px"]).reset_index(drop=True)
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 32])
+def test_predictions_equal_a_direct_model_call(tmp_path, cmu1, tiny_models, batch_size):
+    spec = ModelSpec("two", tiny_models["two"], version="t1")
+    rows = _job(tmp_path, cmu1, spec, batch_size, f"b{batch_size}")
+    summary = pd.read_parquet(tmp_path / f"b{batch_size}" / "slide_summaries").iloc[0]
     assert len(rows) == summary.patch_count == summary.patches_planned > 100
     assert set(rows.model_version) == {"t1"} and set(rows.run_id) == {f"b{batch_size}"}
 
@@ -71,26 +76,6 @@ def test_predictions_equal_a_direct_model_call(tmp_path, cmu1, tiny_models, batc
         direct = torch.softmax(net(x), dim=1).numpy()
     np.testing.assert_allclose(np.stack(rows.probs.to_numpy()), direct, atol=1e-5, rtol=0)
     np.testing.assert_array_equal(rows.label.to_numpy(), direct.argmax(1))
-
-
-def _job(tmp_path, cmu1, spec, batch_size, run_id):  # noqa: ANN001
-    manifest = tmp_path / "slides.csv"
-    manifest.write_text(f"slide_id,uri\ncmu1,{cmu1}\n")
-    cfg = SlideJobConfig(
-        slides=str(manifest),
-        patches=None,
-        models=(spec,),
-        patching=PatchingConfig(patch_px=64, patch_mpp=0.5, min_tissue=0.5),
-        batching=BatchingConfig(batch_size, batch_size),
-        destination=destination(str(tmp_path / run_id), None, None, None, False),
-        skip_existing=False,
-        group_by=None,
-        run=RunStamp(run_id, dt.date(2026, 1, 1)),
-        heatmaps=False,
-    )
-    run_job(cfg)
-    rows = pd.read_parquet(tmp_path / run_id / "patch_predictions")
-    return rows.sort_values(["x_px", "y_px"]).reset_index(drop=True)
 
 
 def _direct_logits(model_uri: str, cmu1, rows: pd.DataFrame, one_by_one: bool) -> np.ndarray:  # noqa: ANN001
