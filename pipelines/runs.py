@@ -68,7 +68,7 @@ def show_run(r: dict) -> str:
         )
     for g in r.get("precision_guard") or []:
         figures = ", ".join(
-            f"{name.replace('_', ' ')} {g[name]:.4g}"
+            f"{name.replace('_', ' ')} {g[name]:.6g}"
             for name in ("label_agreement", "max_prob_diff", "min_cosine")
             if g.get(name) is not None
         )

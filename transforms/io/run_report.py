@@ -97,7 +97,7 @@ def _guard(rows: list[dict]) -> str:
         return ""
 
     def figure(value: float | None) -> str:
-        return "–" if value is None else f"{value:.4g}"
+        return "–" if value is None else f"{value:.6g}"
 
     body = "".join(
         f"<tr><td>{e(g['model'])}</td><td>{e(g['precision'])}</td>"

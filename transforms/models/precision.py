@@ -106,7 +106,7 @@ class GuardResult:
 
     def describe(self) -> str:
         figures = ", ".join(
-            f"{name} {value:.4g}"
+            f"{name} {value:.6g}"
             for name, value in (
                 ("label agreement", self.agreement),
                 ("max prob diff", self.max_prob_diff),
