@@ -52,3 +52,31 @@ def test_other_failures_are_raised_at_once():
     with pytest.raises(FileNotFoundError):
         remote_io.retry_transient("planning s1", fn)
     assert len(calls) == 1 and "io_retries" not in progress.snapshot()
+
+
+def test_parquet_read_from_a_python_file_exits_cleanly(tmp_path):
+    """pyarrow's default pre-buffering read a Python file object on its I/O threads, and the
+    process then aborted at exit about every other time (status 134, "terminate called without
+    an active exception": `python -m pipelines.runs` did). ``read_parquet`` must exit cleanly,
+    every time, and return the rows."""
+    import subprocess
+    import sys
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "runs.parquet"
+    # many column chunks (as a runs row has): pre-buffering reads them on pyarrow's threads
+    columns = {f"c{i}": [f"value {j}" * 20 for j in range(200)] for i in range(40)}
+    pq.write_table(pa.table(columns), path)
+    code = (
+        "import fsspec\n"
+        "from transforms.core.remote_io import read_parquet\n"
+        f"with fsspec.open({str(path)!r}, 'rb') as f:\n"
+        "    table = read_parquet(f)\n"
+        "print(table.num_rows, table.num_columns, table.column('c39')[199])\n"
+    )
+    for _ in range(10):
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-500:]
+        assert done.stdout.strip() == "200 40 " + "value 199" * 20

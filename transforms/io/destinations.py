@@ -194,12 +194,13 @@ def existing_keys(dest: Destination, table: Table, columns: tuple[str, ...]) -> 
     if dest.bigquery is not None:
         return query_keys(dest.bigquery, table, columns)
     import fsspec
-    import pyarrow.parquet as pq
+
+    from transforms.core.remote_io import read_parquet
 
     fs, root = fsspec.core.url_to_fs(f"{dest.folder}/{table.name}")
     keys: set[tuple] = set()
     for path in sorted(fs.glob(f"{root}/*.parquet")):
         with fs.open(path, "rb") as f:
-            data = pq.read_table(f, columns=list(columns)).to_pylist()
+            data = read_parquet(f, list(columns)).to_pylist()
         keys.update(tuple(row[c] for c in columns) for row in data)
     return keys

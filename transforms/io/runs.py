@@ -269,9 +269,8 @@ def read_records(dest: Any, run_id: str | None = None, last: int | None = None) 
     if dest.bigquery is not None:
         return _read_bigquery(dest.bigquery, run_id, last)
     import fsspec
-    import pyarrow.parquet as pq
 
-    from transforms.core.remote_io import remote_options
+    from transforms.core.remote_io import read_parquet, remote_options
 
     root = f"{dest.folder.rstrip('/')}/{RUNS.name}"
     fs, path = fsspec.core.url_to_fs(root, **remote_options(root))
@@ -283,7 +282,7 @@ def read_records(dest: Any, run_id: str | None = None, last: int | None = None) 
     for name in names:
         try:
             with fs.open(name, "rb") as f:
-                rows.extend(pq.read_table(f).to_pylist())
+                rows.extend(read_parquet(f).to_pylist())
         except FileNotFoundError:
             continue
     rows.sort(key=lambda r: r["started_at"], reverse=True)
