@@ -216,7 +216,6 @@ def run_info(
     run: RunStamp,
     models: tuple[ModelInfo, ...],
     units: str,
-    precision: str = "fp32",
 ) -> RunInfo:
     """The launch side of a run's record: its flags (as given, secrets redacted), the code, the
     runner, the worker image and the models."""
@@ -237,7 +236,6 @@ def run_info(
         git_commit=commit,
         models=models,
         units=units,
-        precision=precision,
     )
 
 
@@ -386,7 +384,6 @@ def slide_job_config(options: PipelineOptions) -> SlideJobConfig:
                 for m in models
             ),
             "patches",
-            precision=", ".join(f"{m.name}={m.precision}" for m in models),
         )
         return SlideJobConfig(
             slides=slides,
@@ -487,7 +484,6 @@ def text_job_config(options: PipelineOptions) -> TextJobConfig:
                 for m in models
             ),
             "tokens",
-            precision=", ".join(f"{m.name}={m.precision}" for m in models),
         )
         return TextJobConfig(
             documents=documents,

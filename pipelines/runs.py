@@ -13,7 +13,7 @@ from typing import Any
 from transforms.core.errors import ConfigError
 from transforms.io.bigquery import parse_dataset, resolve_endpoint
 from transforms.io.destinations import Destination, destination
-from transforms.io.runs import read_records
+from transforms.io.runs import guard_verdict, read_records
 
 
 def _when(value: Any) -> str:
@@ -72,8 +72,9 @@ def show_run(r: dict) -> str:
             for name in ("label_agreement", "max_prob_diff", "min_cosine")
             if g.get(name) is not None
         )
-        verdict = f"kept {g['precision']}" if g["passed"] else "fell back to fp32"
-        out.append(f"  guard     {g['model']}: {verdict} ({g['checked']} checked; {figures})")
+        out.append(
+            f"  guard     {g['model']}: {guard_verdict(g)} ({g['checked']} checked; {figures})"
+        )
     for o in r.get("outputs") or []:
         out.append(f"  table     {o['table_name']}: {o['row_count']} rows")
     for d in r.get("dead_letters") or []:

@@ -17,7 +17,7 @@ import apache_beam as beam
 from transforms.core.outcome import OUTCOME
 from transforms.io.run_report import MAX_ROWS
 from transforms.io.runs import RunInfo, record, weights_sha256, write_record
-from transforms.models.precision import GUARD, per_model, resolve
+from transforms.models.precision import GUARD, per_model
 
 log = logging.getLogger(__name__)
 
@@ -97,23 +97,14 @@ class _Record(beam.DoFn):
             "precision_guard": per_model(guard),
         }
         report_uri = f"{self._report_dir}/index.html" if self._report_dir else None
-        device = _device()
-        checked = {g.model: g for g in counts["precision_guard"]}
-        precisions = {
-            m.name: "fp32"
-            if m.name in checked and not checked[m.name].passed  # the guard lowered it
-            else resolve(m.precision, device, m.format)
-            for m in self._info.models
-        }
         row = record(
             self._info,
             "succeeded",
             finished_at=dt.datetime.now(dt.UTC),
             counts=counts,
-            device=device,
+            device=_device(),
             sha256=sha256,
             report_uri=report_uri,
-            precisions=precisions,
         )
         if self._report_dir:
             from transforms.io.run_report import write_report

@@ -13,6 +13,8 @@ import html
 import posixpath
 from typing import Any
 
+from transforms.io.runs import guard_verdict
+
 MAX_ROWS = 2000
 """Rows per table in the report; a larger run says how many more there are (the tables hold
 all of them)."""
@@ -104,11 +106,7 @@ def _guard(rows: list[dict]) -> str:
         f"<td class=num>{e(g['checked'])}</td><td class=num>{figure(g['label_agreement'])}</td>"
         f"<td class=num>{figure(g['max_prob_diff'])}</td>"
         f"<td class=num>{figure(g['min_cosine'])}</td>"
-        + (
-            f'<td class="ok">kept {e(g["precision"])}</td></tr>'
-            if g["passed"]
-            else '<td class="failed">fell back to fp32</td></tr>'
-        )
+        + f'<td class="{"ok" if g["passed"] else "failed"}">{e(guard_verdict(g))}</td></tr>'
         for g in rows
     )
     return (

@@ -21,6 +21,7 @@ from typing import Any
 
 from transforms.core.errors import redact
 from transforms.io.schemas import RUNS, arrow_schema, safe_name
+from transforms.models.precision import resolve
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +54,12 @@ class RunInfo:
     git_commit: str | None = None
     models: tuple[ModelInfo, ...] = ()
     units: str = "patches"
-    precision: str = "fp32"
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def precision(self) -> str:
+        """Each model's precision as asked: ``name=auto, other=fp32``."""
+        return ", ".join(f"{m.name}={m.precision}" for m in self.models) or "fp32"
 
 
 def flag_pairs(argv: list[str]) -> tuple[tuple[str, str], ...]:
@@ -140,12 +145,12 @@ def record(
     device: str | None = None,
     sha256: dict[str, str] | None = None,
     report_uri: str | None = None,
-    precisions: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """One ``runs`` row. ``counts``: ``inputs``, ``inputs_with_results``, ``inputs_skipped``,
     ``inputs_failed``, ``outputs`` ({table: rows}), ``dead_letters`` ([(stage, type, n,
     example)]), ``units_done``, ``precision_guard`` ([``precision.GuardResult``], one a model)."""
     counts = counts or {}
+    guard = counts.get("precision_guard", [])
     wall = (finished_at - info.started_at).total_seconds() if finished_at else None
     units_done = counts.get("units_done")
     return {
@@ -173,7 +178,7 @@ def record(
                 "min_cosine": g.min_cosine,
                 "passed": g.passed,
             }
-            for g in counts.get("precision_guard", [])
+            for g in guard
         ],
         "models": [
             {
@@ -183,7 +188,7 @@ def record(
                 "sha256": (sha256 or {}).get(m.name),
                 "format": m.format,
                 "output_kind": m.output_kind,
-                "precision": (precisions or {}).get(m.name, m.precision),
+                "precision": ran_in(m, device, guard),
             }
             for m in info.models
         ],
@@ -204,6 +209,22 @@ def record(
         "report_uri": report_uri,
         "run_date": info.started_at.date(),
     }
+
+
+def ran_in(model: ModelInfo, device: str | None, guard: list) -> str:
+    """The precision ``model`` ran in: ``auto`` resolved for the recording worker's ``device``,
+    fp32 where its accuracy guard failed (``guard``: ``precision.GuardResult`` per model); as
+    asked when no worker recorded the row (a launcher's ``submitted`` or ``failed`` row)."""
+    if device is None:
+        return model.precision
+    if any(g.model == model.name and not g.passed for g in guard):
+        return "fp32"
+    return resolve(model.precision, device, model.format)
+
+
+def guard_verdict(guard: dict) -> str:
+    """What one ``precision_guard`` entry of a runs row did to its model."""
+    return f"kept {guard['precision']}" if guard["passed"] else "fell back to fp32"
 
 
 def _folder_file(folder: str, run_id: str) -> str:

@@ -14,7 +14,7 @@ import numpy as np
 
 from transforms.core.errors import SlideError, UnsupportedFormatError
 from transforms.core.remote_io import open_remote_file
-from transforms.slides.tiles import read_tiled
+from transforms.slides.tiles import read_tiled, segment_indices, tile_span
 
 # tiffslide warns on every NDPI metadata read that its Hamamatsu parsing is partial; MPP and
 # levels, all this project reads, are parsed.
@@ -93,15 +93,11 @@ class TiffSlideFile:
         try:
             counts = page.databytecounts
             tw, th = page.tilewidth or page.imagewidth, page.tilelength or page.rowsperstrip
-            across = -(-page.imagewidth // tw)
+            rows, cols = tile_span(region, tw, th)
+            indices = segment_indices(rows, cols, page.imagewidth, tw)
         except (AttributeError, IndexError, TypeError, ZeroDivisionError):
             return 0
-        x, y, w, h = region
-        total = 0
-        for row in range(y // th, -(-(y + h) // th)):
-            start = row * across
-            total += sum(counts[start + x // tw : start + -(-(x + w) // tw)])
-        return int(total)
+        return int(sum(counts[i] for i in indices if i < len(counts)))
 
     def close(self) -> None:
         self._slide.close()

@@ -52,6 +52,18 @@ def _simple(page: Any, width: int, height: int) -> bool:
     )
 
 
+def tile_span(region: tuple[int, int, int, int], tw: int, th: int) -> tuple[range, range]:
+    """The tile rows and columns (of ``tw x th`` tiles, or strips) a region touches."""
+    x, y, w, h = region
+    return range(y // th, -(-(y + h) // th)), range(x // tw, -(-(x + w) // tw))
+
+
+def segment_indices(rows: range, cols: range, image_width: int, tw: int) -> list[int]:
+    """Indices into a page's offsets and byte counts of the tiles ``rows x cols``, row-major."""
+    across = -(-image_width // tw)
+    return [r * across + c for r in rows for c in cols]
+
+
 def read_tiled(
     page: Any, size: tuple[int, int], region: tuple[int, int, int, int], lock: Any
 ) -> np.ndarray | None:
@@ -64,9 +76,8 @@ def read_tiled(
     if w <= 0 or h <= 0:
         return np.zeros((max(h, 0), max(w, 0), 3), np.uint8)
     tw, th = page.tilewidth, page.tilelength
-    across = -(-page.imagewidth // tw)
-    rows, cols = range(y // th, -(-(y + h) // th)), range(x // tw, -(-(x + w) // tw))
-    indices = [r * across + c for r in rows for c in cols]
+    rows, cols = tile_span(region, tw, th)
+    indices = segment_indices(rows, cols, page.imagewidth, tw)
     segments = list(
         page.parent.filehandle.read_segments(
             [page.dataoffsets[i] for i in indices],
