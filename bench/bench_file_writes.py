@@ -23,7 +23,8 @@ import pandas as pd
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from transforms.io.file_writes import write_parquet
-from transforms.io.schemas import PATCH_PREDICTIONS, arrow_schema
+from transforms.io.schemas import arrow_schema
+from transforms.models.kinds import KINDS
 
 
 def rows(n: int) -> list[dict]:
@@ -48,7 +49,7 @@ def rows(n: int) -> list[dict]:
 
 
 def timed(route: str, data: list[dict], folder: Path) -> float:
-    schema = arrow_schema(PATCH_PREDICTIONS)
+    schema = arrow_schema(KINDS["classification"].table)
     started = time.monotonic()
     with beam.Pipeline(runner=FnApiRunner()) as p:
         pcoll = p | beam.Create(data, reshuffle=False)

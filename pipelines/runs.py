@@ -13,7 +13,7 @@ from typing import Any
 from transforms.core.errors import ConfigError
 from transforms.io.bigquery import parse_dataset, resolve_endpoint
 from transforms.io.destinations import Destination, destination
-from transforms.io.runs import guard_verdict, read_records
+from transforms.io.runs import guard_verdict, image_text, read_records
 
 
 def _when(value: Any) -> str:
@@ -57,7 +57,7 @@ def show_run(r: dict) -> str:
         out.append(f"  rate      {r['units_per_s']:.1f} {r['units']}/s ({r['units_done']})")
     out.append(
         f"  code      pathbeam {r.get('package_version')}  commit {r.get('git_commit')}  "
-        f"image {r.get('container_image')}"
+        f"{image_text(r.get('container_image'))}"
     )
     out.append(f"  where     {r.get('runner')} on {r.get('device')} ({r.get('precision')})")
     for m in r.get("models") or []:

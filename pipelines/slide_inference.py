@@ -27,23 +27,21 @@ from transforms.io.destinations import WriteTables, report_dir
 from transforms.io.incremental import SKIPPED, SkipExisting
 from transforms.io.manifests import ReadManifest
 from transforms.io.record_run import RecordRun
-from transforms.io.schemas import (
-    CASE_SUMMARIES,
-    ERRORS,
-    PATCH_EMBEDDINGS,
-    PATCH_PREDICTIONS,
-    PATCH_SEGMENTATIONS,
-    RUNS,
-    SLIDE_EMBEDDINGS,
-    SLIDE_SUMMARIES,
-)
+from transforms.io.schemas import CASE_SUMMARIES, ERRORS, RUNS, SLIDE_SUMMARIES, Table
+from transforms.models.kinds import KINDS
+from transforms.models.kinds.embedding import KIND as EMBEDDING
 from transforms.models.patch_inference import RunModel
 from transforms.models.precision import GUARD
 from transforms.slides.plan_grid import PlanGridPatches
 from transforms.slides.plan_manifest import PlanManifestPatches
 from transforms.slides.qupath import ExportQuPath
 from transforms.slides.read_patches import ReadPatches, SplitByGeometry
-from transforms.slides.summaries import SummarizeCases, SummarizeEmbeddings, SummarizeSlides
+from transforms.slides.summaries import (
+    THUMBNAILS,
+    SummarizeCases,
+    SummarizeEmbeddings,
+    SummarizeSlides,
+)
 from transforms.slides.survey import SLIDE_INFO
 
 
@@ -68,34 +66,33 @@ def build(pipeline: beam.Pipeline, cfg: SlideJobConfig) -> dict[str, beam.PColle
     read = planned["units"] | "ReadPatches" >> ReadPatches()
     errors += [planned[DEAD_LETTER], read[DEAD_LETTER]]
     streams = read["patches"] | "SplitByGeometry" >> SplitByGeometry(len(cfg.patch_geometries))
-    by_kind: dict[str, list[beam.PCollection]] = {kind: [] for kind in KIND_OUTPUTS}
+    by_output: dict[str, list[beam.PCollection]] = {}
     guard = []
     for spec in cfg.models:
         patch_px = cfg.patch_geometries[spec.geometry].patch_px
         inferred = streams[spec.geometry] | f"RunModel/{spec.name}" >> RunModel(
             spec, cfg.batching, cfg.run.run_id, patch_px, cfg.guard
         )
-        by_kind[spec.output_kind].append(inferred["rows"])
+        by_output.setdefault(spec.kind.output, []).append(inferred["rows"])
         errors.append(inferred[DEAD_LETTER])
         guard.append(inferred[GUARD])
     results = {
-        KIND_OUTPUTS[kind]: rows | f"All{KIND_OUTPUTS[kind].title()}" >> beam.Flatten()
-        for kind, rows in by_kind.items()
-        if rows
+        output: rows | f"All{output.title()}" >> beam.Flatten()
+        for output, rows in by_output.items()
     }
     every_result = list(results.values()) | "AllResults" >> beam.Flatten()
     summarized = (every_result, planned[SLIDE_INFO]) | "SummarizeSlides" >> SummarizeSlides(
         cfg.models, picture_dirs(cfg), cfg.run.run_id
     )
     errors.append(summarized[DEAD_LETTER])
-    if cfg.heatmaps:
-        folder = f"{cfg.destination.artifacts}/{QUPATH}/{cfg.run.run_id}"
+    folder = qupath_dir(cfg)
+    if folder is not None:
         exported = every_result | "ExportQuPath" >> ExportQuPath(
             cfg.models, folder, cfg.qupath_min_prob
         )
         errors.append(exported[DEAD_LETTER])
-    if "embeddings" in results:
-        results["slide_embeddings"] = results["embeddings"] | "SummarizeEmbeddings" >> (
+    if EMBEDDING.output in results:
+        results["slide_embeddings"] = results[EMBEDDING.output] | "SummarizeEmbeddings" >> (
             SummarizeEmbeddings(cfg.models, cfg.run.run_id)
         )
     outputs = {
@@ -118,77 +115,64 @@ def build(pipeline: beam.Pipeline, cfg: SlideJobConfig) -> dict[str, beam.PColle
     return outputs
 
 
-PICTURES = {
-    "classification": "heatmaps",
-    "segmentation": "segmentations",
-    "thumbnail": "thumbnails",
-}
 QUPATH = "qupath"
-"""The folder of the QuPath GeoJSON files (one per slide and classifying model)."""
-"""The picture each output kind gets per slide (embeddings get none), and its folder's name;
-every slide also gets a thumbnail."""
+"""The folder of the QuPath GeoJSON files (one per slide and model whose kind exports them)."""
 
 
 def picture_dirs(cfg: SlideJobConfig) -> dict[str, str]:
-    """Output kind -> the folder of this run's pictures of that kind (none with --no_heatmaps).
+    """Picture name (an output kind's ``picture``, or ``thumbnails``) -> the folder of this
+    run's pictures of it (none with --no_heatmaps).
 
     Each run's pictures go in their own folder: runs into one folder never overwrite each other.
     """
     if not cfg.heatmaps:
         return {}
-    kinds = {spec.output_kind for spec in cfg.models} | {"thumbnail"}
-    return {
-        kind: f"{cfg.destination.artifacts}/{folder}/{cfg.run.run_id}"
-        for kind, folder in PICTURES.items()
-        if kind in kinds
-    }
+    names = [spec.kind.picture for spec in cfg.models if spec.kind.picture] + [THUMBNAILS]
+    return {name: f"{cfg.destination.artifacts}/{name}/{cfg.run.run_id}" for name in names}
+
+
+def qupath_dir(cfg: SlideJobConfig) -> str | None:
+    """This run's QuPath folder, when pictures are on and a model's kind exports detections."""
+    if not cfg.heatmaps or not any(spec.kind.exports_qupath for spec in cfg.models):
+        return None
+    return f"{cfg.destination.artifacts}/{QUPATH}/{cfg.run.run_id}"
+
+
+def tables(cfg: SlideJobConfig) -> dict[str, Table]:
+    """``build()``'s output name -> the table it is written to, for a run of ``cfg``."""
+    out = {}
+    for spec in cfg.models:
+        out[spec.kind.output] = spec.kind.table
+        if spec.kind.slide_table is not None:
+            out[spec.kind.slide_table.name] = spec.kind.slide_table
+    out.update(summaries=SLIDE_SUMMARIES, errors=ERRORS)
+    if cfg.group_by:
+        out["cases"] = CASE_SUMMARIES
+    return out
 
 
 def output_tables(cfg: SlideJobConfig) -> list[str]:
     """The tables a run of ``cfg`` writes."""
-    kinds = {spec.output_kind for spec in cfg.models}
-    names = [TABLES[KIND_OUTPUTS[kind]].name for kind in KIND_OUTPUTS if kind in kinds]
-    if "embedding" in kinds:
-        names.append(SLIDE_EMBEDDINGS.name)
-    names.append(SLIDE_SUMMARIES.name)
-    if cfg.group_by:
-        names.append(CASE_SUMMARIES.name)
-    return [*names, ERRORS.name, RUNS.name]
-
-
-KIND_OUTPUTS = {
-    "classification": "predictions",
-    "embedding": "embeddings",
-    "segmentation": "segmentations",
-}
-"""The output of ``build`` that each model output kind's rows go to."""
-
-TABLES = {
-    "predictions": PATCH_PREDICTIONS,
-    "embeddings": PATCH_EMBEDDINGS,
-    "segmentations": PATCH_SEGMENTATIONS,
-    "slide_embeddings": SLIDE_EMBEDDINGS,
-    "summaries": SLIDE_SUMMARIES,
-    "cases": CASE_SUMMARIES,
-    "errors": ERRORS,
-}
-"""The table each output of ``build`` is written to."""
+    return [table.name for table in tables(cfg).values()] + [RUNS.name]
 
 
 def write(outputs: dict[str, beam.PCollection], cfg: SlideJobConfig) -> None:
     """Write every output table to ``cfg.destination``, then record the run (its ``runs`` row
     and its report) once the writes are done."""
-    tables = {TABLES[name].name: rows for name, rows in outputs.items() if name in TABLES}
-    written = tables | "WriteResults" >> WriteTables(cfg.destination, cfg.run)
+    schemas = tables(cfg)
+    by_table = {schemas[name].name: rows for name, rows in outputs.items() if name in schemas}
+    written = by_table | "WriteResults" >> WriteTables(
+        cfg.destination, cfg.run, tuple(schemas.values())
+    )
     if cfg.info is None:  # a config built by hand (tests): nothing to record
         return
-    patches = [outputs[name] for name in KIND_OUTPUTS.values() if name in outputs]
+    patches = [outputs[kind.output] for kind in KINDS.values() if kind.output in outputs]
     sections = {"slides": outputs["summaries"]}
     if "cases" in outputs:
         sections["cases"] = outputs["cases"]
     _ = {
         OUTCOME: outputs[OUTCOME],
-        "tables": tables,
+        "tables": by_table,
         "written": written,
         "errors": outputs["errors"],
         "units": patches | "AllPatchRows" >> beam.Flatten(),
@@ -207,9 +191,9 @@ def run(argv: list[str] | None = None) -> PipelineResult:
         write(build(pipeline, cfg), cfg)
 
     def report(result: PipelineResult, elapsed: float) -> Outcome:
-        pictures = {PICTURES[kind]: folder for kind, folder in picture_dirs(cfg).items()}
-        if cfg.heatmaps:
-            pictures["QuPath GeoJSON"] = f"{cfg.destination.artifacts}/{QUPATH}/{cfg.run.run_id}"
+        pictures = picture_dirs(cfg)
+        if qupath_dir(cfg) is not None:
+            pictures["QuPath GeoJSON"] = str(qupath_dir(cfg))
         return print_report(
             result,
             cfg.destination,

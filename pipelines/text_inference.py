@@ -27,16 +27,10 @@ from transforms.io.incremental import SKIPPED, SkipExisting
 from transforms.io.manifests import ReadManifest
 from transforms.io.record_run import RecordRun
 from transforms.io.run_report import text_document_row, text_labels
-from transforms.io.schemas import ERRORS, TEXT_EMBEDDINGS, TEXT_ENTITIES, TEXT_LABELS
+from transforms.io.schemas import ERRORS
 from transforms.models.precision import GUARD
 from transforms.text.inference import RunTextModel
-
-TABLES = {
-    "token-classification": TEXT_ENTITIES,
-    "text-classification": TEXT_LABELS,
-    "embedding": TEXT_EMBEDDINGS,
-}
-
+from transforms.text.tasks import task
 
 def build(pipeline: beam.Pipeline, cfg: TextJobConfig) -> dict[str, beam.PCollection]:
     """Wire the text pipeline; return one row PCollection per table, and the errors."""
@@ -45,7 +39,7 @@ def build(pipeline: beam.Pipeline, cfg: TextJobConfig) -> dict[str, beam.PCollec
     rows = docs["rows"]
     judged = {"inputs": rows, "rejected": docs[DEAD_LETTER]}
     if cfg.skip_existing:
-        done = tuple((TABLES[m.task], m.name, m.version) for m in cfg.models)
+        done = tuple((task(m.task).table, m.name, m.version) for m in cfg.models)
         kept = rows | "SkipExisting" >> SkipExisting(cfg.destination, "doc_id", done)
         rows, judged["skipped_ids"] = kept["rows"], kept[SKIPPED]
     by_table: dict[str, list[beam.PCollection]] = {}
@@ -54,7 +48,7 @@ def build(pipeline: beam.Pipeline, cfg: TextJobConfig) -> dict[str, beam.PCollec
         out = rows | f"RunModel/{spec.name}" >> RunTextModel(
             spec, cfg.windows, cfg.batching, cfg.run.run_id, cfg.guard
         )
-        by_table.setdefault(TABLES[spec.task].name, []).append(out["rows"])
+        by_table.setdefault(task(spec.task).table.name, []).append(out["rows"])
         errors.append(out[DEAD_LETTER])
         guard.append(out[GUARD])
     outputs = {
@@ -73,7 +67,8 @@ def write(outputs: dict[str, beam.PCollection], cfg: TextJobConfig) -> None:
     """Write every output table to ``cfg.destination``, then record the run (its ``runs`` row
     and its report) once the writes are done."""
     tables = {name: rows for name, rows in outputs.items() if name not in (OUTCOME, GUARD)}
-    written = tables | "WriteResults" >> WriteTables(cfg.destination, cfg.run)
+    schemas = [task(m.task).table for m in cfg.models] + [ERRORS]
+    written = tables | "WriteResults" >> WriteTables(cfg.destination, cfg.run, schemas)
     if cfg.info is None:  # a config built by hand (tests): nothing to record
         return
     results = [rows for name, rows in tables.items() if name != ERRORS.name]

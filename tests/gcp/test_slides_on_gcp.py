@@ -15,7 +15,8 @@ from pipelines.report import counters
 from pipelines.slide_inference import run
 from tests.e2e.cli import read_errors
 from tests.gcp import route_gcs_through
-from transforms.io.schemas import ERRORS, PATCH_PREDICTIONS, SLIDE_SUMMARIES
+from tests.tables import PATCH_PREDICTIONS
+from transforms.io.schemas import ERRORS, SLIDE_SUMMARIES
 
 pytestmark = [pytest.mark.pipeline, pytest.mark.gcp]
 
@@ -335,7 +336,7 @@ def test_embedding_and_segmentation_tables_round_trip_through_bigquery(
     BigQuery: the BigQuery rows equal the Parquet rows (embeddings as ARRAY<FLOAT64>), reruns
     leave one set, and --skip_existing is keyed by each model's own results."""
     from tests.models_for_tests import SpatialOutput, TinyEncoder, export_pt2
-    from transforms.io.schemas import PATCH_EMBEDDINGS, PATCH_SEGMENTATIONS, SLIDE_EMBEDDINGS
+    from tests.tables import PATCH_EMBEDDINGS, PATCH_SEGMENTATIONS, SLIDE_EMBEDDINGS
 
     slides = manifest(local_gcp, tmp_path, "kinds.csv", {"cmu1": gcs_slides["cmu1"]})
     models = [

@@ -11,7 +11,8 @@ import pytest
 from pipelines.report import counters
 from pipelines.text_inference import run
 from tests.e2e.cli import read_errors, tiny_text_model_flags
-from transforms.io.schemas import ERRORS, TEXT_ENTITIES, TEXT_LABELS
+from tests.tables import TEXT_ENTITIES, TEXT_LABELS
+from transforms.io.schemas import ERRORS
 
 pytestmark = [pytest.mark.pipeline, pytest.mark.gcp]
 

@@ -202,7 +202,7 @@ def test_the_real_onnx_segmentation_model_on_cmu1(shared_data, cmu1, tmp_path):
     stroma are both found; the class areas add up to the tissue area within the patches."""
     import onnxruntime as ort
 
-    from transforms.models.outputs import activate
+    from transforms.models.kinds.base import activate
     from transforms.slides.geometry import PatchingConfig
     from transforms.slides.read_patches import cut_patch
     from transforms.slides.stains import eho

@@ -100,7 +100,7 @@ def test_fp32_predictions_are_bit_for_bit_the_plain_model(tmp_path, cmu1, tiny_m
     """With --precision fp32 (the default) nothing of the reduced-precision machinery touches
     the numbers: each patch's probabilities are, bit for bit, the softmax of the plain model's
     float32 logits for that patch alone (batches of 1, so no batch-size-dependent kernels)."""
-    from transforms.models.outputs import activate
+    from transforms.models.kinds.base import activate
 
     spec = ModelSpec("two", tiny_models["two"], precision="fp32")
     rows = _job(tmp_path, cmu1, spec, 1, "fp32")

@@ -18,7 +18,7 @@ from transforms.io.bigquery import (
     replace_sql,
     staging_table,
 )
-from transforms.io.schemas import ALL_TABLES, PATCH_PREDICTIONS
+from tests.tables import ALL_TABLES, PATCH_PREDICTIONS
 
 
 @pytest.mark.parametrize(

@@ -21,12 +21,9 @@ def patches(n, px=64, seed=0):
     return list((levels + noise).clip(0, 255).astype(np.uint8))
 
 
-def test_auto_picks_by_device_and_cpu_flags(monkeypatch):
-    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: True)
-    assert resolve("auto", "cpu", "pt2") == "bf16"
+def test_auto_tries_the_device_s_reduced_precision_and_onnx_runs_as_exported():
+    assert resolve("auto", "cpu", "pt2") == "bf16"  # tried, then kept only if measured faster
     assert resolve("auto", "cuda", "huggingface") == "fp16"
-    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: False)
-    assert resolve("auto", "cpu", "pt2") == "fp32"
     assert resolve("auto", "cuda", "onnx") == "fp32"  # ONNX graphs run as exported
     assert (
         resolve("bf16", "cpu", "state_dict") == "bf16" and resolve("fp32", "cuda", "pt2") == "fp32"
@@ -35,9 +32,53 @@ def test_auto_picks_by_device_and_cpu_flags(monkeypatch):
         ModelSpec("m", "m.onnx", precision="fp16")
 
 
-def test_this_machine_has_bf16_where_its_cpu_says_so():
-    flags = open("/proc/cpuinfo").read()
-    assert precision.cpu_has_bf16() == ("amx_bf16" in flags or "avx512_bf16" in flags)
+class _Timed(precision.Guarded):
+    """A model whose reduced and fp32 runs take a known time per input (a real sleep)."""
+
+    def __init__(self, reduced_s: float, exact_s: float, auto: bool) -> None:
+        super().__init__()
+        self.precision, self.auto = "bf16", auto
+        self.per_input = {"bf16": reduced_s, "fp32": exact_s}
+
+    def run(self, inputs: list[float]) -> list[np.ndarray]:
+        import time
+
+        time.sleep(self.per_input[self.precision] * len(inputs))
+        return [np.array([x, 1 - x]) for x in inputs]
+
+
+def _guard_timed(model: _Timed, n: int = 48, batch: int = 8) -> list:
+    kind = ModelSpec("t", "t.pt2").kind
+    data = [float(i % 2) for i in range(n)]
+    out = []
+    for i in range(0, n, batch):
+        chunk = data[i : i + batch]
+        out += precision.run_guarded(
+            model, lambda k, c=chunk: model.run(c[:k]), kind, "t", GuardConfig()
+        )
+    return out
+
+
+def test_auto_keeps_reduced_precision_only_where_it_measured_faster():
+    slower = _Timed(reduced_s=0.004, exact_s=0.001, auto=True)
+    _guard_timed(slower)
+    assert slower.precision == "fp32" and slower.guard.passed and not slower.guard.kept
+    assert slower.guard.speedup < 0.5
+
+    faster = _Timed(reduced_s=0.001, exact_s=0.004, auto=True)
+    _guard_timed(faster)
+    assert faster.precision == "bf16" and faster.guard.kept and faster.guard.speedup > 2
+
+    asked = _Timed(reduced_s=0.004, exact_s=0.001, auto=False)  # bf16 asked for: kept
+    _guard_timed(asked)
+    assert asked.precision == "bf16" and asked.guard.speedup < 0.5
+
+
+def test_the_guard_checks_exactly_its_patch_count_whatever_the_batches():
+    for batch in (7, 9, 41):
+        model = _Timed(0.0, 0.0, auto=False)
+        out = _guard_timed(model, n=82, batch=batch)
+        assert model.guard.n == GUARD_PATCHES and len(out) == 82
 
 
 def run_guard(model, spec, cfg, n=GUARD_PATCHES + 8, batch=8):  # noqa: ANN001

@@ -4,18 +4,12 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from transforms.io.schemas import (
-    ERRORS,
-    PATCH_PREDICTIONS,
-    SLIDE_SUMMARIES,
-    arrow_schema,
-    bigquery_schema,
-    safe_name,
-)
+from tests.tables import ALL_TABLES, PATCH_PREDICTIONS
+from transforms.io.schemas import SLIDE_SUMMARIES, arrow_schema, bigquery_schema, safe_name
 
 
 def test_parquet_and_bigquery_schemas_have_the_same_columns_and_modes():
-    for table in (PATCH_PREDICTIONS, SLIDE_SUMMARIES, ERRORS):
+    for table in ALL_TABLES:
         arrow, bq = arrow_schema(table), bigquery_schema(table)["fields"]
         assert arrow.names == [f["name"] for f in bq]
         for field, column in zip(arrow, bq, strict=True):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from transforms.text.batching import padded_tokens, token_budget_batches
-from transforms.text.merge import entities
+from transforms.text.entities import entities
 from transforms.text.windows import WindowConfig, make_windows, window_starts
 
 LABELS = ["O", "B-Disease", "I-Disease"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,10 +18,9 @@ import apache_beam as beam
 from transforms.core.errors import ConfigError
 from transforms.io.bigquery import BigQueryDataset, WriteToBigQueryTable, parse_dataset, query_keys
 from transforms.io.file_writes import write_json_lines, write_parquet
-from transforms.io.schemas import ALL_TABLES, ERRORS, Table, arrow_schema, safe_name
+from transforms.io.schemas import ERRORS, Table, arrow_schema, safe_name
 
 DEFAULT_OUTPUT = "results"
-TABLES = {table.name: table for table in ALL_TABLES}
 
 
 @dataclass(frozen=True)
@@ -156,16 +155,19 @@ class WriteRows(beam.PTransform):
 
 
 class WriteTables(beam.PTransform):
-    """``{table name: rows}`` -> every table written to the destination.
+    """``{table name: rows}`` -> every table written to the destination, each by its schema
+among ``tables`` (the pipeline says which: its output kinds' or tasks' tables, summaries,
+errors).
 
     A BigQuery dataset is prepared once, by the job when it runs: never at launch, so a
     ``--dry_run`` or a staged template touches nothing and needs no credentials.
     """
 
-    def __init__(self, dest: Destination, run: RunStamp) -> None:
+    def __init__(self, dest: Destination, run: RunStamp, tables: Sequence[Table]) -> None:
         super().__init__()
         self._dest = dest
         self._run = run
+        self._tables = {table.name: table for table in tables}
 
     def expand(self, tables: dict[str, beam.PCollection]) -> dict[str, Any]:
         prepared = None
@@ -176,7 +178,7 @@ class WriteTables(beam.PTransform):
                 | "PrepareDataset" >> beam.ParDo(_PrepareDataset(self._dest.bigquery))
             )
         return {
-            name: rows | name >> WriteRows(TABLES[name], self._dest, self._run, prepared)
+            name: rows | name >> WriteRows(self._tables[name], self._dest, self._run, prepared)
             for name, rows in tables.items()
         }
 

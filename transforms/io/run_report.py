@@ -13,7 +13,7 @@ import html
 import posixpath
 from typing import Any
 
-from transforms.io.runs import guard_verdict
+from transforms.io.runs import guard_verdict, image_text
 
 MAX_ROWS = 2000
 """Rows per table in the report; a larger run says how many more there are (the tables hold
@@ -84,7 +84,7 @@ def _record(row: dict) -> str:
 <dt>throughput</dt><dd>{rate} ({e(row["units_done"])} {e(row["units"])})</dd>
 <dt>outputs</dt><dd>{outputs or "–"}</dd>
 <dt>code</dt><dd>pathbeam {e(row["package_version"])} · commit <code>{e(row["git_commit"])}</code>
-· image {e(row["container_image"])}</dd>
+· {e(image_text(row["container_image"]))}</dd>
 <dt>where</dt><dd>{e(row["runner"])} · {e(row["device"])} · {e(row["precision"])}</dd>
 <dt>flags</dt><dd><code>{flags}</code></dd>
 </dl>
@@ -106,14 +106,17 @@ def _guard(rows: list[dict]) -> str:
         f"<td class=num>{e(g['checked'])}</td><td class=num>{figure(g['label_agreement'])}</td>"
         f"<td class=num>{figure(g['max_prob_diff'])}</td>"
         f"<td class=num>{figure(g['min_cosine'])}</td>"
+        f"<td class=num>{figure(g.get('speedup'))}</td>"
         + f'<td class="{"ok" if g["passed"] else "failed"}">{e(guard_verdict(g))}</td></tr>'
         for g in rows
     )
     return (
         "<h2>Reduced precision: the accuracy guard</h2><p>Each worker process ran its first "
-        "inputs in both precisions and compared them.</p><table><tr><th>model</th>"
+        "inputs in both precisions, compared them and timed them; auto keeps the reduced "
+        "precision only where it was faster.</p><table><tr><th>model</th>"
         "<th>precision</th><th>inputs checked</th><th>label agreement</th>"
-        "<th>max prob diff</th><th>min cosine</th><th>verdict</th></tr>" + body + "</table>"
+        "<th>max prob diff</th><th>min cosine</th><th>speed-up over fp32</th><th>verdict</th>"
+        "</tr>" + body + "</table>"
     )
 
 

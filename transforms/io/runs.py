@@ -177,6 +177,8 @@ def record(
                 "max_prob_diff": g.max_prob_diff,
                 "min_cosine": g.min_cosine,
                 "passed": g.passed,
+                "speedup": g.speedup,
+                "kept": g.kept,
             }
             for g in guard
         ],
@@ -213,18 +215,30 @@ def record(
 
 def ran_in(model: ModelInfo, device: str | None, guard: list) -> str:
     """The precision ``model`` ran in: ``auto`` resolved for the recording worker's ``device``,
-    fp32 where its accuracy guard failed (``guard``: ``precision.GuardResult`` per model); as
+    fp32 where its accuracy guard failed or ``auto`` measured it no faster (``guard``: ``precision.GuardResult`` per model); as
     asked when no worker recorded the row (a launcher's ``submitted`` or ``failed`` row)."""
     if device is None:
         return model.precision
-    if any(g.model == model.name and not g.passed for g in guard):
+    if any(g.model == model.name and not (g.passed and g.kept) for g in guard):
         return "fp32"
     return resolve(model.precision, device, model.format)
 
 
 def guard_verdict(guard: dict) -> str:
-    """What one ``precision_guard`` entry of a runs row did to its model."""
-    return f"kept {guard['precision']}" if guard["passed"] else "fell back to fp32"
+    """What one ``precision_guard`` entry of a runs row did to its model, with the measured
+    speed-up of the reduced precision over fp32."""
+    speedup = guard.get("speedup")
+    speed = f" ({speedup:.2f}x fp32's speed)" if speedup is not None else ""
+    if not guard["passed"]:
+        return f"fell back to fp32{speed}"
+    if guard.get("kept") is False:
+        return f"auto kept fp32: {guard['precision']} was not faster{speed}"
+    return f"kept {guard['precision']}{speed}"
+
+
+def image_text(image: str | None) -> str:
+    """The worker image of a run, as the report and the runs CLI say it."""
+    return f"image {image}" if image else "no worker image given (Beam's default, or local)"
 
 
 def _folder_file(folder: str, run_id: str) -> str:

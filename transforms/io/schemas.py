@@ -41,94 +41,13 @@ class Table:
 
 
 _KEY_VALUE = (Column("key", "STRING", "REQUIRED"), Column("value", "STRING"))
-_RUN = (
+RUN_COLUMNS = (
     Column("run_id", "STRING", "REQUIRED"),
     Column("run_date", "DATE", "REQUIRED", description="UTC start date; the BigQuery partition"),
 )
-_SLIDE_KEY = ("slide_id", "model_name", "model_version")
-_SLIDE_CLUSTER = ("slide_id", "model_name")
-
-_PATCH_BOX = (
-    Column("slide_id", "STRING", "REQUIRED"),
-    Column("model_name", "STRING", "REQUIRED"),
-    Column("model_version", "STRING", "REQUIRED"),
-    Column("x_px", "INT64", "REQUIRED", description="level-0 left edge"),
-    Column("y_px", "INT64", "REQUIRED", description="level-0 top edge"),
-    Column("size_px", "INT64", "REQUIRED", description="level-0 edge of the square patch"),
-    Column("level", "INT64", "REQUIRED", description="pyramid level the pixels were read from"),
-    Column("mpp", "FLOAT64", description="microns per pixel of the pixels the model saw"),
-)
-
-PATCH_PREDICTIONS = Table(
-    "patch_predictions",
-    (
-        *_PATCH_BOX,
-        Column("probs", "FLOAT64", "REPEATED"),
-        Column("label", "INT64", "REQUIRED", description="argmax of probs"),
-        *_RUN,
-    ),
-    _SLIDE_KEY,
-    _SLIDE_CLUSTER,
-)
-
-PATCH_EMBEDDINGS = Table(
-    "patch_embeddings",
-    (
-        *_PATCH_BOX,
-        Column("embedding", "FLOAT32", "REPEATED", description="the model's vector, as it is"),
-        *_RUN,
-    ),
-    _SLIDE_KEY,
-    _SLIDE_CLUSTER,
-)
-
-PATCH_SEGMENTATIONS = Table(
-    "patch_segmentations",
-    (
-        *_PATCH_BOX,
-        Column(
-            "class_fractions",
-            "FLOAT64",
-            "REPEATED",
-            description="share of the patch's pixels that are tissue whose likeliest class is c",
-        ),
-        Column(
-            "argmax_counts",
-            "INT64",
-            "REPEATED",
-            description="those pixels, counted at the class map's resolution",
-        ),
-        Column("label", "INT64", "REQUIRED", description="the class with most tissue pixels"),
-        Column(
-            "tissue_fraction",
-            "FLOAT64",
-            description="share of the patch's pixels that are tissue (the slide's tissue rule)",
-        ),
-        Column(
-            "class_grid",
-            "INT64",
-            "REPEATED",
-            description="the class map at k x k points, row by row (k = 16; -1: not tissue)",
-        ),
-        *_RUN,
-    ),
-    _SLIDE_KEY,
-    _SLIDE_CLUSTER,
-)
-
-SLIDE_EMBEDDINGS = Table(
-    "slide_embeddings",
-    (
-        Column("slide_id", "STRING", "REQUIRED"),
-        Column("model_name", "STRING", "REQUIRED"),
-        Column("model_version", "STRING", "REQUIRED"),
-        Column("patch_count", "INT64", "REQUIRED"),
-        Column("embedding", "FLOAT32", "REPEATED", description="mean of the patch embeddings"),
-        *_RUN,
-    ),
-    _SLIDE_KEY,
-    _SLIDE_CLUSTER,
-)
+_RUN = RUN_COLUMNS
+SLIDE_KEY = ("slide_id", "model_name", "model_version")
+SLIDE_CLUSTER = ("slide_id", "model_name")
 
 _CLASS_STATS = (
     Column("class_mean_prob", "FLOAT64", "REPEATED"),
@@ -167,8 +86,8 @@ SLIDE_SUMMARIES = Table(
         Column("metadata", "RECORD", "REPEATED", _KEY_VALUE, "extra slide manifest columns"),
         *_RUN,
     ),
-    _SLIDE_KEY,
-    _SLIDE_CLUSTER,
+    SLIDE_KEY,
+    SLIDE_CLUSTER,
 )
 
 CASE_SUMMARIES = Table(
@@ -187,72 +106,6 @@ CASE_SUMMARIES = Table(
     ),
     ("group_by", "group_value", "model_name", "model_version"),
     ("group_value", "model_name"),
-)
-
-_TEXT_KEYS = (
-    Column("doc_id", "STRING", "REQUIRED"),
-    Column("model_name", "STRING", "REQUIRED"),
-    Column("model_version", "STRING", "REQUIRED"),
-)
-_TEXT_SHAPE = (
-    Column("n_tokens", "INT64", "REQUIRED", description="tokens in the document, no specials"),
-    Column("n_windows", "INT64", "REQUIRED", description="model windows the document took"),
-    *_RUN,
-)
-_TEXT_KEY = ("doc_id", "model_name", "model_version")
-_TEXT_CLUSTER = ("doc_id", "model_name")
-
-TEXT_ENTITIES = Table(
-    "text_entities",
-    (
-        *_TEXT_KEYS,
-        Column(
-            "entities",
-            "RECORD",
-            "REPEATED",
-            (
-                Column("label", "STRING", "REQUIRED"),
-                Column("score", "FLOAT64", "REQUIRED"),
-                # not start/end: END is a reserved word in BigQuery SQL
-                Column("start_char", "INT64", "REQUIRED", description="offset, inclusive"),
-                Column("end_char", "INT64", "REQUIRED", description="offset, exclusive"),
-                Column("text", "STRING", "REQUIRED", description="text[start_char:end_char]"),
-            ),
-        ),
-        *_TEXT_SHAPE,
-    ),
-    _TEXT_KEY,
-    _TEXT_CLUSTER,
-)
-
-TEXT_LABELS = Table(
-    "text_labels",
-    (
-        *_TEXT_KEYS,
-        Column(
-            "labels",
-            "RECORD",
-            "REPEATED",
-            (Column("label", "STRING", "REQUIRED"), Column("score", "FLOAT64", "REQUIRED")),
-            "every label with its score, best first",
-        ),
-        Column("top_label", "STRING", "REQUIRED"),
-        *_TEXT_SHAPE,
-    ),
-    _TEXT_KEY,
-    _TEXT_CLUSTER,
-)
-
-TEXT_EMBEDDINGS = Table(
-    "text_embeddings",
-    (
-        *_TEXT_KEYS,
-        Column("embedding", "FLOAT64", "REPEATED", description="mean-pooled, L2-normalised"),
-        Column("dim", "INT64", "REQUIRED"),
-        *_TEXT_SHAPE,
-    ),
-    _TEXT_KEY,
-    _TEXT_CLUSTER,
 )
 
 RUNS = Table(
@@ -288,6 +141,16 @@ RUNS = Table(
                 Column("max_prob_diff", "FLOAT64"),
                 Column("min_cosine", "FLOAT64"),
                 Column("passed", "BOOL", description="false: workers fell back to fp32"),
+                Column(
+                    "speedup",
+                    "FLOAT64",
+                    description="fp32's time per input over the reduced precision's, measured",
+                ),
+                Column(
+                    "kept",
+                    "BOOL",
+                    description="false: fp32 ran (guard failed, or auto measured no gain)",
+                ),
             ),
             "the accuracy guard's figures per model, over every worker process",
         ),
@@ -429,16 +292,6 @@ def safe_name(text: str, max_len: int = 100) -> str:
     return f"{cleaned[: max_len - 11]}-{digest}"
 
 
-ALL_TABLES = (
-    PATCH_PREDICTIONS,
-    PATCH_EMBEDDINGS,
-    PATCH_SEGMENTATIONS,
-    SLIDE_EMBEDDINGS,
-    SLIDE_SUMMARIES,
-    CASE_SUMMARIES,
-    TEXT_ENTITIES,
-    TEXT_LABELS,
-    TEXT_EMBEDDINGS,
-    RUNS,
-    ERRORS,
-)
+BASE_TABLES = (SLIDE_SUMMARIES, CASE_SUMMARIES, RUNS, ERRORS)
+"""The tables of no output kind or text task (those hold their own: ``models/kinds``,
+``text/tasks.py``)."""

@@ -87,7 +87,7 @@ class PatchModelHandler(ModelHandler):
     ) -> list[PredictionResult]:
         pixels = [model_input(patch.pixels, patch.appearance, self.spec) for patch in batch]
         tissue = None
-        if self.spec.output_kind == "segmentation":  # class areas count tissue pixels only
+        if self.spec.kind.needs_tissue:  # e.g. class areas count tissue pixels only
             tissue = [
                 patch.appearance.tissue.mask(patch.pixels) if patch.appearance else None
                 for patch in batch

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from transforms.core.errors import ModelLoadError, SlideError
-from transforms.models.outputs import model_outputs
+from transforms.models.kinds import kind
 from transforms.models.precision import GuardConfig, resolve, run_guarded
 from transforms.models.spec import ModelSpec
 from transforms.models.torch_models import LoadedModel, TorchModel, select_device
@@ -43,6 +43,7 @@ def load_model(spec: ModelSpec) -> LoadedModel:
             f"{type(exc).__name__}: {exc}"
         ) from exc
     model.precision = resolve(spec.precision, model.device, spec.format)
+    model.auto = spec.precision == "auto"
     _LOG.info(
         "loaded model %s version %s (%s, %s) on %s in %s",
         spec.name,
@@ -70,9 +71,10 @@ def guarded(
     cfg: GuardConfig,
 ) -> list:
     """``predict``, with reduced precision checked by the accuracy guard (``precision.py``)."""
-    return run_guarded(
-        model, lambda: predict(model, pixels, spec, tissue), spec.output_kind, spec.name, cfg
-    )
+    def run(k: int | None) -> list:
+        return predict(model, pixels[:k], spec, tissue[:k] if tissue is not None else None)
+
+    return run_guarded(model, run, kind(spec.output_kind), spec.name, cfg)
 
 
 def model_input(pixels: np.ndarray, appearance: Any, spec: ModelSpec) -> np.ndarray:
@@ -100,4 +102,7 @@ def predict(
 ) -> list:
     """One result per patch: probabilities, an embedding or a ``Segmented`` class map (counted
     over each patch's ``tissue`` pixels when given)."""
-    return model_outputs(model.forward(pixels), spec, len(pixels), tissue)
+    outputs = model.forward(pixels)
+    if not outputs:
+        raise ValueError(f"model {spec.name!r} returned no output")
+    return kind(spec.output_kind).results(outputs, spec, len(pixels), tissue)

@@ -16,7 +16,7 @@ import numpy as np
 
 from transforms.core.errors import ModelLoadError
 from transforms.models.local_copy import local_copy_with
-from transforms.models.outputs import Outputs
+from transforms.models.kinds.base import Outputs
 from transforms.models.spec import ModelSpec
 from transforms.models.torch_models import LoadedModel, in_fixed_batches, normalisation
 

@@ -1,7 +1,7 @@
 """RunModel: patches -> batches -> one shared model per process -> rows of the model's table.
 
-A classification model writes ``patch_predictions``, an embedding model ``patch_embeddings``, a
-segmentation model ``patch_segmentations`` (``RESULT_TABLES``); the rows share the patch box.
+Each model writes its output kind's table (``models/kinds``: ``patch_predictions``,
+``patch_embeddings``, ``patch_segmentations``, ...); the rows share the patch box.
 
 Why not Beam's ``RunInference``: it sends a whole failed batch to its failure output and cannot
 flag single non-finite predictions; here a failed batch is bisected down to the patches that fail
@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
-import numpy as np
 
 from transforms.core import progress
 from transforms.core.errors import DEAD_LETTER, ConfigError, dead_letter
@@ -62,37 +61,9 @@ def _box(patch: Any, spec: ModelSpec, run_id: str) -> dict:
     }
 
 
-def prediction_row(patch: Any, probs: np.ndarray, spec: ModelSpec, run_id: str) -> dict:
-    """One ``patch_predictions`` row."""
-    return {
-        **_box(patch, spec, run_id),
-        "probs": [float(p) for p in probs],
-        "label": int(np.argmax(probs)),
-    }
-
-
-def embedding_row(patch: Any, vector: np.ndarray, spec: ModelSpec, run_id: str) -> dict:
-    """One ``patch_embeddings`` row."""
-    return {**_box(patch, spec, run_id), "embedding": np.asarray(vector, np.float32).tolist()}
-
-
-def segmentation_row(patch: Any, seg: Any, spec: ModelSpec, run_id: str) -> dict:
-    """One ``patch_segmentations`` row (``seg``: an ``outputs.Segmented``)."""
-    return {
-        **_box(patch, spec, run_id),
-        "class_fractions": [float(f) for f in seg.class_fractions],
-        "argmax_counts": [int(c) for c in seg.argmax_counts],
-        "label": int(np.argmax(seg.argmax_counts)),
-        "tissue_fraction": seg.tissue_fraction,
-        "class_grid": [int(c) for c in seg.class_grid.ravel()],
-    }
-
-
-RESULT_ROWS = {
-    "classification": prediction_row,
-    "embedding": embedding_row,
-    "segmentation": segmentation_row,
-}
+def result_row(patch: Any, result: Any, spec: ModelSpec, run_id: str) -> dict:
+    """One row of the model's output kind's table: the patch box and the kind's columns."""
+    return {**_box(patch, spec, run_id), **spec.kind.row(result)}
 
 
 def _patch_input(patch: Any, spec: ModelSpec) -> dict:
@@ -139,7 +110,6 @@ class _RunPatchModel(ModelRunner):
         stage = f"RunModel/{self._spec.name}"
         progress.count("batches")
         inferred = 0
-        row = RESULT_ROWS[self._spec.output_kind]
         for patch, result, error in self.outcomes(batch):
             if error is not None:
                 progress.count("patches_failed")
@@ -149,7 +119,7 @@ class _RunPatchModel(ModelRunner):
                 )
                 continue
             inferred += 1
-            yield row(patch, result, self._spec, self._run_id)
+            yield result_row(patch, result, self._spec, self._run_id)
         progress.count("patches_inferred", inferred)
         yield from self.guard_outputs()
 

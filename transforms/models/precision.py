@@ -1,20 +1,23 @@
 """Reduced precision for patch models, and the guard that checks it kept the results.
 
 ``--precision NAME=fp32|bf16|fp16|auto``: an autocast around the forward pass; outputs are
-float32 before activation. ``auto`` is fp16 on CUDA, bf16 on a CPU with AMX or AVX-512 BF16
-(read from /proc/cpuinfo's flags), else fp32. ONNX graphs run as exported (fp32): onnxruntime
-has no autocast, and a float16 conversion is a different graph, so ``bf16``/``fp16`` are refused
-for them and ``auto`` means fp32.
+float32 before activation. ``auto`` tries fp16 on CUDA and bf16 on a CPU, and keeps it only when
+the guard passes **and** it measured faster than fp32 on the guard's own inputs (which run in
+both precisions anyway); else the process runs fp32. CPU flags are not read: a CPU with AVX-512
+BF16 and no AMX gained nothing from bf16, and only a measurement tells. ONNX graphs run as
+exported (fp32): onnxruntime has no autocast, and a float16 conversion is a different graph, so
+``bf16``/``fp16`` are refused for them and ``auto`` means fp32.
 
 Text models (``--precision`` of the text pipeline) take the same autocast and the same guard, on
 their first token windows: class probabilities per document or per token, and the cosine of the
 summed token vectors. The guard's figures go to the log, to the job's ``guard`` output and so to
 the run record and its report (``precision_guard``).
 
-The guard runs on each worker process's **first real patches** (``GUARD_PATCHES``, in its first
-batches): the model runs them in fp32 and in the reduced precision, and compares label agreement
-and the largest probability difference (classification), the cosine similarity (embeddings), or
-the largest change of a class's pixel share (segmentation). Below the thresholds the process
+The guard runs on each worker process's **first real patches** (exactly ``GUARD_PATCHES``, in
+its first batches): the model runs them in fp32 and in the reduced precision, and the output
+kind (or text task) compares them (``compare``: label agreement and the largest probability
+difference, the cosine similarity of embeddings, or the largest change of a class's pixel
+share). Below the thresholds the process
 falls back to fp32 (counted in ``precision_fallbacks``), or the job fails with
 ``--precision_strict``.
 """
@@ -24,9 +27,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
+import dataclasses
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -59,16 +64,6 @@ class GuardConfig:
             raise ConfigError("`min_cosine` must be in [-1, 1]")
 
 
-def cpu_has_bf16() -> bool:
-    """Whether this CPU runs bf16 natively (AMX or AVX-512 BF16)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        return False
-    return any(flag in flags.split() for flag in ("amx_bf16", "avx512_bf16"))
-
-
 def check_precision(name: str, precision: str, fmt: str) -> None:
     """Refuse a precision that is not one of ``PRECISIONS``, or a reduced one for ONNX."""
     if precision not in PRECISIONS:
@@ -87,9 +82,7 @@ def resolve(precision: str, device: str, fmt: str) -> str:
         return "fp32"
     if precision != "auto":
         return precision
-    if device == "cuda":
-        return "fp16"
-    return "bf16" if cpu_has_bf16() else "fp32"
+    return "fp16" if device == "cuda" else "bf16"
 
 
 @dataclass(frozen=True)
@@ -103,6 +96,10 @@ class GuardResult:
     max_prob_diff: float | None = None
     min_cosine: float | None = None
     passed: bool = True
+    speedup: float | None = None
+    """fp32's time per input over the reduced precision's, on the guard's inputs (warm)."""
+    kept: bool = True
+    """Whether the process kept the reduced precision (false: it runs fp32)."""
 
     def describe(self) -> str:
         figures = ", ".join(
@@ -115,7 +112,8 @@ class GuardResult:
             if value is not None
         )
         verdict = "passed" if self.passed else "FAILED"
-        return f"{self.precision} guard {verdict} on {self.n} patches: {figures}"
+        speed = f", {self.speedup:.2f}x fp32's speed" if self.speedup is not None else ""
+        return f"{self.precision} guard {verdict} on {self.n} inputs: {figures}{speed}"
 
 
 def merge(earlier: GuardResult | None, later: GuardResult) -> GuardResult:
@@ -138,41 +136,25 @@ def merge(earlier: GuardResult | None, later: GuardResult) -> GuardResult:
         worst(earlier.max_prob_diff, later.max_prob_diff, max),
         worst(earlier.min_cosine, later.min_cosine, min),
         earlier.passed and later.passed,
+        worst(earlier.speedup, later.speedup, min),
+        earlier.kept and later.kept,
     )
 
 
-def compare(
-    kind: str, reduced: list, exact: list, precision: str, cfg: GuardConfig, model: str = ""
-) -> GuardResult:
-    """Compare a batch's results in reduced precision with the same batch in fp32.
+@dataclass(frozen=True)
+class GuardFigures:
+    """What an output kind's (or text task's) ``compare`` measured on one batch."""
 
-    ``kind``: a patch model's output kind, or a text task (``token-classification`` compares
-    every token's probabilities; the text ``embedding``'s last value, its token count, is left
-    out of the cosine).
-    """
-    n = len(exact)
-    if kind in ("embedding", "text-embedding"):
-        a, b = np.stack(reduced).astype(np.float64), np.stack(exact).astype(np.float64)
-        if kind == "text-embedding":
-            a, b = a[:, :-1], b[:, :-1]
-        cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
-        worst = float(cos.min())
-        return GuardResult(precision, n, model, min_cosine=worst, passed=worst >= cfg.min_cosine)
-    if kind == "segmentation":
-        a = np.stack([np.asarray(s.class_fractions) for s in reduced])
-        b = np.stack([np.asarray(s.class_fractions) for s in exact])
-        diff = float(np.abs(a - b).max()) if n else 0.0
-        return GuardResult(
-            precision, n, model, max_prob_diff=diff, passed=diff <= 1 - cfg.min_agreement + 1e-12
-        )
-    if kind == "token-classification":  # one row per token
-        a, b = np.concatenate(reduced), np.concatenate(exact)
-    else:
-        a, b = np.stack(reduced), np.stack(exact)
-    agreement = float((a.argmax(1) == b.argmax(1)).mean())
-    diff = float(np.abs(a - b).max())
-    passed = agreement >= cfg.min_agreement and diff <= cfg.max_prob_diff
-    return GuardResult(precision, n, model, agreement, diff, passed=passed)
+    passed: bool
+    agreement: float | None = None
+    max_prob_diff: float | None = None
+    min_cosine: float | None = None
+
+
+class Comparer(Protocol):
+    """An output kind or text task: how the guard compares reduced results with fp32's."""
+
+    def compare(self, reduced: list, exact: list, cfg: GuardConfig) -> GuardFigures: ...
 
 
 class Guarded:
@@ -188,6 +170,10 @@ class Guarded:
         """Each guarded batch's figures, until the model runner hands them to the job's
         ``guard`` output (``take_guard_batches``)."""
         self.lock = threading.Lock()
+        self.auto = False
+        """``--precision auto``: keep the reduced precision only if it measured faster."""
+        self.timings: list[tuple[float, float]] = []
+        """Per guarded batch: seconds per input in the reduced precision and in fp32."""
 
     def take_guard_batches(self) -> list[GuardResult]:
         with self.lock:
@@ -209,34 +195,72 @@ def per_model(rows: list[dict]) -> list[GuardResult]:
     return [merged[name] for name in sorted(merged)]
 
 
+MIN_SPEEDUP = 1.0
+"""``auto`` keeps a reduced precision only when it ran faster than fp32 on the guard's inputs."""
+
+
 def run_guarded(
-    model: Guarded, run: Callable[[], list], kind: str, name: str, cfg: GuardConfig
+    model: Guarded,
+    run: Callable[[int | None], list],
+    comparer: Comparer,
+    name: str,
+    cfg: GuardConfig,
 ) -> list:
-    """``run()`` (a batch through ``model`` in its current precision), checking a reduced
-    precision on the process's first ``GUARD_PATCHES`` inputs: each of their batches runs in
-    both precisions and is compared; a failing batch turns the process to fp32 (or fails the
-    job, with ``strict``)."""
+    """``run(None)`` (a batch through ``model`` in its current precision), checking a reduced
+    precision on the process's first ``GUARD_PATCHES`` inputs: the batches holding them also run
+    their first inputs (``run(k)``: the first k) in fp32, timed, and are compared; a failing
+    batch turns the process to fp32 (or fails the job, with ``strict``). ``auto`` also turns to
+    fp32 when the reduced precision measured no faster (``GuardResult.speedup``)."""
     if model.precision == "fp32" or (model.guard is not None and model.guard.n >= GUARD_PATCHES):
-        return run()
+        return run(None)
     with model.lock:
-        if model.precision == "fp32" or (model.guard and model.guard.n >= GUARD_PATCHES):
-            return run()
-        reduced = run()
+        checked = model.guard.n if model.guard is not None else 0
+        if model.precision == "fp32" or checked >= GUARD_PATCHES:
+            return run(None)
+        started = time.perf_counter()
+        reduced = run(None)
+        reduced_s = (time.perf_counter() - started) / max(len(reduced), 1)
         precision, model.precision = model.precision, "fp32"
-        exact = run()
-        batch = compare(kind, reduced, exact, precision, cfg, name)
+        started = time.perf_counter()
+        exact = run(GUARD_PATCHES - checked)
+        exact_s = (time.perf_counter() - started) / max(len(exact), 1)
+        figures = comparer.compare(reduced[: len(exact)], exact, cfg)
+        model.timings.append((reduced_s, exact_s))
+        batch = GuardResult(
+            precision, len(exact), name, figures.agreement, figures.max_prob_diff,
+            figures.min_cosine, figures.passed, _speedup(model.timings),
+        )
+        result = merge(model.guard, batch)
+        done = result.n >= GUARD_PATCHES
+        slower = model.auto and done and (result.speedup or 0.0) < MIN_SPEEDUP
+        kept = result.passed and not slower
+        batch = dataclasses.replace(batch, kept=kept or not done)
         model.guard_batches.append(batch)
-        result = model.guard = merge(model.guard, batch)
-        if result.passed:
+        model.guard = dataclasses.replace(result, kept=kept or not done)
+        if kept:
             model.precision = precision
-            if result.n >= GUARD_PATCHES:
+            if done:
                 _LOG.info("model %s: %s", name, result.describe())
             return reduced
-        progress.count("precision_fallbacks")
-        if cfg.strict:
-            raise ModelLoadError(f"model {name!r}: {result.describe()}; --precision_strict is set")
-        _LOG.warning("model %s falls back to fp32: %s", name, result.describe())
-        return exact
+        if not result.passed:
+            progress.count("precision_fallbacks")
+            if cfg.strict:
+                raise ModelLoadError(
+                    f"model {name!r}: {result.describe()}; --precision_strict is set"
+                )
+            _LOG.warning("model %s falls back to fp32: %s", name, result.describe())
+            return run(None) if len(exact) < len(reduced) else exact
+        _LOG.info("model %s: auto keeps fp32, %s was not faster: %s", name, precision,
+                  result.describe())
+        return reduced
+
+
+def _speedup(timings: list[tuple[float, float]]) -> float | None:
+    """fp32's time per input over the reduced one's, leaving out the first (cold) batch when
+    there are others: its first calls build kernels in both precisions."""
+    warm = timings[1:] or timings
+    reduced = sum(t[0] for t in warm)
+    return sum(t[1] for t in warm) / reduced if reduced > 0 else None
 
 
 def autocast(device: str, precision: str) -> Any:

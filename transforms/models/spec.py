@@ -6,8 +6,9 @@ Four ways to ship a patch model (``model_format`` tells them apart by the URI):
   * an ``.onnx`` graph (run by onnxruntime; external weights as ``<file>.data`` beside it);
   * a Hugging Face vision folder written by ``save_pretrained`` (ViT, DINOv2, Swin, ConvNeXt...).
 
-And three kinds of output (``OUTPUT_KINDS``): class logits (``classification``), one vector per
-patch (``embedding``), or a class map per patch (``segmentation``).
+And the kinds of output in ``models/kinds`` (``OUTPUT_KINDS``): class logits
+(``classification``), one vector per patch (``embedding``), a class map per patch
+(``segmentation``).
 """
 
 from __future__ import annotations
@@ -16,26 +17,23 @@ import re
 from dataclasses import dataclass
 
 from transforms.core.errors import ConfigError
+from transforms.models.kinds import KINDS, OUTPUT_KINDS, OutputKind
+from transforms.models.kinds.embedding import KIND as _EMBEDDING_KIND
 from transforms.models.precision import check_precision
 
 MODEL_NAME_PATTERN = r"[A-Za-z][A-Za-z0-9_]{0,62}"
 """A model name starts with a letter and holds letters, digits and underscores, at most 63: it
 becomes a stage label, a file name and a row value. The Flex Template metadata regexes embed this
 same pattern (a test checks that they agree)."""
-_MODEL_NAME = re.compile(f"^{MODEL_NAME_PATTERN}$")
+_MODEL_NAME = re.compile(MODEL_NAME_PATTERN)
+EMBEDDING = _EMBEDDING_KIND.name
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 ACTIVATIONS = ("softmax", "sigmoid", "none")
-OUTPUT_KINDS = ("classification", "embedding", "segmentation")
 INPUTS = ("rgb", "eho")
 """What a model is handed: the patch's RGB, or EHO stain channels (eosin, hematoxylin, optical
 density; ``slides/stains.py``) scaled by its slide's stain basis."""
-EMBEDDING_KEYS = ("auto", "pooler", "cls", "mean")
-"""How an embedding is taken from a model's output: ``pooler`` (``pooler_output``), ``cls`` (the
-first token of ``last_hidden_state``), ``mean`` (the mean over its tokens), ``auto`` (a 2-D
-output as it is, else ``pooler`` when the model has one, else ``cls``); any other value names an
-output (a dict key, or an ONNX output name) that is N x D."""
 FORMATS = ("pt2", "state_dict", "onnx", "huggingface")
 _WEIGHT_FILES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
 
@@ -62,7 +60,7 @@ def model_format(uri: str, model_class: str | None) -> str:
 
 def is_model_name(name: str) -> bool:
     """Whether ``name`` follows the model-name rule."""
-    return bool(_MODEL_NAME.match(name))
+    return _MODEL_NAME.fullmatch(name) is not None
 
 
 def check_model_name(name: str) -> None:
@@ -130,18 +128,26 @@ class ModelSpec:
                 f"`output_kind` of {self.name}: one of {', '.join(OUTPUT_KINDS)}, "
                 f"got {self.output_kind!r}"
             )
-        if self.embedding_key != "auto" and self.output_kind != "embedding":
+        if self.embedding_key != "auto" and self.output_kind != EMBEDDING:
             raise ConfigError(f"`embedding_key` of {self.name}: only for `output_kind` embedding")
         if len(set(self.class_names)) != len(self.class_names) or "" in self.class_names:
             raise ConfigError(f"`class_names` of {self.name}: distinct, non-empty names")
-        if self.class_names and self.output_kind == "embedding":
-            raise ConfigError(f"`class_names` of {self.name}: an embedding has no classes")
+        if self.class_names and not self.kind.has_classes:
+            raise ConfigError(
+                f"`class_names` of {self.name}: a model of output kind {self.output_kind} has "
+                "no classes"
+            )
         if (self.mean is not None and len(self.mean) != 3) or (
             self.std is not None and (len(self.std) != 3 or min(self.std) <= 0)
         ):
             raise ConfigError(f"`mean`/`std` of {self.name}: need 3 values each, std > 0")
         if self.activation not in ACTIVATIONS:
             raise ConfigError(f"`activation` of {self.name}: one of {', '.join(ACTIVATIONS)}")
+
+    @property
+    def kind(self) -> OutputKind:
+        """The model's output kind (``models/kinds``)."""
+        return KINDS[self.output_kind]
 
     @property
     def format(self) -> str:

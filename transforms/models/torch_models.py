@@ -18,7 +18,8 @@ import numpy as np
 
 from transforms.core.errors import ModelLoadError
 from transforms.models.local_copy import local_copy, local_folder
-from transforms.models.outputs import Outputs
+from transforms.models.kinds import kind
+from transforms.models.kinds.base import Outputs
 from transforms.models.precision import Guarded, autocast
 from transforms.models.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
 
@@ -186,13 +187,6 @@ def huggingface_offline() -> None:
     hf_logging.set_verbosity_error()
 
 
-_HF_CLASSES = {
-    "classification": "AutoModelForImageClassification",
-    "embedding": "AutoModel",
-    "segmentation": "AutoModelForSemanticSegmentation",
-}
-
-
 def load_torch(spec: ModelSpec, device: str) -> LoadedModel:
     """A ``.pt2``, ``state_dict`` or Hugging Face model of ``spec`` on ``device``, in eval mode."""
     import torch
@@ -204,7 +198,7 @@ def load_torch(spec: ModelSpec, device: str) -> LoadedModel:
         folder = local_folder(spec.uri)
         if not os.path.exists(os.path.join(folder, "config.json")):
             raise FileNotFoundError(f"no config.json in {spec.uri}: not a save_pretrained folder")
-        auto = getattr(transformers, _HF_CLASSES[spec.output_kind])
+        auto = getattr(transformers, kind(spec.output_kind).hf_auto_class)
         module, info = auto.from_pretrained(folder, local_files_only=True, output_loading_info=True)
         _drop_uninitialised_pooler(module, list(info.get("missing_keys") or ()))
         return HuggingFaceModel(module.eval().to(device), device, *normalisation(spec, folder))

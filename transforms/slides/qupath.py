@@ -5,7 +5,8 @@ a square polygon in level-0 pixel coordinates (QuPath's image coordinates) with
 ``objectType: "detection"``, its top class as the classification (name and colour), and its
 class probabilities (classification) or tissue shares per class (segmentation) as measurements.
 Only patches whose top value reaches ``--qupath_min_prob`` are exported, so files stay small.
-Embedding models have no classes and export nothing.
+What a patch exports is its model's output kind's (``qupath_values``): embedding models export
+nothing.
 """
 
 from __future__ import annotations
@@ -30,24 +31,14 @@ def geojson_uri(folder: str, slide_id: str, model_name: str) -> str:
     return f"{folder.rstrip('/')}/{safe_name(slide_id)}__{safe_name(model_name)}.geojson"
 
 
-def patch_values(row: dict) -> Sequence[float]:
-    """What a row says per class: probabilities, or tissue shares per class."""
-    if "probs" in row:
-        return row["probs"]
-    fractions = row.get("class_fractions") or []
-    tissue = row.get("tissue_fraction") or 0.0
-    return [f / tissue for f in fractions] if tissue > 0 else [0.0] * len(fractions)
-
-
 def feature(row: dict, spec: ModelSpec) -> dict[str, Any]:
     """One patch as a QuPath detection."""
     x, y, size = int(row["x_px"]), int(row["y_px"]), int(row["size_px"])
-    values = patch_values(row)
+    values = spec.kind.qupath_values(row) or ()
     top = max(range(len(values)), key=lambda i: values[i])
     colour = [int(c) for c in PALETTE[top % len(PALETTE)]]
     measurements = {spec.class_name(i): round(float(v), 6) for i, v in enumerate(values)}
-    if "tissue_fraction" in row:
-        measurements["tissue fraction"] = round(float(row["tissue_fraction"]), 6)
+    measurements.update(spec.kind.qupath_measurements(row))
     return {
         "type": "Feature",
         "geometry": {
@@ -64,14 +55,12 @@ def feature(row: dict, spec: ModelSpec) -> dict[str, Any]:
 
 class _Keep(beam.DoFn):
     def __init__(self, specs: Sequence[ModelSpec], min_prob: float) -> None:
-        self._kinds = {s.name: s.output_kind for s in specs}
+        self._kinds = {s.name: s.kind for s in specs}
         self._min = min_prob
 
     def process(self, row: dict) -> Iterator[tuple[tuple[str, str], dict]]:
-        if self._kinds.get(row["model_name"]) == "embedding":
-            return
-        values = patch_values(row)
-        if len(values) and max(values) >= self._min:
+        values = self._kinds[row["model_name"]].qupath_values(row)
+        if values is not None and len(values) and max(values) >= self._min:
             yield (row["slide_id"], row["model_name"]), row
 
 

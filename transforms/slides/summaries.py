@@ -25,6 +25,8 @@ from transforms.slides.heatmaps import slide_thumbnail
 
 THUMBNAIL_PX = 512
 """Long side of the thumbnail JPEG each slide gets beside its pictures (for the run report)."""
+THUMBNAILS = "thumbnails"
+"""The folder of the slides' thumbnails (each output kind's pictures have their own)."""
 MAX_HEATMAP_SIDE = 1024
 """Heatmap raster cells per side at most; past it, cells merge 2 x 2, so memory stays bounded."""
 
@@ -160,23 +162,20 @@ class SlideStats:
         }
 
 
-def summarised_values(row: dict) -> Sequence[float]:
-    """What a result row contributes to its slide's statistics: class probabilities, class
-    pixel shares, or nothing (an embedding)."""
-    if "probs" in row:
-        return row["probs"]
-    return row.get("class_fractions", ())
-
-
 class SlideStatsFn(beam.CombineFn):
-    """``patch_predictions`` rows -> ``SlideStats``."""
+    """Result rows of one slide and model -> ``SlideStats`` (what a row adds: its model's
+    output kind says)."""
+
+    def __init__(self, specs: Sequence[ModelSpec]) -> None:
+        self._kinds = {s.name: s.kind for s in specs}
 
     def create_accumulator(self) -> SlideStats:
         return SlideStats()
 
     def add_input(self, acc: SlideStats, row: dict) -> SlideStats:
         box = (row["x_px"], row["y_px"], row["size_px"])
-        acc.add(box, summarised_values(row), row.get("class_grid", ()))
+        kind = self._kinds[row["model_name"]]
+        acc.add(box, kind.slide_values(row), kind.slide_grid(row))
         return acc
 
     def merge_accumulators(self, accs: Iterable[SlideStats]) -> SlideStats:
@@ -229,7 +228,7 @@ class _SummarizeSlide(beam.DoFn):
         for spec in self._specs:
             stats = by_model.get(spec.name, SlideStats())
             heatmap_uri = None
-            if thumb and spec.output_kind in self._picture_dirs and stats.sums is not None:
+            if thumb and spec.kind.picture in self._picture_dirs and stats.sums is not None:
                 try:
                     heatmap_uri = self._write_heatmap(info, spec, stats, thumb)
                 except Exception as exc:  # noqa: BLE001 - the summary row still goes out
@@ -254,7 +253,7 @@ class _SummarizeSlide(beam.DoFn):
         image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
         buffer = io.BytesIO()
         image.save(buffer, format="JPEG", quality=85)
-        uri = thumbnail_uri(self._picture_dirs["thumbnail"], info["slide_id"])
+        uri = thumbnail_uri(self._picture_dirs[THUMBNAILS], info["slide_id"])
         write_image(uri, buffer.getvalue())
         return uri
 
@@ -264,10 +263,9 @@ class _SummarizeSlide(beam.DoFn):
         from transforms.slides.heatmaps import heatmap_uri, render_heatmap, write_image
 
         assert stats.sums is not None
-        shown = "pixel share" if spec.output_kind == "segmentation" else "mean P"
         title = (
             f"{info['slide_id']} | {spec.name} {spec.version} | {stats.n} patches | "
-            f"{shown} = {np.round(stats.sums / stats.n, 3).tolist()}"
+            f"{spec.kind.shown_value} = {np.round(stats.sums / stats.n, 3).tolist()}"
         )
         n_classes = len(stats.sums)
         png = render_heatmap(
@@ -277,9 +275,10 @@ class _SummarizeSlide(beam.DoFn):
             *stats.heatmap_raster(),
             title,
             [spec.class_name(c) for c in range(n_classes)],
-            class_map=spec.output_kind == "segmentation",
+            class_map=spec.kind.class_map,
         )
-        uri = heatmap_uri(self._picture_dirs[spec.output_kind], info["slide_id"], spec.name)
+        assert spec.kind.picture is not None
+        uri = heatmap_uri(self._picture_dirs[spec.kind.picture], info["slide_id"], spec.name)
         write_image(uri, png)
         return uri
 
@@ -310,16 +309,17 @@ def summary_row(
 
 
 def class_areas_mm2(spec: ModelSpec, stats: SlideStats, mpp: float | None) -> list[float]:
-    """A segmentation's tissue area per class within the patches (empty for other kinds, or
-    without an mpp)."""
-    if spec.output_kind != "segmentation" or stats.areas_px is None or not mpp:
+    """Tissue area per class within the patches, for kinds that have areas (segmentation);
+    empty for others, or without an mpp."""
+    if not spec.kind.class_areas or stats.areas_px is None or not mpp:
         return []
     return (stats.areas_px * (mpp / 1000.0) ** 2).tolist()
 
 
 class SummarizeSlides(beam.PTransform):
     """(result rows, slide infos) -> ``slide_summaries`` rows, and one picture per slide × model:
-    a heatmap (classification) or a class map (segmentation) in ``picture_dirs[output kind]``.
+    its output kind's (a heatmap, or a class map) in ``picture_dirs[kind.picture]``, and a
+    thumbnail per slide in ``picture_dirs[THUMBNAILS]``.
 
     Out: a dict with ``summaries`` and ``DEAD_LETTER`` rows (pictures that failed to render).
     """
@@ -329,13 +329,14 @@ class SummarizeSlides(beam.PTransform):
     ) -> None:
         super().__init__()
         self._fn = _SummarizeSlide(specs, picture_dirs, run_id)
+        self._specs = list(specs)
 
     def expand(self, inputs: tuple[beam.PCollection, beam.PCollection]) -> dict:
         predictions, infos = inputs
         stats = (
             predictions
             | "KeyBySlideAndModel" >> beam.Map(_key_slide_model)
-            | "CombineStats" >> beam.CombinePerKey(SlideStatsFn())
+            | "CombineStats" >> beam.CombinePerKey(SlideStatsFn(self._specs))
             | "KeyStatsBySlide" >> beam.Map(_key_stats_by_slide)
         )
         keyed_infos = infos | "KeyInfos" >> beam.Map(_key_info)

@@ -15,6 +15,7 @@ from transforms.models.runner import ModelRunner
 from transforms.text.batching import SortAndBatchByTokens, TokenBatchingConfig
 from transforms.text.merge import MergeWindows, RouteByWindows
 from transforms.text.models import TextModelSpec
+from transforms.text.tasks import task
 from transforms.text.windows import TextWindow, TokenizeDocument, WindowConfig, window_length
 
 
@@ -43,7 +44,7 @@ class _RunTextModel(ModelRunner):
         ids = [w.ids for w in batch]
         spec = self._spec
         return run_guarded(
-            model, lambda: forward(model, ids), spec.guard_kind, spec.name, self._guard
+            model, lambda k: forward(model, ids[:k]), task(spec.task), spec.name, self._guard
         )
 
     def process(self, batch: Sequence[TextWindow]) -> Iterator[TextWindow]:

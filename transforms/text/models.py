@@ -18,8 +18,7 @@ from transforms.models.local_copy import local_folder
 from transforms.models.precision import Guarded, autocast, check_precision, resolve
 from transforms.models.spec import check_model_name
 from transforms.models.torch_models import huggingface_offline
-
-TASKS = ("token-classification", "text-classification", "embedding")
+from transforms.text.tasks import TASKS, task
 
 
 @dataclass(frozen=True)
@@ -41,11 +40,6 @@ class TextModelSpec:
         check_precision(self.name, self.precision, "huggingface")
 
     @property
-    def guard_kind(self) -> str:
-        """What the accuracy guard compares (``precision.compare``)."""
-        return "text-embedding" if self.task == "embedding" else self.task
-
-    @property
     def shared_tag(self) -> str:
         return f"{self.name}|{self.version}|{self.uri}|{self.task}"
 
@@ -57,6 +51,7 @@ class LoadedTextModel(Guarded):
     def __init__(self, tokenizer: Any, model: Any, device: str, spec: TextModelSpec) -> None:
         super().__init__()
         self.precision = resolve(spec.precision, device, "huggingface")
+        self.auto = spec.precision == "auto"
         self.tokenizer = tokenizer
         self.model = model
         self.device = device
@@ -87,11 +82,7 @@ def load_tokenizer(spec: TextModelSpec) -> Any:
 def load_text_model(spec: TextModelSpec) -> LoadedTextModel:
     """Load tokenizer and model for ``spec.task`` onto the chosen device, in eval mode."""
     huggingface_offline()
-    from transformers import (
-        AutoModel,
-        AutoModelForSequenceClassification,
-        AutoModelForTokenClassification,
-    )
+    import transformers
 
     from transforms.models.torch_models import select_device
 
@@ -99,11 +90,7 @@ def load_text_model(spec: TextModelSpec) -> LoadedTextModel:
         device = select_device(spec.require_gpu)
     except ModelLoadError as exc:
         raise ModelLoadError(f"model {spec.name!r} from {spec.uri}: {exc}") from exc
-    auto = {
-        "embedding": AutoModel,
-        "text-classification": AutoModelForSequenceClassification,
-        "token-classification": AutoModelForTokenClassification,
-    }[spec.task]
+    auto = getattr(transformers, task(spec.task).hf_auto_class)
     tokenizer = load_tokenizer(spec)
     try:
         model = auto.from_pretrained(local_folder(spec.uri), local_files_only=True)
@@ -117,12 +104,8 @@ def load_text_model(spec: TextModelSpec) -> LoadedTextModel:
 
 
 def forward(loaded: LoadedTextModel, windows: Sequence[list[int]]) -> list[np.ndarray]:
-    """One forward pass over windows of token ids, padded to the longest; one array per window.
-
-    embedding: the sum of token vectors (``H + 1``: the last value is the token count, so windows
-    merge into a document mean); text-classification: class probabilities ``C``;
-    token-classification: token probabilities ``T x C`` (padding dropped).
-    """
+    """One forward pass over windows of token ids, padded to the longest; one array per window,
+    as the model's task says (``tasks.py``)."""
     import torch
 
     longest = max(len(w) for w in windows)
@@ -136,16 +119,4 @@ def forward(loaded: LoadedTextModel, windows: Sequence[list[int]]) -> list[np.nd
     with torch.inference_mode():
         with autocast(loaded.device, loaded.precision):
             out = loaded.model(input_ids=ids, attention_mask=mask)
-        task = loaded.spec.task
-        if task == "embedding":
-            hidden = out.last_hidden_state.float()
-            summed = (hidden * mask.unsqueeze(-1)).sum(dim=1)
-            counts = mask.sum(dim=1, keepdim=True).float()
-            result = torch.cat([summed, counts], dim=1).cpu().numpy()
-            return list(result.astype(np.float64))
-        logits = out.logits.float()
-        if task == "text-classification":
-            labels = torch.sigmoid(logits) if loaded.multi_label else torch.softmax(logits, -1)
-            return list(labels.cpu().numpy())
-        tokens = torch.softmax(logits, dim=-1).cpu().numpy()
-        return [tokens[i, : len(w)] for i, w in enumerate(windows)]
+        return task(loaded.spec.task).window_outputs(loaded, out, mask, [len(w) for w in windows])
