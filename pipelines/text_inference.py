@@ -32,6 +32,7 @@ from transforms.models.precision import GUARD
 from transforms.text.inference import RunTextModel
 from transforms.text.tasks import task
 
+
 def build(pipeline: beam.Pipeline, cfg: TextJobConfig) -> dict[str, beam.PCollection]:
     """Wire the text pipeline; return one row PCollection per table, and the errors."""
     docs = pipeline | "ReadDocuments" >> ReadManifest(cfg.documents, "documents", cfg.columns)

@@ -5,16 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from transforms.models.spec import ModelSpec
 from transforms.slides.summaries import SlideStats, SlideStatsFn, case_summary
 
 
 def test_slide_stats_match_numpy_and_merge_in_any_split():
     rng = np.random.default_rng(0)
     probs = rng.dirichlet([1, 1, 1], size=50)
-    fn = SlideStatsFn()
+    fn = SlideStatsFn([ModelSpec("m", "m.pt2")])
     accs = [fn.create_accumulator() for _ in range(3)]
     for i, p in enumerate(probs):
-        fn.add_input(accs[i % 3], {"x_px": i, "y_px": 0, "size_px": 4, "probs": p.tolist()})
+        row = {"model_name": "m", "x_px": i, "y_px": 0, "size_px": 4, "probs": p.tolist()}
+        fn.add_input(accs[i % 3], row)
     stats = fn.extract_output(fn.merge_accumulators(accs)).class_stats()
     np.testing.assert_allclose(stats["class_mean_prob"], probs.mean(0))
     np.testing.assert_allclose(stats["class_max_prob"], probs.max(0))

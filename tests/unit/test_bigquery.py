@@ -8,6 +8,7 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.options import slide_job_config, text_job_config
+from tests.tables import ALL_TABLES, PATCH_PREDICTIONS
 from transforms.core.errors import ConfigError
 from transforms.io.bigquery import (
     BigQueryDataset,
@@ -18,7 +19,6 @@ from transforms.io.bigquery import (
     replace_sql,
     staging_table,
 )
-from tests.tables import ALL_TABLES, PATCH_PREDICTIONS
 
 
 @pytest.mark.parametrize(

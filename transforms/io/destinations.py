@@ -156,11 +156,11 @@ class WriteRows(beam.PTransform):
 
 class WriteTables(beam.PTransform):
     """``{table name: rows}`` -> every table written to the destination, each by its schema
-among ``tables`` (the pipeline says which: its output kinds' or tasks' tables, summaries,
-errors).
+    among ``tables`` (the pipeline says which: its output kinds' or tasks' tables, summaries,
+    errors).
 
-    A BigQuery dataset is prepared once, by the job when it runs: never at launch, so a
-    ``--dry_run`` or a staged template touches nothing and needs no credentials.
+        A BigQuery dataset is prepared once, by the job when it runs: never at launch, so a
+        ``--dry_run`` or a staged template touches nothing and needs no credentials.
     """
 
     def __init__(self, dest: Destination, run: RunStamp, tables: Sequence[Table]) -> None:

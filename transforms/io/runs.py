@@ -215,8 +215,9 @@ def record(
 
 def ran_in(model: ModelInfo, device: str | None, guard: list) -> str:
     """The precision ``model`` ran in: ``auto`` resolved for the recording worker's ``device``,
-    fp32 where its accuracy guard failed or ``auto`` measured it no faster (``guard``: ``precision.GuardResult`` per model); as
-    asked when no worker recorded the row (a launcher's ``submitted`` or ``failed`` row)."""
+    fp32 where its accuracy guard failed or ``auto`` measured it no faster (``guard``:
+    ``precision.GuardResult`` per model); as asked when no worker recorded the row (a
+    launcher's ``submitted`` or ``failed`` row)."""
     if device is None:
         return model.precision
     if any(g.model == model.name and not (g.passed and g.kept) for g in guard):

@@ -71,6 +71,7 @@ def guarded(
     cfg: GuardConfig,
 ) -> list:
     """``predict``, with reduced precision checked by the accuracy guard (``precision.py``)."""
+
     def run(k: int | None) -> list:
         return predict(model, pixels[:k], spec, tissue[:k] if tissue is not None else None)
 

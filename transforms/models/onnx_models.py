@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from transforms.core.errors import ModelLoadError
-from transforms.models.local_copy import local_copy_with
 from transforms.models.kinds.base import Outputs
+from transforms.models.local_copy import local_copy_with
 from transforms.models.spec import ModelSpec
 from transforms.models.torch_models import LoadedModel, in_fixed_batches, normalisation
 

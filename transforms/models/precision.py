@@ -25,15 +25,13 @@ falls back to fp32 (counted in ``precision_fallbacks``), or the job fails with
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import threading
 import time
 from collections.abc import Callable
-import dataclasses
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
-
-import numpy as np
 
 from transforms.core import progress
 from transforms.core.errors import ConfigError, ModelLoadError
@@ -227,8 +225,14 @@ def run_guarded(
         figures = comparer.compare(reduced[: len(exact)], exact, cfg)
         model.timings.append((reduced_s, exact_s))
         batch = GuardResult(
-            precision, len(exact), name, figures.agreement, figures.max_prob_diff,
-            figures.min_cosine, figures.passed, _speedup(model.timings),
+            precision,
+            len(exact),
+            name,
+            figures.agreement,
+            figures.max_prob_diff,
+            figures.min_cosine,
+            figures.passed,
+            _speedup(model.timings),
         )
         result = merge(model.guard, batch)
         done = result.n >= GUARD_PATCHES
@@ -250,8 +254,9 @@ def run_guarded(
                 )
             _LOG.warning("model %s falls back to fp32: %s", name, result.describe())
             return run(None) if len(exact) < len(reduced) else exact
-        _LOG.info("model %s: auto keeps fp32, %s was not faster: %s", name, precision,
-                  result.describe())
+        _LOG.info(
+            "model %s: auto keeps fp32, %s was not faster: %s", name, precision, result.describe()
+        )
         return reduced
 
 

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 
 from transforms.core.errors import ModelLoadError
-from transforms.models.local_copy import local_copy, local_folder
 from transforms.models.kinds import kind
 from transforms.models.kinds.base import Outputs
+from transforms.models.local_copy import local_copy, local_folder
 from transforms.models.precision import Guarded, autocast
 from transforms.models.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
 

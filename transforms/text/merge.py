@@ -6,11 +6,10 @@ offsets into the ORIGINAL text (``entities.py``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import apache_beam as beam
-import numpy as np
 
 from transforms.core import progress
 from transforms.core.errors import DEAD_LETTER, PipelineError, dead_letter
@@ -63,5 +62,3 @@ class MergeWindows(beam.DoFn):
         row.update(task(self._spec.task).document(windows, label_of))
         progress.count("documents_done")
         yield row
-
-
