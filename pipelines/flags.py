@@ -14,7 +14,7 @@ import sys
 import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import MISSING, dataclass, fields
-from typing import Any, cast
+from typing import Any, NoReturn, cast
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -511,9 +511,33 @@ def flag_names(groups: tuple[Group, ...]) -> list[str]:
     return [flag.name for _, flags in groups for flag in flags]
 
 
-def _beam_parser() -> argparse.ArgumentParser:
-    """A parser of every Beam (and Dataflow) flag, none of ours."""
-    parser = argparse.ArgumentParser(allow_abbrev=False, add_help=False, conflict_handler="resolve")
+class _Parser(argparse.ArgumentParser):
+    """An argparse parser that records the option strings of its flags (argparse keeps them
+    only in a private list) and raises a one-line ``ConfigError`` where argparse would print
+    its whole usage and exit (``--patch_px abc`` printed 171 lines)."""
+
+    def __init__(self) -> None:
+        super().__init__(allow_abbrev=False, add_help=False, conflict_handler="resolve")
+        self.option_strings: list[str] = []
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> Any:
+        self.option_strings += [a for a in args if isinstance(a, str) and a.startswith("-")]
+        return super().add_argument(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(message)
+
+
+def _beam_parser() -> _Parser:
+    """A parser of every Beam (and Dataflow) flag, none of ours.
+
+    Private API, on purpose: Beam has no public way to list its flags' option strings (with
+    their aliases, such as ``--experiment`` for ``--experiments``) or their help;
+    ``PipelineOptions.get_all_options()`` gives destination names only. So each Beam options
+    class's ``_add_argparse_args`` hook (the one Beam's docs tell users to override) is called
+    on our parser. ``tests/unit/test_flags.py`` fails if that hook changes.
+    """
+    parser = _Parser()
     seen: set[type] = set()
     pending = list(PipelineOptions.__subclasses__())
     while pending:
@@ -523,16 +547,16 @@ def _beam_parser() -> argparse.ArgumentParser:
         seen.add(cls)
         pending += cls.__subclasses__()
         if cls.__module__.startswith("apache_beam."):
-            cls._add_argparse_args(cast(Any, parser))  # each options class's documented hook
+            cls._add_argparse_args(cast(Any, parser))
     return parser
 
 
 def check_known(argv: Sequence[str], groups: tuple[Group, ...]) -> None:
-    """Raise ``ConfigError`` naming the first flag neither Beam nor this pipeline knows, and
-    the closest known one."""
+    """Raise a one-line ``ConfigError`` naming the first flag neither Beam nor this pipeline
+    knows (and the closest known one), or the first value its flag's type refuses."""
     parser = _beam_parser()
     add_flags(parser, groups)
-    known = [a for action in parser._actions for a in action.option_strings]
+    known = parser.option_strings
     _, unknown = parser.parse_known_args(list(argv))
     for token in unknown:
         if token.startswith("-"):

@@ -10,16 +10,19 @@ workers does not import ``--model_class`` modules that may exist only in the wor
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
+from typing import Any
 
 import fsspec
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipelines.launch import is_dry_run, submit_only
 from pipelines.options import LOCAL_RUNNER, SlideJobConfig, TextJobConfig
-from transforms.core.errors import ConfigError, ManifestError
+from transforms.core.errors import ConfigError, ManifestError, ModelLoadError
 from transforms.core.remote_io import is_transient, remote_options
 from transforms.io.manifests import REQUIRED_COLUMNS, ManifestSource, manifest_columns
+from transforms.models.loading import check_class_count
 from transforms.models.spec import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -85,6 +88,7 @@ def _check_model_format(spec: ModelSpec) -> None:
                 f"{where}: the Hugging Face folder holds no weights ({', '.join(HF_WEIGHTS)}); "
                 f"it has {', '.join(sorted(names))}"
             )
+        _check_class_names(spec, fs, f"{path.rstrip('/')}/config.json")
         return
     try:
         with fs.open(path, "rb") as f:
@@ -98,6 +102,26 @@ def _check_model_format(spec: ModelSpec) -> None:
         raise ConfigError(f"{where}: not a torch.export '.pt2' program (not a zip archive)")
     if spec.format == "onnx" and (not head or head[0] != 0x08):  # field 1 (ir_version), varint
         raise ConfigError(f"{where}: not an ONNX graph (its protobuf does not start as one)")
+
+
+_HEADS = ("Classification", "Segmentation")
+
+
+def _check_class_names(spec: ModelSpec, fs: Any, config: str) -> None:
+    """``--class_names`` against a Hugging Face config's labels (``id2label``), before launch
+    (other formats are checked when the model loads: ``loading.check_class_count``)."""
+    if not spec.class_names or not spec.kind.has_classes:
+        return
+    with fs.open(config, "r") as f:
+        settings = json.load(f)
+    n_classes = len(settings.get("id2label") or ()) or settings.get("num_labels")
+    heads = [a for a in settings.get("architectures") or () if a.endswith(_HEADS)]
+    if n_classes is None and heads:
+        n_classes = 2  # transformers writes neither for its default of two labels
+    try:
+        check_class_count(spec, n_classes, "its config.json id2label")
+    except ModelLoadError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _check_importable(name: str, model_class: str) -> None:

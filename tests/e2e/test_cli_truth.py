@@ -52,6 +52,14 @@ def test_an_unknown_flag_stops_the_run_naming_the_closest(tmp_path, typo, closes
     assert not out.exists()
 
 
+def test_a_bad_flag_value_is_one_line_and_exit_2(tmp_path):
+    proc = run_module(SLIDES, "--slides", "s.csv", "--model", "a=a.pt2", "--patch_px", "abc")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: argument --patch_px: invalid int value: 'abc'"
+    ]
+
+
 def test_bad_manifests_and_columns_fail_before_anything_starts(tmp_path, cmu1, tiny_models):
     model = f"two={tiny_models['two']}"
     renamed = tmp_path / "renamed.csv"

@@ -133,3 +133,32 @@ def test_an_onnx_graph_of_a_fixed_patch_size_fails_at_setup_on_another(tmp_path)
     assert np.stack(predict(model, patches(3), spec)).shape == (3, 2)  # 3 through a batch of 2
     with pytest.raises(ModelLoadError, match=r"'fixed'.*fails on a 32x32 patch \(--patch_px 32\)"):
         PatchModelHandler(spec, 32).load_model()
+
+
+def test_class_names_must_count_the_model_s_classes(tiny_models):
+    """``--class_names tumor=a,b,c`` on a 2-class model fails at load, naming both counts; the
+    right count loads."""
+    from transforms.models.handler import PatchModelHandler
+
+    wrong = ModelSpec("two", tiny_models["two"], class_names=("a", "b", "c"))
+    with pytest.raises(ModelLoadError, match=r"gives 3 names \(a, b, c\), but the model has 2"):
+        PatchModelHandler(wrong, 64).load_model()
+    right = ModelSpec("two", tiny_models["two"], class_names=("stroma", "tumour"))
+    assert PatchModelHandler(right, 64).load_model() is not None
+
+
+def test_class_names_of_a_hugging_face_folder_are_checked_before_launch(tmp_path):
+    """A Hugging Face classifier's labels (config.json) are checked before anything starts."""
+    from pipelines.preflight import _check_model_format
+    import transformers
+
+    folder = str(tmp_path / "vit")
+    config = transformers.ViTConfig(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+        image_size=64, patch_size=16, num_labels=2,
+    )
+    transformers.ViTForImageClassification(config).save_pretrained(folder)
+    spec = ModelSpec("vit", folder, class_names=("a", "b", "c"))
+    with pytest.raises(ConfigError, match=r"gives 3 names .* has 2 classes .*id2label"):
+        _check_model_format(spec)
+    _check_model_format(ModelSpec("vit", folder, class_names=("a", "b")))

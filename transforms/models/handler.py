@@ -16,7 +16,14 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from transforms.core.errors import ModelLoadError
-from transforms.models.loading import compile_model, guarded, load_model, model_input, predict
+from transforms.models.loading import (
+    check_class_count,
+    compile_model,
+    guarded,
+    load_model,
+    model_input,
+    predict,
+)
 from transforms.models.precision import GuardConfig
 from transforms.models.spec import ModelSpec
 from transforms.models.torch_models import LoadedModel
@@ -60,13 +67,14 @@ class PatchModelHandler(ModelHandler):
             patch = [model_input(blank, check, self.spec)]
             if self.spec.compile:
                 self._compile(model, patch)
-            predict(model, patch, self.spec)
+            result = predict(model, patch, self.spec)[0]
         except Exception as exc:
             raise ModelLoadError(
                 f"model {self.spec.name!r} from {self.spec.uri} fails on a "
                 f"{self.patch_px}x{self.patch_px} patch (--patch_px {self.patch_px}): "
                 f"{type(exc).__name__}: {exc}"
             ) from exc
+        check_class_count(self.spec, self.spec.kind.class_count(result), "it returns")
         return model
 
     def _compile(self, model: LoadedModel, patch: list[np.ndarray]) -> None:

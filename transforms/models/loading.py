@@ -56,6 +56,16 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     return model
 
 
+def check_class_count(spec: ModelSpec, n_classes: int | None, how: str) -> None:
+    """Refuse ``--class_names`` whose count is not the model's number of classes (``how``:
+    where that number was read, for the message)."""
+    if spec.class_names and n_classes is not None and n_classes != len(spec.class_names):
+        raise ModelLoadError(
+            f"--class_names {spec.name}= gives {len(spec.class_names)} names "
+            f"({', '.join(spec.class_names)}), but the model has {n_classes} classes ({how})"
+        )
+
+
 def compile_model(model: LoadedModel, batch_size: int) -> None:
     """``torch.compile`` a torch model for batches of ``batch_size`` (``TorchModel.compile``)."""
     if not isinstance(model, TorchModel):
