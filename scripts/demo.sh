@@ -11,6 +11,7 @@ fi
 .venv/bin/python -m pipelines.slide_inference \
   --slides demo_data/slides.csv \
   --model tumor=demo_data/models/tumor.pt2 --model_version tumor=demo-1 \
+  --class_names tumor=normal,tumour \
   --patch_px 224 --patch_mpp 0.5 --min_tissue 0.5 \
   --group_by case_id \
   --output results "$@"

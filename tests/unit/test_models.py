@@ -154,8 +154,13 @@ def test_class_names_of_a_hugging_face_folder_are_checked_before_launch(tmp_path
 
     folder = str(tmp_path / "vit")
     config = transformers.ViTConfig(
-        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-        image_size=64, patch_size=16, num_labels=2,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=64,
+        patch_size=16,
+        num_labels=2,
     )
     transformers.ViTForImageClassification(config).save_pretrained(folder)
     spec = ModelSpec("vit", folder, class_names=("a", "b", "c"))

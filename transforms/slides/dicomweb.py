@@ -3,7 +3,8 @@
 A slide is one series: ``dicomweb+http(s)://HOST[:PORT]/PATH/studies/STUDY_UID/series/SERIES_UID``
 (``PATH`` is the store's DICOMweb root, e.g. ``/dicom-web`` for Orthanc, or
 ``/v1/projects/P/locations/L/datasets/D/dicomStores/S/dicomWeb`` for the Healthcare API).
-wsidicom fetches the frames (tiles) a read needs through WADO-RS. Every request has a timeout
+wsidicom fetches the frames (tiles) a read needs through WADO-RS, each in the syntax it is stored
+in (``stored_syntax``), decoded here: no store transcodes, so pixels equal the local file's. Every request has a timeout
 (``PATHBEAM_IO_TIMEOUT_S``); 429, 5xx and dropped connections are retried with backoff and
 counted in ``io_retries``. ``https`` stores are reached with Application Default Credentials
 (google-auth); no token is ever put in a message.
@@ -118,27 +119,46 @@ def session_for(ref: SeriesRef, transfer: Transfer | None = None) -> Any:
     return session
 
 
-JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
-JPEG_LS_LOSSLESS = "1.2.840.10008.1.2.4.80"
+AS_STORED = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
+"""Accept header of a WADO-RS frame request asking for the frame as the store holds it."""
+EXPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2.1"
+WSI_STORAGE = "1.2.840.10008.5.1.4.1.1.77.1.6"
+SOP_CLASS_UID, SOP_INSTANCE_UID = "00080016", "00080018"
+_SYNTAX = re.compile(rb"transfer-syntax\s*=\s*\"?([0-9.]+)", re.IGNORECASE)
 
 
-LOSSY_IMAGE_COMPRESSION = "00282110"
+def stored_syntax(session: Any, ref: SeriesRef, instance_uid: str) -> str:
+    """The transfer syntax an instance's frames are stored in, read from the store's answer to
+    one frame asked for as stored (``AS_STORED``): frame 1, a tile's bytes.
 
-
-def frame_syntax(instances: list[dict[str, Any]]) -> str:
-    """The transfer syntax to ask a store for, so that frames arrive with their stored pixels.
-
-    Stores need not say how an instance is stored (Orthanc says neither
-    AvailableTransferSyntaxUID nor the file's syntax), and a store transcodes to whatever is
-    asked for. Lossy-compressed instances (Lossy Image Compression = "01") are asked for as JPEG
-    Baseline, their usual stored syntax, so they come back as stored; anything else as JPEG-LS
-    Lossless, a bit-exact transcoding that still compresses on the wire. Asking lossless data
-    for JPEG Baseline (wsidicom's default) would return lossy pixels.
+    Stores need not list AvailableTransferSyntaxUID (Orthanc does not), and a store asked for
+    another syntax transcodes: lossy instances re-encoded, or a 500 where it cannot (Orthanc
+    1.10 on JPEG 2000). Frames asked for in their stored syntax come back untouched, and are
+    decoded here with the same codecs as a local file's, so pixels equal the file's.
     """
-    lossy = any(
-        (m.get(LOSSY_IMAGE_COMPRESSION, {}).get("Value") or [""])[0] == "01" for m in instances
+    url = (
+        f"{ref.root}/studies/{ref.study_uid}/series/{ref.series_uid}/instances/"
+        f"{instance_uid}/frames/1"
     )
-    return JPEG_BASELINE if lossy else JPEG_LS_LOSSLESS
+    response = session.get(url, headers={"Accept": AS_STORED})
+    response.raise_for_status()
+    header = response.headers.get("Content-Type", "").encode("latin-1", "replace")
+    head = response.content[:4096]
+    parts = head.split(b"\r\n\r\n", 1)[0]  # the first part's headers
+    for text in (header, parts):
+        found = _SYNTAX.search(text)
+        if found:
+            return found[1].decode()
+    if b"application/octet-stream" in header + parts:
+        return EXPLICIT_VR_LITTLE_ENDIAN  # DICOM PS3.18: octet-stream without a syntax
+    raise SlideError(
+        f"the DICOMweb store did not say how instance {instance_uid} is stored (frame 1 came "
+        f"back as {header.decode('latin-1')!r})"
+    )
+
+
+def _first(item: dict[str, Any], tag: str) -> str:
+    return str((item.get(tag, {}).get("Value") or [""])[0])
 
 
 def open_series(uri: str, transfer: Transfer | None = None) -> Any:
@@ -152,23 +172,42 @@ def open_series(uri: str, transfer: Transfer | None = None) -> Any:
     from requests.exceptions import HTTPError
     from wsidicom import WsiDicom, WsiDicomWebClient
 
+    class AsStored(WsiDicomWebClient):
+        """Reports each instance's stored syntax as the one it has, so wsidicom asks for it,
+        and hands frames over as bytes."""
+
+        def get_wsi_instances(self, study_uid: Any, series_uids: Any) -> Any:
+            for series, instance, _ in super().get_wsi_instances(study_uid, series_uids):
+                yield series, instance, {syntaxes[str(instance)]}
+
+        def get_frames(self, *args: Any, **kwargs: Any) -> Any:
+            # dicomweb-client yields bytearrays; pydicom's uncompressed decoder takes bytes only
+            return (bytes(frame) for frame in super().get_frames(*args, **kwargs))
+
     ref = parse_series(uri)
-    web = DICOMwebClient(ref.root, session=session_for(ref, transfer))
+    session = session_for(ref, transfer)
+    web = DICOMwebClient(ref.root, session=session)
     # Its own retry layer retries every exception 5 times with 1-17 s waits (35 s for one hung
     # request): the session already retries 429/5xx, and the operation retries timeouts.
     web.set_http_retry_params(retry=False)
     try:
-        # One QIDO request: whether the series exists, and how its instances are compressed.
-        instances = web.search_for_instances(
-            ref.study_uid, ref.series_uid, fields=[LOSSY_IMAGE_COMPRESSION]
-        )
+        # One QIDO request: whether the series exists, and its instances; then one frame of
+        # each image instance, asked for as stored, says how its frames are stored.
+        instances = web.search_for_instances(ref.study_uid, ref.series_uid)
         if not instances:
             raise FileNotFoundError(f"no such DICOMweb series: {uri}")
+        syntaxes = {
+            _first(item, SOP_INSTANCE_UID): stored_syntax(
+                session, ref, _first(item, SOP_INSTANCE_UID)
+            )
+            for item in instances
+            if _first(item, SOP_CLASS_UID) in ("", WSI_STORAGE)
+        }
         return WsiDicom.open_web(
-            WsiDicomWebClient(web),
+            AsStored(web),
             ref.study_uid,
             ref.series_uid,
-            requested_transfer_syntax=frame_syntax(instances),
+            requested_transfer_syntax=sorted(set(syntaxes.values())),
         )
     except HTTPError as exc:
         status = exc.response.status_code if exc.response is not None else None
