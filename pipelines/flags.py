@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import json
+import re
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
@@ -19,13 +21,21 @@ from typing import Any, NoReturn, cast
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from transforms.core.errors import ConfigError
-from transforms.io.destinations import DEFAULT_OUTPUT
+from transforms.io.destinations import DEFAULT_OUTPUT, RUN_ID_PATTERN
+from transforms.models.kinds import OUTPUT_KINDS
 from transforms.models.patch_inference import BatchingConfig
-from transforms.models.precision import GuardConfig
-from transforms.models.spec import ModelSpec
-from transforms.slides.geometry import PatchingConfig
+from transforms.models.precision import PRECISIONS, GuardConfig
+from transforms.models.spec import (
+    ACTIVATIONS,
+    INPUTS,
+    MODEL_NAME_PATTERN,
+    ModelSpec,
+    check_model_name,
+)
+from transforms.slides.geometry import TISSUE_METHODS, PatchingConfig
 from transforms.slides.qupath import MIN_PROB as QUPATH_MIN_PROB
 from transforms.text.batching import TokenBatchingConfig
+from transforms.text.tasks import TASK_NAMES
 from transforms.text.windows import WindowConfig
 
 PROGRESS_INTERVAL_S = 10.0
@@ -57,9 +67,70 @@ def _truth(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+# What one value of a flag may be in a Flex Template (the template's regexes are built from these
+# and from each flag's choices; a template runs on Dataflow, so its files are on gs:// or bq://).
+_GCS = r"gs://[a-z0-9][a-z0-9._-]{1,220}"
+_BQ_DATASET = r"bq://[a-z][a-z0-9.:-]{3,90}\.[A-Za-z_][A-Za-z0-9_]{0,1023}"
+GCS_FILE = _GCS + "/.+"
+GCS_FOLDER = _GCS + "(/.*)?"
+MANIFEST_URI = f"({GCS_FILE}|{_BQ_DATASET}\\.[A-Za-z0-9_][A-Za-z0-9_-]{{0,1023}})"
+OUTPUT_URI = f"({_BQ_DATASET}|{GCS_FOLDER})"
+POSITIVE_INT = "[1-9][0-9]{0,6}"
+COUNT = "[0-9]{1,7}"
+NUMBER = r"[0-9]{0,6}\.?[0-9]{1,6}"
+THREE_NUMBERS = f"{NUMBER},{NUMBER},{NUMBER}"
+FRACTION = r"(0(\.[0-9]+)?|1(\.0+)?)"
+SIGNED_FRACTION = "-?" + FRACTION
+FAILED_FRACTION = r"(0|0?\.[0-9]+)"
+COLUMN = "[A-Za-z_][A-Za-z0-9_]{0,127}"
+VERSION = "[A-Za-z0-9_.:+-]{1,128}"
+CLASS_PATH = "[A-Za-z_][A-Za-z0-9_.]*:[A-Za-z_][A-Za-z0-9_]*"
+NAMES = "[^,=]+(,[^,=]+)*"
+OUTPUT_NAME = "[A-Za-z0-9_.:-]{1,128}"
+GPU_PRESETS = ("t4", "l4", "a100")
+"""The ``--gpu`` presets (``pipelines/gpu.py`` holds what each sets)."""
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    """``r,g,b`` -> three floats (``ModelSpec`` checks the count)."""
+    return tuple(float(v) for v in text.split(","))
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(n.strip() for n in text.split(","))
+
+
+def named_values(pairs: list[str], flag: str) -> dict[str, str]:
+    """``["a=1", "b=2"]`` -> ``{"a": "1", "b": "2"}``; raise ``ConfigError`` naming ``flag``.
+
+    Names are model names (``models.spec.MODEL_NAME_PATTERN``).
+    """
+    out: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = (part.strip() for part in pair.partition("="))
+        if not sep or not name or not value:
+            raise ConfigError(f"{flag} expects NAME=VALUE, got {pair!r}")
+        try:
+            check_model_name(name)
+        except ConfigError as exc:
+            raise ConfigError(str(exc).replace("`name`", f"{flag}: model name")) from None
+        if name in out:
+            raise ConfigError(f"{flag} gives {name!r} twice")
+        out[name] = value
+    return out
+
+
 @dataclass(frozen=True)
 class Flag:
-    """One command-line flag. ``shown`` is the default ``--help`` states (None: no default)."""
+    """One command-line flag, and every surface of it: argparse, ``--help``, README's flag
+    reference, the per-model ``NAME=VALUE`` parsing and the Flex Template metadata.
+
+    ``shown`` is the default ``--help`` states (None: no default). A repeatable flag whose
+    metavar starts with ``NAME=`` is per model: its values are ``NAME=VALUE``, ``type`` converts
+    the VALUE and ``field`` names the model spec's field it sets. ``label`` offers the flag in
+    the Flex Template (empty: a local-only flag), where ``pattern`` (or ``choices``) says what a
+    value may be.
+    """
 
     name: str
     help: str
@@ -69,6 +140,39 @@ class Flag:
     repeat: bool = False
     switch: bool = False
     choices: Sequence[str] | None = None
+    label: str = ""
+    pattern: str | None = None
+    field: str | None = None
+    required: bool = False
+
+    @property
+    def per_model(self) -> bool:
+        return self.repeat and (self.metavar or "").startswith("NAME=")
+
+    def template_regex(self) -> str | None:
+        """The Flex Template's regex of this flag's value (None: any text)."""
+        if self.switch:
+            value: str | None = "(true|false)"
+        elif self.choices:
+            value = "(" + "|".join(re.escape(c) for c in self.choices) + ")"
+        else:
+            value = self.pattern
+        if value is None:
+            return None
+        return f"^{MODEL_NAME_PATTERN}={value}$" if self.per_model else f"^{value}$"
+
+    def template_parameter(self) -> dict[str, Any]:
+        """This flag as a Flex Template metadata parameter."""
+        param: dict[str, Any] = {
+            "name": self.name,
+            "label": self.label,
+            "helpText": self.help,
+            "isOptional": not self.required,
+        }
+        regex = self.template_regex()
+        if regex:
+            param["regexes"] = [regex]
+        return param
 
     def add_to(self, parser: Any) -> None:
         """Add to an argparse parser; a flag not given parses as None ([] or False)."""
@@ -91,6 +195,19 @@ class Flag:
                 help=self.help,
             )
 
+    def values(self, given: list[str]) -> dict[str, Any]:
+        """A per-model flag's ``NAME=VALUE`` texts -> ``{name: value}``, each value converted
+        by ``type``; ``ConfigError`` naming the flag."""
+        out = {}
+        for name, text in named_values(given, f"--{self.name}").items():
+            try:
+                out[name] = self.type(text)
+            except ValueError:
+                raise ConfigError(
+                    f"--{self.name} {name}={text}: expected {self.metavar or 'a value'}"
+                ) from None
+        return out
+
 
 Group = tuple[str, tuple[Flag, ...]]
 
@@ -105,6 +222,9 @@ COMMON: tuple[Group, ...] = (
                 "NAME=URI of a model; repeat for several models",
                 metavar="NAME=URI",
                 repeat=True,
+                label="Model",
+                pattern=GCS_FILE,
+                required=True,
             ),
             Flag(
                 "model_version",
@@ -112,21 +232,35 @@ COMMON: tuple[Group, ...] = (
                 default_of(_MODEL, "version"),
                 metavar="NAME=VERSION",
                 repeat=True,
+                label="Model version",
+                pattern=VERSION,
+                field="version",
             ),
-            Flag("require_gpu", "fail worker setup without a CUDA device", False, switch=True),
+            Flag(
+                "require_gpu",
+                "fail worker setup without a CUDA device",
+                False,
+                switch=True,
+                label="Require a GPU",
+            ),
             Flag(
                 "precision",
-                "NAME=fp32|bf16|fp16|auto: autocast around the forward pass (auto: fp16 on CUDA, "
-                "bf16 on CPUs with AMX or AVX-512 BF16, else fp32), checked by the accuracy guard",
+                "NAME=fp32|bf16|fp16|auto: autocast around the forward pass, checked by the "
+                "accuracy guard (auto: fp16 on CUDA, bf16 on a CPU, each kept only where the "
+                "guard passed and measured it faster than fp32)",
                 default_of(_MODEL, "precision"),
                 metavar="NAME=PRECISION",
                 repeat=True,
+                label="Precision",
+                choices=PRECISIONS,
+                field="precision",
             ),
             Flag(
                 "precision_strict",
                 "fail the job when the accuracy guard fails, instead of falling back to fp32",
                 False,
                 switch=True,
+                label="Fail on a failed precision guard",
             ),
             Flag(
                 "guard_min_agreement",
@@ -134,6 +268,8 @@ COMMON: tuple[Group, ...] = (
                 str(GuardConfig.min_agreement),
                 float,
                 "SHARE",
+                label="Guard: least label agreement",
+                pattern=FRACTION,
             ),
             Flag(
                 "guard_max_prob_diff",
@@ -141,6 +277,8 @@ COMMON: tuple[Group, ...] = (
                 str(GuardConfig.max_prob_diff),
                 float,
                 "P",
+                label="Guard: largest probability difference",
+                pattern=FRACTION,
             ),
             Flag(
                 "guard_min_cosine",
@@ -148,6 +286,8 @@ COMMON: tuple[Group, ...] = (
                 str(GuardConfig.min_cosine),
                 float,
                 "COS",
+                label="Guard: least embedding cosine",
+                pattern=SIGNED_FRACTION,
             ),
         ),
     ),
@@ -159,6 +299,9 @@ COMMON: tuple[Group, ...] = (
                 "a folder of Parquet files (local or gs://) or bq://PROJECT.DATASET",
                 DEFAULT_OUTPUT,
                 metavar="FOLDER|bq://PROJECT.DATASET",
+                label="Results",
+                pattern=OUTPUT_URI,
+                required=True,
             ),
             Flag(
                 "artifacts",
@@ -166,6 +309,8 @@ COMMON: tuple[Group, ...] = (
                 "a bq:// --output)",
                 "--output",
                 metavar="FOLDER",
+                label="Heatmap folder",
+                pattern=GCS_FOLDER,
             ),
             Flag(
                 "bigquery_endpoint",
@@ -178,12 +323,15 @@ COMMON: tuple[Group, ...] = (
                 "skip inputs that already have results for every model at its version",
                 False,
                 switch=True,
+                label="Skip existing",
             ),
             Flag(
                 "run_id",
                 "id stamped on every row and output file name",
                 "UTC time + random",
                 metavar="ID",
+                label="Run id",
+                pattern=RUN_ID_PATTERN,
             ),
         ),
     ),
@@ -196,6 +344,8 @@ COMMON: tuple[Group, ...] = (
                 "32 patches; 64 windows",
                 int,
                 "N",
+                label="Max batch size",
+                pattern=POSITIVE_INT,
             ),
             Flag(
                 "max_failed_fraction",
@@ -204,6 +354,8 @@ COMMON: tuple[Group, ...] = (
                 "none",
                 float,
                 "F",
+                label="Largest failed fraction",
+                pattern=FAILED_FRACTION,
             ),
             Flag(
                 "progress_interval_s",
@@ -217,6 +369,8 @@ COMMON: tuple[Group, ...] = (
                 "Dataflow GPU preset: accelerator, machine type, one SDK process, harness "
                 "threads, --require_gpu: t4, l4 or a100",
                 "none",
+                label="GPU preset",
+                choices=GPU_PRESETS,
             ),
             Flag("verbose", "show tracebacks of errors that stop the run", False, switch=True),
         ),
@@ -232,17 +386,24 @@ SLIDES: tuple[Group, ...] = (
                 "slide manifest (slide_id, uri[, mpp, tissue_method, ...]): CSV, TSV, "
                 "JSONL or Parquet, local or gs://, or bq://PROJECT.DATASET.TABLE",
                 metavar="MANIFEST",
+                label="Slide manifest",
+                pattern=MANIFEST_URI,
+                required=True,
             ),
             Flag(
                 "patches",
                 "optional patch manifest (slide_id, x_px, y_px, size_px[, level]); "
                 "without it patches are planned on each slide's tissue",
                 metavar="MANIFEST",
+                label="Patch manifest",
+                pattern=GCS_FILE,
             ),
             Flag(
                 "group_by",
                 "slide-manifest column whose values group slides into case_summaries",
                 metavar="COLUMN",
+                label="Case column",
+                pattern=COLUMN,
             ),
         ),
     ),
@@ -255,6 +416,9 @@ SLIDES: tuple[Group, ...] = (
                 "module must be importable: on PYTHONPATH or installed)",
                 metavar="NAME=CLASS",
                 repeat=True,
+                label="Model class",
+                pattern=CLASS_PATH,
+                field="model_class",
             ),
             Flag(
                 "model_output",
@@ -263,6 +427,9 @@ SLIDES: tuple[Group, ...] = (
                 default_of(_MODEL, "output_kind"),
                 metavar="NAME=KIND",
                 repeat=True,
+                label="Model output kind",
+                choices=OUTPUT_KINDS,
+                field="output_kind",
             ),
             Flag(
                 "compile",
@@ -270,6 +437,8 @@ SLIDES: tuple[Group, ...] = (
                 "of --max_batch_size (pays off in long jobs: see README)",
                 metavar="NAME",
                 repeat=True,
+                label="Compile models",
+                pattern=MODEL_NAME_PATTERN,
             ),
             Flag(
                 "model_patch_px",
@@ -278,6 +447,10 @@ SLIDES: tuple[Group, ...] = (
                 "--patch_px",
                 metavar="NAME=PX",
                 repeat=True,
+                label="Model patch size",
+                pattern=POSITIVE_INT,
+                field="patch_px",
+                type=int,
             ),
             Flag(
                 "model_mpp",
@@ -285,6 +458,10 @@ SLIDES: tuple[Group, ...] = (
                 "--patch_mpp",
                 metavar="NAME=MPP",
                 repeat=True,
+                label="Model patch mpp",
+                pattern=NUMBER,
+                field="patch_mpp",
+                type=float,
             ),
             Flag(
                 "model_input",
@@ -293,12 +470,19 @@ SLIDES: tuple[Group, ...] = (
                 default_of(_MODEL, "input"),
                 metavar="NAME=INPUT",
                 repeat=True,
+                label="Model input",
+                choices=INPUTS,
+                field="input",
             ),
             Flag(
                 "class_names",
                 "NAME=a,b,c names of the classes, for summaries and picture legends",
                 metavar="NAME=A,B,C",
                 repeat=True,
+                label="Class names",
+                pattern=NAMES,
+                field="class_names",
+                type=_names,
             ),
             Flag(
                 "embedding_key",
@@ -307,6 +491,9 @@ SLIDES: tuple[Group, ...] = (
                 default_of(_MODEL, "embedding_key"),
                 metavar="NAME=KEY",
                 repeat=True,
+                label="Embedding key",
+                pattern=OUTPUT_NAME,
+                field="embedding_key",
             ),
             Flag(
                 "model_mean",
@@ -314,6 +501,10 @@ SLIDES: tuple[Group, ...] = (
                 "the model folder's, else ImageNet",
                 metavar="NAME=R,G,B",
                 repeat=True,
+                label="Normalisation mean",
+                pattern=THREE_NUMBERS,
+                field="mean",
+                type=_floats,
             ),
             Flag(
                 "model_std",
@@ -321,6 +512,10 @@ SLIDES: tuple[Group, ...] = (
                 "the model folder's, else ImageNet",
                 metavar="NAME=R,G,B",
                 repeat=True,
+                label="Normalisation std",
+                pattern=THREE_NUMBERS,
+                field="std",
+                type=_floats,
             ),
             Flag(
                 "model_activation",
@@ -328,6 +523,9 @@ SLIDES: tuple[Group, ...] = (
                 default_of(_MODEL, "activation"),
                 metavar="NAME=ACTIVATION",
                 repeat=True,
+                label="Activation",
+                choices=ACTIVATIONS,
+                field="activation",
             ),
         ),
     ),
@@ -340,6 +538,8 @@ SLIDES: tuple[Group, ...] = (
                 default_of(_PATCHING, "patch_px"),
                 int,
                 "PX",
+                label="Patch size (px)",
+                pattern=POSITIVE_INT,
             ),
             Flag(
                 "patch_mpp",
@@ -347,6 +547,8 @@ SLIDES: tuple[Group, ...] = (
                 default_of(_PATCHING, "patch_mpp"),
                 float,
                 "MPP",
+                label="Patch resolution (µm/px)",
+                pattern=NUMBER,
             ),
             Flag(
                 "patch_level",
@@ -354,6 +556,8 @@ SLIDES: tuple[Group, ...] = (
                 None,
                 int,
                 "LEVEL",
+                label="Pyramid level",
+                pattern=COUNT,
             ),
             Flag(
                 "overlap_px",
@@ -361,6 +565,8 @@ SLIDES: tuple[Group, ...] = (
                 default_of(_PATCHING, "overlap_px"),
                 int,
                 "PX",
+                label="Patch overlap (px)",
+                pattern=COUNT,
             ),
             Flag(
                 "min_tissue",
@@ -368,6 +574,8 @@ SLIDES: tuple[Group, ...] = (
                 default_of(_PATCHING, "min_tissue"),
                 float,
                 "F",
+                label="Minimum tissue fraction",
+                pattern=FRACTION,
             ),
             Flag(
                 "tissue_method",
@@ -375,6 +583,8 @@ SLIDES: tuple[Group, ...] = (
                 "fluorescence; a manifest column tissue_method overrides it per slide",
                 default_of(_PATCHING, "tissue_method"),
                 metavar="METHOD",
+                label="Tissue detection",
+                choices=TISSUE_METHODS,
             ),
             Flag(
                 "block_px",
@@ -382,6 +592,8 @@ SLIDES: tuple[Group, ...] = (
                 default_of(_PATCHING, "block_px"),
                 int,
                 "PX",
+                label="Read block (px)",
+                pattern=POSITIVE_INT,
             ),
             Flag(
                 "max_patches_per_unit",
@@ -389,6 +601,8 @@ SLIDES: tuple[Group, ...] = (
                 default_of(_PATCHING, "max_patches_per_unit"),
                 int,
                 "N",
+                label="Patches per read",
+                pattern=POSITIVE_INT,
             ),
         ),
     ),
@@ -401,6 +615,8 @@ SLIDES: tuple[Group, ...] = (
                 None,
                 int,
                 "N",
+                label="Batch size",
+                pattern=POSITIVE_INT,
             ),
             Flag(
                 "min_batch_size",
@@ -408,6 +624,8 @@ SLIDES: tuple[Group, ...] = (
                 default_of(BatchingConfig, "min_batch_size"),
                 int,
                 "N",
+                label="Min batch size",
+                pattern=POSITIVE_INT,
             ),
         ),
     ),
@@ -420,6 +638,7 @@ SLIDES: tuple[Group, ...] = (
                 "GeoJSON; the runs row and the report are still written",
                 False,
                 switch=True,
+                label="No heatmaps",
             ),
             Flag(
                 "qupath_min_prob",
@@ -428,6 +647,8 @@ SLIDES: tuple[Group, ...] = (
                 str(QUPATH_MIN_PROB),
                 float,
                 "P",
+                label="QuPath export threshold",
+                pattern=FRACTION,
             ),
         ),
     ),
@@ -442,9 +663,26 @@ TEXT: tuple[Group, ...] = (
                 "documents (doc_id and text columns): CSV, TSV, JSONL or Parquet, "
                 "local or gs://, or bq://PROJECT.DATASET.TABLE",
                 metavar="MANIFEST",
+                label="Documents",
+                pattern=MANIFEST_URI,
+                required=True,
             ),
-            Flag("doc_id_column", "the documents' id column", "doc_id", metavar="COLUMN"),
-            Flag("text_column", "the documents' text column", "text", metavar="COLUMN"),
+            Flag(
+                "doc_id_column",
+                "the documents' id column",
+                "doc_id",
+                metavar="COLUMN",
+                label="Id column",
+                pattern=COLUMN,
+            ),
+            Flag(
+                "text_column",
+                "the documents' text column",
+                "text",
+                metavar="COLUMN",
+                label="Text column",
+                pattern=COLUMN,
+            ),
         ),
     ),
     (
@@ -455,6 +693,10 @@ TEXT: tuple[Group, ...] = (
                 "NAME=token-classification|text-classification|embedding, one per --model",
                 metavar="NAME=TASK",
                 repeat=True,
+                label="Task",
+                choices=TASK_NAMES,
+                field="task",
+                required=True,
             ),
         ),
     ),
@@ -467,6 +709,8 @@ TEXT: tuple[Group, ...] = (
                 default_of(TokenBatchingConfig, "max_tokens_per_batch"),
                 int,
                 "N",
+                label="Tokens per batch",
+                pattern=POSITIVE_INT,
             ),
             Flag(
                 "window_tokens",
@@ -474,6 +718,8 @@ TEXT: tuple[Group, ...] = (
                 default_of(WindowConfig, "window_tokens"),
                 int,
                 "N",
+                label="Window",
+                pattern=POSITIVE_INT,
             ),
             Flag(
                 "stride_tokens",
@@ -481,6 +727,8 @@ TEXT: tuple[Group, ...] = (
                 default_of(WindowConfig, "stride_tokens"),
                 int,
                 "N",
+                label="Window overlap",
+                pattern=POSITIVE_INT,
             ),
             Flag(
                 "sort_buffer",
@@ -488,6 +736,9 @@ TEXT: tuple[Group, ...] = (
                 default_of(TokenBatchingConfig, "buffer_size"),
                 int,
                 "N",
+                label="Sort buffer",
+                pattern=POSITIVE_INT,
+                field="buffer_size",
             ),
             Flag(
                 "max_padding",
@@ -495,6 +746,8 @@ TEXT: tuple[Group, ...] = (
                 default_of(TokenBatchingConfig, "max_padding"),
                 float,
                 "F",
+                label="Max padding",
+                pattern=FRACTION,
             ),
         ),
     ),
@@ -509,6 +762,39 @@ def add_flags(parser: Any, groups: tuple[Group, ...]) -> None:
 
 def flag_names(groups: tuple[Group, ...]) -> list[str]:
     return [flag.name for _, flags in groups for flag in flags]
+
+
+def per_model_flags(groups: tuple[Group, ...]) -> list[Flag]:
+    """The flags of ``groups`` that set a field of each model's spec (``NAME=VALUE``)."""
+    return [flag for _, flags in groups for flag in flags if flag.per_model and flag.field]
+
+
+TEMPLATES = {
+    "slides": (
+        "pathbeam slide inference",
+        "Cut patches on the fly from whole-slide images in Cloud Storage, run a PyTorch model "
+        "over them on GPU workers, and write patch predictions, slide summaries, heatmaps and "
+        "dead letters.",
+    ),
+    "text": (
+        "pathbeam text inference",
+        "Run a Hugging Face model over biomedical documents (length-sorted, token-budget "
+        "batches, windows for long documents) and write entities, labels or embeddings and "
+        "dead letters.",
+    ),
+}
+
+
+def template_metadata(pipeline: str) -> dict[str, Any]:
+    """The Flex Template metadata of ``pipeline`` (``slides`` or ``text``), built from the flag
+    table: every flag with a label, its help, and regexes from its choices or pattern."""
+    name, description = TEMPLATES[pipeline]
+    groups = COMMON + (SLIDES if pipeline == "slides" else TEXT)
+    return {
+        "name": name,
+        "description": description,
+        "parameters": [f.template_parameter() for _, flags in groups for f in flags if f.label],
+    }
 
 
 class _Parser(argparse.ArgumentParser):
@@ -625,3 +911,13 @@ def markdown_reference() -> str:
         table = "| flag | group | what it does | default |\n|---|---|---|---|\n" + "\n".join(rows)
         parts.append(f"{heading}\n\n{table}\n")
     return "\n".join(parts)
+
+
+def main() -> None:
+    """``python -m pipelines.flags slides|text``: print that pipeline's template metadata
+    (``containers/launcher/<pipeline>_metadata.json``; a test keeps the files equal to it)."""
+    print(json.dumps(template_metadata(sys.argv[1]), indent=2, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main()

@@ -19,6 +19,7 @@ from apache_beam.options.pipeline_options import (
     WorkerOptions,
 )
 
+from pipelines.flags import GPU_PRESETS
 from pipelines.options import InferenceOptions
 from transforms.core.errors import ConfigError
 
@@ -33,11 +34,17 @@ class GpuPreset:
     disk_size_gb: int = 100
 
 
-PRESETS = {
-    "t4": GpuPreset("nvidia-tesla-t4", "n1-standard-8", 4),
-    "l4": GpuPreset("nvidia-l4", "g2-standard-8", 4),
-    "a100": GpuPreset("nvidia-tesla-a100", "a2-highgpu-1g", 8, 200),
-}
+PRESETS = dict(
+    zip(
+        GPU_PRESETS,
+        (
+            GpuPreset("nvidia-tesla-t4", "n1-standard-8", 4),
+            GpuPreset("nvidia-l4", "g2-standard-8", 4),
+            GpuPreset("nvidia-tesla-a100", "a2-highgpu-1g", 8, 200),
+        ),
+        strict=True,
+    )
+)
 
 
 def service_option(preset: GpuPreset) -> str:

@@ -24,15 +24,15 @@ from apache_beam.options.pipeline_options import (
     WorkerOptions,
 )
 
-from pipelines.flags import COMMON, SLIDES, TEXT, add_flags
+from pipelines.flags import COMMON, SLIDES, TEXT, Group, add_flags, named_values, per_model_flags
 from transforms.core.errors import ConfigError
 from transforms.io.bigquery import resolve_endpoint
-from transforms.io.destinations import Destination, RunStamp, destination
+from transforms.io.destinations import RUN_ID_PATTERN, Destination, RunStamp, destination
 from transforms.io.manifests import ManifestSource, manifest_source
 from transforms.io.runs import ModelInfo, RunInfo, code_version, flag_pairs
 from transforms.models.patch_inference import BatchingConfig
 from transforms.models.precision import GuardConfig
-from transforms.models.spec import ModelSpec, check_model_name
+from transforms.models.spec import ModelSpec
 from transforms.slides.geometry import PatchingConfig
 from transforms.slides.qupath import MIN_PROB as QUPATH_MIN_PROB
 from transforms.text.batching import TokenBatchingConfig
@@ -42,20 +42,23 @@ from transforms.text.windows import WindowConfig
 LOCAL_RUNNER = "apache_beam.runners.portability.fn_api_runner.FnApiRunner"
 """The local default: Beam 2.77's DirectRunner first tries to download a Prism binary."""
 
-_RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-
+_FLAGS = [f for _, flags in COMMON + SLIDES + TEXT for f in flags]
+MODEL_FIELD_FLAGS = {
+    "name": "--model",
+    "uri": "--model",
+    **{f.field: f"--{f.name}" for f in _FLAGS if f.field and f.per_model},
+}
+"""A model spec's fields and the flags that set them (from the flag table)."""
 FIELD_FLAGS = {
     "name": "--model",
     "uri": "--model",
-    "version": "--model_version",
-    "mean": "--model_mean",
-    "std": "--model_std",
-    "activation": "--model_activation",
-    "output_kind": "--model_output",
-    "input": "--model_input",
-    "buffer_size": "--sort_buffer",
+    **{
+        f.field: f"--{f.name}"
+        for f in _FLAGS
+        if f.field and f.field not in {g.name for g in _FLAGS}
+    },
 }
-"""Config fields whose flag is not ``--<field>``."""
+"""Config fields whose flag is not ``--<field>`` (from the flag table)."""
 
 
 class InferenceOptions(PipelineOptions):
@@ -84,12 +87,12 @@ class TextInferenceOptions(PipelineOptions):
 
 
 @contextmanager
-def flags_named() -> Iterator[None]:
+def flags_named(fields: dict[str, str] = FIELD_FLAGS) -> Iterator[None]:
     """Re-raise a config's ``ConfigError`` with its `field` names turned into flag names."""
     try:
         yield
     except ConfigError as exc:
-        text = re.sub(r"`(\w+)`", lambda m: FIELD_FLAGS.get(m[1], f"--{m[1]}"), str(exc))
+        text = re.sub(r"`(\w+)`", lambda m: fields.get(m[1], f"--{m[1]}"), str(exc))
         raise ConfigError(text) from None
 
 
@@ -98,66 +101,35 @@ def given(**values: Any) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
 
-def named_values(pairs: list[str], flag: str) -> dict[str, str]:
-    """``["a=1", "b=2"]`` -> ``{"a": "1", "b": "2"}``; raise ``ConfigError`` naming ``flag``.
-
-    Names are model names (``models.spec.MODEL_NAME_PATTERN``).
-    """
-    out: dict[str, str] = {}
-    for pair in pairs:
-        name, sep, value = (part.strip() for part in pair.partition("="))
-        if not sep or not name or not value:
-            raise ConfigError(f"{flag} expects NAME=VALUE, got {pair!r}")
-        try:
-            check_model_name(name)
-        except ConfigError as exc:
-            raise ConfigError(str(exc).replace("`name`", f"{flag}: model name")) from None
-        if name in out:
-            raise ConfigError(f"{flag} gives {name!r} twice")
-        out[name] = value
-    return out
-
-
-def _floats(text: str, flag: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise ConfigError(f"{flag} expects comma-separated numbers, got {text!r}") from None
-
-
-def _number(values: dict[str, str], name: str, kind: type, flag: str) -> Any:
-    """``values[name]`` as a number of ``kind`` (None when absent); ``ConfigError`` naming
-    ``flag`` otherwise."""
-    if name not in values:
-        return None
-    try:
-        return kind(values[name])
-    except ValueError:
-        raise ConfigError(f"{flag} {name}={values[name]}: expected a number") from None
-
-
 def _check_names(flag: str, values: dict[str, str], uris: dict[str, str]) -> None:
     unknown = sorted(set(values) - set(uris))
     if unknown:
         raise ConfigError(f"{flag} names {', '.join(unknown)}, which no --model defines")
 
 
-def _per_model(options: PipelineOptions, flags: dict[str, list[str]]) -> dict[str, Any]:
-    """``--model`` URIs and each ``NAME=VALUE`` flag by model name, names checked."""
-    uris = named_values(options.view_as(InferenceOptions).model, "--model")
+def _per_model(
+    options: PipelineOptions, groups: tuple[Group, ...]
+) -> tuple[dict[str, str], dict[str, dict[str, Any]]]:
+    """``--model`` URIs by name, and by name the spec fields every per-model flag of ``groups``
+    sets (``Flag.field``, values converted by the flag's type); names checked."""
+    given_values = options.get_all_options()
+    uris = named_values(given_values["model"], "--model")
     if not uris:
         raise ConfigError("--model NAME=URI is required (repeat it for several models)")
-    extras = {flag: named_values(values, flag) for flag, values in flags.items()}
-    for flag, values in extras.items():
-        _check_names(flag, values, uris)
-    return {"--model": uris, **extras}
+    fields: dict[str, dict[str, Any]] = {name: {} for name in uris}
+    for flag in per_model_flags(groups):
+        values = flag.values(given_values[flag.name] or [])
+        _check_names(f"--{flag.name}", values, uris)
+        for name, value in values.items():
+            fields[name][str(flag.field)] = value
+    return uris, fields
 
 
 def _run(common: InferenceOptions) -> RunStamp:
     started = datetime.now(UTC)
     run_id = common.run_id or (started.strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6])
-    if not _RUN_ID.match(run_id):
-        raise ConfigError(f"--run_id must match {_RUN_ID.pattern}, got {run_id!r}")
+    if re.fullmatch(RUN_ID_PATTERN, run_id) is None:
+        raise ConfigError(f"--run_id must match {RUN_ID_PATTERN}, got {run_id!r}")
     return RunStamp(run_id, started.date())
 
 
@@ -270,54 +242,22 @@ def patch_geometries(
 
 
 def model_specs(options: PipelineOptions) -> tuple[ModelSpec, ...]:
-    """The ``--model*`` flags as ``ModelSpec``s."""
+    """The ``--model`` flags and every per-model flag of the table as ``ModelSpec``s."""
     opts = options.view_as(SlideInferenceOptions)
     common = options.view_as(InferenceOptions)
-    by = _per_model(
-        options,
-        {
-            "--model_version": common.model_version,
-            "--model_class": opts.model_class,
-            "--model_mean": opts.model_mean,
-            "--model_std": opts.model_std,
-            "--model_activation": opts.model_activation,
-            "--model_output": opts.model_output,
-            "--class_names": opts.class_names,
-            "--embedding_key": opts.embedding_key,
-            "--model_input": opts.model_input,
-            "--model_patch_px": opts.model_patch_px,
-            "--precision": common.precision,
-            "--model_mpp": opts.model_mpp,
-        },
-    )
-    means, stds, names = by["--model_mean"], by["--model_std"], by["--class_names"]
+    uris, fields = _per_model(options, COMMON + SLIDES)
     compiled = set(opts.compile)
-    _check_names("--compile", dict.fromkeys(compiled, ""), by["--model"])
-    with flags_named():
+    _check_names("--compile", dict.fromkeys(compiled, ""), uris)
+    with flags_named(MODEL_FIELD_FLAGS):
         return tuple(
             ModelSpec(
                 name=name,
                 uri=uri,
                 require_gpu=common.require_gpu,
-                **given(
-                    version=by["--model_version"].get(name),
-                    model_class=by["--model_class"].get(name),
-                    mean=_floats(means[name], "--model_mean") if name in means else None,
-                    std=_floats(stds[name], "--model_std") if name in stds else None,
-                    activation=by["--model_activation"].get(name),
-                    output_kind=by["--model_output"].get(name),
-                    embedding_key=by["--embedding_key"].get(name),
-                    input=by["--model_input"].get(name),
-                    patch_px=_number(by["--model_patch_px"], name, int, "--model_patch_px"),
-                    precision=by["--precision"].get(name),
-                    compile=name in compiled or None,
-                    patch_mpp=_number(by["--model_mpp"], name, float, "--model_mpp"),
-                    class_names=(
-                        tuple(n.strip() for n in names[name].split(",")) if name in names else None
-                    ),
-                ),
+                compile=name in compiled,
+                **fields[name],
             )
-            for name, uri in by["--model"].items()
+            for name, uri in uris.items()
         )
 
 
@@ -428,15 +368,8 @@ def text_job_config(options: PipelineOptions) -> TextJobConfig:
     documents = _source(
         opts.documents, "--documents", options, "a file with doc_id and text columns"
     )
-    by = _per_model(
-        options,
-        {
-            "--task": opts.task,
-            "--model_version": common.model_version,
-            "--precision": common.precision,
-        },
-    )
-    missing = sorted(set(by["--model"]) - set(by["--task"]))
+    uris, fields = _per_model(options, COMMON + TEXT)
+    missing = sorted(name for name in uris if "task" not in fields[name])
     if missing:
         raise ConfigError(f"--task NAME=TASK is required for {', '.join(missing)}")
     with flags_named():
@@ -456,19 +389,11 @@ def text_job_config(options: PipelineOptions) -> TextJobConfig:
                 f"`max_tokens_per_batch` ({batching.max_tokens_per_batch}) must hold one window "
                 f"(`window_tokens` {windows.window_tokens})"
             )
-        models = tuple(
-            TextModelSpec(
-                name,
-                uri,
-                by["--task"][name],
-                require_gpu=common.require_gpu,
-                **given(
-                    version=by["--model_version"].get(name),
-                    precision=by["--precision"].get(name),
-                ),
+        with flags_named(MODEL_FIELD_FLAGS):
+            models = tuple(
+                TextModelSpec(name=name, uri=uri, require_gpu=common.require_gpu, **fields[name])
+                for name, uri in uris.items()
             )
-            for name, uri in by["--model"].items()
-        )
         columns = {
             column: ours
             for column, ours in ((opts.doc_id_column, "doc_id"), (opts.text_column, "text"))

@@ -111,17 +111,64 @@ def test_template_regexes_follow_the_one_model_name_rule(metadata):
         }, regex
 
 
-@pytest.mark.parametrize(
-    "metadata, groups", [("slides_metadata.json", "SLIDES"), ("text_metadata.json", "TEXT")]
-)
-def test_template_help_is_the_command_line_help(metadata, groups):
+@pytest.mark.parametrize("pipeline", ["slides", "text"])
+def test_template_metadata_is_generated_from_the_flag_table(pipeline):
+    """Nothing in the Flex Template metadata is typed twice: the files are the flag table's
+    output (``python -m pipelines.flags slides > containers/launcher/slides_metadata.json``)."""
+    from pipelines.flags import template_metadata
+
+    path = REPO / "containers" / "launcher" / f"{pipeline}_metadata.json"
+    assert json.loads(path.read_text()) == template_metadata(pipeline), (
+        f"regenerate it: python -m pipelines.flags {pipeline} > {path.relative_to(REPO)}"
+    )
+
+
+def _choice_flags(pipeline: str) -> list:
     from pipelines import flags
 
-    ours = {f.name: f.help for _, fl in flags.COMMON + getattr(flags, groups) for f in fl}
-    params = json.loads((REPO / "containers" / "launcher" / metadata).read_text())["parameters"]
-    assert {p["name"]: p["helpText"] for p in params} == {
-        p["name"]: ours[p["name"]] for p in params
+    groups = flags.COMMON + (flags.SLIDES if pipeline == "slides" else flags.TEXT)
+    return [f for _, fl in groups for f in fl if f.choices]
+
+
+def _cli_accepts(pipeline: str, flag, value: str) -> bool:  # noqa: ANN001
+    from pipelines import flags
+    from pipelines.launch import pipeline_options
+    from pipelines.options import slide_job_config, text_job_config
+    from transforms.core.errors import ConfigError
+
+    if pipeline == "slides":
+        base, groups, config = ["--slides", "s.csv"], flags.SLIDES, slide_job_config
+    else:
+        base, groups, config = ["--documents", "d.jsonl"], flags.TEXT, text_job_config
+    base += ["--model", "m=m.pt2" if pipeline == "slides" else "m=folder"]
+    if pipeline == "text" and flag.name != "task":
+        base += ["--task", "m=embedding"]
+    given = f"m={value}" if flag.per_model else value
+    try:
+        config(pipeline_options([*base, f"--{flag.name}", given], groups))
+    except ConfigError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("pipeline", ["slides", "text"])
+def test_the_template_accepts_exactly_what_the_command_line_accepts(pipeline):
+    """Every choice of every choice flag passes both the template's regex and the command
+    line; a value outside the choices fails both (``tissue_method auto`` was refused by the
+    hand-kept template)."""
+    from pipelines.flags import template_metadata
+
+    regexes = {
+        p["name"]: p.get("regexes", []) for p in template_metadata(pipeline)["parameters"]
     }
+    flags = _choice_flags(pipeline)
+    assert len(flags) >= (6 if pipeline == "slides" else 3)
+    for flag in flags:
+        for value in [*flag.choices, "bogus", flag.choices[0] + "x"]:
+            given = f"m={value}" if flag.per_model else value
+            template = all(re.match(r, given) for r in regexes[flag.name])
+            cli = _cli_accepts(pipeline, flag, value)
+            assert template == cli == (value in flag.choices), (flag.name, value, template, cli)
 
 
 def test_readme_flag_reference_is_the_flag_table():

@@ -21,6 +21,8 @@ from transforms.io.file_writes import write_json_lines, write_parquet
 from transforms.io.schemas import ERRORS, Table, arrow_schema, safe_name
 
 DEFAULT_OUTPUT = "results"
+RUN_ID_PATTERN = "[A-Za-z0-9_-]{1,64}"
+"""A run id: it is stamped on every row and starts file and folder names."""
 
 
 @dataclass(frozen=True)
