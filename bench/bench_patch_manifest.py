@@ -33,14 +33,15 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from pipelines.report import counters
 from transforms.slides.geometry import PatchingConfig
 from transforms.io.manifests import ReadManifest
+from transforms.slides.manifest_rows import PATCH_ROWS, SLIDE_ROWS
 from transforms.slides.plan_manifest import PlanManifestPatches
 
 slides, patches = sys.argv[1:3]
 t = time.monotonic()
 p = beam.Pipeline(runner=FnApiRunner())
 _ = {
-    "slides": (p | "S" >> ReadManifest(slides, "slides"))["rows"],
-    "patches": (p | "P" >> ReadManifest(patches, "patches"))["rows"],
+    "slides": (p | "S" >> ReadManifest(slides, SLIDE_ROWS))["rows"],
+    "patches": (p | "P" >> ReadManifest(patches, PATCH_ROWS))["rows"],
 } | PlanManifestPatches([PatchingConfig(patch_px=64, patch_mpp=0.5)])
 result = p.run()
 result.wait_until_finish()

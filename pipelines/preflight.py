@@ -21,9 +21,10 @@ from pipelines.launch import is_dry_run, submit_only
 from pipelines.options import LOCAL_RUNNER, SlideJobConfig, TextJobConfig
 from transforms.core.errors import ConfigError, ManifestError, ModelLoadError
 from transforms.core.remote_io import is_transient, remote_options
-from transforms.io.manifests import REQUIRED_COLUMNS, ManifestSource, manifest_columns
+from transforms.io.manifests import ManifestSource, RowRule, manifest_columns
 from transforms.models.loading import check_class_count
 from transforms.models.spec import ModelSpec
+from transforms.slides.manifest_rows import PATCH_ROWS, SLIDE_ROWS
 
 log = logging.getLogger(__name__)
 
@@ -48,15 +49,14 @@ def _require(columns: list[str], column: str, message: str) -> None:
         raise ConfigError(f"{message} (its columns: {', '.join(columns) or 'none'})")
 
 
-def _check_manifest(source: ManifestSource, flag: str, kind: str) -> list[str]:
+def _check_manifest(source: ManifestSource, flag: str, rule: RowRule) -> list[str]:
     columns = _columns(source, flag)
-    needed = REQUIRED_COLUMNS[kind]
-    for column in needed:
+    for column in rule.required:
         _require(
             columns,
             column,
-            f"{flag} {source.uri} has no {column!r} column; {_WHAT[kind]} needs "
-            f"{', '.join(needed)}",
+            f"{flag} {source.uri} has no {column!r} column; {_WHAT[rule.kind]} needs "
+            f"{', '.join(rule.required)}",
         )
     return columns
 
@@ -151,9 +151,9 @@ def check_slide_inputs(cfg: SlideJobConfig, options: PipelineOptions) -> None:
     check, local = _checks_apply(options)
     if not check:
         return
-    columns = _check_manifest(cfg.slides, "--slides", "slides")
+    columns = _check_manifest(cfg.slides, "--slides", SLIDE_ROWS)
     if cfg.patches is not None:
-        _check_manifest(cfg.patches, "--patches", "patches")
+        _check_manifest(cfg.patches, "--patches", PATCH_ROWS)
     if cfg.group_by:
         _require(
             columns,

@@ -21,6 +21,7 @@ from pipelines.options import SlideJobConfig, slide_job_config
 from pipelines.preflight import check_slide_inputs
 from pipelines.report import print_report
 from transforms.core.errors import DEAD_LETTER
+from transforms.core.guard import GUARD
 from transforms.core.outcome import OUTCOME, JudgeRun, Outcome
 from transforms.core.progress import slide_progress_line
 from transforms.io.destinations import WriteTables, report_dir
@@ -31,7 +32,7 @@ from transforms.io.schemas import CASE_SUMMARIES, ERRORS, RUNS, SLIDE_SUMMARIES,
 from transforms.models.kinds import KINDS
 from transforms.models.kinds.embedding import KIND as EMBEDDING
 from transforms.models.patch_inference import RunModel
-from transforms.models.precision import GUARD
+from transforms.slides.manifest_rows import PATCH_ROWS, SLIDE_ROWS
 from transforms.slides.plan_grid import PlanGridPatches
 from transforms.slides.plan_manifest import PlanManifestPatches
 from transforms.slides.qupath import ExportQuPath
@@ -47,7 +48,7 @@ from transforms.slides.survey import SLIDE_INFO
 
 def build(pipeline: beam.Pipeline, cfg: SlideJobConfig) -> dict[str, beam.PCollection]:
     """Wire the slide pipeline; return its output PCollections (before the writes)."""
-    slides = pipeline | "ReadSlideManifest" >> ReadManifest(cfg.slides, "slides")
+    slides = pipeline | "ReadSlideManifest" >> ReadManifest(cfg.slides, SLIDE_ROWS)
     errors = [slides[DEAD_LETTER]]
     slide_rows, skipped = slides["rows"], None
     if cfg.skip_existing:
@@ -55,7 +56,7 @@ def build(pipeline: beam.Pipeline, cfg: SlideJobConfig) -> dict[str, beam.PColle
         kept = slide_rows | "SkipExisting" >> SkipExisting(cfg.destination, "slide_id", done)
         slide_rows, skipped = kept["rows"], kept[SKIPPED]
     if cfg.patches:
-        patches = pipeline | "ReadPatchManifest" >> ReadManifest(cfg.patches, "patches")
+        patches = pipeline | "ReadPatchManifest" >> ReadManifest(cfg.patches, PATCH_ROWS)
         errors.append(patches[DEAD_LETTER])
         plan_input = {"slides": slide_rows, "patches": patches["rows"]}
         if skipped is not None:

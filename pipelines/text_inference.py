@@ -20,6 +20,7 @@ from pipelines.options import TextJobConfig, text_job_config
 from pipelines.preflight import check_text_inputs
 from pipelines.report import print_text_report
 from transforms.core.errors import DEAD_LETTER
+from transforms.core.guard import GUARD
 from transforms.core.outcome import OUTCOME, JudgeRun, Outcome
 from transforms.core.progress import text_progress_line
 from transforms.io.destinations import WriteTables, report_dir
@@ -28,14 +29,14 @@ from transforms.io.manifests import ReadManifest
 from transforms.io.record_run import RecordRun
 from transforms.io.run_report import text_document_row, text_labels
 from transforms.io.schemas import ERRORS
-from transforms.models.precision import GUARD
+from transforms.text.documents import DOCUMENT_ROWS
 from transforms.text.inference import RunTextModel
 from transforms.text.tasks import task
 
 
 def build(pipeline: beam.Pipeline, cfg: TextJobConfig) -> dict[str, beam.PCollection]:
     """Wire the text pipeline; return one row PCollection per table, and the errors."""
-    docs = pipeline | "ReadDocuments" >> ReadManifest(cfg.documents, "documents", cfg.columns)
+    docs = pipeline | "ReadDocuments" >> ReadManifest(cfg.documents, DOCUMENT_ROWS, cfg.columns)
     errors = [docs[DEAD_LETTER]]
     rows = docs["rows"]
     judged = {"inputs": rows, "rejected": docs[DEAD_LETTER]}

@@ -158,9 +158,7 @@ def test_the_template_accepts_exactly_what_the_command_line_accepts(pipeline):
     hand-kept template)."""
     from pipelines.flags import template_metadata
 
-    regexes = {
-        p["name"]: p.get("regexes", []) for p in template_metadata(pipeline)["parameters"]
-    }
+    regexes = {p["name"]: p.get("regexes", []) for p in template_metadata(pipeline)["parameters"]}
     flags = _choice_flags(pipeline)
     assert len(flags) >= (6 if pipeline == "slides" else 3)
     for flag in flags:

@@ -10,7 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from transforms.core.errors import ManifestError
-from transforms.io.manifests import read_rows, resolve_uri, validate_patch_row, validate_slide_row
+from transforms.io.manifests import read_rows, resolve_uri
+from transforms.slides.manifest_rows import patch_row as validate_patch_row
+from transforms.slides.manifest_rows import slide_row as validate_slide_row
 
 
 def test_slide_row_keeps_extra_columns_as_metadata_and_resolves_relative_uris():
@@ -42,6 +44,30 @@ def test_slide_row_keeps_extra_columns_as_metadata_and_resolves_relative_uris():
 def test_bad_slide_rows_name_the_column(row, column):
     with pytest.raises(ManifestError, match=column):
         validate_slide_row({**row, "_row": 1})
+
+
+@pytest.mark.parametrize(
+    ("mpp", "hint"),
+    [
+        ("0.000499", "written in mm per pixel"),  # 0.499 µm/px typed in mm
+        ("1e-9", "outside the plausible"),
+        ("0.01", "outside the plausible"),
+        ("250", "written in nm per pixel"),
+    ],
+)
+def test_an_implausible_manifest_mpp_is_refused_by_the_slides_one_rule(mpp, hint):
+    """The rule that treats a file's mpp outside 0.05-50 µm/px as missing refuses a manifest's
+    too (0.000499 used to run and find no tissue), and says the likely unit mistake."""
+    with pytest.raises(ManifestError, match=f"column 'mpp' .*{hint}"):
+        validate_slide_row({"slide_id": "s", "uri": "a.svs", "mpp": mpp, "_row": 1})
+    assert validate_slide_row({"slide_id": "s", "uri": "a.svs", "mpp": "0.05", "_row": 1})
+
+
+@pytest.mark.parametrize("cell", ["0_5", "1_0", "0.5x", "half", "1,5"])
+def test_manifest_numbers_parse_strictly(cell):
+    """Python's float() reads "0_5" as 5 and "1_0" as 10; a manifest cell must not."""
+    with pytest.raises(ManifestError, match="x_px.*must be a number"):
+        validate_patch_row({"slide_id": "s", "x_px": cell, "y_px": 0, "size_px": 8, "_row": 1})
 
 
 @pytest.mark.parametrize(

@@ -149,8 +149,9 @@ def test_class_names_must_count_the_model_s_classes(tiny_models):
 
 def test_class_names_of_a_hugging_face_folder_are_checked_before_launch(tmp_path):
     """A Hugging Face classifier's labels (config.json) are checked before anything starts."""
-    from pipelines.preflight import _check_model_format
     import transformers
+
+    from pipelines.preflight import _check_model_format
 
     folder = str(tmp_path / "vit")
     config = transformers.ViTConfig(

@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import math
 import posixpath
-from collections.abc import Iterable, Iterator
+import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,13 +23,8 @@ from google.api_core.exceptions import GoogleAPIError
 from transforms.core.errors import DEAD_LETTER, ManifestError, dead_letter
 from transforms.core.remote_io import remote_options
 from transforms.io.bigquery import BigQueryDataset, parse_table
-from transforms.slides.geometry import TISSUE_METHODS
 
 STAGE = "ReadManifest"
-_RESERVED = {"slide_id", "uri", "mpp", "tissue_method"}
-_DOC_RESERVED = {"doc_id", "text"}
-MAX_DOC_CHARS = 5_000_000
-"""Documents longer than this are dead letters, not windows: 5 M characters is ~1,500 pages."""
 _CHUNK_ROWS = 50_000
 """Rows of a CSV or Parquet manifest held at once: manifests are streamed, never read whole."""
 
@@ -123,11 +119,6 @@ def read_rows(source: ManifestSource | str) -> Iterator[dict[str, Any] | Manifes
             )
 
 
-REQUIRED_COLUMNS = {
-    "slides": ("slide_id", "uri"),
-    "patches": ("slide_id", "x_px", "y_px", "size_px"),
-    "documents": ("doc_id", "text"),
-}
 _SAMPLE_LINES = 1000
 
 
@@ -187,7 +178,11 @@ def _stripped_records(frame: Any) -> list[dict[str, Any]]:
     return frame.to_dict(orient="records")
 
 
-def _missing(value: Any) -> bool:
+_DECIMAL = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+"""A number as a manifest cell may write it: no underscores, no words."""
+
+
+def is_missing(value: Any) -> bool:
     if value is None:
         return True
     if isinstance(value, float) and math.isnan(value):
@@ -195,20 +190,22 @@ def _missing(value: Any) -> bool:
     return isinstance(value, str) and not value.strip()
 
 
-def _text(row: dict[str, Any], column: str) -> str:
+def text_cell(row: dict[str, Any], column: str) -> str:
     value = row.get(column)
-    if _missing(value):
+    if is_missing(value):
         raise ManifestError(f"row {row.get('_row')}: column {column!r} is missing or empty")
     return str(value).strip()
 
 
-def _number(row: dict[str, Any], column: str) -> float:
+def number_cell(row: dict[str, Any], column: str) -> float:
     value = row.get(column)
-    if _missing(value):
+    if is_missing(value):
         raise ManifestError(f"row {row.get('_row')}: column {column!r} is missing or empty")
     try:
         if isinstance(value, bool) or value is None:
             raise ValueError
+        if isinstance(value, str) and not _DECIMAL.fullmatch(value.strip()):
+            raise ValueError  # float() also takes "0_5" (as 5) and "infinity"
         number = float(str(value).strip()) if isinstance(value, str) else float(value)
     except (TypeError, ValueError):
         raise ManifestError(
@@ -219,8 +216,8 @@ def _number(row: dict[str, Any], column: str) -> float:
     return number
 
 
-def _integer(row: dict[str, Any], column: str, minimum: int) -> int:
-    number = _number(row, column)
+def integer_cell(row: dict[str, Any], column: str, minimum: int) -> int:
+    number = number_cell(row, column)
     if number != int(number) or number < minimum:
         raise ManifestError(
             f"row {row.get('_row')}: column {column!r} must be a whole number >= {minimum}, "
@@ -238,78 +235,31 @@ def resolve_uri(uri: str, manifest_uri: str) -> str:
     return f"{scheme}{sep}{joined}"
 
 
-def validate_slide_row(row: dict[str, Any], manifest_uri: str = "") -> dict[str, Any]:
-    """A clean slide row: ``slide_id, uri, mpp, metadata, row``; raise ``ManifestError``."""
-    slide_id = _text(row, "slide_id")
-    uri = resolve_uri(_text(row, "uri"), manifest_uri)
-    mpp = None if _missing(row.get("mpp")) else _number(row, "mpp")
-    if mpp is not None and not 0 < mpp < 1e4:
-        raise ManifestError(f"row {row.get('_row')}: column 'mpp' must be > 0, got {mpp}")
-    metadata = {
+@dataclass(frozen=True)
+class RowRule:
+    """What one kind of manifest row must hold, given by the pipeline that reads it (``io``
+    knows no slide or document rule): its name, the id column that must be unique (None: no
+    id), the columns the file must have, and ``check(row, manifest_uri)``, which turns a raw
+    row into a clean one or raises ``ManifestError`` naming the row and the column."""
+
+    kind: str
+    id_column: str | None
+    required: tuple[str, ...]
+    check: Callable[[dict[str, Any], str], dict[str, Any]]
+
+
+def extra_columns(row: dict[str, Any], reserved: Iterable[str]) -> dict[str, str]:
+    """A row's other columns (not ``reserved``, not ours, not empty) as text: its metadata."""
+    return {
         str(k): str(v).strip()
         for k, v in row.items()
-        if k not in _RESERVED and not str(k).startswith("_") and not _missing(v)
+        if k not in reserved and not str(k).startswith("_") and not is_missing(v)
     }
-    method = None if _missing(row.get("tissue_method")) else _text(row, "tissue_method").lower()
-    if method is not None and method not in TISSUE_METHODS:
-        raise ManifestError(
-            f"row {row.get('_row')}: column 'tissue_method' must be one of "
-            f"{', '.join(TISSUE_METHODS)}, got {row.get('tissue_method')!r}"
-        )
-    return {
-        "slide_id": slide_id,
-        "uri": uri,
-        "mpp": mpp,
-        "tissue_method": method,
-        "metadata": metadata,
-        "row": row["_row"],
-    }
-
-
-def validate_patch_row(row: dict[str, Any], manifest_uri: str = "") -> dict[str, Any]:
-    """A clean patch row: ``slide_id, x_px, y_px, size_px, level, row``; raise ``ManifestError``."""
-    level = 0 if _missing(row.get("level")) else _integer(row, "level", 0)
-    return {
-        "slide_id": _text(row, "slide_id"),
-        "x_px": _integer(row, "x_px", 0),
-        "y_px": _integer(row, "y_px", 0),
-        "size_px": _integer(row, "size_px", 1),
-        "level": level,
-        "row": row["_row"],
-    }
-
-
-def validate_document_row(row: dict[str, Any], manifest_uri: str = "") -> dict[str, Any]:
-    """A clean document row: ``doc_id, text, metadata, row``; raise ``ManifestError``."""
-    doc_id = _text(row, "doc_id")
-    text = row.get("text")
-    if not isinstance(text, str):
-        raise ManifestError(f"row {row.get('_row')}: column 'text' is missing or not a string")
-    if not text.strip():
-        raise ManifestError(f"row {row.get('_row')}: column 'text' is empty or only whitespace")
-    if len(text) > MAX_DOC_CHARS:
-        raise ManifestError(
-            f"row {row.get('_row')}: text has {len(text):,} characters, over the "
-            f"{MAX_DOC_CHARS:,} limit; split the document"
-        )
-    metadata = {
-        str(k): str(v).strip()
-        for k, v in row.items()
-        if k not in _DOC_RESERVED and not str(k).startswith("_") and not _missing(v)
-    }
-    return {"doc_id": doc_id, "text": text, "metadata": metadata, "row": row["_row"]}
-
-
-_VALIDATORS = {
-    "slides": ("slide_id", validate_slide_row),
-    "patches": (None, validate_patch_row),
-    "documents": ("doc_id", validate_document_row),
-}
 
 
 class _ReadAndValidate(beam.DoFn):
-    def __init__(self, kind: str, rename: dict[str, str]) -> None:
-        self._kind = kind
+    def __init__(self, rule: RowRule, rename: dict[str, str]) -> None:
+        self._rule = rule
         self._rename = rename
 
     def process(self, source: ManifestSource) -> Iterator[Any]:
@@ -323,7 +273,7 @@ class _ReadAndValidate(beam.DoFn):
                     if column in row:
                         row[ours] = row.pop(column)
                 try:
-                    yield _VALIDATORS[self._kind][1](row, uri)
+                    yield self._rule.check(row, uri)
                 except ManifestError as exc:
                     key = f"{name}:row {row['_row']}"
                     yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(STAGE, key, exc, row))
@@ -368,15 +318,14 @@ class ReadManifest(beam.PTransform):
     """
 
     def __init__(
-        self, source: ManifestSource | str, kind: str, rename: dict[str, str] | None = None
+        self, source: ManifestSource | str, rule: RowRule, rename: dict[str, str] | None = None
     ) -> None:
-        """``source``: a parsed ``ManifestSource`` (a plain string is a file's URI);
-        ``rename`` maps a file's column names to ours, e.g. ``{"pmid": "doc_id"}``."""
+        """``source``: a parsed ``ManifestSource`` (a plain string is a file's URI); ``rule``:
+        what a row must hold (the pipeline's); ``rename`` maps a file's column names to ours,
+        e.g. ``{"pmid": "doc_id"}``."""
         super().__init__()
-        if kind not in _VALIDATORS:
-            raise ValueError(f"kind must be one of {sorted(_VALIDATORS)}, got {kind!r}")
         self._source = manifest_source(source) if isinstance(source, str) else source
-        self._kind = kind
+        self._rule = rule
         self._rename = dict(rename or {})
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> dict[str, beam.PCollection]:
@@ -384,11 +333,11 @@ class ReadManifest(beam.PTransform):
             pbegin
             | "ManifestUri" >> beam.Create([self._source])
             | "ReadRows"
-            >> beam.ParDo(_ReadAndValidate(self._kind, self._rename)).with_outputs(
+            >> beam.ParDo(_ReadAndValidate(self._rule, self._rename)).with_outputs(
                 DEAD_LETTER, main="rows"
             )
         )
-        id_column = _VALIDATORS[self._kind][0]
+        id_column = self._rule.id_column
         if id_column is None:
             return {"rows": read.rows, DEAD_LETTER: read[DEAD_LETTER]}
         unique = (

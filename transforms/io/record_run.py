@@ -14,10 +14,10 @@ from typing import Any
 
 import apache_beam as beam
 
+from transforms.core.guard import GUARD, per_model
 from transforms.core.outcome import OUTCOME
 from transforms.io.run_report import MAX_ROWS
 from transforms.io.runs import RunInfo, record, weights_sha256, write_record
-from transforms.models.precision import GUARD, per_model
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,6 @@ from typing import Any
 
 from transforms.core.errors import redact
 from transforms.io.schemas import RUNS, arrow_schema, safe_name
-from transforms.models.precision import resolve
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +147,7 @@ def record(
 ) -> dict[str, Any]:
     """One ``runs`` row. ``counts``: ``inputs``, ``inputs_with_results``, ``inputs_skipped``,
     ``inputs_failed``, ``outputs`` ({table: rows}), ``dead_letters`` ([(stage, type, n,
-    example)]), ``units_done``, ``precision_guard`` ([``precision.GuardResult``], one a model)."""
+    example)]), ``units_done``, ``precision_guard`` ([``core.guard.GuardResult``], one a model)."""
     counts = counts or {}
     guard = counts.get("precision_guard", [])
     wall = (finished_at - info.started_at).total_seconds() if finished_at else None
@@ -190,7 +189,7 @@ def record(
                 "sha256": (sha256 or {}).get(m.name),
                 "format": m.format,
                 "output_kind": m.output_kind,
-                "precision": ran_in(m, device, guard),
+                "precision": ran_in(m, guard),
             }
             for m in info.models
         ],
@@ -213,16 +212,15 @@ def record(
     }
 
 
-def ran_in(model: ModelInfo, device: str | None, guard: list) -> str:
-    """The precision ``model`` ran in: ``auto`` resolved for the recording worker's ``device``,
-    fp32 where its accuracy guard failed or ``auto`` measured it no faster (``guard``:
-    ``precision.GuardResult`` per model); as asked when no worker recorded the row (a
-    launcher's ``submitted`` or ``failed`` row)."""
-    if device is None:
-        return model.precision
-    if any(g.model == model.name and not (g.passed and g.kept) for g in guard):
-        return "fp32"
-    return resolve(model.precision, device, model.format)
+def ran_in(model: ModelInfo, guard: list) -> str:
+    """The precision ``model`` ran in, by its accuracy guard's figures (``guard``:
+    ``core.guard.GuardResult`` per model): the reduced one where the guard kept it, else fp32.
+    A model the guard never checked ran as asked (ONNX graphs: as exported, fp32); ``auto``
+    stays ``auto`` where no input ran (a launcher's ``submitted`` or ``failed`` row)."""
+    checked = [g for g in guard if g.model == model.name]
+    if checked:
+        return checked[0].precision if checked[0].passed and checked[0].kept else "fp32"
+    return "fp32" if model.format == "onnx" else model.precision
 
 
 def guard_verdict(guard: dict) -> str:

@@ -19,7 +19,7 @@ import apache_beam as beam
 
 from transforms.core import progress
 from transforms.core.errors import DEAD_LETTER, ConfigError, dead_letter
-from transforms.models.precision import GUARD
+from transforms.core.guard import GUARD
 from transforms.models.runner import ModelRunner
 from transforms.models.spec import ModelSpec
 

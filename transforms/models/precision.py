@@ -30,17 +30,16 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from transforms.core import progress
 from transforms.core.errors import ConfigError, ModelLoadError
+from transforms.core.guard import GuardResult, merge
 
 _LOG = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
-GUARD = "guard"
-"""The key of the guard's rows (one per guarded batch) among a pipeline's outputs."""
 GUARD_PATCHES = 32
 """Real patches each worker process checks in both precisions before it trusts the reduced one
 (its first batches: Beam's batches start small and grow)."""
@@ -84,62 +83,6 @@ def resolve(precision: str, device: str, fmt: str) -> str:
 
 
 @dataclass(frozen=True)
-class GuardResult:
-    """What the guard measured on one batch, and whether it passed."""
-
-    precision: str
-    n: int
-    model: str = ""
-    agreement: float | None = None
-    max_prob_diff: float | None = None
-    min_cosine: float | None = None
-    passed: bool = True
-    speedup: float | None = None
-    """fp32's time per input over the reduced precision's, on the guard's inputs (warm)."""
-    kept: bool = True
-    """Whether the process kept the reduced precision (false: it runs fp32)."""
-
-    def describe(self) -> str:
-        figures = ", ".join(
-            f"{name} {value:.6g}"
-            for name, value in (
-                ("label agreement", self.agreement),
-                ("max prob diff", self.max_prob_diff),
-                ("min cosine", self.min_cosine),
-            )
-            if value is not None
-        )
-        verdict = "passed" if self.passed else "FAILED"
-        speed = f", {self.speedup:.2f}x fp32's speed" if self.speedup is not None else ""
-        return f"{self.precision} guard {verdict} on {self.n} inputs: {figures}{speed}"
-
-
-def merge(earlier: GuardResult | None, later: GuardResult) -> GuardResult:
-    """The guard's figures over both batches: counts add, the worst figure wins."""
-    if earlier is None:
-        return later
-
-    def worst(a: float | None, b: float | None, pick: Any) -> float | None:
-        return b if a is None else a if b is None else pick(a, b)
-
-    n = earlier.n + later.n
-    agreement = None
-    if earlier.agreement is not None and later.agreement is not None:
-        agreement = (earlier.agreement * earlier.n + later.agreement * later.n) / n
-    return GuardResult(
-        later.precision,
-        n,
-        later.model,
-        agreement if agreement is not None else later.agreement,
-        worst(earlier.max_prob_diff, later.max_prob_diff, max),
-        worst(earlier.min_cosine, later.min_cosine, min),
-        earlier.passed and later.passed,
-        worst(earlier.speedup, later.speedup, min),
-        earlier.kept and later.kept,
-    )
-
-
-@dataclass(frozen=True)
 class GuardFigures:
     """What an output kind's (or text task's) ``compare`` measured on one batch."""
 
@@ -177,20 +120,6 @@ class Guarded:
         with self.lock:
             out, self.guard_batches = self.guard_batches, []
         return out
-
-
-def guard_row(result: GuardResult) -> dict:
-    """One guarded batch as a row of the job's ``guard`` output."""
-    return asdict(result)
-
-
-def per_model(rows: list[dict]) -> list[GuardResult]:
-    """The ``guard`` rows of a whole job, merged per model (counts add, the worst wins)."""
-    merged: dict[str, GuardResult] = {}
-    for row in rows:
-        result = GuardResult(**row)
-        merged[result.model] = merge(merged.get(result.model), result)
-    return [merged[name] for name in sorted(merged)]
 
 
 MIN_SPEEDUP = 1.0

@@ -19,7 +19,7 @@ from apache_beam.utils.shared import Shared
 
 from transforms.core.bisection import Outcome, SplittingRunner
 from transforms.core.errors import ModelOutputError
-from transforms.models.precision import GUARD, guard_row
+from transforms.core.guard import GUARD, guard_row
 
 MAX_BATCH = 4096
 """Largest batch handed to a model at once; out-of-memory errors lower it per process."""

@@ -38,6 +38,20 @@ FORMATS = ("pt2", "state_dict", "onnx", "huggingface")
 _WEIGHT_FILES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
 
 
+PATCH_PX_RANGE = (8, 8192)
+"""A patch edge handed to a model, px (the job's ``--patch_px`` and a model's own)."""
+
+
+def check_patch_size(field: str, patch_px: int | None, patch_mpp: float | None) -> None:
+    """The one rule for a patch geometry's edge and resolution (job or model); ``ConfigError``
+    naming ``field`` (e.g. ``patch_px`` or ``patch_px` of m``)."""
+    low, high = PATCH_PX_RANGE
+    if patch_px is not None and not low <= patch_px <= high:
+        raise ConfigError(f"`{field}px` must be between {low} and {high}, got {patch_px}")
+    if patch_mpp is not None and not 0 < patch_mpp < 1000:
+        raise ConfigError(f"`{field}mpp` must be a positive micron size, got {patch_mpp}")
+
+
 def model_format(uri: str, model_class: str | None) -> str:
     """The format of the model at ``uri`` (one of ``FORMATS``), from its name and ``model_class``.
 
@@ -111,10 +125,10 @@ class ModelSpec:
                 f"`model_class` {self.name}={self.model_class}: expected 'package.module:Class'"
             )
         model_format(self.uri, self.model_class)
-        if self.patch_px is not None and not 8 <= self.patch_px <= 8192:
-            raise ConfigError(f"`patch_px` of {self.name}: between 8 and 8192")
-        if self.patch_mpp is not None and not 0 < self.patch_mpp < 1000:
-            raise ConfigError(f"`patch_mpp` of {self.name}: a positive micron size")
+        try:
+            check_patch_size("patch_", self.patch_px, self.patch_mpp)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc} (model {self.name})") from None
         check_precision(self.name, self.precision, self.format)
         if self.compile and self.format == "onnx":
             raise ConfigError(

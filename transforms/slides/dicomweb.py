@@ -4,7 +4,8 @@ A slide is one series: ``dicomweb+http(s)://HOST[:PORT]/PATH/studies/STUDY_UID/s
 (``PATH`` is the store's DICOMweb root, e.g. ``/dicom-web`` for Orthanc, or
 ``/v1/projects/P/locations/L/datasets/D/dicomStores/S/dicomWeb`` for the Healthcare API).
 wsidicom fetches the frames (tiles) a read needs through WADO-RS, each in the syntax it is stored
-in (``stored_syntax``), decoded here: no store transcodes, so pixels equal the local file's. Every request has a timeout
+in (``stored_syntax``), decoded here: no store transcodes, so pixels equal the local file's.
+Every request has a timeout
 (``PATHBEAM_IO_TIMEOUT_S``); 429, 5xx and dropped connections are retried with backoff and
 counted in ``io_retries``. ``https`` stores are reached with Application Default Credentials
 (google-auth); no token is ever put in a message.

@@ -12,11 +12,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from transforms.core.errors import ConfigError, OutOfBoundsError, SlideError
+from transforms.models.spec import check_patch_size
 
 LEVEL_TOLERANCE = 0.02
 """A level whose downsample exceeds the wanted one by at most 2% still counts as not upsampling."""
 
 TISSUE_METHODS = ("auto", "brightfield", "fluorescence")
+MIN_MPP, MAX_MPP = 0.05, 50.0
+"""A slide's plausible µm/px, wherever it comes from (its file or the manifest's ``mpp``): a
+file's mpp outside it (352.8 µm/px is a 72 dpi default) is treated as missing; a manifest's is
+a dead letter (``slides/manifest_rows.py``)."""
+
+
+def plausible_mpp(mpp: float | None) -> bool:
+    return mpp is not None and MIN_MPP <= mpp <= MAX_MPP
+
 
 MAX_UPSAMPLE = 1.1
 """Refuse slides whose resolution is more than 10% coarser than ``--patch_mpp`` asks for."""
@@ -51,12 +61,9 @@ class PatchingConfig:
     stain_basis: bool = False
 
     def __post_init__(self) -> None:
-        if not 8 <= self.patch_px <= 8192:
-            raise ConfigError(f"`patch_px` must be between 8 and 8192, got {self.patch_px}")
+        check_patch_size("patch_", self.patch_px, self.patch_mpp)
         if (self.patch_mpp is None) == (self.patch_level is None):
             raise ConfigError("give exactly one of `patch_mpp` and `patch_level`")
-        if self.patch_mpp is not None and not (0 < self.patch_mpp < 1000):
-            raise ConfigError(f"`patch_mpp` must be a positive micron size, got {self.patch_mpp}")
         if self.patch_level is not None and self.patch_level < 0:
             raise ConfigError(f"`patch_level` must be >= 0, got {self.patch_level}")
         if not 0 <= self.overlap_px < self.patch_px:

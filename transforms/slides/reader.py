@@ -17,11 +17,7 @@ import numpy as np
 
 from transforms.core.errors import SlideError, UnsupportedFormatError
 from transforms.core.remote_io import remote_options
-from transforms.slides.geometry import SlideGeometry, choose_level
-
-MIN_MPP, MAX_MPP = 0.05, 50.0
-"""A file's mpp outside this range is not a slide scanner's (352.8 µm/px is a 72 dpi default):
-it is treated as missing, and the manifest's ``mpp`` column is asked for."""
+from transforms.slides.geometry import SlideGeometry, choose_level, plausible_mpp
 
 STRIP_BYTES = 16 << 20
 """Bound on one strip read while building a downsampled image (mask, thumbnail)."""
@@ -92,7 +88,7 @@ def open_slide(uri: str) -> Slide:
 def slide_geometry(slide: Slide, mpp_override: float | None = None) -> SlideGeometry:
     """The pyramid of an open slide; the manifest's MPP wins over the file's."""
     file_mpp = slide.file_mpp
-    plausible = file_mpp is not None and MIN_MPP <= file_mpp <= MAX_MPP
+    plausible = plausible_mpp(file_mpp)
     mpp = mpp_override or (file_mpp if plausible else None)
     width, height = slide.level_dimensions[0]
     return SlideGeometry(

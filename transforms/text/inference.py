@@ -10,7 +10,8 @@ import apache_beam as beam
 
 from transforms.core import progress
 from transforms.core.errors import DEAD_LETTER
-from transforms.models.precision import GUARD, GuardConfig, run_guarded
+from transforms.core.guard import GUARD
+from transforms.models.precision import GuardConfig, run_guarded
 from transforms.models.runner import ModelRunner
 from transforms.text.batching import SortAndBatchByTokens, TokenBatchingConfig
 from transforms.text.merge import MergeWindows, RouteByWindows
