@@ -23,7 +23,6 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from transforms.core.errors import ConfigError
 from transforms.io.destinations import DEFAULT_OUTPUT, RUN_ID_PATTERN
 from transforms.models.kinds import OUTPUT_KINDS
-from transforms.models.patch_inference import BatchingConfig
 from transforms.models.precision import PRECISIONS, GuardConfig
 from transforms.models.spec import (
     ACTIVATIONS,
@@ -34,6 +33,7 @@ from transforms.models.spec import (
 )
 from transforms.slides.geometry import TISSUE_METHODS, PatchingConfig
 from transforms.slides.qupath import MIN_PROB as QUPATH_MIN_PROB
+from transforms.slides.run_model import BatchingConfig
 from transforms.text.batching import TokenBatchingConfig
 from transforms.text.tasks import TASK_NAMES
 from transforms.text.windows import WindowConfig
@@ -341,7 +341,8 @@ COMMON: tuple[Group, ...] = (
             Flag(
                 "max_batch_size",
                 "largest batch handed to a model",
-                "32 patches; 64 windows",
+                f"{default_of(BatchingConfig, 'max_batch_size')} patches; "
+                f"{default_of(TokenBatchingConfig, 'max_batch_size')} windows",
                 int,
                 "N",
                 label="Max batch size",

@@ -30,11 +30,11 @@ from transforms.io.bigquery import resolve_endpoint
 from transforms.io.destinations import RUN_ID_PATTERN, Destination, RunStamp, destination
 from transforms.io.manifests import ManifestSource, manifest_source
 from transforms.io.runs import ModelInfo, RunInfo, code_version, flag_pairs
-from transforms.models.patch_inference import BatchingConfig
 from transforms.models.precision import GuardConfig
 from transforms.models.spec import ModelSpec
 from transforms.slides.geometry import PatchingConfig
 from transforms.slides.qupath import MIN_PROB as QUPATH_MIN_PROB
+from transforms.slides.run_model import BatchingConfig
 from transforms.text.batching import TokenBatchingConfig
 from transforms.text.models import TextModelSpec
 from transforms.text.windows import WindowConfig

@@ -31,12 +31,12 @@ from transforms.io.record_run import RecordRun
 from transforms.io.schemas import CASE_SUMMARIES, ERRORS, RUNS, SLIDE_SUMMARIES, Table
 from transforms.models.kinds import KINDS
 from transforms.models.kinds.embedding import KIND as EMBEDDING
-from transforms.models.patch_inference import RunModel
 from transforms.slides.manifest_rows import PATCH_ROWS, SLIDE_ROWS
 from transforms.slides.plan_grid import PlanGridPatches
 from transforms.slides.plan_manifest import PlanManifestPatches
 from transforms.slides.qupath import ExportQuPath
 from transforms.slides.read_patches import ReadPatches, SplitByGeometry
+from transforms.slides.run_model import RunModel
 from transforms.slides.summaries import (
     THUMBNAILS,
     SummarizeCases,

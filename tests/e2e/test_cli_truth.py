@@ -33,7 +33,7 @@ def test_help_lists_every_flag_the_pipeline_reads_with_defaults(module):
     assert pipeline_options_names(module) <= shown
     source = (REPO / "pipelines" / "options.py").read_text()
     read = set(re.findall(r"\b(?:opts|common)\.(\w+)", source))
-    own = {"slides", "patches"} if module == SLIDES else {"documents", "task"}
+    own = {"slides", "patches"} if module == SLIDES else {"documents"}  # per-model: the table
     assert own <= read and read & pipeline_options_names(module) <= shown
     assert "Default: 224." in proc.stdout or module == TEXT
     assert "--help_beam" in proc.stdout

@@ -17,8 +17,8 @@ pytestmark = pytest.mark.pipeline
 def test_beams_run_inference_runs_the_patch_handler(tiny_models):
     from apache_beam.ml.inference.base import RunInference
 
-    from transforms.models.handler import PatchModelHandler
     from transforms.models.loading import load_model, predict
+    from transforms.slides.patch_handler import PatchModelHandler
 
     spec = ModelSpec("two", tiny_models["two"])
     rng = np.random.default_rng(0)

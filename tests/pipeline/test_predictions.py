@@ -16,9 +16,9 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from pipelines.options import SlideJobConfig
 from pipelines.slide_inference import build, write
 from transforms.io.destinations import RunStamp, destination
-from transforms.models.patch_inference import BatchingConfig
 from transforms.models.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
 from transforms.slides.geometry import PatchingConfig
+from transforms.slides.run_model import BatchingConfig
 
 pytestmark = pytest.mark.pipeline
 
@@ -114,7 +114,7 @@ def test_a_compiled_model_gives_the_eager_models_predictions(tmp_path, cmu1, tin
     built at setup; its predictions equal the eager model's."""
     import logging
 
-    caplog.set_level(logging.INFO, logger="transforms.models.handler")
+    caplog.set_level(logging.INFO, logger="transforms.slides.patch_handler")
     spec = ModelSpec("two", tiny_models["two"], compile=True)
     rows = _job(tmp_path, cmu1, spec, 7, "compiled")
     assert len(rows) > 100 and len(rows) % 7 != 0  # the last batch was padded

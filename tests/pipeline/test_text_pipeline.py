@@ -60,7 +60,7 @@ def test_embeddings_equal_a_direct_call_whatever_the_batching(
     cfg = TextJobConfig(
         documents=str(docs),
         columns={},
-        models=(TextModelSpec("emb", minilm, "embedding"),),
+        models=(TextModelSpec("emb", minilm, task="embedding"),),
         windows=WindowConfig(512, 64),
         batching=TokenBatchingConfig(max_tokens, max_batch, buffer),
         destination=destination(str(tmp_path / "out"), None, None, None, False),
@@ -85,7 +85,7 @@ def test_padding_stays_under_ten_percent_on_ncbi_sentences(tmp_path, shared_data
     cfg = TextJobConfig(
         documents=str(docs),
         columns={},
-        models=(TextModelSpec("ner", tiny_text_models["ner"], "token-classification"),),
+        models=(TextModelSpec("ner", tiny_text_models["ner"], task="token-classification"),),
         windows=WindowConfig(512, 64),
         batching=TokenBatchingConfig(2048, 64, 2048),
         destination=destination(str(tmp_path / "out"), None, None, None, False),

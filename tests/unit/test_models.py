@@ -125,7 +125,7 @@ def test_an_onnx_graph_of_a_fixed_patch_size_fails_at_setup_on_another(tmp_path)
     """A graph exported for 64 px patches cannot take 32 px ones: the handler's check batch
     fails the model's setup, naming the model and --patch_px, before any patch is read."""
     from tests.models_for_tests import export_onnx, tiny_net
-    from transforms.models.handler import PatchModelHandler
+    from transforms.slides.patch_handler import PatchModelHandler
 
     uri = export_onnx(tiny_net(2), str(tmp_path / "fixed64.onnx"), patch_px=64, fixed_batch=2)
     spec = ModelSpec("fixed", uri)
@@ -138,7 +138,7 @@ def test_an_onnx_graph_of_a_fixed_patch_size_fails_at_setup_on_another(tmp_path)
 def test_class_names_must_count_the_model_s_classes(tiny_models):
     """``--class_names tumor=a,b,c`` on a 2-class model fails at load, naming both counts; the
     right count loads."""
-    from transforms.models.handler import PatchModelHandler
+    from transforms.slides.patch_handler import PatchModelHandler
 
     wrong = ModelSpec("two", tiny_models["two"], class_names=("a", "b", "c"))
     with pytest.raises(ModelLoadError, match=r"gives 3 names \(a, b, c\), but the model has 2"):

@@ -10,9 +10,9 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.util import assert_that, equal_to
 
 from transforms.core.bisection import SplittingRunner
-from transforms.models.patch_inference import BatchingConfig, RunModel
 from transforms.models.spec import ModelSpec
 from transforms.slides.read_patches import Patch
+from transforms.slides.run_model import BatchingConfig, RunModel
 
 
 def test_bisection_isolates_the_bad_elements_and_keeps_order():

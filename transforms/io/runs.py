@@ -35,7 +35,7 @@ class ModelInfo:
     uri: str
     format: str
     output_kind: str
-    precision: str = "fp32"
+    precision: str
     """As asked (``auto`` included)."""
 
 

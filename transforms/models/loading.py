@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
-from transforms.core.errors import ModelLoadError, SlideError
+from transforms.core.errors import ModelLoadError
 from transforms.models.kinds import kind
 from transforms.models.precision import GuardConfig, resolve, run_guarded
 from transforms.models.spec import ModelSpec
 from transforms.models.torch_models import LoadedModel, TorchModel, select_device
-from transforms.slides.stains import eho
 
 _LOG = logging.getLogger(__name__)
 
@@ -86,23 +84,6 @@ def guarded(
         return predict(model, pixels[:k], spec, tissue[:k] if tissue is not None else None)
 
     return run_guarded(model, run, kind(spec.output_kind), spec.name, cfg)
-
-
-def model_input(pixels: np.ndarray, appearance: Any, spec: ModelSpec) -> np.ndarray:
-    """What the model is handed for one patch: its RGB, or its EHO stain channels by its slide's
-    stain basis (``appearance``: the slide's ``SlideAppearance``).
-
-    Raises ``SlideError`` for EHO when the slide has no stain basis (a dead letter per patch).
-    """
-    if spec.input == "rgb":
-        return pixels
-    stains = appearance.stains if appearance is not None else None
-    if stains is None:
-        raise SlideError(
-            f"model {spec.name!r} takes EHO stain channels, but this slide has no H&E stain "
-            "basis (a fluorescence slide, or too little stained tissue in its survey image)"
-        )
-    return eho(pixels, stains)
 
 
 def predict(

@@ -87,25 +87,43 @@ def check_model_name(name: str) -> None:
 
 
 @dataclass(frozen=True)
-class ModelSpec:
-    """One patch-model branch: where it is, which version, and how patches are prepared for it."""
+class ModelRef:
+    """What a model of any pipeline has: its name, where it is, which version, the precision it
+    is asked to run in (fp32, bf16, fp16 or auto: ``precision.py``), and whether it must have a
+    GPU. ``ModelSpec`` (patch models) and ``TextModelSpec`` add their own fields."""
 
     name: str
     uri: str
     version: str = "unversioned"
+    require_gpu: bool = False
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        check_model_name(self.name)
+        if not self.uri:
+            raise ConfigError(f"`uri` of model {self.name}: the URI is empty")
+        check_precision(self.name, self.precision, self.format)
+
+    @property
+    def format(self) -> str:
+        """How the model is stored (``FORMATS``)."""
+        return "huggingface"
+
+
+@dataclass(frozen=True)
+class ModelSpec(ModelRef):
+    """One patch-model branch: where it is, which version, and how patches are prepared for it."""
+
     model_class: str | None = None
     mean: tuple[float, ...] | None = None
     """Input normalisation; None: the model folder's own (a Hugging Face image-processor
     config), else ImageNet's."""
     std: tuple[float, ...] | None = None
     activation: str = "softmax"
-    require_gpu: bool = False
     output_kind: str = "classification"
     class_names: tuple[str, ...] = ()
     embedding_key: str = "auto"
     input: str = "rgb"
-    precision: str = "fp32"
-    """fp32, bf16, fp16 or auto (``precision.py``)."""
     compile: bool = False
     """``torch.compile`` the model at load, for batches of a fixed size (``torch_models``)."""
     patch_px: int | None = None
@@ -117,19 +135,15 @@ class ModelSpec:
     models with one geometry share one decoded patch stream."""
 
     def __post_init__(self) -> None:
-        check_model_name(self.name)
-        if not self.uri:
-            raise ConfigError(f"`uri` of model {self.name}: the URI is empty")
         if self.model_class is not None and ":" not in self.model_class:
             raise ConfigError(
                 f"`model_class` {self.name}={self.model_class}: expected 'package.module:Class'"
             )
-        model_format(self.uri, self.model_class)
+        super().__post_init__()  # the name, the URI, the format, the precision
         try:
             check_patch_size("patch_", self.patch_px, self.patch_mpp)
         except ConfigError as exc:
             raise ConfigError(f"{exc} (model {self.name})") from None
-        check_precision(self.name, self.precision, self.format)
         if self.compile and self.format == "onnx":
             raise ConfigError(
                 f"`compile` {self.name}: ONNX graphs are optimised by onnxruntime itself; "

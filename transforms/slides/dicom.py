@@ -14,7 +14,6 @@ from the instances' streams (the frames' compressed bytes); for DICOMweb, the re
 from __future__ import annotations
 
 import logging
-import threading
 import warnings
 from typing import Any
 
@@ -23,6 +22,8 @@ import numpy as np
 
 from transforms.core.errors import SlideError, UnsupportedFormatError
 from transforms.core.remote_io import open_remote_file
+from transforms.slides.readers import Reader
+from transforms.slides.transfer import Transfer
 
 _LIBRARY_NOISE = (
     "get_frame_offsets is deprecated",  # wsidicom 0.28 calls pydicom 3's old API, once a file
@@ -35,24 +36,6 @@ logging.getLogger("pydicom").addFilter(
 )
 for _noise in _LIBRARY_NOISE:
     warnings.filterwarnings("ignore", message=f".*{_noise}")
-
-
-class Transfer:
-    """Requests and bytes a slide's source has delivered so far (thread-safe)."""
-
-    def __init__(self) -> None:
-        self.requests = 0
-        self.bytes = 0
-        self._lock = threading.Lock()
-
-    def add(self, n_bytes: int, requests: int = 0) -> None:
-        with self._lock:
-            self.bytes += n_bytes
-            self.requests += requests
-
-    def totals(self) -> tuple[int, int]:
-        with self._lock:
-            return self.requests, self.bytes
 
 
 class _MeteredStream:
@@ -142,20 +125,14 @@ def _is_dicom(stream: Any) -> bool:
     return head[128:132] == b"DICM"
 
 
-def _open(uri: str, transfer: Transfer) -> tuple[Any, list[Any]]:
-    from transforms.slides.dicomweb import is_dicomweb, open_series
-
-    if is_dicomweb(uri):
-        return open_series(uri, transfer), []
-    return _open_files(uri.removeprefix("file://"), transfer)
-
-
 class DicomSlideFile:
-    """A DICOM whole-slide image behind the ``reader.Slide`` interface."""
+    """A DICOM whole-slide image behind the ``reader.Slide`` interface: a file or a folder of
+    one slide's instances (``open``), or any ``WsiDicom`` and the streams it reads (a DICOMweb
+    series: ``dicomweb.open_web_slide``)."""
 
-    def __init__(self, uri: str) -> None:
-        self.transfer = Transfer()
-        self._wsi, self._streams = _open(uri, self.transfer)
+    def __init__(self, wsi: Any, streams: list[Any], transfer: Transfer) -> None:
+        self.transfer = transfer
+        self._wsi, self._streams = wsi, streams
         self._last_read: tuple[int, tuple[int, int, int, int], int] | None = None
         try:
             levels = sorted(self._wsi.levels, key=lambda lv: lv.size.width, reverse=True)
@@ -174,6 +151,13 @@ class DicomSlideFile:
         except Exception:
             self.close()
             raise
+
+    @classmethod
+    def open(cls, uri: str) -> DicomSlideFile:
+        """A DICOM file or folder, local or any fsspec URL."""
+        transfer = Transfer()
+        wsi, streams = _open_files(uri.removeprefix("file://"), transfer)
+        return cls(wsi, streams, transfer)
 
     def read(self, level: int, x: int, y: int, w: int, h: int) -> np.ndarray:
         _, before = self.transfer.totals()
@@ -194,3 +178,11 @@ class DicomSlideFile:
         finally:
             for stream in self._streams:
                 stream.close()
+
+
+def _is_dicom_head(head: bytes | None) -> bool:
+    return head is None or head[128:132] == b"DICM"  # a folder: one slide's instances
+
+
+READER = Reader("DICOM", (), _is_dicom_head, DicomSlideFile.open)
+"""A DICOM file (``DICM`` at byte 128) or a folder of one slide's instances."""

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from transforms.core import progress
 from transforms.core.errors import SlideError
 from transforms.core.remote_io import ATTEMPTS, io_timeout_s
-
-if TYPE_CHECKING:
-    from transforms.slides.dicom import Transfer
+from transforms.slides.dicom import DicomSlideFile
+from transforms.slides.readers import Reader
+from transforms.slides.transfer import Transfer
 
 SCHEMES = ("dicomweb+http://", "dicomweb+https://")
 _SERIES = re.compile(
@@ -220,3 +220,13 @@ def open_series(uri: str, transfer: Transfer | None = None) -> Any:
                 "grant it roles/healthcare.dicomViewer on the store"
             ) from exc
         raise
+
+
+def open_web_slide(uri: str) -> DicomSlideFile:
+    """A DICOMweb series behind the ``reader.Slide`` interface."""
+    transfer = Transfer()
+    return DicomSlideFile(open_series(uri, transfer), [], transfer)
+
+
+READER = Reader("DICOMweb", SCHEMES, None, open_web_slide)
+"""A series in a DICOMweb store, by its URI's scheme."""

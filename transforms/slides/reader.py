@@ -18,11 +18,10 @@ import numpy as np
 from transforms.core.errors import SlideError, UnsupportedFormatError
 from transforms.core.remote_io import remote_options
 from transforms.slides.geometry import SlideGeometry, choose_level, plausible_mpp
+from transforms.slides.readers import Reader
 
 STRIP_BYTES = 16 << 20
 """Bound on one strip read while building a downsampled image (mask, thumbnail)."""
-
-_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
 class Slide(Protocol):
@@ -60,28 +59,35 @@ def _head(uri: str) -> bytes | None:
     return None if not head and fs.isdir(path) else head
 
 
+def registered() -> tuple[Reader, ...]:
+    """Every slide reader, in the order they are asked (imported when a slide is opened: wsidicom
+    and tiffslide load only then)."""
+    from transforms.slides import dicom, dicomweb, tiff
+
+    return (dicomweb.READER, dicom.READER, tiff.READER)
+
+
 def open_slide(uri: str) -> Slide:
-    """Open the slide at ``uri`` with the reader its content calls for.
+    """Open the slide at ``uri`` with the first registered reader that takes it: by the URI's
+    scheme, else by the file's first bytes (``readers.py``), never by its name alone.
 
     Raises:
       FileNotFoundError: the file does not exist.
-      UnsupportedFormatError: neither a TIFF-based nor a DICOM whole-slide image.
+      UnsupportedFormatError: no reader takes it.
       SlideError: a slide that cannot be read (e.g. a truncated TIFF).
     """
-    from transforms.slides.dicom import DicomSlideFile
-    from transforms.slides.dicomweb import is_dicomweb
-    from transforms.slides.tiff import TiffSlideFile
-
-    if is_dicomweb(uri):
-        return DicomSlideFile(uri)
+    readers = registered()
+    for reader in readers:
+        if reader.schemes and uri.startswith(reader.schemes):
+            return reader.open(uri)
     head = _head(uri)
-    if head is None or head[128:132] == b"DICM":
-        return DicomSlideFile(uri)  # a DICOM file, or a folder of one slide's instances
-    if head[:4] in _TIFF_MAGIC:
-        return TiffSlideFile(uri)
+    for reader in readers:
+        if reader.takes is not None and reader.takes(head):
+            return reader.open(uri)
+    names = ", ".join(r.name for r in readers)
     raise UnsupportedFormatError(
-        "neither a TIFF-based slide (SVS, NDPI, generic TIFF) nor a DICOM whole-slide image "
-        f"(the file starts with {head[:8]!r})"
+        f"no slide reader takes it ({names}): neither a TIFF-based slide (SVS, NDPI, generic "
+        f"TIFF) nor a DICOM whole-slide image (the file starts with {(head or b'')[:8]!r})"
     )
 
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from transforms.core.errors import SlideError, UnsupportedFormatError
 from transforms.core.remote_io import open_remote_file
+from transforms.slides.readers import Reader
 from transforms.slides.tiles import read_tiled, segment_indices, tile_span
 
 # tiffslide warns on every NDPI metadata read that its Hamamatsu parsing is partial; MPP and
@@ -101,3 +102,14 @@ class TiffSlideFile:
 
     def close(self) -> None:
         self._slide.close()
+
+
+_TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def _is_tiff_head(head: bytes | None) -> bool:
+    return head is not None and head[:4] in _TIFF_MAGIC
+
+
+READER = Reader("TIFF", (), _is_tiff_head, TiffSlideFile)
+"""TIFF-based slides (SVS, NDPI, generic TIFF), by the TIFF or BigTIFF magic."""

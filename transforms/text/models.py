@@ -15,29 +15,22 @@ import numpy as np
 
 from transforms.core.errors import ConfigError, ModelLoadError
 from transforms.models.local_copy import local_folder
-from transforms.models.precision import Guarded, autocast, check_precision, resolve
-from transforms.models.spec import check_model_name
+from transforms.models.precision import Guarded, autocast, resolve
+from transforms.models.spec import ModelRef
 from transforms.models.torch_models import huggingface_offline
 from transforms.text.tasks import TASKS, task
 
 
 @dataclass(frozen=True)
-class TextModelSpec:
-    """One text model branch."""
+class TextModelSpec(ModelRef):
+    """One text model branch: a Hugging Face folder and its task (``tasks.py``)."""
 
-    name: str
-    uri: str
-    task: str
-    version: str = "unversioned"
-    require_gpu: bool = False
-    precision: str = "fp32"
-    """fp32, bf16, fp16 or auto (``transforms.models.precision``)."""
+    task: str = ""
 
     def __post_init__(self) -> None:
-        check_model_name(self.name)
+        super().__post_init__()
         if self.task not in TASKS:
             raise ConfigError(f"`task` {self.name}={self.task}: one of {', '.join(TASKS)}")
-        check_precision(self.name, self.precision, "huggingface")
 
     @property
     def shared_tag(self) -> str:

@@ -20,7 +20,7 @@ import apache_beam as beam
 from transforms.core import progress
 from transforms.core.errors import DEAD_LETTER, ConfigError, dead_letter
 from transforms.core.guard import GUARD
-from transforms.models.runner import ModelRunner
+from transforms.models.runner import MAX_BATCH, ModelRunner
 from transforms.models.spec import ModelSpec
 
 
@@ -32,9 +32,9 @@ class BatchingConfig:
     max_batch_size: int = 32
 
     def __post_init__(self) -> None:
-        if not 1 <= self.min_batch_size <= self.max_batch_size <= 4096:
+        if not 1 <= self.min_batch_size <= self.max_batch_size <= MAX_BATCH:
             raise ConfigError(
-                "`min_batch_size`/`max_batch_size` must satisfy 1 <= min <= max <= 4096, "
+                f"`min_batch_size`/`max_batch_size` must satisfy 1 <= min <= max <= {MAX_BATCH}, "
                 f"got {self.min_batch_size} and {self.max_batch_size}"
             )
 
@@ -44,7 +44,7 @@ class BatchingConfig:
         try:
             return cls(size, size)
         except ConfigError:
-            raise ConfigError(f"`batch_size` must be in [1, 4096], got {size}") from None
+            raise ConfigError(f"`batch_size` must be in [1, {MAX_BATCH}], got {size}") from None
 
 
 def _box(patch: Any, spec: ModelSpec, run_id: str) -> dict:
@@ -93,7 +93,7 @@ class _RunPatchModel(ModelRunner):
         self._handler: Any = None
 
     def setup(self) -> None:
-        from transforms.models.handler import PatchModelHandler  # imports torch
+        from transforms.slides.patch_handler import PatchModelHandler  # imports torch
 
         self._handler = PatchModelHandler(
             self._spec, self._patch_px, max_batch_size=self._max_batch_size, guard=self._guard

@@ -15,23 +15,39 @@ from typing import Any
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from transforms.core.errors import ModelLoadError
+from transforms.core.errors import ModelLoadError, SlideError
 from transforms.models.loading import (
     check_class_count,
     compile_model,
     guarded,
     load_model,
-    model_input,
     predict,
 )
 from transforms.models.precision import GuardConfig
 from transforms.models.spec import ModelSpec
 from transforms.models.torch_models import LoadedModel
-from transforms.slides.stains import reference_basis
+from transforms.slides.stains import eho, reference_basis
 from transforms.slides.survey import SlideAppearance
 from transforms.slides.tissue import TissueRule
 
 _LOG = logging.getLogger(__name__)
+
+
+def model_input(pixels: np.ndarray, appearance: Any, spec: ModelSpec) -> np.ndarray:
+    """What the model is handed for one patch: its RGB, or its EHO stain channels by its slide's
+    stain basis (``appearance``: the slide's ``SlideAppearance``).
+
+    Raises ``SlideError`` for EHO when the slide has no stain basis (a dead letter per patch).
+    """
+    if spec.input == "rgb":
+        return pixels
+    stains = appearance.stains if appearance is not None else None
+    if stains is None:
+        raise SlideError(
+            f"model {spec.name!r} takes EHO stain channels, but this slide has no H&E stain "
+            "basis (a fluorescence slide, or too little stained tissue in its survey image)"
+        )
+    return eho(pixels, stains)
 
 
 class PatchModelHandler(ModelHandler):
