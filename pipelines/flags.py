@@ -822,7 +822,7 @@ def _beam_parser() -> _Parser:
     their aliases, such as ``--experiment`` for ``--experiments``) or their help;
     ``PipelineOptions.get_all_options()`` gives destination names only. So each Beam options
     class's ``_add_argparse_args`` hook (the one Beam's docs tell users to override) is called
-    on our parser. ``tests/unit/test_flags.py`` fails if that hook changes.
+    on our parser. ``tests/pipelines/test_flags.py`` fails if that hook changes.
     """
     parser = _Parser()
     seen: set[type] = set()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -175,3 +176,11 @@ class LossyInBf16(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(x.mean(dim=(2, 3)))
+
+
+def patches(n, px=64, seed=0):
+    """Noise around a brightness that varies from patch to patch (dark to light)."""
+    rng = np.random.default_rng(seed)
+    levels = rng.integers(40, 216, (n, 1, 1, 1))
+    noise = rng.integers(-30, 31, (n, px, px, 3))
+    return list((levels + noise).clip(0, 255).astype(np.uint8))

@@ -3,23 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
-from tests.conftest import REPO
+from tests.processes import run_python
 
 
 def run_module(module: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", module, *args, "--progress_interval_s", "2"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env={**os.environ},
-    )
+    return run_python("-m", module, *args, "--progress_interval_s", "2", timeout=900)
 
 
 def read_errors(out: Path) -> list[dict]:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from tests.conftest import REPO
 from tests.e2e.cli import read_errors, run_module
+from tests.processes import run_python
 
 pytestmark = pytest.mark.e2e
 
@@ -189,9 +188,7 @@ def test_building_the_graph_imports_neither_torch_nor_transformers(tmp_path):
         "assert not heavy, heavy\n"
         "print('ok')\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
-    )
+    proc = run_python("-c", code, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
 
 

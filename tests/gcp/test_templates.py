@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -16,6 +14,7 @@ from apache_beam.portability.api import beam_runner_api_pb2
 import pipelines.gpu  # noqa: F401 - registers --gpu
 import pipelines.options  # noqa: F401 - registers the pipelines' flags
 from tests.conftest import REPO
+from tests.processes import run_python
 
 IMAGE = "us-central1-docker.pkg.dev/local-project/pathbeam/worker:test"
 
@@ -25,9 +24,8 @@ IMAGE = "us-central1-docker.pkg.dev/local-project/pathbeam/worker:test"
 def test_template_location_stages_the_job_in_gcs(local_gcp):
     client = local_gcp.storage()
     bucket = client.lookup_bucket("templates-bucket") or client.create_bucket("templates-bucket")
-    proc = subprocess.run(
-        [
-            sys.executable,
+    proc = run_python(
+        *[
             "-m",
             "pipelines.slide_inference",
             "--runner=DataflowRunner",
@@ -45,10 +43,6 @@ def test_template_location_stages_the_job_in_gcs(local_gcp):
             "--artifacts=gs://templates-bucket/artifacts",
             "--skip_existing",
         ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "template staged at gs://templates-bucket/templates/slides.json" in proc.stdout

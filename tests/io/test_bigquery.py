@@ -131,3 +131,23 @@ def test_bigquery_output_config():
         )
     )
     assert text.destination.bigquery is not None and text.destination.artifacts is None
+
+
+def test_beam_s_private_bigquery_client_is_still_there():
+    """``EndpointClient`` builds Beam's own apitools BigQuery client (no public route points
+    Beam's sink at another endpoint): this fails first if Beam moves or changes it."""
+    import inspect
+
+    from apache_beam.internal.gcp import auth
+    from apache_beam.io.gcp.internal.clients.bigquery import BigqueryV2
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    parameters = inspect.signature(BigqueryV2.__init__).parameters
+    assert {"url", "credentials", "get_credentials"} <= set(parameters)
+    assert callable(auth.get_service_credentials)
+    api = BigqueryV2(
+        url="http://127.0.0.1:9/bigquery/v2/",
+        credentials=auth.get_service_credentials(PipelineOptions([])),
+        get_credentials=False,
+    )
+    assert api.url == "http://127.0.0.1:9/bigquery/v2/" and hasattr(api, "tables")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.processes import run_python
 from transforms.core import progress, remote_io
 from transforms.core.errors import RemoteIOError
 
@@ -59,8 +60,6 @@ def test_parquet_read_from_a_python_file_exits_cleanly(tmp_path):
     process then aborted at exit about every other time (status 134, "terminate called without
     an active exception": `python -m pipelines.runs` did). ``read_parquet`` must exit cleanly,
     every time, and return the rows."""
-    import subprocess
-    import sys
 
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -77,6 +76,6 @@ def test_parquet_read_from_a_python_file_exits_cleanly(tmp_path):
         "print(table.num_rows, table.num_columns, table.column('c39')[199])\n"
     )
     for _ in range(10):
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        done = run_python("-c", code)
         assert done.returncode == 0, done.stderr[-500:]
         assert done.stdout.strip() == "200 40 " + "value 199" * 20

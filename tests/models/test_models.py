@@ -8,14 +8,11 @@ import numpy as np
 import pytest
 import torch
 
+from tests.models_for_tests import patches
 from transforms.core.errors import ConfigError, ModelLoadError
 from transforms.models.loading import load_model, predict
 from transforms.models.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
 from transforms.models.torch_models import select_device
-
-
-def patches(n, px=64, seed=0):
-    return list(np.random.default_rng(seed).integers(0, 256, (n, px, px, 3), dtype=np.uint8))
 
 
 def test_device_is_cpu_without_a_gpu_and_require_gpu_fails_clearly():

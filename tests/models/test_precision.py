@@ -6,19 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.models_for_tests import patches
 from transforms.core.errors import ConfigError, ModelLoadError
 from transforms.models import precision
 from transforms.models.loading import guarded, load_model, predict
 from transforms.models.precision import GUARD_PATCHES, GuardConfig, resolve
 from transforms.models.spec import ModelSpec
-
-
-def patches(n, px=64, seed=0):
-    """Noise around a brightness that varies from patch to patch (dark to light)."""
-    rng = np.random.default_rng(seed)
-    levels = rng.integers(40, 216, (n, 1, 1, 1))
-    noise = rng.integers(-30, 31, (n, px, px, 3))
-    return list((levels + noise).clip(0, 255).astype(np.uint8))
 
 
 def test_auto_tries_the_device_s_reduced_precision_and_onnx_runs_as_exported():

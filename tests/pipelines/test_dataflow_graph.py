@@ -8,12 +8,10 @@ checked in a subprocess, since this test process may already have imported them 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import REPO
+from tests.processes import run_python
 
 pytestmark = pytest.mark.pipeline
 
@@ -100,13 +98,7 @@ print(json.dumps({
 
 def translate(kind: str, dataflow: list[str] = DATAFLOW, extra: tuple[str, ...] = ()) -> dict:
     module, args = PIPELINES[kind]
-    proc = subprocess.run(
-        [sys.executable, "-c", PROBE, module, *dataflow, *args, *extra],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_python("-c", PROBE, module, *dataflow, *args, *extra)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -216,14 +208,7 @@ def test_a_bigquery_dry_run_needs_no_credentials_and_touches_nothing(kind, table
         for k, v in os.environ.items()
         if k not in ("GOOGLE_APPLICATION_CREDENTIALS", "BIGQUERY_EMULATOR_HOST")
     }
-    proc = subprocess.run(
-        [sys.executable, "-c", RUN, module, *args, *flags],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
+    proc = run_python("-c", RUN, module, *args, *flags, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "dry run: the job graph was translated for DataflowRunner" in proc.stdout
     names = set(json.loads(proc.stdout.strip().splitlines()[-1]))
