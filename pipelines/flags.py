@@ -22,7 +22,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from transforms.core.errors import ConfigError
 from transforms.io.destinations import DEFAULT_OUTPUT, RUN_ID_PATTERN
-from transforms.models.kinds import OUTPUT_KINDS
+from transforms.models.kinds import KINDS, OUTPUT_KINDS
 from transforms.models.precision import PRECISIONS, GuardConfig
 from transforms.models.spec import (
     ACTIVATIONS,
@@ -35,7 +35,7 @@ from transforms.slides.geometry import TISSUE_METHODS, PatchingConfig
 from transforms.slides.qupath import MIN_PROB as QUPATH_MIN_PROB
 from transforms.slides.run_model import BatchingConfig
 from transforms.text.batching import TokenBatchingConfig
-from transforms.text.tasks import TASK_NAMES
+from transforms.text.tasks import TASK_NAMES, TASKS
 from transforms.text.windows import WindowConfig
 
 PROGRESS_INTERVAL_S = 10.0
@@ -423,8 +423,9 @@ SLIDES: tuple[Group, ...] = (
             ),
             Flag(
                 "model_output",
-                "NAME=classification|embedding|segmentation: what the model returns (N x C "
-                "logits, N x D vectors, N x C x h x w logits) and so which table it writes",
+                f"NAME={'|'.join(KINDS)}: what the model returns ("
+                + ", ".join(f"{k.name}: {k.help}" for k in KINDS.values())
+                + ") and so which table it writes",
                 default_of(_MODEL, "output_kind"),
                 metavar="NAME=KIND",
                 repeat=True,
@@ -691,7 +692,9 @@ TEXT: tuple[Group, ...] = (
         (
             Flag(
                 "task",
-                "NAME=token-classification|text-classification|embedding, one per --model",
+                f"NAME={'|'.join(TASKS)}, one per --model ("
+                + "; ".join(f"{t.name}: {t.help}" for t in TASKS.values())
+                + ")",
                 metavar="NAME=TASK",
                 repeat=True,
                 label="Task",

@@ -17,6 +17,17 @@ os.environ.setdefault("GCE_METADATA_IP", "127.0.0.1:9")
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 REPO = Path(__file__).resolve().parents[1]
+SLOW_KINDS = ("pipeline", "e2e", "gcp", "dicomweb")
+"""Markers whose tests are slow by nature: a Beam pipeline, a subprocess CLI run, an emulator
+or a real server. ``-m "not slow"`` leaves them out; CI runs everything."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if any(item.get_closest_marker(kind) for kind in SLOW_KINDS):
+            item.add_marker(pytest.mark.slow)
+
+
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 

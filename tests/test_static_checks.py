@@ -4,15 +4,16 @@ packages (``[tool.mypy]`` in pyproject.toml)."""
 from __future__ import annotations
 
 import subprocess
-import sys
 
-from tests.conftest import REPO
+import pytest
+
+from tests.processes import run_python
+
+pytestmark = pytest.mark.slow  # mypy takes minutes on a cold cache
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=900
-    )
+    return run_python("-m", *args, timeout=900)
 
 
 def test_ruff_finds_nothing_and_the_code_is_formatted():

@@ -55,6 +55,7 @@ def test_other_failures_are_raised_at_once():
     assert len(calls) == 1 and "io_retries" not in progress.snapshot()
 
 
+@pytest.mark.slow  # ten subprocesses
 def test_parquet_read_from_a_python_file_exits_cleanly(tmp_path):
     """pyarrow's default pre-buffering read a Python file object on its I/O threads, and the
     process then aborted at exit about every other time (status 134, "terminate called without

@@ -145,9 +145,7 @@ def test_beam_s_private_bigquery_client_is_still_there():
     parameters = inspect.signature(BigqueryV2.__init__).parameters
     assert {"url", "credentials", "get_credentials"} <= set(parameters)
     assert callable(auth.get_service_credentials)
-    api = BigqueryV2(
-        url="http://127.0.0.1:9/bigquery/v2/",
-        credentials=auth.get_service_credentials(PipelineOptions([])),
-        get_credentials=False,
-    )
+    assert list(inspect.signature(auth.get_service_credentials).parameters) == ["pipeline_options"]
+    assert isinstance(PipelineOptions([]), PipelineOptions)
+    api = BigqueryV2(url="http://127.0.0.1:9/bigquery/v2/", credentials=None, get_credentials=False)
     assert api.url == "http://127.0.0.1:9/bigquery/v2/" and hasattr(api, "tables")

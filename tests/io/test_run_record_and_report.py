@@ -8,11 +8,14 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
+
+from tests.processes import run_python
+
+pytestmark = pytest.mark.pipeline
 
 HOSTILE = "<img src=x onerror=alert(1)>"
 INSTALL = "apt-get install chromium"
@@ -100,14 +103,14 @@ def test_the_runs_command_lists_and_shows_runs(slide_run):
     from pipelines.runs import main
 
     out, _ = slide_run
-    listing = subprocess.run(
-        [sys.executable, "-m", "pipelines.runs", "--output", str(out)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    listing = run_python("-m", "pipelines.runs", "--output", str(out)).stdout
     assert "report-1" in listing and "succeeded" in listing
     assert main(["--output", str(out), "--run_id", "no-such-run"]) == 1
+    # A local run has no worker image: both surfaces say so, neither prints None or a dash.
+    shown = run_python("-m", "pipelines.runs", "--output", str(out), "--run_id", "report-1")
+    assert "no worker image given" in shown.stdout and "image None" not in shown.stdout
+    page = (out / "report" / "report-1" / "index.html").read_text()
+    assert "no worker image given" in page and "image –" not in page
 
 
 def test_qupath_geojson_is_valid_and_matches_the_patch_rows(slide_run):

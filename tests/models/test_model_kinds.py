@@ -58,7 +58,9 @@ def normalised(pixels: np.ndarray, mean, std) -> torch.Tensor:  # noqa: ANN001
 @pytest.mark.parametrize(
     "kind, key, batch", [("vit", "auto", 1), ("vit", "cls", 7), ("dinov2", "mean", 32)]
 )
-def test_hugging_face_embeddings_equal_a_direct_encoder_call(kind, key, batch, cmu1, tmp_path):
+def test_hugging_face_embeddings_equal_a_direct_encoder_call(
+    kind, key, batch, cmu1, tmp_path, capsys
+):
     import transformers
 
     folder = tiny_vision_folder(str(tmp_path / kind), kind)
@@ -97,6 +99,8 @@ def test_hugging_face_embeddings_equal_a_direct_encoder_call(kind, key, batch, c
     assert summary.patch_count == len(rows) and list(summary.class_mean_prob) == []
     assert pd.isna(summary.heatmap_uri)  # an embedding has no picture
     assert not (out / "patch_predictions").exists()
+    # ... and no QuPath detections: the summary names no folder that was not written.
+    assert "QuPath" not in capsys.readouterr().out and not (tmp_path / "art" / "qupath").exists()
 
 
 def test_a_pt2_encoder_and_an_onnx_classifier_run_beside_a_classifier(cmu1, tmp_path):

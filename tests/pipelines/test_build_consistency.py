@@ -173,3 +173,11 @@ def test_readme_flag_reference_is_the_flag_table():
     from pipelines.flags import markdown_reference
 
     assert markdown_reference() in (REPO / "README.md").read_text()
+
+
+def test_the_demo_names_its_classes():
+    """The demo's heatmap legend read "P(class 1)": every demo model gets its class names."""
+    demo = (REPO / "scripts" / "demo.sh").read_text()
+    models = re.findall(r"--model (\w+)=", demo)
+    named = re.findall(r"--class_names (\w+)=\w+,\w+", demo)
+    assert models and sorted(models) == sorted(named)
