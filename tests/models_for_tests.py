@@ -102,6 +102,23 @@ class NanEmbeddingOnDark(TinyEncoder):
         return torch.where(dark, torch.full_like(features, float("nan")), features)
 
 
+TINY_VIT = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "image_size": 64,
+    "patch_size": 16,
+}
+"""A tiny ViT's shape (64 px input): the tests' Hugging Face vision models."""
+
+
+def tiny_vit_config(**extra):  # noqa: ANN003, ANN201
+    import transformers
+
+    return transformers.ViTConfig(**{**TINY_VIT, **extra})
+
+
 def tiny_vision_folder(folder: str, kind: str = "vit", seed: int = 0) -> str:
     """A ``save_pretrained`` ViT or DINOv2 with random weights (the architecture of UNI, Virchow,
     Phikon, H-optimus), 64 px input, with an image-processor config (mean = std = 0.5)."""
@@ -111,18 +128,10 @@ def tiny_vision_folder(folder: str, kind: str = "vit", seed: int = 0) -> str:
     import transformers
 
     torch.manual_seed(seed)
-    shape = {
-        "hidden_size": 32,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "intermediate_size": 64,
-        "image_size": 64,
-        "patch_size": 16,
-    }
     if kind == "vit":
-        model = transformers.ViTModel(transformers.ViTConfig(**shape))
+        model = transformers.ViTModel(tiny_vit_config())
     else:
-        model = transformers.Dinov2Model(transformers.Dinov2Config(**shape))
+        model = transformers.Dinov2Model(transformers.Dinov2Config(**TINY_VIT))
     model.eval().save_pretrained(folder)
     with open(os.path.join(folder, "preprocessor_config.json"), "w") as f:
         json.dump({"image_mean": [0.5] * 3, "image_std": [0.5] * 3, "size": {"height": 64}}, f)

@@ -317,18 +317,12 @@ def test_an_encoder_saved_without_a_pooler_embeds_its_cls_token(tmp_path):
     import safetensors.torch
     import transformers
 
+    from tests.models_for_tests import tiny_vit_config
     from transforms.core.errors import ModelLoadError
     from transforms.models.loading import load_model, predict
     from transforms.models.spec import ModelSpec
 
-    config = transformers.ViTConfig(
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        image_size=64,
-        patch_size=16,
-    )
+    config = tiny_vit_config(num_hidden_layers=1)
     folder = tmp_path / "no_pooler"
     net = transformers.ViTModel(config, add_pooling_layer=False).eval()
     net.save_pretrained(folder)

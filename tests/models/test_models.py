@@ -149,17 +149,10 @@ def test_class_names_of_a_hugging_face_folder_are_checked_before_launch(tmp_path
     import transformers
 
     from pipelines.preflight import _check_model_format
+    from tests.models_for_tests import tiny_vit_config
 
     folder = str(tmp_path / "vit")
-    config = transformers.ViTConfig(
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=64,
-        image_size=64,
-        patch_size=16,
-        num_labels=2,
-    )
+    config = tiny_vit_config(num_hidden_layers=1, num_labels=2)
     transformers.ViTForImageClassification(config).save_pretrained(folder)
     spec = ModelSpec("vit", folder, class_names=("a", "b", "c"))
     with pytest.raises(ConfigError, match=r"gives 3 names .* has 2 classes .*id2label"):
