@@ -27,7 +27,7 @@ class GuardResult:
     min_cosine: float | None = None
     passed: bool = True
     speedup: float | None = None
-    """fp32's time per input over the reduced precision's, on the guard's inputs (warm)."""
+    """fp32's time over the reduced precision's on the guard's last inputs, both warm."""
     kept: bool = True
     """Whether the process kept the reduced precision (false: it runs fp32)."""
 

@@ -101,12 +101,15 @@ def _guard(rows: list[dict]) -> str:
     def figure(value: float | None) -> str:
         return "–" if value is None else f"{value:.6g}"
 
+    def speed(value: float | None) -> str:
+        return "–" if value is None else f"{value:.2f}x"
+
     body = "".join(
         f"<tr><td>{e(g['model'])}</td><td>{e(g['precision'])}</td>"
         f"<td class=num>{e(g['checked'])}</td><td class=num>{figure(g['label_agreement'])}</td>"
         f"<td class=num>{figure(g['max_prob_diff'])}</td>"
         f"<td class=num>{figure(g['min_cosine'])}</td>"
-        f"<td class=num>{figure(g.get('speedup'))}</td>"
+        f"<td class=num>{speed(g.get('speedup'))}</td>"
         + f'<td class="{"ok" if g["passed"] else "failed"}">{e(guard_verdict(g))}</td></tr>'
         for g in rows
     )

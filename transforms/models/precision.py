@@ -113,8 +113,6 @@ class Guarded:
         self.lock = threading.Lock()
         self.auto = False
         """``--precision auto``: keep the reduced precision only if it measured faster."""
-        self.timings: list[tuple[float, float]] = []
-        """Per guarded batch: seconds per input in the reduced precision and in fp32."""
 
     def take_guard_batches(self) -> list[GuardResult]:
         with self.lock:
@@ -135,24 +133,21 @@ def run_guarded(
 ) -> list:
     """``run(None)`` (a batch through ``model`` in its current precision), checking a reduced
     precision on the process's first ``GUARD_PATCHES`` inputs: the batches holding them also run
-    their first inputs (``run(k)``: the first k) in fp32, timed, and are compared; a failing
-    batch turns the process to fp32 (or fails the job, with ``strict``). ``auto`` also turns to
-    fp32 when the reduced precision measured no faster (``GuardResult.speedup``)."""
+    their first inputs (``run(k)``: the first k) in fp32 and are compared; a failing batch turns
+    the process to fp32 (or fails the job, with ``strict``). The batch that completes the check
+    also times both precisions on its inputs (``speedup``), and ``auto`` turns to fp32 where the
+    reduced precision was no faster."""
     if model.precision == "fp32" or (model.guard is not None and model.guard.n >= GUARD_PATCHES):
         return run(None)
     with model.lock:
         checked = model.guard.n if model.guard is not None else 0
         if model.precision == "fp32" or checked >= GUARD_PATCHES:
             return run(None)
-        started = time.perf_counter()
         reduced = run(None)
-        reduced_s = (time.perf_counter() - started) / max(len(reduced), 1)
         precision, model.precision = model.precision, "fp32"
-        started = time.perf_counter()
         exact = run(GUARD_PATCHES - checked)
-        exact_s = (time.perf_counter() - started) / max(len(exact), 1)
         figures = comparer.compare(reduced[: len(exact)], exact, cfg)
-        model.timings.append((reduced_s, exact_s))
+        done = checked + len(exact) >= GUARD_PATCHES
         batch = GuardResult(
             precision,
             len(exact),
@@ -161,10 +156,9 @@ def run_guarded(
             figures.max_prob_diff,
             figures.min_cosine,
             figures.passed,
-            _speedup(model.timings),
+            _speedup(model, run, len(exact), precision) if done else None,
         )
         result = merge(model.guard, batch)
-        done = result.n >= GUARD_PATCHES
         slower = model.auto and done and (result.speedup or 0.0) < MIN_SPEEDUP
         kept = result.passed and not slower
         batch = dataclasses.replace(batch, kept=kept or not done)
@@ -189,12 +183,22 @@ def run_guarded(
         return reduced
 
 
-def _speedup(timings: list[tuple[float, float]]) -> float | None:
-    """fp32's time per input over the reduced one's, leaving out the first (cold) batch when
-    there are others: its first calls build kernels in both precisions."""
-    warm = timings[1:] or timings
-    reduced = sum(t[0] for t in warm)
-    return sum(t[1] for t in warm) / reduced if reduced > 0 else None
+def _speedup(model: Guarded, run: Callable[[int | None], list], k: int, precision: str) -> float:
+    """fp32's time over ``precision``'s on the same ``k`` inputs, both warm: the reduced
+    precision runs them once untimed first (fp32 has just run exactly them), so neither pays for
+    building its kernels for this batch shape, which costs more in bf16 and would bias a cold
+    measurement against it. Three extra passes over at most ``GUARD_PATCHES`` inputs, once per
+    worker process."""
+    timed = {}
+    model.precision = precision
+    run(k)
+    for current in (precision, "fp32"):
+        model.precision = current
+        started = time.perf_counter()
+        run(k)
+        timed[current] = time.perf_counter() - started
+    model.precision = "fp32"
+    return timed["fp32"] / max(timed[precision], 1e-9)
 
 
 def autocast(device: str, precision: str) -> Any:
