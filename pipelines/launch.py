@@ -23,7 +23,7 @@ from pipelines.flags import COMMON, Group, check_known, is_true, print_beam_help
 from pipelines.gpu import apply_gpu_preset
 from pipelines.options import LOCAL_RUNNER, InferenceOptions
 from pipelines.report import print_submitted
-from transforms.core.errors import ConfigError, PipelineError
+from transforms.core.errors import ConfigError, PipelineError, printable
 from transforms.core.outcome import Outcome, RunFailedError
 from transforms.core.progress import ProgressLine, ProgressReporter
 from transforms.io.destinations import Destination
@@ -162,7 +162,7 @@ def cli(
     try:
         run(argv)
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(str(exc))}", file=sys.stderr)
         sys.exit(2)
     except Exception as exc:  # noqa: BLE001 - one clear line; the traceback on request
         if verbose:
@@ -170,5 +170,5 @@ def cli(
         cause = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         what = cause if isinstance(exc, PipelineError) else f"{type(exc).__name__}: {cause}"
         hint = "" if verbose else " (--verbose shows the traceback)"
-        print(f"error: {what}{hint}", file=sys.stderr)
+        print(f"error: {printable(what)}{hint}", file=sys.stderr)
         sys.exit(1)

@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import Any
 
-from transforms.core.errors import ConfigError
+from transforms.core.errors import ConfigError, printable_values
 from transforms.io.bigquery import parse_dataset, resolve_endpoint
 from transforms.io.destinations import Destination, destination
 from transforms.io.runs import guard_verdict, image_text, read_records
@@ -107,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         what = f"run {args.run_id}" if args.run_id else "runs"
         print(f"no {what} recorded in {args.output}", file=sys.stderr)
         return 1
+    rows = [printable_values(row) for row in rows]  # no id may drive the operator's terminal
     print(show_run(rows[0]) if args.run_id else list_runs(rows))
     return 0
 

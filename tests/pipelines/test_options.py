@@ -74,3 +74,21 @@ def test_the_text_pipeline_does_not_know_the_slide_batch_flags(flag):
     with pytest.raises(ConfigError, match=f"unknown flag {flag}; did you mean --max_batch_size"):
         pipeline_options([*args, flag, "8"], TEXT)
     assert text_job_config(pipeline_options(args, TEXT)).batching.max_batch_size == 64
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--run_id", "abc\n"),
+        ("--model", "tu\nmor=m.pt2"),
+        ("--output", "bq://my-project.results\n"),
+        ("--slides", "bq://my-project.data.slides\n"),
+    ],
+)
+def test_names_are_matched_whole_so_a_trailing_newline_is_refused(flag, value):
+    """A pattern ending in ``$`` matches before a trailing newline: ``--run_id $'abc\\n'`` gave
+    file names with a newline. Every name is matched whole."""
+    args = dict(zip(BASE[::2], BASE[1::2], strict=True))
+    args[flag] = value
+    with pytest.raises(ConfigError, match=flag.lstrip("-") if flag != "--model" else "model"):
+        config(*[x for pair in args.items() for x in pair])

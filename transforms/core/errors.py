@@ -7,6 +7,7 @@ the ``DEAD_LETTER`` tagged output instead of raising, so the rest of the run com
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from typing import Any
@@ -15,6 +16,10 @@ DEAD_LETTER = "dead_letters"
 """Tag of the tagged output that carries dead letters."""
 
 _MAX_INPUT_CHARS = 4000
+MAX_MESSAGE_CHARS = 2000
+"""A dead letter's message, a run's error: longer ones are cut, with their length and a hash."""
+MAX_KEY_CHARS = 300
+"""A dead letter's key (a slide or document id, a row): longer ones are cut the same way."""
 
 
 class PipelineError(Exception):
@@ -62,9 +67,14 @@ _SECRETS = (
         ),
         r"\1REDACTED",
     ),
-    (re.compile(r"(?i)(bearer\s+)[a-z0-9._~+/=-]+"), r"\1REDACTED"),
-    # user:password@host in any URL
-    (re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^/:@\s\"']+:)[^@\s\"'/]+(@)"), r"\1REDACTED\2"),
+    (re.compile(r"(?i)(bearer\s{1,8})[a-z0-9._~+/=-]+"), r"\1REDACTED"),
+    # user:password@host in any URL. Every run is bounded (a scheme of at most 32 characters,
+    # user and password of at most 256): unbounded runs made this pattern quadratic (8.8 s on a
+    # 60 KB cell), bounded ones keep redact() linear in its input.
+    (
+        re.compile(r"(?i)(\b[a-z][a-z0-9+.-]{0,31}://[^/:@\s\"']{1,256}:)[^@\s\"'/]{1,256}(@)"),
+        r"\1REDACTED\2",
+    ),
     (re.compile(r"(\bya29\.)[A-Za-z0-9._-]+"), r"\1REDACTED"),  # Google OAuth access tokens
 )
 
@@ -74,6 +84,39 @@ def redact(text: str) -> str:
     for pattern, replacement in _SECRETS:
         text = pattern.sub(replacement, text)
     return text
+
+
+def shorten(text: str, limit: int) -> str:
+    """``text`` if it fits ``limit`` characters, else its start, its length and a hash of the
+    whole (so two long ids that share a start stay apart)."""
+    if len(text) <= limit:
+        return text
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+    tail = f"...({len(text):,} characters, sha256 {digest})"
+    return text[: max(limit - len(tail), 0)] + tail
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_CONTROL_OR_NEWLINE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str, newlines: bool = True) -> str:
+    """``text`` safe for a terminal or a page: control characters (ESC, BEL, CR, NUL, ...) are
+    shown as ``\\xNN`` escapes instead of acting; tabs and newlines stay unless ``newlines``
+    is false (one value on one line)."""
+    pattern = _CONTROL if newlines else _CONTROL_OR_NEWLINE
+    return pattern.sub(lambda m: f"\\x{ord(m[0]):02x}", text)
+
+
+def printable_values(value: Any) -> Any:
+    """``value`` (a record: dicts, lists, strings) with every string one printable line."""
+    if isinstance(value, str):
+        return printable(value, newlines=False)
+    if isinstance(value, dict):
+        return {k: printable_values(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [printable_values(v) for v in value]
+    return value
 
 
 def _jsonable(value: Any) -> Any:
@@ -106,9 +149,9 @@ def dead_letter(stage: str, key: str, error: BaseException | str, element: Any =
         text = text[:_MAX_INPUT_CHARS] + "...(truncated)"
     return {
         "stage": stage,
-        "key": redact(str(key)),
+        "key": shorten(redact(str(key)), MAX_KEY_CHARS),
         "error_type": error_type,
-        "message": redact(message),
+        "message": shorten(redact(message), MAX_MESSAGE_CHARS),
         "input": text,
     }
 

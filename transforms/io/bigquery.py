@@ -51,7 +51,7 @@ class BigQueryDataset:
 
     def sql_name(self, table: str) -> str:
         """The back-quoted name for SQL; every part is a validated identifier."""
-        if not _TABLE.match(table):
+        if not _TABLE.fullmatch(table):
             raise ValueError(f"not a safe table name: {table!r}")
         return f"`{self.project}.{self.dataset}.{table}`"
 
@@ -69,7 +69,7 @@ def resolve_endpoint(flag_value: str | None) -> str | None:
 
 
 def _check_project(project: str, name: str) -> None:
-    if not _PROJECT.match(project):
+    if not _PROJECT.fullmatch(project):
         raise ConfigError(f"{name}: {project!r} is not a valid Google Cloud project id")
 
 
@@ -80,7 +80,7 @@ def parse_dataset(uri: str, name: str, endpoint: str | None = None) -> BigQueryD
     if not sep or not project or not dataset:
         raise ConfigError(f"{name} expects bq://PROJECT.DATASET, got {uri!r}")
     _check_project(project, name)
-    if not _DATASET.match(dataset):
+    if not _DATASET.fullmatch(dataset):
         raise ConfigError(f"{name}: {dataset!r} is not a valid BigQuery dataset name")
     return BigQueryDataset(project, dataset, endpoint)
 
@@ -89,7 +89,7 @@ def parse_table(uri: str, name: str, endpoint: str | None = None) -> tuple[BigQu
     """``bq://PROJECT.DATASET.TABLE`` -> (dataset, table); ``ConfigError`` naming ``name``."""
     body = uri.removeprefix("bq://")
     dataset_part, sep, table = body.rpartition(".")
-    if not sep or not _TABLE.match(table):
+    if not sep or not _TABLE.fullmatch(table):
         raise ConfigError(f"{name} expects bq://PROJECT.DATASET.TABLE, got {uri!r}")
     return parse_dataset(dataset_part, name, endpoint), table
 

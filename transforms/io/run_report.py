@@ -13,6 +13,7 @@ import html
 import posixpath
 from typing import Any
 
+from transforms.core.errors import printable
 from transforms.io.runs import guard_verdict, image_text
 
 MAX_ROWS = 2000
@@ -33,7 +34,7 @@ dt{color:#555} dd{margin:0} code{font-size:12px;word-break:break-all}
 
 def e(value: Any) -> str:
     """``value`` as escaped HTML text (None: an en dash)."""
-    return "–" if value is None else html.escape(str(value), quote=True)
+    return "–" if value is None else html.escape(printable(str(value)), quote=True)
 
 
 def relative(uri: str | None, report_dir: str) -> str | None:

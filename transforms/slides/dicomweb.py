@@ -46,7 +46,7 @@ def is_dicomweb(uri: str) -> bool:
 
 def parse_series(uri: str) -> SeriesRef:
     """``dicomweb+http(s)://…/studies/S/series/S`` -> ``SeriesRef``; ``SlideError`` if malformed."""
-    match = _SERIES.match(uri.removeprefix("dicomweb+"))
+    match = _SERIES.fullmatch(uri.removeprefix("dicomweb+"))
     if match is None:
         raise SlideError(
             f"not a DICOMweb series URI: {uri!r}; expected "
