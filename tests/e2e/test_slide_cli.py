@@ -86,7 +86,7 @@ def test_mixed_vendor_manifest_with_bad_slides(tmp_path, shared_data, tiny_model
     for row in summaries.itertuples():
         png = Path(row.heatmap_uri)
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", row.heatmap_uri
-        assert png.name == f"{row.slide_id}__{row.model_name}.png"
+        assert png.name == f"{row.slide_id}.{row.model_name}.png"
 
     cases = pd.read_parquet(out / "case_summaries")
     skin = cases[(cases.group_value == "skin") & (cases.model_name == "two")].iloc[0]

@@ -31,3 +31,27 @@ def test_safe_name_keeps_clean_ids_and_neutralises_paths():
         name = safe_name(hostile)
         assert "/" not in name and not name.startswith(".") and len(name) <= 100
     assert safe_name("a/b") != safe_name("a_b")
+
+
+def test_picture_names_are_one_per_slide_and_model():
+    """``a/b`` and ``a_b-c14cddc033`` (the old safe form of ``a/b``) wrote one heatmap, as did
+    slide ``s__x`` with model ``tiny`` and slide ``s`` with model ``x__tiny``."""
+    from transforms.io.schemas import file_name
+
+    assert safe_name("a/b") == "a_b-c14cddc033"
+    pairs = [
+        ("a/b", "tiny"),
+        ("a_b-c14cddc033", "tiny"),
+        ("s__x", "tiny"),
+        ("s", "x__tiny"),
+        ("s.x", "tiny"),
+        ("s", "x"),
+        ("S", "x"),
+        ("..", "m"),
+        ("_", "m"),
+        ("x" * 200, "m"),
+        ("x" * 199 + "y", "m"),
+    ]
+    names = [file_name(slide, model, ".png") for slide, model in pairs]
+    assert len(set(names)) == len(pairs), names
+    assert file_name("slide-1", "tumor", ".png") == "slide-1.tumor.png"  # plain ids stay plain

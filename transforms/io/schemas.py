@@ -278,18 +278,32 @@ def metadata_record(metadata: dict[str, str]) -> list[dict[str, str]]:
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
+_HASHED = re.compile(r".*-[0-9a-f]{10}")
+"""How an altered name ends: an unaltered one that ends so is hashed too, so no id can pass for
+another id's altered name (``a_b-c14cddc033`` is how ``a/b`` comes out)."""
+
+
 def safe_name(text: str, max_len: int = 100) -> str:
-    """A file- and object-name-safe form of user text (a ``slide_id``, a model name).
+    """``text`` as a file or object name, one name per text (injective).
 
     Anything outside ``[A-Za-z0-9._-]`` and any run of dots become ``_``, leading dots go (no
-    ``..`` or hidden files), and an altered or over-long name gets a short hash so two ids never
-    share a name.
+    ``..`` or hidden files), and an altered or over-long name, or one that looks like an altered
+    one, gets ``-`` and a hash of the whole text, so two ids never share a name.
     """
     cleaned = re.sub(r"\.{2,}", "_", _UNSAFE.sub("_", text)).lstrip(".") or "_"
-    if cleaned == text and len(text) <= max_len:
+    if cleaned == text and len(text) <= max_len and not _HASHED.fullmatch(text):
         return text
     digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:10]
     return f"{cleaned[: max_len - 11]}-{digest}"
+
+
+def file_name(slide_id: str, model_name: str | None, suffix: str) -> str:
+    """The file of a slide's (and a model's) picture or export: ``<slide>.<model><suffix>``.
+    Injective over (slide id, model name): ``safe_name`` is, and a model name holds no dot, so
+    the last dot before the suffix parts the two (``s__x`` + ``tiny`` and ``s`` + ``x__tiny``
+    both gave ``s__x__tiny.png``)."""
+    model = f".{model_name}" if model_name else ""
+    return f"{safe_name(slide_id)}{model}{suffix}"
 
 
 BASE_TABLES = (SLIDE_SUMMARIES, CASE_SUMMARIES, RUNS, ERRORS)

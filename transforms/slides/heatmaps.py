@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from transforms.core.remote_io import remote_options, retry_transient
-from transforms.io.schemas import safe_name
+from transforms.io.schemas import file_name
 
 THUMBNAIL_LONG_SIDE_PX = 1024
 
@@ -149,12 +149,12 @@ def slide_thumbnail(uri: str) -> tuple[np.ndarray, float]:
 
 def heatmap_uri(folder: str, slide_id: str, model_name: str) -> str:
     """Where the heatmap of ``slide_id`` by ``model_name`` goes (names made safe for files)."""
-    return f"{folder.rstrip('/')}/{safe_name(slide_id)}__{safe_name(model_name)}.png"
+    return f"{folder.rstrip('/')}/{file_name(slide_id, model_name, '.png')}"
 
 
 def thumbnail_uri(folder: str, slide_id: str) -> str:
     """Where the thumbnail JPEG of ``slide_id`` goes."""
-    return f"{folder.rstrip('/')}/{safe_name(slide_id)}.jpg"
+    return f"{folder.rstrip('/')}/{file_name(slide_id, None, '.jpg')}"
 
 
 def write_image(uri: str, data: bytes) -> None:

@@ -19,7 +19,7 @@ import apache_beam as beam
 
 from transforms.core import progress
 from transforms.core.errors import DEAD_LETTER, dead_letter
-from transforms.io.schemas import safe_name
+from transforms.io.schemas import file_name
 from transforms.models.spec import ModelSpec
 from transforms.slides.heatmaps import PALETTE
 
@@ -28,7 +28,7 @@ MIN_PROB = 0.5
 
 
 def geojson_uri(folder: str, slide_id: str, model_name: str) -> str:
-    return f"{folder.rstrip('/')}/{safe_name(slide_id)}__{safe_name(model_name)}.geojson"
+    return f"{folder.rstrip('/')}/{file_name(slide_id, model_name, '.geojson')}"
 
 
 def feature(row: dict, spec: ModelSpec) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import apache_beam as beam
 import numpy as np
 
 from transforms.core import progress
-from transforms.core.errors import DEAD_LETTER, dead_letter
+from transforms.core.errors import DEAD_LETTER, dead_letter, redact
 from transforms.io.schemas import metadata_record
 from transforms.models.spec import ModelSpec
 from transforms.slides.heatmaps import slide_thumbnail
@@ -291,7 +291,7 @@ def summary_row(
         "slide_id": info["slide_id"],
         "model_name": spec.name,
         "model_version": spec.version,
-        "uri": info["uri"],
+        "uri": redact(info["uri"]),
         "width_px": info["width_px"],
         "height_px": info["height_px"],
         "slide_mpp": info["mpp"],
@@ -303,7 +303,7 @@ def summary_row(
         "class_area_mm2": class_areas_mm2(spec, stats, info["mpp"]),
         "class_names": list(spec.class_names),
         "heatmap_uri": heatmap_uri,
-        "metadata": metadata_record(info["metadata"]),
+        "metadata": metadata_record({k: redact(v) for k, v in info["metadata"].items()}),
         "run_id": run_id,
     }
 
