@@ -43,3 +43,19 @@ def test_a_file_no_reader_takes_names_every_reader(tmp_path):
         open_slide(str(text))
     with pytest.raises(FileNotFoundError):
         open_slide(str(tmp_path / "missing.svs"))
+
+
+@pytest.mark.slow  # writes and parses a 5 MB tag
+def test_a_malformed_dicom_tag_never_hides_the_real_error(shared_data, tmp_path):
+    """A 5 MB ImageType of numbers raised ``TypeError: sequence item 0: expected str`` from the
+    code that describes the file: describing an input must never raise, and stays short."""
+    import pydicom
+
+    ds = pydicom.dcmread(shared_data / "dicom_wsi2dcm_raw" / "wsi2dcm_raw.dcm")
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"  # CT Image Storage: not a slide
+    ds.add_new(0x00080008, "US", [7] * 2_500_000)  # ImageType: 5 MB of numbers
+    bad = tmp_path / "bad.dcm"
+    ds.save_as(bad)
+    with pytest.raises(UnsupportedFormatError, match="holds no whole-slide image") as caught:
+        open_slide(str(bad))
+    assert len(str(caught.value)) < 3000

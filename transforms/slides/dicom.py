@@ -20,7 +20,7 @@ from typing import Any
 import fsspec
 import numpy as np
 
-from transforms.core.errors import SlideError, UnsupportedFormatError
+from transforms.core.errors import SlideError, UnsupportedFormatError, shorten
 from transforms.core.remote_io import open_remote_file
 from transforms.slides.readers import Reader
 from transforms.slides.transfer import Transfer
@@ -99,24 +99,32 @@ def _open_files(target: str, transfer: Transfer) -> tuple[Any, list[Any]]:
 
 
 def _described(streams: list[Any]) -> str:
-    """What DICOM instances the streams hold: image type and transfer syntax, for messages."""
-    import pydicom
+    """What DICOM instances the streams hold: image type and transfer syntax, for messages.
+    Never raises, whatever the tags hold (a 5 MB ImageType of numbers raised a TypeError that
+    hid the real error), and stays short."""
+    seen = [_describe_one(stream) for stream in streams[:8]]
+    if len(streams) > 8:
+        seen.append(f"{len(streams) - 8} more")
+    return shorten("; ".join(seen) or "no DICOM instance", 1000)
 
-    seen = []
-    for stream in streams:
+
+def _describe_one(stream: Any) -> str:
+    try:
+        import pydicom
+
         stream.seek(0)
-        try:
-            ds = pydicom.dcmread(stream, stop_before_pixels=True)
-        except Exception as exc:  # noqa: BLE001 - described, not raised
-            seen.append(f"an unparsable DICOM file ({type(exc).__name__})")
-            continue
+        ds = pydicom.dcmread(stream, stop_before_pixels=True)
         sop, syntax = ds.get("SOPClassUID"), ds.file_meta.get("TransferSyntaxUID")
-        kind = "/".join(ds.get("ImageType", [])[2:3]) or "image"
-        seen.append(
+        image_type = ds.get("ImageType")
+        values = list(image_type) if isinstance(image_type, list | tuple) else [image_type]
+        kind = str(values[2]) if len(values) > 2 else "image"
+        return shorten(
             f"{getattr(sop, 'name', sop)} {kind.lower()} in "
-            f"{getattr(syntax, 'name', syntax)} ({syntax})"
+            f"{getattr(syntax, 'name', syntax)} ({syntax})",
+            200,
         )
-    return "; ".join(seen) or "no DICOM instance"
+    except Exception as exc:  # noqa: BLE001 - described, never raised
+        return f"an undescribable DICOM file ({type(exc).__name__})"
 
 
 def _is_dicom(stream: Any) -> bool:
