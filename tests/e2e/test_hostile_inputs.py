@@ -340,10 +340,15 @@ MANIFEST_CASES = {
     "bom_crlf_csv": OK,
     "slide_row_without_uri": dead("ReadManifest", "ManifestError"),
     "duplicate_slide_id_other_uri": dead("ReadManifest", "ManifestError"),
+    "slide_id_of_5000_characters": dead("ReadManifest", "ManifestError"),
+    "uri_of_9000_characters": dead("ReadManifest", "ManifestError"),
+    "mpp_typed_in_mm": dead("ReadManifest", "ManifestError"),
+    "mpp_of_1e-9": dead("ReadManifest", "ManifestError"),
     # patch manifest rows (a Parquet file whose coordinate columns are strings)
     "parquet_string_coordinates": OK,
     "parquet_wrong_type": dead("ReadManifest", "ManifestError"),
     "nan_coordinate": dead("ReadManifest", "ManifestError"),
+    "underscored_number": dead("ReadManifest", "ManifestError"),
     "negative_coordinate": dead("ReadManifest", "ManifestError"),
     "patch_out_of_bounds": dead("PlanPatches", "OutOfBoundsError"),
     "level_that_does_not_exist": dead("PlanPatches", "SlideError"),
@@ -359,16 +364,21 @@ def manifest_run(shared_data, tiny_models, tmp_path_factory):
     ndpi = shared_data / "ndpi_tritc" / "test3-TRITC-2-560.ndpi"
     slides = tmp / "slides.csv"
     slides.write_bytes(
-        "\ufeffslide_id,uri\r\n"
-        f"bom_crlf_csv,{cmu1}\r\n"
-        "slide_row_without_uri,\r\n"
-        f"duplicate_slide_id_other_uri,{cmu1}\r\n"
-        f"duplicate_slide_id_other_uri,{ndpi}\r\n".encode()
+        "\ufeffslide_id,uri,mpp\r\n"
+        f"bom_crlf_csv,{cmu1},\r\n"
+        "slide_row_without_uri,,\r\n"
+        f"duplicate_slide_id_other_uri,{cmu1},\r\n"
+        f"duplicate_slide_id_other_uri,{ndpi},\r\n"
+        f"{'s' * 5000},{cmu1},\r\n"
+        f"uri_of_9000_characters,{'/x' * 4500},\r\n"
+        f"mpp_typed_in_mm,{cmu1},0.000499\r\n"
+        f"mpp_of_1e-9,{cmu1},1e-9\r\n".encode()
     )
     rows = [
         ("parquet_string_coordinates", "100", "100", "64", "0"),
         ("parquet_wrong_type", "abc", "100", "64", "0"),
         ("nan_coordinate", "nan", "100", "64", "0"),
+        ("underscored_number", "1_00", "100", "64", "0"),  # float() reads it as 100
         ("negative_coordinate", "100", "-5", "64", "0"),
         ("patch_out_of_bounds", "100000", "100", "64", "0"),
         ("level_that_does_not_exist", "200", "200", "64", "7"),
@@ -390,6 +400,10 @@ SLIDE_ROW_KEYS = {
     "bom_crlf_csv": "bom_crlf_csv",
     "slide_row_without_uri": "slides.csv:row 2",
     "duplicate_slide_id_other_uri": "duplicate_slide_id_other_uri",
+    "slide_id_of_5000_characters": "slides.csv:row 5",
+    "uri_of_9000_characters": "slides.csv:row 6",
+    "mpp_typed_in_mm": "slides.csv:row 7",
+    "mpp_of_1e-9": "slides.csv:row 8",
 }
 
 

@@ -257,6 +257,20 @@ def extra_columns(row: dict[str, Any], reserved: Iterable[str]) -> dict[str, str
     }
 
 
+MAX_ID_CHARS = 256
+"""A slide or document id longer than this is a dead letter: ids become file names, stage keys
+and report rows (a 5 MB id made a 10 MB report for 2 slides)."""
+
+
+def _checked_id(row: dict[str, Any], id_column: str | None) -> dict[str, Any]:
+    if id_column is not None and len(row[id_column]) > MAX_ID_CHARS:
+        raise ManifestError(
+            f"row {row.get('row')}: column {id_column!r} has {len(row[id_column]):,} "
+            f"characters, over the {MAX_ID_CHARS} limit"
+        )
+    return row
+
+
 class _ReadAndValidate(beam.DoFn):
     def __init__(self, rule: RowRule, rename: dict[str, str]) -> None:
         self._rule = rule
@@ -273,7 +287,7 @@ class _ReadAndValidate(beam.DoFn):
                     if column in row:
                         row[ours] = row.pop(column)
                 try:
-                    yield self._rule.check(row, uri)
+                    yield _checked_id(self._rule.check(row, uri), self._rule.id_column)
                 except ManifestError as exc:
                     key = f"{name}:row {row['_row']}"
                     yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(STAGE, key, exc, row))

@@ -19,7 +19,7 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Any
 
-from transforms.core.errors import redact
+from transforms.core.errors import MAX_MESSAGE_CHARS, redact, shorten
 from transforms.io.schemas import RUNS, arrow_schema, safe_name
 
 log = logging.getLogger(__name__)
@@ -156,7 +156,7 @@ def record(
         "run_id": info.run_id,
         "pipeline": info.pipeline,
         "status": status,
-        "error": redact(error) if error else None,
+        "error": shorten(redact(error), MAX_MESSAGE_CHARS) if error else None,
         "started_at": info.started_at,
         "finished_at": finished_at,
         "wall_s": wall,
@@ -353,7 +353,8 @@ def mark_failed(dest: Any, info: RunInfo, error: str) -> None:
         rows = read_records(dest, info.run_id)
         now = dt.datetime.now(dt.UTC)
         if rows:
-            row = {**rows[0], "status": "failed", "error": redact(error), "finished_at": now}
+            error = shorten(redact(error), MAX_MESSAGE_CHARS)
+            row = {**rows[0], "status": "failed", "error": error, "finished_at": now}
             row["wall_s"] = (now - info.started_at).total_seconds()
         else:
             row = record(info, "failed", finished_at=now, error=error)

@@ -21,6 +21,8 @@ from transforms.io.manifests import (
 from transforms.slides.geometry import MAX_MPP, MIN_MPP, TISSUE_METHODS, plausible_mpp
 
 _RESERVED = ("slide_id", "uri", "mpp", "tissue_method")
+MAX_URI_CHARS = 8192
+"""A slide URI longer than this is a dead letter (object names are at most 1,024 bytes)."""
 
 
 def _mpp(row: dict[str, Any]) -> float | None:
@@ -51,9 +53,15 @@ def slide_row(row: dict[str, Any], manifest_uri: str = "") -> dict[str, Any]:
                 f"row {row.get('_row')}: column 'tissue_method' must be one of "
                 f"{', '.join(TISSUE_METHODS)}, got {row.get('tissue_method')!r}"
             )
+    uri = text_cell(row, "uri")
+    if len(uri) > MAX_URI_CHARS:
+        raise ManifestError(
+            f"row {row.get('_row')}: column 'uri' has {len(uri):,} characters, over the "
+            f"{MAX_URI_CHARS:,} limit"
+        )
     return {
         "slide_id": text_cell(row, "slide_id"),
-        "uri": resolve_uri(text_cell(row, "uri"), manifest_uri),
+        "uri": resolve_uri(uri, manifest_uri),
         "mpp": _mpp(row),
         "tissue_method": method,
         "metadata": extra_columns(row, _RESERVED),
