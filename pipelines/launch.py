@@ -28,7 +28,14 @@ from transforms.core.outcome import Outcome, RunFailedError
 from transforms.core.progress import ProgressLine, ProgressReporter
 from transforms.io.destinations import Destination
 from transforms.io.file_writes import remove_staging
-from transforms.io.runs import RunInfo, mark_failed, record, write_record
+from transforms.io.runs import (
+    RunInfo,
+    claim_run_id,
+    mark_failed,
+    record,
+    release_run_id,
+    write_record,
+)
 
 FLEX_LAUNCHER_ENV = "FLEX_TEMPLATE_PYTHON_PY_FILE"
 """Set in the Flex Template launcher image."""
@@ -75,6 +82,10 @@ def launch(
     interval = options.view_as(InferenceOptions).progress_interval_s
     submitted = submit_only(options)
     dry_run = is_dry_run(options)
+    template = options.view_as(GoogleCloudOptions).template_location
+    claimed = info is not None and not dry_run and not template
+    if claimed:
+        claim_run_id(destination, run_id)  # ConfigError: the id is recorded or in use
     with ProgressReporter(interval, line, n_models):
         pipeline = beam.Pipeline(options=options)
         wire(pipeline)
@@ -87,11 +98,12 @@ def launch(
                 remove_staging(destination.folder, run_id)
             if info is not None and not dry_run:
                 mark_failed(destination, info, f"{type(exc).__name__}: {exc}")
+            if claimed:
+                release_run_id(destination, run_id)
             raise
     if dry_run:
         print(f"\ndry run: the job graph was translated for {standard.runner}; nothing was run")
     elif submitted:
-        template = options.view_as(GoogleCloudOptions).template_location
         if info is not None and not template:  # a staged template is not a run yet
             write_record(destination, record(info, "submitted"))
         print_submitted(result, template)
@@ -101,6 +113,8 @@ def launch(
             error = f"no input produced a result: all {done.failed} failed (see the dead letters)"
             if info is not None:
                 mark_failed(destination, info, error)
+            if claimed:
+                release_run_id(destination, run_id)
             raise RunFailedError(error)
     return result
 

@@ -272,3 +272,33 @@ def test_skip_existing_with_a_patch_manifest_skips_done_slides_patches_silently(
     # The first run's ndpi patch had no slide row: its one dead letter; the rerun has none.
     errors = read_errors(out)
     assert [(e["key"], e["error_type"]) for e in errors] == [("ndpi@100,100", "Rejected")]
+
+
+def test_two_concurrent_runs_with_one_run_id_cannot_both_write(tmp_path, cmu1, tiny_models):
+    """Both used to exit 0 and report 6/6 while the folder kept one run's rows and record. Now
+    the run id is claimed atomically before anything is written: exactly one run writes, the
+    other exits 2 naming the id; a finished run's id is refused after it too."""
+    import sys
+
+    from tests.conftest import REPO
+
+    manifest = tmp_path / "slides.csv"
+    manifest.write_text(f"slide_id,uri\na,{cmu1}\nb,{cmu1}\n")
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "pipelines.slide_inference", "--slides", str(manifest)]
+    args += ["--model", f"two={tiny_models['two']}", "--patch_px", "64", "--output", str(out)]
+    args += ["--run_id", "same", "--no_heatmaps", "--progress_interval_s", "5"]
+    procs = [
+        subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    done = [(p.wait(timeout=600), p.stderr.read()) for p in procs]
+    codes = sorted(code for code, _ in done)
+    assert codes == [0, 2], done
+    refused = next(err for code, err in done if code == 2)
+    assert "--run_id same is" in refused
+    rows = pd.read_parquet(out / "patch_predictions")
+    assert not rows.duplicated(["slide_id", "x_px", "y_px"]).any()
+    assert set(rows.run_id) == {"same"} and len(list((out / "runs").glob("*.parquet"))) == 1
+    again = run_cli(*args[3:])
+    assert again.returncode == 2 and "already recorded" in again.stderr

@@ -19,7 +19,7 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Any
 
-from transforms.core.errors import MAX_MESSAGE_CHARS, redact, shorten
+from transforms.core.errors import MAX_MESSAGE_CHARS, ConfigError, redact, shorten
 from transforms.io.schemas import RUNS, arrow_schema, safe_name
 
 log = logging.getLogger(__name__)
@@ -361,3 +361,59 @@ def mark_failed(dest: Any, info: RunInfo, error: str) -> None:
         write_record(dest, row)
     except Exception:  # noqa: BLE001
         log.warning("the failed run could not be recorded", exc_info=True)
+
+
+CLAIMS = "_claims"
+"""Where run ids are claimed: a ``_`` folder, which Parquet readers skip."""
+
+
+def _claim_uri(dest: Any, run_id: str) -> str:
+    if dest.bigquery is not None:  # a BigQuery run always has a gs:// temp_location
+        where = f"{dest.temp_location}/{CLAIMS}/{dest.bigquery.project}.{dest.bigquery.dataset}"
+    else:
+        where = f"{dest.folder.rstrip('/')}/{CLAIMS}"
+    return f"{where}/{safe_name(run_id)}"
+
+
+def claim_run_id(dest: Any, run_id: str) -> None:
+    """Claim ``run_id`` in ``dest`` before anything is written, or raise ``ConfigError``: an id
+    already recorded there, or claimed by a run in progress (two concurrent runs with one
+    ``--run_id`` kept only one run's rows). The claim is one object created only if it does not
+    exist (``O_EXCL`` locally, ``ifGenerationMatch=0`` on GCS), so of two concurrent launches
+    exactly one wins."""
+    import datetime as dt
+
+    import fsspec
+
+    from transforms.core.remote_io import remote_options
+
+    uri = _claim_uri(dest, run_id)
+    done = [r["status"] for r in read_records(dest, run_id) if r["status"] != "failed"]
+    if done:
+        raise ConfigError(
+            f"--run_id {run_id} is already recorded in {dest.describe()} ({done[0]}): "
+            "pick another id (a failed run's id may be reused)"
+        )
+    fs, path = fsspec.core.url_to_fs(uri, **remote_options(uri))
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    try:
+        fs.pipe_file(path, dt.datetime.now(dt.UTC).isoformat().encode(), mode="create")
+    except FileExistsError:
+        raise ConfigError(
+            f"--run_id {run_id} is in use in {dest.describe()}: another run with that id is in "
+            f"progress, or one failed and left {uri} (delete it to reuse the id)"
+        ) from None
+
+
+def release_run_id(dest: Any, run_id: str) -> None:
+    """Give back the claim of a run that failed before its record was written."""
+    import fsspec
+
+    from transforms.core.remote_io import remote_options
+
+    uri = _claim_uri(dest, run_id)
+    fs, path = fsspec.core.url_to_fs(uri, **remote_options(uri))
+    try:
+        fs.rm_file(path)
+    except FileNotFoundError:
+        pass
