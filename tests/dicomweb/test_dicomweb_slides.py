@@ -254,3 +254,38 @@ def test_https_credentials_are_named_never_their_token(monkeypatch):
         "Application Default Credentials (reader@proj.iam.gserviceaccount.com, project proj)"
     )
     assert "ya29" not in said
+
+
+def test_a_trickling_or_endless_store_is_a_dead_letter_and_the_good_slide_finishes(
+    monkeypatch, shared_data, tiny_models, tmp_path
+):
+    """A store that answers 200 and then one byte a second hung the whole run (each socket read
+    returned in time, so the per-read timeout never tripped; killed at 280 s, no output); a fast
+    endless body grew the process by 1.6 GB. Now every response has a total deadline and a size
+    cap: both slides are dead letters naming the limit, and the good slide has its rows."""
+    import time
+
+    from localgcp.bad_servers import MisbehavingServer
+
+    monkeypatch.setenv("PATHBEAM_IO_TIMEOUT_S", "5")
+    monkeypatch.setenv("PATHBEAM_IO_DEADLINE_S", "2")
+    cmu1 = shared_data / "aperio_cmu1_small_region" / "CMU-1-Small-Region.svs"
+    with MisbehavingServer(interval_s=0.5, max_s=60) as bad:
+        root = bad.endpoint.replace("http://", "dicomweb+http://")
+        rows = [
+            ("good", str(cmu1)),
+            ("trickle", f"{root}/trickle/dicom-web/studies/1.2/series/1.2.3"),
+            ("endless", f"{root}/endless/dicom-web/studies/1.2/series/1.2.3"),
+        ]
+        started = time.monotonic()
+        out, _ = run_manifest(tmp_path, rows, tiny_models["two"])
+        took = time.monotonic() - started
+    errors = {e["key"]: e for e in read_errors(out)}
+    assert set(errors) == {"trickle", "endless"}
+    assert errors["trickle"]["error_type"] == "RemoteIOError"
+    assert "PATHBEAM_IO_DEADLINE_S=2" in errors["trickle"]["message"]
+    assert errors["endless"]["error_type"] == "RemoteIOError"
+    assert "more than what was asked for" in errors["endless"]["message"]
+    predictions = pd.read_parquet(out / "patch_predictions")
+    assert set(predictions.slide_id) == {"good"} and len(predictions) > 100
+    assert took < 120  # three attempts of a 2 s deadline each, not a hang

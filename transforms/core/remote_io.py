@@ -28,8 +28,53 @@ ATTEMPTS = 3
 BACKOFF_S = (0.5, 2.0)
 
 
+DEADLINE_ENV = "PATHBEAM_IO_DEADLINE_S"
+"""Total seconds one response may take, headers to last byte (default 300)."""
+
+
 def io_timeout_s() -> float:
     return float(os.environ.get(TIMEOUT_ENV, "60"))
+
+
+def io_deadline_s() -> float:
+    return float(os.environ.get(DEADLINE_ENV, "300"))
+
+
+class DeadlineExceeded(TimeoutError):
+    """A response that was still arriving when its total deadline passed (a trickling server:
+    each socket read returns in time, so the per-read timeout never trips). Transient: the
+    operation is retried, then the input is a dead letter naming the limit."""
+
+
+def read_body(raw: Any, what: str, cap_bytes: int, deadline_s: float | None = None) -> bytes:
+    """The whole body of a streamed urllib3 response ``raw``, within ``deadline_s`` (default
+    ``PATHBEAM_IO_DEADLINE_S``) and at most ``cap_bytes`` (what was asked for could not be
+    larger: a fast endless body grew a process by 1.6 GB in 150 s).
+
+    Raises ``DeadlineExceeded`` past the deadline, ``RemoteIOError`` past the cap (not retried:
+    the server would send as much again)."""
+    deadline = io_deadline_s() if deadline_s is None else deadline_s
+    started = time.monotonic()
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        # at most one socket read: a trickle returns byte by byte; gzip bodies decoded (and capped)
+        chunk = raw.read1(1 << 16, decode_content=True)
+        if not chunk:
+            return b"".join(parts)
+        size += len(chunk)
+        if size > cap_bytes:
+            raise RemoteIOError(
+                f"{what}: the response passed {cap_bytes:,} bytes, more than what was asked for "
+                "can hold; the server sends too much"
+            )
+        elapsed = time.monotonic() - started
+        if elapsed > deadline:
+            raise DeadlineExceeded(
+                f"{what}: not received in full within {DEADLINE_ENV}={deadline:g}s "
+                f"({size:,} bytes in {elapsed:.0f}s)"
+            )
+        parts.append(chunk)
 
 
 def remote_options(uri: str) -> dict[str, Any]:

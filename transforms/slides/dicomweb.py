@@ -19,7 +19,7 @@ from typing import Any
 
 from transforms.core import progress
 from transforms.core.errors import SlideError
-from transforms.core.remote_io import ATTEMPTS, io_timeout_s
+from transforms.core.remote_io import ATTEMPTS, io_timeout_s, read_body
 from transforms.slides.dicom import DicomSlideFile
 from transforms.slides.readers import Reader
 from transforms.slides.transfer import Transfer
@@ -88,8 +88,11 @@ def credentials_used(ref: SeriesRef) -> str:
 
 
 def session_for(ref: SeriesRef, transfer: Transfer | None = None) -> Any:
-    """A requests session for the store: ADC for https, timeouts and retries on every request;
-    each response's requests and body bytes are added to ``transfer``."""
+    """A requests session for the store: ADC for https, timeouts and retries on every request,
+    each body read whole within ``PATHBEAM_IO_DEADLINE_S`` and at most what was asked for can
+    hold (``response_cap``); each response's requests and body bytes are added to
+    ``transfer``."""
+    limits = {"frame_bytes": DEFAULT_FRAME_BYTES}
     import requests
     from requests.adapters import HTTPAdapter
 
@@ -111,13 +114,48 @@ def session_for(ref: SeriesRef, transfer: Transfer | None = None) -> Any:
 
     def request(method: str, url: str, **kwargs: Any) -> Any:
         kwargs.setdefault("timeout", timeout)
+        kwargs["stream"] = True  # the body is read here, under a deadline and a size cap
         response = send(method, url, **kwargs)
+        try:
+            body = read_body(response.raw, f"{method} {_short(url)}", response_cap(url, limits))
+        except BaseException:
+            response.close()  # a connection left mid-body cannot be reused
+            raise
+        response.raw.release_conn()  # read to the end: back to the pool, for the next request
+        # requests has no public way to hand a response the body read for it: ``_content`` (with
+        # ``_content_consumed``) is where ``.content``, ``.json()`` and ``iter_content`` read it
+        # from (every DICOMweb test reads through here, so a change in requests fails them).
+        response._content = body
+        response._content_consumed = True
         if transfer is not None:
-            transfer.add(len(response.content), requests=1)
+            transfer.add(len(body), requests=1)
         return response
 
     session.request = request
+    session.pathbeam_limits = limits
     return session
+
+
+FRAMING_BYTES = 16 << 10
+"""Multipart headers and boundaries around one frame, at most."""
+DEFAULT_FRAME_BYTES = 4096 * 4096 * 3 * 2
+"""A frame's cap before the series' tile sizes are known: a 4096 px tile, 3 samples of 16 bits."""
+METADATA_BYTES = 64 << 20
+"""A QIDO search or an instance's metadata: 64 MiB at most."""
+_FRAMES = re.compile(r"/frames/([0-9,]+)$")
+
+
+def response_cap(url: str, limits: dict[str, int]) -> int:
+    """The most bytes a response to ``url`` may hold: for frames, each frame's uncompressed
+    tile bytes plus framing (a frame cannot be larger); else ``METADATA_BYTES``."""
+    frames = _FRAMES.search(url.split("?", 1)[0])
+    if frames is None:
+        return METADATA_BYTES
+    return len(frames[1].split(",")) * (limits["frame_bytes"] + FRAMING_BYTES)
+
+
+def _short(url: str) -> str:
+    return url if len(url) <= 160 else url[:80] + "..." + url[-60:]
 
 
 AS_STORED = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'
@@ -204,12 +242,14 @@ def open_series(uri: str, transfer: Transfer | None = None) -> Any:
             for item in instances
             if _first(item, SOP_CLASS_UID) in ("", WSI_STORAGE)
         }
-        return WsiDicom.open_web(
+        wsi = WsiDicom.open_web(
             AsStored(web),
             ref.study_uid,
             ref.series_uid,
             requested_transfer_syntax=sorted(set(syntaxes.values())),
         )
+        session.pathbeam_limits["frame_bytes"] = max_tile_bytes(wsi)
+        return wsi
     except HTTPError as exc:
         status = exc.response.status_code if exc.response is not None else None
         if status == 404:
@@ -220,6 +260,12 @@ def open_series(uri: str, transfer: Transfer | None = None) -> Any:
                 "grant it roles/healthcare.dicomViewer on the store"
             ) from exc
         raise
+
+
+def max_tile_bytes(wsi: Any) -> int:
+    """The largest uncompressed tile of an open series (3 samples of 16 bits at most)."""
+    tiles = [lv.tile_size.width * lv.tile_size.height for lv in wsi.levels]
+    return max(tiles, default=4096 * 4096) * 3 * 2
 
 
 def open_web_slide(uri: str) -> DicomSlideFile:
