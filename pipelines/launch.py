@@ -26,8 +26,8 @@ from pipelines.report import print_submitted
 from transforms.core.errors import ConfigError, PipelineError, printable
 from transforms.core.outcome import Outcome, RunFailedError
 from transforms.core.progress import ProgressLine, ProgressReporter
+from transforms.io.commits import discard, recover
 from transforms.io.destinations import Destination
-from transforms.io.file_writes import remove_staging
 from transforms.io.runs import (
     RunInfo,
     claim_run_id,
@@ -84,6 +84,8 @@ def launch(
     dry_run = is_dry_run(options)
     template = options.view_as(GoogleCloudOptions).template_location
     claimed = info is not None and not dry_run and not template
+    if claimed and destination.folder is not None:
+        recover(destination.folder)  # finish commits that crashed runs began, before any read
     if claimed:
         claim_run_id(destination, run_id)  # ConfigError: the id is recorded or in use
     with ProgressReporter(interval, line, n_models):
@@ -95,7 +97,7 @@ def launch(
                 result.wait_until_finish()
         except BaseException as exc:
             if destination.folder is not None:
-                remove_staging(destination.folder, run_id)
+                discard(destination.folder, run_id)  # never visible; now not kept either
             if info is not None and not dry_run:
                 mark_failed(destination, info, f"{type(exc).__name__}: {exc}")
             if claimed:

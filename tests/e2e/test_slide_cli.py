@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -302,3 +303,37 @@ def test_two_concurrent_runs_with_one_run_id_cannot_both_write(tmp_path, cmu1, t
     assert set(rows.run_id) == {"same"} and len(list((out / "runs").glob("*.parquet"))) == 1
     again = run_cli(*args[3:])
     assert again.returncode == 2 and "already recorded" in again.stderr
+
+
+@pytest.mark.parametrize("point", ["before_commit", "mid_commit", "after_commit"])
+def test_a_run_killed_at_a_commit_boundary_never_doubles_a_row(point, tmp_path, cmu1, tiny_models):
+    """SIGKILL right after ``patch_predictions`` was committed and before ``slide_summaries``
+    was used to leave every patch row twice after a ``--skip_existing`` rerun. Now a run's tables
+    are committed together (``io/commits.py``): killed before the commit, nothing is visible;
+    killed midway, the next launch finishes the commit first; either way the rerun leaves every
+    (slide, x, y) once, read plainly with pandas."""
+    manifest = tmp_path / "slides.csv"
+    manifest.write_text(f"slide_id,uri\na,{cmu1}\nb,{cmu1}\n")
+    out = tmp_path / "out"
+    args = ["--slides", str(manifest), "--model", f"two={tiny_models['two']}", "--patch_px", "64"]
+    args += ["--output", str(out), "--no_heatmaps"]
+    killed = run_python(
+        "-m",
+        "pipelines.slide_inference",
+        *args,
+        "--run_id",
+        "k1",
+        env={**os.environ, "PATHBEAM_KILL_AT": point},
+    )
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    visible = out / "patch_predictions"
+    if point == "before_commit":  # nothing of the killed run can be read as results
+        assert not visible.exists() or pd.read_parquet(visible).empty
+    rerun = run_cli(*args, "--run_id", "k2", "--skip_existing")
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    rows = pd.read_parquet(visible)
+    summaries = pd.read_parquet(out / "slide_summaries")
+    assert not rows.duplicated(["slide_id", "x_px", "y_px"]).any()
+    assert sorted(summaries.slide_id) == ["a", "b"] and len(rows) > 100
+    assert set(rows.run_id) == ({"k2"} if point == "before_commit" else {"k1"})
+    assert not list((out / "_pending").glob("k1/_COMMIT"))  # no commit left half done

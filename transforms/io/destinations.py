@@ -17,6 +17,7 @@ import apache_beam as beam
 
 from transforms.core.errors import ConfigError
 from transforms.io.bigquery import BigQueryDataset, WriteToBigQueryTable, parse_dataset, query_keys
+from transforms.io.commits import commit, pending_dir
 from transforms.io.file_writes import write_json_lines, write_parquet
 from transforms.io.schemas import ERRORS, Table, arrow_schema, safe_name
 
@@ -144,7 +145,8 @@ class WriteRows(beam.PTransform):
             return stamped | "ToBigQuery" >> WriteToBigQueryTable(
                 self._table, self._dest.bigquery, self._run.run_id, str(self._dest.temp_location)
             )
-        folder = f"{self._dest.folder}/{self._table.name}"
+        # Written where no reader looks until the run commits every table (``commits.py``).
+        folder = f"{pending_dir(str(self._dest.folder), self._run.run_id)}/{self._table.name}"
         if self._table is ERRORS:
             return (
                 stamped
@@ -154,6 +156,17 @@ class WriteRows(beam.PTransform):
         return stamped | "WriteParquet" >> write_parquet(
             folder, self._run.run_id, arrow_schema(self._table)
         )
+
+
+class _Commit(beam.DoFn):
+    """Once every table is written: move the run's files into place together."""
+
+    def __init__(self, folder: str, run_id: str) -> None:
+        self._folder = folder
+        self._run_id = run_id
+
+    def process(self, _: Any, files: list[str]) -> Iterator[str]:
+        yield from commit(self._folder, self._run_id, files)
 
 
 class WriteTables(beam.PTransform):
@@ -179,10 +192,20 @@ class WriteTables(beam.PTransform):
                 | "Once" >> beam.Create([None])
                 | "PrepareDataset" >> beam.ParDo(_PrepareDataset(self._dest.bigquery))
             )
-        return {
+        written = {
             name: rows | name >> WriteRows(self._tables[name], self._dest, self._run, prepared)
             for name, rows in tables.items()
         }
+        if self._dest.folder is None:
+            return written
+        files = list(written.values()) | "AllFiles" >> beam.Flatten()
+        committed = (
+            files.pipeline
+            | "OnceWritten" >> beam.Create([None])
+            | "Commit"
+            >> beam.ParDo(_Commit(self._dest.folder, self._run.run_id), beam.pvalue.AsList(files))
+        )
+        return dict.fromkeys(written, committed)
 
 
 def report_dir(dest: Destination, run: RunStamp) -> str | None:

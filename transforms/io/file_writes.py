@@ -173,19 +173,6 @@ class WriteFiles(beam.PTransform):
         )
 
 
-def _staging_prefix(run_id: str) -> str:
-    return f"_beam-temp-{run_id}-"
-
-
-def remove_staging(folder: str, run_id: str) -> None:
-    """Remove the staging folders a failed run's writes left in ``folder``'s tables."""
-    import fsspec
-
-    fs, root = fsspec.core.url_to_fs(folder)
-    for staging in fs.glob(f"{root.rstrip('/')}/*/{_staging_prefix(run_id)}*"):
-        fs.rm(staging, recursive=True)
-
-
 def write_parquet(folder: str, run_id: str, schema: Any) -> WriteFiles:
     """Row dicts -> Parquet files with ``schema`` in ``folder``, named for the run."""
     return WriteFiles(folder, run_id, ".parquet", functools.partial(ParquetSink, schema))
