@@ -25,6 +25,7 @@ import apache_beam as beam
 
 from transforms.core.errors import ConfigError
 from transforms.core.progress import count
+from transforms.core.remote_io import io_deadline_s, io_timeout_s
 from transforms.io.schemas import Table, bigquery_schema
 
 log = logging.getLogger(__name__)
@@ -316,7 +317,8 @@ def query_keys(target: BigQueryDataset, table: Table, columns: tuple[str, ...]) 
     bq = client(target)
     names = ", ".join(columns)  # our own column names, never user text
     try:
-        rows = bq.query(f"SELECT DISTINCT {names} FROM {target.sql_name(table.name)}").result()
+        sql = f"SELECT DISTINCT {names} FROM {target.sql_name(table.name)}"
+        rows = bq.query(sql, timeout=io_timeout_s()).result(timeout=io_deadline_s())
     except NotFound:
         return set()
     return {tuple(row[c] for c in columns) for row in rows}
@@ -325,5 +327,6 @@ def query_keys(target: BigQueryDataset, table: Table, columns: tuple[str, ...]) 
 def read_table_rows(target: BigQueryDataset, table: str) -> Iterator[dict[str, Any]]:
     """Every row of ``target.table`` as a dict (a manifest kept in BigQuery)."""
     bq = client(target)
-    for row in bq.list_rows(target.table_id(table)):
+    # each page request bounded; a manifest of millions of rows may take longer than one deadline
+    for row in bq.list_rows(target.table_id(table), timeout=io_timeout_s()):
         yield dict(row.items())

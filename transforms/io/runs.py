@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from transforms.core.errors import MAX_MESSAGE_CHARS, ConfigError, redact, shorten
+from transforms.core.remote_io import io_deadline_s, io_timeout_s
 from transforms.io.schemas import RUNS, arrow_schema, safe_name
 
 log = logging.getLogger(__name__)
@@ -339,8 +340,9 @@ def _read_bigquery(target: Any, run_id: str | None, last: int | None) -> list[di
     if last:
         sql += f" LIMIT {int(last)}"
     try:
-        result = bq.query(sql, job_config=bigquery.QueryJobConfig(query_parameters=params))
-        return [dict(row.items()) for row in result.result()]
+        config = bigquery.QueryJobConfig(query_parameters=params)
+        result = bq.query(sql, job_config=config, timeout=io_timeout_s())
+        return [dict(row.items()) for row in result.result(timeout=io_deadline_s())]
     except NotFound:
         return []
 
