@@ -115,8 +115,8 @@ def _describe_one(stream: Any) -> str:
         stream.seek(0)
         ds = pydicom.dcmread(stream, stop_before_pixels=True)
         sop, syntax = ds.get("SOPClassUID"), ds.file_meta.get("TransferSyntaxUID")
-        image_type = ds.get("ImageType")
-        values = list(image_type) if isinstance(image_type, list | tuple) else [image_type]
+        image_type = ds.get("ImageType") or []
+        values = [image_type] if isinstance(image_type, str | bytes | int) else list(image_type)
         kind = str(values[2]) if len(values) > 2 else "image"
         return shorten(
             f"{getattr(sop, 'name', sop)} {kind.lower()} in "
