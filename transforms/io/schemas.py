@@ -45,7 +45,6 @@ RUN_COLUMNS = (
     Column("run_id", "STRING", "REQUIRED"),
     Column("run_date", "DATE", "REQUIRED", description="UTC start date; the BigQuery partition"),
 )
-_RUN = RUN_COLUMNS
 SLIDE_KEY = ("slide_id", "model_name", "model_version")
 SLIDE_CLUSTER = ("slide_id", "model_name")
 
@@ -84,7 +83,7 @@ SLIDE_SUMMARIES = Table(
         Column("heatmap_uri", "STRING", description="heatmap, or class map of a segmentation"),
         Column("thumbnail_uri", "STRING", description="the slide's thumbnail (JPEG)"),
         Column("metadata", "RECORD", "REPEATED", _KEY_VALUE, "extra slide manifest columns"),
-        *_RUN,
+        *RUN_COLUMNS,
     ),
     SLIDE_KEY,
     SLIDE_CLUSTER,
@@ -102,7 +101,7 @@ CASE_SUMMARIES = Table(
         Column("patch_count", "INT64", "REQUIRED"),
         Column("tissue_area_mm2", "FLOAT64"),
         *_CLASS_STATS,
-        *_RUN,
+        *RUN_COLUMNS,
     ),
     ("group_by", "group_value", "model_name", "model_version"),
     ("group_value", "model_name"),
@@ -200,7 +199,7 @@ RUNS = Table(
         Column("units_done", "INT64"),
         Column("units_per_s", "FLOAT64"),
         Column("report_uri", "STRING"),
-        _RUN[1],  # run_date; run_id is the first column
+        RUN_COLUMNS[1],  # run_date; run_id is the first column
     ),
     ("run_id",),
     ("pipeline", "status"),
@@ -214,7 +213,7 @@ ERRORS = Table(
         Column("error_type", "STRING", "REQUIRED"),
         Column("message", "STRING", "REQUIRED"),
         Column("input", "STRING", description="the failed input as JSON, bulk data dropped"),
-        *_RUN,
+        *RUN_COLUMNS,
     ),
     ("stage", "key"),
     ("key", "stage"),

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 import numpy as np
 
 from transforms.core.errors import ModelLoadError
-from transforms.models.kinds import kind
 from transforms.models.precision import GuardConfig, resolve, run_guarded
 from transforms.models.spec import ModelSpec
 from transforms.models.torch_models import LoadedModel, TorchModel, select_device
@@ -83,7 +82,7 @@ def guarded(
     def run(k: int | None) -> list:
         return predict(model, pixels[:k], spec, tissue[:k] if tissue is not None else None)
 
-    return run_guarded(model, run, kind(spec.output_kind), spec.name, cfg)
+    return run_guarded(model, run, spec.kind, spec.name, cfg)
 
 
 def predict(
@@ -97,4 +96,4 @@ def predict(
     outputs = model.forward(pixels)
     if not outputs:
         raise ValueError(f"model {spec.name!r} returned no output")
-    return kind(spec.output_kind).results(outputs, spec, len(pixels), tissue)
+    return spec.kind.results(outputs, spec, len(pixels), tissue)

@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 
 from transforms.core.errors import ModelLoadError
-from transforms.models.kinds import kind
 from transforms.models.kinds.base import Outputs
 from transforms.models.local_copy import local_copy, local_folder
 from transforms.models.precision import Guarded, autocast
@@ -198,7 +197,7 @@ def load_torch(spec: ModelSpec, device: str) -> LoadedModel:
         folder = local_folder(spec.uri)
         if not os.path.exists(os.path.join(folder, "config.json")):
             raise FileNotFoundError(f"no config.json in {spec.uri}: not a save_pretrained folder")
-        auto = getattr(transformers, kind(spec.output_kind).hf_auto_class)
+        auto = getattr(transformers, spec.kind.hf_auto_class)
         module, info = auto.from_pretrained(folder, local_files_only=True, output_loading_info=True)
         _drop_uninitialised_pooler(module, list(info.get("missing_keys") or ()))
         return HuggingFaceModel(module.eval().to(device), device, *normalisation(spec, folder))
