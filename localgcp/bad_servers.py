@@ -11,6 +11,29 @@ from http.server import BaseHTTPRequestHandler
 from localgcp.background import BackgroundServer
 
 
+def misbehave(
+    handler: BaseHTTPRequestHandler, kind: str, interval_s: float, max_s: float
+) -> None:
+    """Answer ``handler``'s request 200 and then, for ``max_s`` at most or until the client
+    hangs up: one byte every ``interval_s`` (``trickle``) or 64 KiB chunks without pause
+    (``endless``). The declared length is a terabyte."""
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/octet-stream")
+    handler.send_header("Content-Length", str(10**12))
+    handler.end_headers()
+    started = time.monotonic()
+    chunk = b"[" if kind == "trickle" else b" " * (64 << 10)
+    try:
+        while time.monotonic() - started < max_s:
+            handler.wfile.write(chunk)
+            handler.wfile.flush()
+            if kind == "trickle":
+                time.sleep(interval_s)
+    except (BrokenPipeError, ConnectionResetError):
+        return  # the client gave up, as it should
+    handler.close_connection = True
+
+
 class MisbehavingServer(BackgroundServer):
     """``/trickle/...`` answers 200 and one byte every ``interval_s``; ``/endless/...`` answers
     200 and 64 KiB chunks without end; anything else is a 404."""
@@ -36,20 +59,6 @@ class MisbehavingServer(BackgroundServer):
                 if kind not in ("trickle", "endless"):
                     self.send_error(404)
                     return
-                self.send_response(200)
-                self.send_header("Content-Type", "application/dicom+json")
-                self.send_header("Content-Length", str(10**12))
-                self.end_headers()
-                started = time.monotonic()
-                chunk = b"[" if kind == "trickle" else b" " * (64 << 10)
-                try:
-                    while time.monotonic() - started < server.max_s:
-                        self.wfile.write(chunk)
-                        self.wfile.flush()
-                        if kind == "trickle":
-                            time.sleep(server.interval_s)
-                except (BrokenPipeError, ConnectionResetError):
-                    return  # the client gave up, as it should
-                self.close_connection = True
+                misbehave(self, kind, server.interval_s, server.max_s)
 
         return Handler

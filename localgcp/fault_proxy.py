@@ -3,8 +3,10 @@
 Every ``fail_every``-th request that ``fault_on`` selects is answered with a 503, or its
 connection is dropped without an answer (alternating), the two transient faults clients must
 retry. With ``stall_s``, the selected requests instead get no answer for that long (a hung
-connection). Body bytes served per object name are counted, to check that slides are read in
-ranges; every GET's path and size is kept, for any upstream (a DICOMweb store too).
+connection); with ``misbehave`` (``trickle`` or ``endless``, see ``bad_servers.misbehave``),
+an answer whose body never ends in time. Body bytes served per object name are counted, to check
+that slides are read in ranges; every GET's path and size is kept, for any upstream (a DICOMweb
+store too).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler
 
 from localgcp.background import BackgroundServer
+from localgcp.bad_servers import misbehave
 
 _OBJECT = re.compile(r"/b/[^/]+/o/([^?]+)")
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"}
@@ -37,8 +40,12 @@ class FaultProxy(BackgroundServer):
         fail_every: int = 0,
         fault_on: Callable[[str, str], bool] = is_object_read,
         stall_s: float = 0.0,
+        misbehave: str = "",
+        max_s: float = 60.0,
     ) -> None:
         self.stall_s = stall_s
+        self.misbehave = misbehave
+        self.max_s = max_s
         self.upstream = urllib.parse.urlparse(upstream)
         self.fail_every = fail_every
         self.fault_on = fault_on
@@ -62,7 +69,9 @@ class FaultProxy(BackgroundServer):
             n = next(self._selected)
             if n % self.fail_every:
                 return None
-            if self.stall_s:
+            if self.misbehave:
+                kind = self.misbehave
+            elif self.stall_s:
                 kind = "stall"
             else:
                 kind = "503" if (n // self.fail_every) % 2 else "drop"
@@ -91,6 +100,9 @@ class FaultProxy(BackgroundServer):
                 if fault == "stall":
                     time.sleep(proxy.stall_s)
                     self.close_connection = True
+                    return
+                if fault in ("trickle", "endless"):
+                    misbehave(self, fault, 0.5, proxy.max_s)
                     return
                 if fault == "drop":
                     self.close_connection = True

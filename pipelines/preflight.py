@@ -14,13 +14,12 @@ import json
 import logging
 from typing import Any
 
-import fsspec
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipelines.launch import is_dry_run, submit_only
 from pipelines.options import LOCAL_RUNNER, SlideJobConfig, TextJobConfig
 from transforms.core.errors import ConfigError, ManifestError, ModelLoadError
-from transforms.core.remote_io import is_transient, remote_options
+from transforms.core.remote_io import filesystem, is_transient
 from transforms.io.manifests import ManifestSource, RowRule, manifest_columns
 from transforms.models.loading import check_class_count
 from transforms.models.spec import ModelSpec
@@ -62,7 +61,7 @@ def _check_manifest(source: ManifestSource, flag: str, rule: RowRule) -> list[st
 
 
 def _check_model_file(flag: str, name: str, uri: str) -> None:
-    fs, path = fsspec.core.url_to_fs(uri, **remote_options(uri))
+    fs, path = filesystem(uri)
     if not fs.exists(path):
         raise ConfigError(f"{flag} {name}={uri}: no such file or folder")
 
@@ -72,7 +71,7 @@ HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index
 
 def _check_model_format(spec: ModelSpec) -> None:
     """The model's files are what its format needs: one listing or header read, no download."""
-    fs, path = fsspec.core.url_to_fs(spec.uri, **remote_options(spec.uri))
+    fs, path = filesystem(spec.uri)
     where = f"--model {spec.name}={spec.uri}"
     if spec.format == "huggingface":
         if not fs.isdir(path):

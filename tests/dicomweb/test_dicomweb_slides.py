@@ -284,7 +284,7 @@ def test_a_trickling_or_endless_store_is_a_dead_letter_and_the_good_slide_finish
     assert set(errors) == {"trickle", "endless"}
     assert errors["trickle"]["error_type"] == "RemoteIOError"
     assert "PATHBEAM_IO_DEADLINE_S=2" in errors["trickle"]["message"]
-    assert errors["endless"]["error_type"] == "RemoteIOError"
+    assert errors["endless"]["error_type"] == "ResponseTooLarge"
     assert "more than what was asked for" in errors["endless"]["message"]
     predictions = pd.read_parquet(out / "patch_predictions")
     assert set(predictions.slide_id) == {"good"} and len(predictions) > 100

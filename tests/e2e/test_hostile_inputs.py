@@ -155,6 +155,17 @@ def dicom_in_syntax(source: Path, path: Path, syntax: str) -> str:
     return str(path)
 
 
+def dicom_image_type_of_numbers(source: Path, path: Path) -> str:
+    """A DICOM image that is not a slide, whose ImageType holds numbers, not strings."""
+    import pydicom
+
+    ds = pydicom.dcmread(source)
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"  # CT Image Storage
+    ds.add_new(0x00080008, "US", [7] * 10_000)
+    ds.save_as(path)
+    return str(path)
+
+
 def folder_of(folder: Path, *files: Path, extra: dict[str, bytes] | None = None) -> str:
     """A folder holding copies of ``files`` and the ``extra`` files (name -> bytes)."""
     folder.mkdir()
@@ -253,25 +264,47 @@ def build_slides(d: Path, tmp: Path) -> dict[str, tuple[str, str | None, object]
             dead("PlanPatches", "SlideError"),
         ),
         "tile_bomb": (tile_bomb(tmp / "bomb.tiff"), "0.5", dead("PlanPatches", "SlideError")),
+        "dicom_tag_of_the_wrong_type": (  # describing it for the dead letter raised TypeError
+            dicom_image_type_of_numbers(dicom_jpeg, tmp / "numbers.dcm"),
+            "0.5",
+            dead("PlanPatches", "UnsupportedFormatError"),
+        ),
     }
 
 
 @pytest.fixture(scope="module")
 def slide_run(shared_data, tiny_models, tmp_path_factory):
+    from localgcp.bad_servers import MisbehavingServer
     from pipelines.slide_inference import run
 
     tmp = tmp_path_factory.mktemp("hostile_slides")
     cases = build_slides(shared_data, tmp)
     manifest = tmp / "slides.csv"
-    manifest.write_text(
-        "slide_id,uri,mpp\n"
-        + "".join(f"{cid},{uri},{mpp or ''}\n" for cid, (uri, mpp, _) in cases.items())
-    )
     out = tmp / "out"
-    run(
-        ["--slides", str(manifest), "--model", f"two={tiny_models['two']}", "--patch_px", "64"]
-        + ["--patch_mpp", "0.5", "--output", str(out), "--no_heatmaps"]
-    )
+    # DICOMweb stores that answer 200 and then a byte every 0.5 s, or a body without end (real
+    # local servers): each response is read within PATHBEAM_IO_DEADLINE_S and a size cap
+    with MisbehavingServer(interval_s=0.5, max_s=60) as bad, pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PATHBEAM_IO_DEADLINE_S", "2")
+        root = bad.endpoint.replace("http://", "dicomweb+http://")
+        series = "dicom-web/studies/1.2/series/1.2.3"
+        cases["dicomweb_trickle"] = (
+            f"{root}/trickle/{series}",
+            None,
+            dead("PlanPatches", "RemoteIOError"),
+        )
+        cases["dicomweb_endless"] = (
+            f"{root}/endless/{series}",
+            None,
+            dead("PlanPatches", "ResponseTooLarge"),
+        )
+        manifest.write_text(
+            "slide_id,uri,mpp\n"
+            + "".join(f"{cid},{uri},{mpp or ''}\n" for cid, (uri, mpp, _) in cases.items())
+        )
+        run(
+            ["--slides", str(manifest), "--model", f"two={tiny_models['two']}", "--patch_px", "64"]
+            + ["--patch_mpp", "0.5", "--output", str(out), "--no_heatmaps"]
+        )
     summaries = pd.read_parquet(out / "slide_summaries")
     errors = read_errors(out)
     return cases, summaries, errors
@@ -303,6 +336,9 @@ SLIDE_CASES = [
     "jpeg2000_tiles",
     "declared_1e6_square",
     "tile_bomb",
+    "dicom_tag_of_the_wrong_type",
+    "dicomweb_trickle",
+    "dicomweb_endless",
 ]
 
 

@@ -10,12 +10,13 @@ import gcsfs
 import pandas as pd
 import pytest
 
-from localgcp.fault_proxy import FaultProxy
+from localgcp.fault_proxy import FaultProxy, is_object_read
 from pipelines.report import counters
 from pipelines.slide_inference import run
 from tests.e2e.cli import read_errors
 from tests.gcp import route_gcs_through
 from tests.tables import PATCH_PREDICTIONS
+from transforms.io.bigquery import BigQueryDataset, ensure_table
 from transforms.io.schemas import ERRORS, SLIDE_SUMMARIES
 
 pytestmark = [pytest.mark.pipeline, pytest.mark.gcp]
@@ -427,3 +428,71 @@ def test_runs_rows_in_bigquery_are_one_per_run_id(local_gcp, scratch_bucket, tmp
         {"key": "output", "value": "bq://x"}
     ]
     assert main(["--output", f"bq://{local_gcp.project}.records"]) == 0
+
+
+@pytest.mark.parametrize("misbehave", ["trickle", "endless"])
+def test_a_trickling_or_endless_object_is_a_dead_letter_naming_the_limit(
+    local_gcp, gcs_slides, tiny_models, tmp_path, monkeypatch, misbehave
+):
+    """A store that answers a slide's reads 200 and then a byte every half second, or a body
+    without end: each request is bounded in total time (``PATHBEAM_IO_TIMEOUT_S``) and in size
+    (what its range can hold), so that slide is a dead letter naming the limit, quickly, and the
+    other slide has its results."""
+    monkeypatch.setenv("PATHBEAM_IO_TIMEOUT_S", "2")
+    rows = {k: gcs_slides[k] for k in ("cmu1", "boxes")}
+    slides = manifest(local_gcp, tmp_path, f"{misbehave}.csv", rows)
+
+    def boxes_reads(method: str, path: str) -> bool:
+        return is_object_read(method, path) and "boxes.tiff" in path
+
+    with FaultProxy(
+        local_gcp.gcs_endpoint, fail_every=1, fault_on=boxes_reads, misbehave=misbehave
+    ) as proxy:
+        route_gcs_through(proxy, monkeypatch)
+        started = time.monotonic()
+        result = run(slide_args(slides, tiny_models["two"], str(tmp_path / "out"), "--no_heatmaps"))
+        elapsed = time.monotonic() - started
+    gcsfs.GCSFileSystem.clear_instance_cache()
+    assert proxy.faults[misbehave] >= 1
+    [error] = read_errors(tmp_path / "out")
+    kind = {"trickle": "RemoteIOError", "endless": "ResponseTooLarge"}[misbehave]
+    assert (error["key"], error["error_type"]) == ("boxes", kind), error
+    if misbehave == "trickle":
+        assert "PATHBEAM_IO_TIMEOUT_S=2" in error["message"], error["message"]
+    else:
+        assert "more than what was asked for" in error["message"], error["message"]
+    assert counters(result)["slides_planned"] == 1  # cmu1 still has its results
+    assert elapsed < 120
+
+
+@pytest.mark.parametrize("misbehave", ["trickle", "endless"])
+def test_a_trickling_or_endless_bigquery_answer_fails_within_the_deadline(
+    local_gcp, tmp_path, monkeypatch, misbehave
+):
+    """google-cloud-bigquery's timeouts bound each socket read, so an answer a byte at a time
+    held a key query (``--skip_existing``) as long as the server liked. Every BigQuery response
+    is now read within ``PATHBEAM_IO_DEADLINE_S`` and a size cap, and the error names them."""
+    from transforms.core.errors import RemoteIOError
+    from transforms.io import bigquery as bigquery_io
+
+    target = BigQueryDataset(local_gcp.project, "keys", local_gcp.bigquery_endpoint)
+    ensure_table(local_gcp.bigquery(), target, SLIDE_SUMMARIES)
+    monkeypatch.setenv("PATHBEAM_IO_DEADLINE_S", "2")
+    monkeypatch.setattr(bigquery_io, "MAX_RESPONSE_BYTES", 1 << 20)
+
+    def queries(method: str, path: str) -> bool:
+        return "/queries" in path or "/jobs" in path
+
+    with FaultProxy(
+        local_gcp.bigquery_endpoint, fail_every=1, fault_on=queries, misbehave=misbehave
+    ) as proxy:
+        through = BigQueryDataset(local_gcp.project, "keys", proxy.endpoint)
+        started = time.monotonic()
+        with pytest.raises(RemoteIOError) as failure:
+            bigquery_io.query_keys(through, SLIDE_SUMMARIES, ("slide_id",))
+        elapsed = time.monotonic() - started
+    assert proxy.faults[misbehave] >= 1
+    expected = "PATHBEAM_IO_DEADLINE_S=2" if misbehave == "trickle" else "more than what was"
+    assert expected in str(failure.value), failure.value
+    assert elapsed < 60
+    assert bigquery_io.query_keys(target, SLIDE_SUMMARIES, ("slide_id",)) == set()

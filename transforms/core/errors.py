@@ -50,6 +50,17 @@ class RemoteIOError(PipelineError):
     """An object-store operation that timed out or lost its connection on every attempt."""
 
 
+class ResponseTooLarge(RemoteIOError):
+    """A response past the bytes its request could need (not retried: the server would send as
+    much again)."""
+
+    def __init__(self, what: str, cap_bytes: int) -> None:
+        super().__init__(
+            f"{what}: the response passed {cap_bytes:,} bytes, more than what was asked for can "
+            "hold; the server sends too much"
+        )
+
+
 class ModelLoadError(PipelineError):
     """A model that cannot be loaded: fatal for the job, raised from ``setup()``."""
 

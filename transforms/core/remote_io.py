@@ -1,10 +1,15 @@
-"""Object-store I/O that cannot hang a worker: a per-request timeout, and retries of transient
-failures (a stalled or reset connection) with backoff before an input becomes a dead letter.
+"""Object-store I/O that cannot hang a worker or fill its memory: every request is bounded in
+total time and in the size of its response, and transient failures (a stalled or reset
+connection, a deadline passed) are retried with backoff before an input becomes a dead letter.
 
 gcsfs already retries HTTP 429/5xx and dropped connections itself; what it cannot see is a
-server that accepts a request and never answers. Every ``gs://`` read gets ``requests_timeout``
-(``PATHBEAM_IO_TIMEOUT_S``, default 60 s), and the operations built on those reads (opening and
-surveying a slide, reading a work unit, copying a model) are retried here.
+server that accepts a request and never answers, answers a byte at a time, or never stops. Every
+``gs://`` request (one range of at most a few MiB) must finish, headers to last byte, within
+``PATHBEAM_IO_TIMEOUT_S`` (default 60 s), and its body is capped by what it asked for
+(``capped_http.CappedResponse``). DICOMweb responses (``requests``, whose timeout bounds each
+socket read) are read by ``read_body`` within ``PATHBEAM_IO_DEADLINE_S`` and a cap. The
+operations built on those reads (opening and surveying a slide, reading a work unit, copying a
+model) are retried here.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import Any, TypeVar
 import fsspec
 
 from transforms.core import progress
-from transforms.core.errors import RemoteIOError
+from transforms.core.errors import RemoteIOError, ResponseTooLarge
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -64,10 +69,7 @@ def read_body(raw: Any, what: str, cap_bytes: int, deadline_s: float | None = No
             return b"".join(parts)
         size += len(chunk)
         if size > cap_bytes:
-            raise RemoteIOError(
-                f"{what}: the response passed {cap_bytes:,} bytes, more than what was asked for "
-                "can hold; the server sends too much"
-            )
+            raise ResponseTooLarge(what, cap_bytes)
         elapsed = time.monotonic() - started
         if elapsed > deadline:
             raise DeadlineExceeded(
@@ -77,11 +79,73 @@ def read_body(raw: Any, what: str, cap_bytes: int, deadline_s: float | None = No
         parts.append(chunk)
 
 
+def bound_session(
+    session: Any,
+    cap_of: Callable[[str], int],
+    on_body: Callable[[bytes], None] | None = None,
+) -> Any:
+    """``session`` (a ``requests.Session``) with every request bounded: ``PATHBEAM_IO_TIMEOUT_S``
+    per socket read unless the caller sets a timeout, the whole body read within
+    ``PATHBEAM_IO_DEADLINE_S`` and at most ``cap_of(url)`` bytes (``read_body``). ``on_body``
+    sees each body read."""
+    send = session.request
+    timeout = io_timeout_s()
+
+    def request(method: str, url: str, **kwargs: Any) -> Any:
+        kwargs["timeout"] = kwargs.get("timeout") or timeout
+        kwargs["stream"] = True  # the body is read here, under a deadline and a size cap
+        response = send(method, url, **kwargs)
+        try:
+            body = read_body(response.raw, f"{method} {_short_url(url)}", cap_of(url))
+        except BaseException:
+            response.close()  # a connection left mid-body cannot be reused
+            raise
+        response.raw.release_conn()  # read to the end: back to the pool, for the next request
+        # requests has no public way to hand a response the body read for it: ``_content`` (with
+        # ``_content_consumed``) is where ``.content``, ``.json()`` and ``iter_content`` read it
+        # from (the DICOMweb and BigQuery tests read through here, so a change in requests
+        # fails them).
+        response._content = body
+        response._content_consumed = True
+        if on_body is not None:
+            on_body(body)
+        return response
+
+    session.request = request
+    return session
+
+
+def _short_url(url: str) -> str:
+    from transforms.core.errors import redact, shorten
+
+    return redact(shorten(url.split("?", 1)[0], 300))
+
+
 def remote_options(uri: str) -> dict[str, Any]:
-    """fsspec options that bound every request to ``uri``'s object store."""
+    """fsspec options that bound every request to ``uri``'s object store in time and size."""
     if uri.startswith(("gs://", "gcs://")):
-        return {"requests_timeout": io_timeout_s()}
+        import aiohttp
+
+        from transforms.core.capped_http import CappedResponse
+
+        # a total per request (each is one range of at most a few MiB); a socket-read timeout
+        # would be an aiohttp ClientError, which gcsfs retries six times with backoff itself
+        return {
+            "requests_timeout": aiohttp.ClientTimeout(total=io_timeout_s()),
+            "session_kwargs": {"response_class": CappedResponse},
+        }
     return {}
+
+
+def filesystem(uri: str) -> tuple[Any, str]:
+    """The fsspec filesystem of ``uri`` with every limit of ``remote_options``, and its path:
+    the one way into an object store, so no read goes unbounded."""
+    return fsspec.core.url_to_fs(uri, **remote_options(uri))
+
+
+def open_uri(uri: str, mode: str = "rb", **kwargs: Any) -> Any:
+    """``fsspec.open`` of ``uri`` with every limit of ``remote_options``."""
+    return fsspec.open(uri, mode, **remote_options(uri), **kwargs)
 
 
 REMOTE_BLOCK_BYTES = 256 << 10
@@ -98,7 +162,7 @@ thrashed between the IFDs and the tiles."""
 
 def open_remote_file(uri: str) -> Any:
     """An fsspec file of ``uri`` read by range, through a block cache sized for tiles."""
-    fs, path = fsspec.core.url_to_fs(uri, **remote_options(uri))
+    fs, path = filesystem(uri)
     return fs.open(
         path,
         "rb",

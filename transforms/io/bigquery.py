@@ -25,7 +25,7 @@ import apache_beam as beam
 
 from transforms.core.errors import ConfigError
 from transforms.core.progress import count
-from transforms.core.remote_io import io_deadline_s, io_timeout_s
+from transforms.core.remote_io import bound_session, io_deadline_s, io_timeout_s, retry_transient
 from transforms.io.schemas import Table, bigquery_schema
 
 log = logging.getLogger(__name__)
@@ -106,17 +106,36 @@ def client(target: BigQueryDataset) -> Any:
     from google.auth.exceptions import DefaultCredentialsError
     from google.cloud import bigquery
 
+    scopes = bigquery.Client.SCOPE
     if target.endpoint is None:
-        return bigquery.Client(project=target.project)
-    try:
-        credentials, _ = google.auth.default()
-    except DefaultCredentialsError:
-        credentials = AnonymousCredentials()
+        credentials, _ = google.auth.default(scopes=scopes)
+        options = None
+    else:
+        try:
+            credentials, _ = google.auth.default(scopes=scopes)
+        except DefaultCredentialsError:
+            credentials = AnonymousCredentials()
+        options = {"api_endpoint": target.endpoint}
     return bigquery.Client(
         project=target.project,
         credentials=credentials,
-        client_options={"api_endpoint": target.endpoint},
+        client_options=options,
+        _http=bounded_http(credentials),
     )
+
+
+def bounded_http(credentials: Any) -> Any:
+    """The authorised HTTP session the client sends through (its documented ``_http``), with
+    every response read within ``PATHBEAM_IO_DEADLINE_S`` and at most ``MAX_RESPONSE_BYTES``
+    (``remote_io.bound_session``): google-cloud-bigquery's own timeouts bound each socket read,
+    which a trickling answer never trips."""
+    from google.auth.transport.requests import AuthorizedSession
+
+    return bound_session(AuthorizedSession(credentials), lambda url: MAX_RESPONSE_BYTES)
+
+
+MAX_RESPONSE_BYTES = 256 << 20
+"""The most one BigQuery API response may hold (a page of rows is a few MB)."""
 
 
 class EndpointClient:
@@ -316,12 +335,16 @@ def query_keys(target: BigQueryDataset, table: Table, columns: tuple[str, ...]) 
 
     bq = client(target)
     names = ", ".join(columns)  # our own column names, never user text
-    try:
-        sql = f"SELECT DISTINCT {names} FROM {target.sql_name(table.name)}"
-        rows = bq.query(sql, timeout=io_timeout_s()).result(timeout=io_deadline_s())
-    except NotFound:
-        return set()
-    return {tuple(row[c] for c in columns) for row in rows}
+    sql = f"SELECT DISTINCT {names} FROM {target.sql_name(table.name)}"
+
+    def keys() -> set[tuple]:
+        try:
+            rows = bq.query(sql, timeout=io_timeout_s()).result(timeout=io_deadline_s())
+        except NotFound:
+            return set()
+        return {tuple(row[c] for c in columns) for row in rows}
+
+    return retry_transient(f"reading the keys of {target.sql_name(table.name)}", keys)
 
 
 def read_table_rows(target: BigQueryDataset, table: str) -> Iterator[dict[str, Any]]:

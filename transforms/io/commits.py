@@ -48,17 +48,16 @@ def _kill_at(point: str) -> None:
 def commit(folder: str, run_id: str, files: Iterable[str]) -> list[str]:
     """Move a run's written ``files`` (under its pending folder) into ``folder``'s tables, all
     or (after a crash, by ``recover``) eventually all; the files' final paths."""
-    import fsspec
 
-    from transforms.core.remote_io import remote_options
+    from transforms.core.remote_io import filesystem
 
     pending = pending_dir(folder, run_id)
-    fs, root = fsspec.core.url_to_fs(pending, **remote_options(pending))
+    fs, root = filesystem(pending)
     base = root.rstrip("/")
     target = base.rsplit("/", 2)[0]  # the results folder, as fs names it
     moves, relatives = [], []
     for path in sorted(set(files)):
-        local = fsspec.core.url_to_fs(path, **remote_options(path))[1]
+        local = filesystem(path)[1]
         if not local.startswith(base + "/"):
             raise ValueError(f"{path} is not under the run's pending folder {pending}")
         relatives.append(local[len(base) + 1 :])
@@ -100,12 +99,11 @@ def _move(fs: Any, src: str, dst: str) -> None:
 def recover(folder: str) -> list[str]:
     """Finish the commits that crashed runs began in ``folder`` (those with a ``_COMMIT``
     marker); the run ids rolled forward. Runs killed before their marker stay invisible."""
-    import fsspec
 
-    from transforms.core.remote_io import remote_options
+    from transforms.core.remote_io import filesystem
 
     root = f"{folder.rstrip('/')}/{PENDING}"
-    fs, path = fsspec.core.url_to_fs(root, **remote_options(root))
+    fs, path = filesystem(root)
     done = []
     for marker in sorted(fs.glob(f"{path.rstrip('/')}/*/{MARKER}")):
         base = marker.rsplit("/", 1)[0]
@@ -118,11 +116,10 @@ def recover(folder: str) -> list[str]:
 
 def discard(folder: str, run_id: str) -> None:
     """Remove what a failed run wrote (it never became visible)."""
-    import fsspec
 
-    from transforms.core.remote_io import remote_options
+    from transforms.core.remote_io import filesystem
 
     pending = pending_dir(folder, run_id)
-    fs, path = fsspec.core.url_to_fs(pending, **remote_options(pending))
+    fs, path = filesystem(pending)
     if fs.exists(path):
         fs.rm(path, recursive=True)

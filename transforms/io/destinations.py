@@ -220,11 +220,10 @@ def existing_keys(dest: Destination, table: Table, columns: tuple[str, ...]) -> 
     """Distinct ``columns`` of the results already in ``dest``'s ``table`` (none: empty)."""
     if dest.bigquery is not None:
         return query_keys(dest.bigquery, table, columns)
-    import fsspec
 
-    from transforms.core.remote_io import read_parquet
+    from transforms.core.remote_io import filesystem, read_parquet
 
-    fs, root = fsspec.core.url_to_fs(f"{dest.folder}/{table.name}")
+    fs, root = filesystem(f"{dest.folder}/{table.name}")
     keys: set[tuple] = set()
     for path in sorted(fs.glob(f"{root}/*.parquet")):
         with fs.open(path, "rb") as f:

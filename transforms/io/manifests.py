@@ -17,11 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
-import fsspec
 from google.api_core.exceptions import GoogleAPIError
 
 from transforms.core.errors import DEAD_LETTER, ManifestError, dead_letter
-from transforms.core.remote_io import remote_options
+from transforms.core.remote_io import filesystem, open_uri
 from transforms.io.bigquery import BigQueryDataset, parse_table
 
 STAGE = "ReadManifest"
@@ -69,7 +68,7 @@ def read_rows(source: ManifestSource | str) -> Iterator[dict[str, Any] | Manifes
         return
     uri = source.uri
     suffix = uri.lower().rsplit(".", 1)[-1]
-    with fsspec.open(uri, "rb") as f:
+    with open_uri(uri, "rb") as f:
         if suffix in ("csv", "tsv", "txt"):
             import pandas as pd
 
@@ -141,7 +140,7 @@ def manifest_columns(source: ManifestSource) -> list[str]:
             raise FileNotFoundError(f"no such BigQuery table: {source.uri}") from exc
         return [field.name for field in table.schema]
     suffix = source.uri.lower().rsplit(".", 1)[-1]
-    fs, path = fsspec.core.url_to_fs(source.uri, **remote_options(source.uri))
+    fs, path = filesystem(source.uri)
     if not fs.exists(path):
         raise FileNotFoundError(f"no such file: {source.uri}")
     with fs.open(path, "rb") as f:

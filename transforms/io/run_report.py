@@ -282,12 +282,11 @@ def render_report(row: dict, dead: dict, sections: dict[str, list], report_dir: 
 
 def write_report(report_dir: str, row: dict, dead: dict, sections: dict[str, list]) -> str:
     """Write ``<report_dir>/index.html``; return its URI."""
-    import fsspec
 
-    from transforms.core.remote_io import remote_options
+    from transforms.core.remote_io import open_uri
 
     page = render_report(row, dead, sections, report_dir)
     uri = f"{report_dir.rstrip('/')}/index.html"
-    with fsspec.open(uri, "w", auto_mkdir=True, encoding="utf-8", **remote_options(uri)) as f:
+    with open_uri(uri, "w", auto_mkdir=True, encoding="utf-8") as f:
         f.write(page)
     return uri

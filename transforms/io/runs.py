@@ -111,11 +111,10 @@ def code_version() -> tuple[str | None, str | None]:
 def weights_sha256(uri: str) -> str:
     """sha256 of a weights file, as ``sha256sum`` prints it; for a folder (a Hugging Face
     model), the sha256 of its files' ``<sha256>  <relative path>`` lines, sorted by path."""
-    import fsspec
 
-    from transforms.core.remote_io import remote_options
+    from transforms.core.remote_io import filesystem
 
-    fs, path = fsspec.core.url_to_fs(uri, **remote_options(uri))
+    fs, path = filesystem(uri)
 
     def of_file(name: str) -> str:
         digest = hashlib.sha256()
@@ -250,15 +249,14 @@ def write_record(dest: Any, row: dict[str, Any]) -> None:
     if dest.bigquery is not None:
         _write_bigquery(dest.bigquery, row)
         return
-    import fsspec
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from transforms.core.remote_io import remote_options
+    from transforms.core.remote_io import open_uri
 
     uri = _folder_file(dest.folder, row["run_id"])
     table = pa.Table.from_pylist([row], schema=arrow_schema(RUNS))
-    with fsspec.open(uri, "wb", auto_mkdir=True, **remote_options(uri)) as f:
+    with open_uri(uri, "wb", auto_mkdir=True) as f:
         pq.write_table(table, f)
 
 
@@ -303,12 +301,11 @@ def read_records(dest: Any, run_id: str | None = None, last: int | None = None) 
     """Run rows at ``dest``, newest first: one run's, or the ``last`` N."""
     if dest.bigquery is not None:
         return _read_bigquery(dest.bigquery, run_id, last)
-    import fsspec
 
-    from transforms.core.remote_io import read_parquet, remote_options
+    from transforms.core.remote_io import filesystem, read_parquet
 
     root = f"{dest.folder.rstrip('/')}/{RUNS.name}"
-    fs, path = fsspec.core.url_to_fs(root, **remote_options(root))
+    fs, path = filesystem(root)
     if run_id:
         names = [f"{path}/{safe_name(run_id)}.parquet"]
     else:
@@ -385,9 +382,7 @@ def claim_run_id(dest: Any, run_id: str) -> None:
     exactly one wins."""
     import datetime as dt
 
-    import fsspec
-
-    from transforms.core.remote_io import remote_options
+    from transforms.core.remote_io import filesystem
 
     uri = _claim_uri(dest, run_id)
     done = [r["status"] for r in read_records(dest, run_id) if r["status"] != "failed"]
@@ -396,7 +391,7 @@ def claim_run_id(dest: Any, run_id: str) -> None:
             f"--run_id {run_id} is already recorded in {dest.describe()} ({done[0]}): "
             "pick another id (a failed run's id may be reused)"
         )
-    fs, path = fsspec.core.url_to_fs(uri, **remote_options(uri))
+    fs, path = filesystem(uri)
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
     try:
         fs.pipe_file(path, dt.datetime.now(dt.UTC).isoformat().encode(), mode="create")
@@ -409,12 +404,11 @@ def claim_run_id(dest: Any, run_id: str) -> None:
 
 def release_run_id(dest: Any, run_id: str) -> None:
     """Give back the claim of a run that failed before its record was written."""
-    import fsspec
 
-    from transforms.core.remote_io import remote_options
+    from transforms.core.remote_io import filesystem
 
     uri = _claim_uri(dest, run_id)
-    fs, path = fsspec.core.url_to_fs(uri, **remote_options(uri))
+    fs, path = filesystem(uri)
     try:
         fs.rm_file(path)
     except FileNotFoundError:

@@ -1,7 +1,9 @@
 """Local copies of remote model files and folders, made once per worker process.
 
-A local path is used as it is; a ``gs://`` (any fsspec) URI is copied into a per-process cache,
-with each request bounded in time and transient failures retried (``core.remote_io``).
+A local path is used as it is; a ``gs://`` (any fsspec) URI is copied into a per-process cache
+by range reads of ``COPY_CHUNK_BYTES``, each bounded in time and size, with transient failures
+retried (``core.remote_io``): a multi-GB weights file is many short requests, never one that
+must finish within a deadline.
 """
 
 from __future__ import annotations
@@ -20,24 +22,27 @@ def _cache_target(uri: str, cache_dir: str | None, suffix: str = "") -> str | No
     return os.path.join(cache_dir, hashlib.sha256(uri.encode()).hexdigest()[:16] + suffix)
 
 
+COPY_CHUNK_BYTES = 8 << 20
+
+
+def _copy_file(fs: object, path: str, target: str) -> None:
+    """Copy ``fs``'s file ``path`` to the local ``target`` by range reads."""
+    with fs.open(path, "rb") as src, open(target, "wb") as dst:  # type: ignore[attr-defined]
+        while chunk := src.read(COPY_CHUNK_BYTES):
+            dst.write(chunk)
+
+
 def local_copy(uri: str, cache_dir: str | None = None) -> str:
     """A local path for a model file: itself if local, else a copy made once per process."""
     path = _cache_target(uri, cache_dir, f"-{os.path.basename(uri)}")
     if path is None:
         return uri.removeprefix("file://")
     if not os.path.exists(path):
-        import fsspec
+        from transforms.core.remote_io import filesystem, retry_transient
 
-        from transforms.core.remote_io import remote_options, retry_transient
-
+        fs, remote = filesystem(uri)
         partial = f"{path}.{os.getpid()}.partial"
-
-        def copy() -> None:
-            with fsspec.open(uri, "rb", **remote_options(uri)) as src, open(partial, "wb") as dst:
-                while chunk := src.read(8 << 20):
-                    dst.write(chunk)
-
-        retry_transient(f"copying {uri}", copy)
+        retry_transient(f"copying {uri}", lambda: _copy_file(fs, remote, partial))
         os.replace(partial, path)
     return path
 
@@ -48,15 +53,19 @@ def local_folder(uri: str, cache_dir: str | None = None) -> str:
     if target is None:
         return uri.removeprefix("file://")
     if not os.path.exists(os.path.join(target, ".complete")):
-        import fsspec
+        from transforms.core.remote_io import filesystem, retry_transient
 
-        from transforms.core.remote_io import remote_options, retry_transient
-
-        fs, path = fsspec.core.url_to_fs(uri, **remote_options(uri))
+        fs, path = filesystem(uri)
+        base = path.rstrip("/")
         partial = f"{target}.{os.getpid()}.partial"
-        retry_transient(
-            f"copying {uri}", lambda: fs.get(path.rstrip("/") + "/", partial, recursive=True)
-        )
+
+        def copy() -> None:
+            for remote in fs.find(base):
+                local = os.path.join(partial, *remote[len(base) + 1 :].split("/"))
+                os.makedirs(os.path.dirname(local), exist_ok=True)
+                _copy_file(fs, remote, local)
+
+        retry_transient(f"copying {uri}", copy)
         open(os.path.join(partial, ".complete"), "w").close()
         try:
             os.replace(partial, target)
@@ -71,11 +80,10 @@ def local_copy_with(uri: str, suffixes: tuple[str, ...], cache_dir: str | None =
     folder = _cache_target(uri, cache_dir)
     if folder is None:
         return uri.removeprefix("file://")
-    import fsspec
 
-    from transforms.core.remote_io import remote_options
+    from transforms.core.remote_io import filesystem
 
-    fs, path = fsspec.core.url_to_fs(uri, **remote_options(uri))
+    fs, path = filesystem(uri)
     os.makedirs(folder, exist_ok=True)
     name = os.path.basename(path)
     for companion in (uri, *(uri + s for s in suffixes if fs.exists(path + s))):

@@ -17,11 +17,10 @@ import logging
 import warnings
 from typing import Any
 
-import fsspec
 import numpy as np
 
 from transforms.core.errors import SlideError, UnsupportedFormatError, shorten
-from transforms.core.remote_io import open_remote_file
+from transforms.core.remote_io import filesystem, open_remote_file
 from transforms.slides.readers import Reader
 from transforms.slides.transfer import Transfer
 
@@ -61,7 +60,7 @@ class _MeteredStream:
 
 def _instance_files(target: str) -> list[str]:
     """The files of one slide: ``target`` itself, or the files directly in a folder."""
-    fs, path = fsspec.core.url_to_fs(target)
+    fs, path = filesystem(target)
     if fs.isdir(path):
         files = sorted(f for f in fs.ls(path, detail=False) if not fs.isdir(f))
         return [fs.unstrip_protocol(f) if "://" in target else f for f in files]

@@ -19,7 +19,7 @@ from typing import Any
 
 from transforms.core import progress
 from transforms.core.errors import SlideError
-from transforms.core.remote_io import ATTEMPTS, io_timeout_s, read_body
+from transforms.core.remote_io import ATTEMPTS, bound_session
 from transforms.slides.dicom import DicomSlideFile
 from transforms.slides.readers import Reader
 from transforms.slides.transfer import Transfer
@@ -109,29 +109,12 @@ def session_for(ref: SeriesRef, transfer: Transfer | None = None) -> Any:
     adapter = HTTPAdapter(max_retries=_retry_policy())
     session.mount("http://", adapter)
     session.mount("https://", adapter)
-    send = session.request
-    timeout = io_timeout_s()
 
-    def request(method: str, url: str, **kwargs: Any) -> Any:
-        kwargs.setdefault("timeout", timeout)
-        kwargs["stream"] = True  # the body is read here, under a deadline and a size cap
-        response = send(method, url, **kwargs)
-        try:
-            body = read_body(response.raw, f"{method} {_short(url)}", response_cap(url, limits))
-        except BaseException:
-            response.close()  # a connection left mid-body cannot be reused
-            raise
-        response.raw.release_conn()  # read to the end: back to the pool, for the next request
-        # requests has no public way to hand a response the body read for it: ``_content`` (with
-        # ``_content_consumed``) is where ``.content``, ``.json()`` and ``iter_content`` read it
-        # from (every DICOMweb test reads through here, so a change in requests fails them).
-        response._content = body
-        response._content_consumed = True
+    def counted(body: bytes) -> None:
         if transfer is not None:
             transfer.add(len(body), requests=1)
-        return response
 
-    session.request = request
+    bound_session(session, lambda url: response_cap(url, limits), counted)
     session.pathbeam_limits = limits
     return session
 
@@ -152,10 +135,6 @@ def response_cap(url: str, limits: dict[str, int]) -> int:
     if frames is None:
         return METADATA_BYTES
     return len(frames[1].split(",")) * (limits["frame_bytes"] + FRAMING_BYTES)
-
-
-def _short(url: str) -> str:
-    return url if len(url) <= 160 else url[:80] + "..." + url[-60:]
 
 
 AS_STORED = 'multipart/related; type="application/octet-stream"; transfer-syntax=*'

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from transforms.core.remote_io import remote_options, retry_transient
+from transforms.core.remote_io import open_uri, retry_transient
 from transforms.io.schemas import file_name
 
 THUMBNAIL_LONG_SIDE_PX = 1024
@@ -159,7 +159,6 @@ def thumbnail_uri(folder: str, slide_id: str) -> str:
 
 def write_image(uri: str, data: bytes) -> None:
     """Write an encoded image to a local or ``gs://`` ``uri``, creating folders as needed."""
-    import fsspec
 
-    with fsspec.open(uri, "wb", auto_mkdir=True, **remote_options(uri)) as f:
+    with open_uri(uri, "wb", auto_mkdir=True) as f:
         f.write(data)

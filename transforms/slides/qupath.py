@@ -72,16 +72,15 @@ class _WriteGeoJson(beam.DoFn):
         self._folder = folder
 
     def process(self, element: tuple[tuple[str, str], Iterable[dict]]) -> Iterator[Any]:
-        import fsspec
 
-        from transforms.core.remote_io import remote_options
+        from transforms.core.remote_io import open_uri
 
         (slide_id, model_name), rows = element
         spec = self._specs[model_name]
         uri = geojson_uri(self._folder, slide_id, model_name)
         try:
             n = 0
-            with fsspec.open(uri, "w", auto_mkdir=True, **remote_options(uri)) as f:
+            with open_uri(uri, "w", auto_mkdir=True) as f:
                 f.write('{"type": "FeatureCollection", "features": [\n')
                 for row in rows:  # streamed: a slide's patches are never held together
                     f.write(("" if n == 0 else ",\n") + json.dumps(feature(row, spec)))

@@ -12,11 +12,10 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Protocol
 
-import fsspec
 import numpy as np
 
 from transforms.core.errors import SlideError, UnsupportedFormatError
-from transforms.core.remote_io import remote_options
+from transforms.core.remote_io import filesystem
 from transforms.slides.geometry import SlideGeometry, choose_level, plausible_mpp
 from transforms.slides.readers import Reader
 
@@ -47,7 +46,7 @@ class Slide(Protocol):
 
 def _head(uri: str) -> bytes | None:
     """The first 132 bytes of the file at ``uri``; None for a folder."""
-    fs, path = fsspec.core.url_to_fs(uri, **remote_options(uri))
+    fs, path = filesystem(uri)
     try:
         with fs.open(path, "rb") as f:
             head = bytes(f.read(132))
