@@ -11,9 +11,7 @@ from http.server import BaseHTTPRequestHandler
 from localgcp.background import BackgroundServer
 
 
-def misbehave(
-    handler: BaseHTTPRequestHandler, kind: str, interval_s: float, max_s: float
-) -> None:
+def misbehave(handler: BaseHTTPRequestHandler, kind: str, interval_s: float, max_s: float) -> None:
     """Answer ``handler``'s request 200 and then, for ``max_s`` at most or until the client
     hangs up: one byte every ``interval_s`` (``trickle``) or 64 KiB chunks without pause
     (``endless``). The declared length is a terabyte."""
