@@ -80,3 +80,24 @@ def test_parquet_read_from_a_python_file_exits_cleanly(tmp_path):
         done = run_python("-c", code)
         assert done.returncode == 0, done.stderr[-500:]
         assert done.stdout.strip() == "200 40 " + "value 199" * 20
+
+
+def test_a_response_may_hold_what_its_range_asks_for_and_no_more():
+    from transforms.core.capped_http import MAX_UNRANGED_BYTES, RANGE_SLACK_BYTES, response_cap
+
+    assert response_cap("bytes=0-262143") == 262144 + RANGE_SLACK_BYTES
+    assert response_cap("bytes=100-199") == 100 + RANGE_SLACK_BYTES
+    assert response_cap("bytes=-4096") == 4096 + RANGE_SLACK_BYTES  # the last 4096 bytes
+    assert response_cap("bytes=5-") == MAX_UNRANGED_BYTES  # to the end: unknown
+    assert response_cap(None) == MAX_UNRANGED_BYTES
+    assert response_cap("bytes=0-9, 20-29") == MAX_UNRANGED_BYTES  # several ranges: not asked
+
+
+def test_gcs_options_bound_each_request_in_total_time_and_size(monkeypatch):
+    from transforms.core.capped_http import CappedResponse
+
+    monkeypatch.setenv(remote_io.TIMEOUT_ENV, "7")
+    options = remote_io.remote_options("gs://bucket/slide.svs")
+    assert options["requests_timeout"].total == 7
+    assert options["session_kwargs"]["response_class"] is CappedResponse
+    assert remote_io.remote_options("/local/slide.svs") == {}
