@@ -23,6 +23,12 @@ from pipelines.flags import COMMON, Group, check_known, is_true, print_beam_help
 from pipelines.gpu import apply_gpu_preset
 from pipelines.options import LOCAL_RUNNER, InferenceOptions
 from pipelines.report import print_submitted
+from transforms.core.environment import (
+    WORKER_LOCK,
+    WORKER_LOCK_ENV,
+    launch_mismatches,
+    worker_lock,
+)
 from transforms.core.errors import ConfigError, PipelineError, printable
 from transforms.core.outcome import Outcome, RunFailedError
 from transforms.core.progress import ProgressLine, ProgressReporter
@@ -84,6 +90,7 @@ def launch(
     dry_run = is_dry_run(options)
     template = options.view_as(GoogleCloudOptions).template_location
     claimed = info is not None and not dry_run and not template
+    check_worker_environment(options)
     if claimed and destination.folder is not None:
         recover(destination.folder)  # finish commits that crashed runs began, before any read
     if claimed:
@@ -119,6 +126,30 @@ def launch(
                 release_run_id(destination, run_id)
             raise RunFailedError(error)
     return result
+
+
+def check_worker_environment(options: PipelineOptions) -> None:
+    """On Dataflow, the workers unpickle what this process pickles: refuse (``ConfigError``,
+    before submitting) a launcher whose Beam or dill differ from the worker
+    image's lock."""
+    runner = str(options.view_as(StandardOptions).runner or "")
+    if runner.removesuffix("Runner").lower() != "dataflow":
+        return
+    lock = worker_lock()
+    if lock is None or not lock.is_file():
+        logging.getLogger(__name__).warning(
+            "cannot check this launcher against the worker image: no %s (set %s)",
+            WORKER_LOCK,
+            WORKER_LOCK_ENV,
+        )
+        return
+    found = launch_mismatches(lock)
+    if found:
+        raise ConfigError(
+            f"--runner {runner}: this launcher cannot build a graph the workers can read: "
+            + "; ".join(found)
+            + f" ({lock}). Install this environment from the same lock (scripts/setup.sh)"
+        )
 
 
 def pipeline_options(argv: list[str], groups: tuple[Group, ...]) -> PipelineOptions:

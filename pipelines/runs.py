@@ -13,7 +13,7 @@ from typing import Any
 from transforms.core.errors import ConfigError, printable_values
 from transforms.io.bigquery import parse_dataset, resolve_endpoint
 from transforms.io.destinations import Destination, destination
-from transforms.io.runs import guard_verdict, image_text, read_records
+from transforms.io.runs import environment_text, guard_verdict, image_text, read_records
 
 
 def _when(value: Any) -> str:
@@ -59,6 +59,7 @@ def show_run(r: dict) -> str:
         f"  code      pathbeam {r.get('package_version')}  commit {r.get('git_commit')}  "
         f"{image_text(r.get('container_image'))}"
     )
+    out.append(f"  env       {environment_text(r.get('environment'))}")
     out.append(f"  where     {r.get('runner')} on {r.get('device')} ({r.get('precision')})")
     for m in r.get("models") or []:
         out.append(

@@ -1,19 +1,28 @@
 #!/usr/bin/env bash
-# Create .venv and install the project with its test tools. Safe to run again: it only
-# reinstalls when pyproject.toml changed. torch==2.13.0 goes first, on its own: that exact pin
-# takes the CPU wheel where one is available, where a looser requirement pulls a CUDA build.
+# Create .venv and install the project with its test tools from the lock, requirements/dev.lock
+# (every package at an exact version, each file checked against its sha256). Safe to run again:
+# it reinstalls only when the lock or pyproject.toml changed. torch is its CPU build
+# (2.13.0+cpu): from /opt/wheels where that file lies, else from PyPI and PyTorch's CPU index.
+# scripts/lock.sh refreshes the locks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+LOCK=requirements/dev.lock
 if [[ ! -x .venv/bin/python ]]; then
   "$PY" -m venv .venv
 fi
 stamp=.venv/.pathbeam-installed
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+want=$(cat pyproject.toml "$LOCK" | sha256sum | cut -d' ' -f1)
 if [[ "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
-  .venv/bin/python -m pip install --quiet --upgrade pip
-  .venv/bin/python -m pip install --quiet "torch==2.13.0"
-  .venv/bin/python -m pip install --quiet -e ".[dev]"
+  extra=()
+  if ! ls /opt/wheels/torch-2.13.0+cpu-*.whl >/dev/null 2>&1; then
+    extra=(--extra-index-url https://download.pytorch.org/whl/cpu)
+  fi
+  .venv/bin/python -m pip install --quiet "pip==26.3"
+  .venv/bin/python -m pip install --quiet --require-hashes --no-deps "${extra[@]}" -r "$LOCK"
+  .venv/bin/python -m pip install --quiet --no-deps -e .
+  .venv/bin/python scripts/locks.py record "$LOCK" >/dev/null
+  .venv/bin/python scripts/locks.py verify "$LOCK"
   echo "$want" > "$stamp"
 fi
 # Debian packages the tests use, installed where apt-get can be used (root, as in CI); elsewhere,

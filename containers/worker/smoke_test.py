@@ -1,6 +1,10 @@
 """In-image smoke test: imports, versions, CUDA visibility, and a tiny model on the device.
 
 docker run --rm --entrypoint python IMAGE /opt/pathbeam/smoke_test.py [--require_gpu]
+    [--launcher_lock requirements/launcher.lock]
+
+The image must be exactly its lock (no package off its pin), and its Beam and dill must be the
+launcher lock's: a job pickled by the launcher is unpickled here.
 """
 
 from __future__ import annotations
@@ -13,7 +17,24 @@ import json
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--require_gpu", action="store_true")
+    parser.add_argument("--launcher_lock", help="the launcher image's lock, to compare with")
     args = parser.parse_args()
+
+    from pathlib import Path
+
+    from transforms.core.environment import (
+        PICKLING_PACKAGES,
+        check_same_pickling,
+        drift,
+        environment,
+        lock_pins,
+    )
+
+    off = drift()
+    assert not off, f"the image is not exactly its lock: {'; '.join(off)}"
+    if args.launcher_lock:
+        pins = lock_pins(Path(args.launcher_lock).read_text())
+        check_same_pickling({name: pins[name] for name in PICKLING_PACKAGES})  # one line
 
     import imagecodecs  # noqa: F401 - JPEG tiles need it
     import onnxruntime
@@ -51,6 +72,7 @@ def main() -> None:
                 "imagecodecs": md.version("imagecodecs"),
                 "onnxruntime": onnxruntime.__version__,
                 "onnx_providers": onnx_providers,
+                "environment": environment(),
             }
         )
     )

@@ -14,7 +14,7 @@ import posixpath
 from typing import Any
 
 from transforms.core.errors import printable
-from transforms.io.runs import guard_verdict, image_text
+from transforms.io.runs import environment_text, guard_verdict, image_text
 
 MAX_ROWS = 2000
 """Rows per table in the report; a larger run says how many more there are (the tables hold
@@ -86,6 +86,7 @@ def _record(row: dict) -> str:
 <dt>outputs</dt><dd>{outputs or "–"}</dd>
 <dt>code</dt><dd>pathbeam {e(row["package_version"])} · commit <code>{e(row["git_commit"])}</code>
 · {e(image_text(row["container_image"]))}</dd>
+<dt>environment</dt><dd>{e(environment_text(row.get("environment")))}</dd>
 <dt>where</dt><dd>{e(row["runner"])} · {e(row["device"])} · {e(row["precision"])}</dd>
 <dt>flags</dt><dd><code>{flags}</code></dd>
 </dl>

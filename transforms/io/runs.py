@@ -19,6 +19,7 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Any
 
+from transforms.core.environment import environment
 from transforms.core.errors import MAX_MESSAGE_CHARS, ConfigError, redact, shorten
 from transforms.core.remote_io import io_deadline_s, io_timeout_s
 from transforms.io.schemas import RUNS, arrow_schema, safe_name
@@ -164,6 +165,7 @@ def record(
         "package_version": info.package_version,
         "git_commit": info.git_commit,
         "container_image": info.container_image,
+        "environment": [{"key": k, "value": v} for k, v in environment().items()],
         "runner": info.runner,
         "device": device,
         "precision": info.precision,
@@ -238,6 +240,23 @@ def guard_verdict(guard: dict) -> str:
 def image_text(image: str | None) -> str:
     """The worker image of a run, as the report and the runs CLI say it."""
     return f"image {image}" if image else "no worker image given (Beam's default, or local)"
+
+
+def environment_text(pairs: list[dict] | None) -> str:
+    """A run's environment, as the report and the runs CLI say it: the lock and its sha256, the
+    digest, the key versions, and any drift from the lock."""
+    if not pairs:
+        return "not recorded (a run made before environments were recorded)"
+    env = {p["key"]: p["value"] for p in pairs}
+    sha = env.get("lock_sha256") or ""
+    said = [f"lock {env.get('lock')}" + (f" (sha256 {sha[:12]})" if sha else "")]
+    said.append(f"digest {(env.get('digest') or '')[:12]}")
+    said += [
+        f"{k} {v}" for k, v in env.items() if k not in ("lock", "lock_sha256", "digest", "drift")
+    ]
+    if env.get("drift"):
+        said.append(f"drift from the lock: {env['drift']}")
+    return " · ".join(said)
 
 
 def _folder_file(folder: str, run_id: str) -> str:

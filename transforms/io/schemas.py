@@ -121,6 +121,15 @@ RUNS = Table(
         Column("package_version", "STRING"),
         Column("git_commit", "STRING"),
         Column("container_image", "STRING"),
+        Column(
+            "environment",
+            "RECORD",
+            "REPEATED",
+            _KEY_VALUE,
+            "where the record was made: the lock that installed it (lock, lock_sha256), the "
+            "digest of every installed package, its drift from the lock, and the versions of "
+            "Python, Beam, torch, transformers, onnxruntime, tiffslide, wsidicom, numpy, pyarrow",
+        ),
         Column("runner", "STRING"),
         Column("device", "STRING", description="cuda or cpu, on the worker that recorded it"),
         Column(

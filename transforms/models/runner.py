@@ -18,6 +18,7 @@ import numpy as np
 from apache_beam.utils.shared import Shared
 
 from transforms.core.bisection import Outcome, SplittingRunner
+from transforms.core.environment import check_same_pickling, pickling_versions
 from transforms.core.errors import ModelOutputError
 from transforms.core.guard import GUARD, guard_row
 
@@ -38,6 +39,7 @@ class ModelRunner(beam.DoFn):
         self._shared = Shared()
         self._model: Any = None
         self._runner: SplittingRunner | None = None
+        self._launcher_env = pickling_versions()  # built in the launcher, checked on workers
 
     def load(self) -> Any:
         """The model, as ``infer`` takes it (a weak-referenceable object, for ``Shared``)."""
@@ -48,6 +50,7 @@ class ModelRunner(beam.DoFn):
         raise NotImplementedError
 
     def setup(self) -> None:
+        check_same_pickling(self._launcher_env)
         self._model = self._shared.acquire(self.load, tag=self._shared_tag)
         self._runner = SplittingRunner(lambda batch: self.infer(self._model, batch), MAX_BATCH)
 
