@@ -279,24 +279,33 @@ def test_hung_reads_time_out_and_are_retried(
     assert elapsed < 120
 
 
-def test_a_slide_that_always_hangs_becomes_a_dead_letter(
-    local_gcp, gcs_slides, tiny_models, tmp_path, monkeypatch
-):
-    monkeypatch.setenv("PATHBEAM_IO_TIMEOUT_S", "1")
+def run_with_faulty_boxes(
+    local_gcp, gcs_slides, tiny_models, tmp_path, monkeypatch, name: str, **fault
+) -> tuple:
+    """Run cmu1 and boxes from GCS, every read of boxes' bytes faulty (``fault``: FaultProxy's
+    ``stall_s`` or ``misbehave``); the result, the seconds it took, the proxy."""
     rows = {k: gcs_slides[k] for k in ("cmu1", "boxes")}
-    slides = manifest(local_gcp, tmp_path, "stuck.csv", rows)
+    slides = manifest(local_gcp, tmp_path, name, rows)
 
     def boxes_reads(method: str, path: str) -> bool:
-        return method == "GET" and "boxes.tiff" in path
+        return is_object_read(method, path) and "boxes.tiff" in path
 
-    with FaultProxy(
-        local_gcp.gcs_endpoint, fail_every=1, fault_on=boxes_reads, stall_s=30
-    ) as proxy:
+    with FaultProxy(local_gcp.gcs_endpoint, fail_every=1, fault_on=boxes_reads, **fault) as proxy:
         route_gcs_through(proxy, monkeypatch)
         started = time.monotonic()
         result = run(slide_args(slides, tiny_models["two"], str(tmp_path / "out"), "--no_heatmaps"))
         elapsed = time.monotonic() - started
     gcsfs.GCSFileSystem.clear_instance_cache()
+    return result, elapsed, proxy
+
+
+def test_a_slide_that_always_hangs_becomes_a_dead_letter(
+    local_gcp, gcs_slides, tiny_models, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("PATHBEAM_IO_TIMEOUT_S", "1")
+    result, elapsed, _ = run_with_faulty_boxes(
+        local_gcp, gcs_slides, tiny_models, tmp_path, monkeypatch, "stuck.csv", stall_s=30
+    )
     errors = read_errors(tmp_path / "out")
     assert [(e["key"], e["stage"], e["error_type"]) for e in errors] == [
         ("boxes", "PlanPatches", "RemoteIOError")
@@ -439,20 +448,9 @@ def test_a_trickling_or_endless_object_is_a_dead_letter_naming_the_limit(
     (what its range can hold), so that slide is a dead letter naming the limit, quickly, and the
     other slide has its results."""
     monkeypatch.setenv("PATHBEAM_IO_TIMEOUT_S", "2")
-    rows = {k: gcs_slides[k] for k in ("cmu1", "boxes")}
-    slides = manifest(local_gcp, tmp_path, f"{misbehave}.csv", rows)
-
-    def boxes_reads(method: str, path: str) -> bool:
-        return is_object_read(method, path) and "boxes.tiff" in path
-
-    with FaultProxy(
-        local_gcp.gcs_endpoint, fail_every=1, fault_on=boxes_reads, misbehave=misbehave
-    ) as proxy:
-        route_gcs_through(proxy, monkeypatch)
-        started = time.monotonic()
-        result = run(slide_args(slides, tiny_models["two"], str(tmp_path / "out"), "--no_heatmaps"))
-        elapsed = time.monotonic() - started
-    gcsfs.GCSFileSystem.clear_instance_cache()
+    result, elapsed, proxy = run_with_faulty_boxes(
+        local_gcp, gcs_slides, tiny_models, tmp_path, monkeypatch, "m.csv", misbehave=misbehave
+    )
     assert proxy.faults[misbehave] >= 1
     [error] = read_errors(tmp_path / "out")
     kind = {"trickle": "RemoteIOError", "endless": "ResponseTooLarge"}[misbehave]
