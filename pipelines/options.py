@@ -31,7 +31,8 @@ from transforms.io.destinations import RUN_ID_PATTERN, Destination, RunStamp, de
 from transforms.io.manifests import ManifestSource, manifest_source
 from transforms.io.runs import ModelInfo, RunInfo, code_version, flag_pairs
 from transforms.models.precision import GuardConfig
-from transforms.models.spec import ModelSpec
+from transforms.models.recipe import apply_recipe, load_recipe
+from transforms.models.spec import ModelSpec, model_format
 from transforms.slides.geometry import PatchingConfig
 from transforms.slides.qupath import MIN_PROB as QUPATH_MIN_PROB
 from transforms.slides.run_model import BatchingConfig
@@ -234,6 +235,7 @@ def patch_geometries(
             base,
             patch_px=model.patch_px or base.patch_px,
             patch_mpp=model.patch_mpp or base.patch_mpp,
+            min_tissue=base.min_tissue if model.min_tissue is None else model.min_tissue,
         )
         if geometry not in geometries:
             geometries.append(geometry)
@@ -242,23 +244,34 @@ def patch_geometries(
 
 
 def model_specs(options: PipelineOptions) -> tuple[ModelSpec, ...]:
-    """The ``--model`` flags and every per-model flag of the table as ``ModelSpec``s."""
+    """The ``--model`` flags as ``ModelSpec``s: each model's recipe (``models/recipe.py``) gives
+    its defaults, and the per-model flags of the table override the fields they name."""
     opts = options.view_as(SlideInferenceOptions)
     common = options.view_as(InferenceOptions)
     uris, fields = _per_model(options, COMMON + SLIDES)
     compiled = set(opts.compile)
     _check_names("--compile", dict.fromkeys(compiled, ""), uris)
+    job = given(patch_px=opts.patch_px, patch_mpp=opts.patch_mpp, min_tissue=opts.min_tissue)
+    specs = []
     with flags_named(MODEL_FIELD_FLAGS):
-        return tuple(
-            ModelSpec(
-                name=name,
-                uri=uri,
-                require_gpu=common.require_gpu,
-                compile=name in compiled,
-                **fields[name],
+        for name, uri in uris.items():
+            recipe = load_recipe(uri, model_format(uri, fields[name].get("model_class")))
+            merged, overrides = apply_recipe(name, recipe, fields[name], job)
+            specs.append(
+                ModelSpec(
+                    name=name,
+                    uri=uri,
+                    require_gpu=common.require_gpu,
+                    compile=name in compiled,
+                    recipe=recipe.uri if recipe else None,
+                    overrides=overrides,
+                    modality=recipe.get("modality", "any") if recipe else "any",
+                    licence=recipe.get("licence") if recipe else None,
+                    citation=recipe.get("citation") if recipe else None,
+                    **merged,
+                )
             )
-            for name, uri in uris.items()
-        )
+    return tuple(specs)
 
 
 def _slide_batching(options: PipelineOptions) -> BatchingConfig:
@@ -320,7 +333,18 @@ def slide_job_config(options: PipelineOptions) -> SlideJobConfig:
             "slides",
             run,
             tuple(
-                ModelInfo(m.name, m.version, m.uri, m.format, m.output_kind, m.precision)
+                ModelInfo(
+                    m.name,
+                    m.version,
+                    m.uri,
+                    m.format,
+                    m.output_kind,
+                    m.precision,
+                    recipe=m.recipe,
+                    overrides="; ".join(m.overrides) or None,
+                    licence=m.licence,
+                    citation=m.citation,
+                )
                 for m in models
             ),
             "patches",

@@ -67,6 +67,12 @@ def show_run(r: dict) -> str:
             f"{m.get('precision')}) "
             f"{m['uri']}  sha256 {m['sha256']}"
         )
+        if m.get("recipe"):
+            out.append(
+                f"  recipe    {m['recipe']}"
+                + (f"  licence {m['licence']}" if m.get("licence") else "")
+                + (f"; overridden: {m['overrides']}" if m.get("overrides") else "")
+            )
     for g in r.get("precision_guard") or []:
         figures = ", ".join(
             f"{name.replace('_', ' ')} {g[name]:.6g}"

@@ -187,6 +187,9 @@ def run(argv: list[str] | None = None) -> PipelineResult:
     options = pipeline_options(list(sys.argv[1:] if argv is None else argv), SLIDES)
     cfg = slide_job_config(options)
     check_slide_inputs(cfg, options)
+    for model in cfg.models:  # said once, at launch; recorded in the runs row too
+        for override in model.overrides:
+            print(f"{model.name}: {override}", file=sys.stderr)
 
     def wire(pipeline: beam.Pipeline) -> None:
         write(build(pipeline, cfg), cfg)

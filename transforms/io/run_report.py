@@ -59,6 +59,19 @@ def _img(uri: str | None, report_dir: str, alt: str) -> str:
     return f'<img class="pic" src="{e(path)}" alt="{e(alt)}" loading="lazy">'
 
 
+def _recipe(model: dict) -> str:
+    """A model's recipe, licence and citation, and the flags that overrode the recipe."""
+    if not model.get("recipe"):
+        return '<span class="muted">none (flags only)</span>'
+    said = [f"<code>{e(model['recipe'])}</code>"]
+    for label in ("licence", "citation"):
+        if model.get(label):
+            said.append(f"{label}: {e(model[label])}")
+    if model.get("overrides"):
+        said.append(f'<span class="failed">overridden: {e(model["overrides"])}</span>')
+    return "<br>".join(said)
+
+
 def _record(row: dict) -> str:
     status = row["status"]
     css = "ok" if status == "succeeded" else "failed"
@@ -66,7 +79,7 @@ def _record(row: dict) -> str:
         f"<tr><td>{e(m['name'])}</td><td>{e(m['version'])}</td><td>{e(m['output_kind'])}</td>"
         f"<td>{e(m['format'])}</td><td>{e(m.get('precision'))}</td>"
         f"<td><code>{e(m['uri'])}</code></td>"
-        f"<td><code>{e(m['sha256'])}</code></td></tr>"
+        f"<td><code>{e(m['sha256'])}</code></td><td>{_recipe(m)}</td></tr>"
         for m in row["models"]
     )
     outputs = ", ".join(f"{e(o['table_name'])}: {o['row_count']:,}" for o in row["outputs"])
@@ -92,7 +105,7 @@ def _record(row: dict) -> str:
 </dl>
 <h2>Models</h2>
 <table><tr><th>name</th><th>version</th><th>output</th><th>format</th><th>precision</th><th>URI</th>
-<th>sha256</th></tr>{models}</table>{_guard(row.get("precision_guard") or [])}"""
+<th>sha256</th><th>recipe</th></tr>{models}</table>{_guard(row.get("precision_guard") or [])}"""
 
 
 def _guard(rows: list[dict]) -> str:

@@ -39,6 +39,12 @@ class ModelInfo:
     output_kind: str
     precision: str
     """As asked (``auto`` included)."""
+    recipe: str | None = None
+    """Where the model's recipe was read."""
+    overrides: str | None = None
+    """The recipe's fields that flags overrode, said."""
+    licence: str | None = None
+    citation: str | None = None
 
 
 @dataclass(frozen=True)
@@ -192,6 +198,10 @@ def record(
                 "format": m.format,
                 "output_kind": m.output_kind,
                 "precision": ran_in(m, guard),
+                "recipe": redact(m.recipe) if m.recipe else None,
+                "overrides": m.overrides,
+                "licence": m.licence,
+                "citation": m.citation,
             }
             for m in info.models
         ],

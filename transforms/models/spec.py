@@ -130,9 +130,19 @@ class ModelSpec(ModelRef):
     """The model's own patch edge (None: the job's ``--patch_px``)."""
     patch_mpp: float | None = None
     """The model's own patch resolution (None: the job's ``--patch_mpp``)."""
+    min_tissue: float | None = None
+    """The smallest tissue fraction of the model's patches (None: the job's ``--min_tissue``)."""
     geometry: int = 0
     """Index of the model's patch geometry among the job's (set when the job is configured):
     models with one geometry share one decoded patch stream."""
+    recipe: str | None = None
+    """Where the model's recipe was read (``models/recipe.py``), if it has one."""
+    overrides: tuple[str, ...] = ()
+    """The recipe's fields a flag overrode, each said (``patch_px 200 overrides ... 320``)."""
+    modality: str = "any"
+    """What the model was made for (the recipe's ``modality``)."""
+    licence: str | None = None
+    citation: str | None = None
 
     def __post_init__(self) -> None:
         if self.model_class is not None and ":" not in self.model_class:
@@ -171,6 +181,8 @@ class ModelSpec(ModelRef):
             raise ConfigError(f"`mean`/`std` of {self.name}: need 3 values each, std > 0")
         if self.activation not in ACTIVATIONS:
             raise ConfigError(f"`activation` of {self.name}: one of {', '.join(ACTIVATIONS)}")
+        if self.min_tissue is not None and not 0.0 <= self.min_tissue <= 1.0:
+            raise ConfigError(f"`min_tissue` of {self.name} must be in [0, 1]")
 
     @property
     def kind(self) -> OutputKind:

@@ -1,0 +1,227 @@
+"""A model's recipe: how to feed it and what its outputs mean, kept beside its weights.
+
+For a file ``x.onnx`` / ``x.pt2`` / ``x.pth`` the recipe is ``x.recipe.json``; in a model folder
+(Hugging Face, ONNX with external data) it is ``recipe.json``. A Hugging Face ``config.json``
+with ``id2label`` gives the class names where there is no recipe. The recipe is checked against
+``recipe.schema.json`` (``python -m pipelines.models schema`` writes it from ``RECIPE_SCHEMA``;
+a test keeps them equal), and an error names the field.
+
+The recipe gives a model's defaults; a ``--model_*`` flag overrides a field only where the user
+gives it, and each override is said at launch and recorded in the runs row
+(``ModelSpec.overrides``).
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from dataclasses import dataclass
+from typing import Any
+
+from transforms.core.errors import ConfigError
+from transforms.models.kinds import OUTPUT_KINDS
+
+SCHEMA_ID = "https://pathbeam.dev/schemas/recipe-1.json"
+MODALITIES = ("brightfield_he", "brightfield_ihc", "fluorescence", "any")
+"""What a model was made for: H&E or IHC brightfield, fluorescence, or any slide."""
+RECIPE_FILE = "recipe.json"
+RECIPE_SUFFIX = ".recipe.json"
+
+_THREE = {"type": "array", "items": {"type": "number"}, "minItems": 3, "maxItems": 3}
+_NAMES = {"type": "array", "items": {"type": "string", "minLength": 1}, "uniqueItems": True}
+
+
+def recipe_schema() -> dict[str, Any]:
+    """The JSON Schema of a recipe; enumerations from the code's own lists."""
+    from transforms.models.spec import ACTIVATIONS, INPUTS, PATCH_PX_RANGE
+
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": SCHEMA_ID,
+        "title": "pathbeam model recipe",
+        "description": "How to feed a model and what its outputs mean, kept beside its weights.",
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "$schema": {"type": "string"},
+            "description": {"type": "string"},
+            "output_kind": {"enum": list(OUTPUT_KINDS)},
+            "activation": {"enum": list(ACTIVATIONS)},
+            "class_names": _NAMES,
+            "class_colours": {
+                "type": "array",
+                "items": {"type": "string", "pattern": "^#[0-9a-fA-F]{6}$"},
+                "description": "one #rrggbb per class, for pictures",
+            },
+            "input": {"enum": list(INPUTS), "description": "rgb, or eho stain channels"},
+            "mean": {**_THREE, "description": "per-channel mean, inputs scaled to 0..1"},
+            "std": {**_THREE, "description": "per-channel std, inputs scaled to 0..1"},
+            "patch_px": {
+                "type": "integer",
+                "minimum": PATCH_PX_RANGE[0],
+                "maximum": PATCH_PX_RANGE[1],
+            },
+            "patch_mpp": {"type": "number", "exclusiveMinimum": 0, "maximum": 1000},
+            "mpp_tolerance": {
+                "type": "number",
+                "minimum": 0,
+                "maximum": 1,
+                "description": "how far (a fraction) a slide's mpp may be from patch_mpp",
+            },
+            "min_tissue": {"type": "number", "minimum": 0, "maximum": 1},
+            "embedding_key": {"type": "string", "minLength": 1},
+            "embedding_size": {"type": "integer", "minimum": 1},
+            "modality": {"enum": list(MODALITIES)},
+            "licence": {"type": "string"},
+            "citation": {"type": "string"},
+        },
+    }
+
+
+SPEC_FIELDS = (
+    "output_kind",
+    "activation",
+    "class_names",
+    "input",
+    "mean",
+    "std",
+    "patch_px",
+    "patch_mpp",
+    "min_tissue",
+    "embedding_key",
+)
+"""Recipe fields that are ``ModelSpec`` fields (and so may be set by a flag too)."""
+
+
+@dataclass(frozen=True)
+class Recipe:
+    uri: str
+    """Where it was read (a recipe file, or a config.json it was derived from)."""
+    values: dict[str, Any]
+
+    def spec_fields(self) -> dict[str, Any]:
+        """The recipe's ``ModelSpec`` fields (lists as tuples)."""
+        return {
+            k: tuple(v) if isinstance(v, list) else v
+            for k, v in self.values.items()
+            if k in SPEC_FIELDS
+        }
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.values.get(key, default)
+
+
+def recipe_uri(model_uri: str, model_format: str) -> str:
+    """Where ``model_uri``'s recipe is: beside a file, or inside a folder."""
+    path = model_uri.rstrip("/")
+    if model_format == "huggingface":
+        return f"{path}/{RECIPE_FILE}"
+    stem, ext = posixpath.splitext(path)
+    return f"{stem if ext else path}{RECIPE_SUFFIX}"
+
+
+def check_recipe(values: Any, where: str) -> dict[str, Any]:
+    """``values`` if it is a valid recipe; ``ConfigError`` naming the field otherwise."""
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(recipe_schema())
+    errors = sorted(validator.iter_errors(values), key=lambda e: list(e.absolute_path))
+    if errors:
+        first = errors[0]
+        field = ".".join(str(p) for p in first.absolute_path)
+        if first.validator == "additionalProperties":
+            unknown = sorted(set(values) - set(recipe_schema()["properties"]))
+            raise ConfigError(
+                f"recipe {where}: unknown field {', '.join(map(repr, unknown))} (see "
+                "transforms/models/recipe.schema.json)"
+            )
+        raise ConfigError(f"recipe {where}: `{field or '(the recipe)'}` {first.message}")
+    names, colours = values.get("class_names"), values.get("class_colours")
+    if names is not None and colours is not None and len(names) != len(colours):
+        raise ConfigError(
+            f"recipe {where}: `class_colours` has {len(colours)} colours for {len(names)} classes"
+        )
+    return values
+
+
+def _read_json(uri: str) -> Any | None:
+    """The JSON at ``uri``, or None if there is no such file; ``ConfigError`` if unreadable."""
+    from transforms.core.remote_io import filesystem
+
+    fs, path = filesystem(uri)
+    if not fs.exists(path):
+        return None
+    try:
+        with fs.open(path, "rb") as f:
+            return json.loads(f.read())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"recipe {uri}: not valid JSON ({exc})") from None
+
+
+def load_recipe(model_uri: str, model_format: str) -> Recipe | None:
+    """The recipe of the model at ``model_uri``: its recipe file, else what a Hugging Face
+    ``config.json`` says (``id2label`` as class names), else None."""
+    where = recipe_uri(model_uri, model_format)
+    values = _read_json(where)
+    if values is not None:
+        return Recipe(where, check_recipe(values, where))
+    if model_format == "huggingface":
+        config_uri = f"{model_uri.rstrip('/')}/config.json"
+        config = _read_json(config_uri)
+        labels = (config or {}).get("id2label") or {}
+        if labels and not all(str(v).startswith("LABEL_") for v in labels.values()):
+            names = [str(labels[k]) for k in sorted(labels, key=int)]
+            return Recipe(config_uri, {"class_names": names})
+    return None
+
+
+JOB_FIELDS = ("patch_px", "patch_mpp", "min_tissue")
+"""Recipe fields a job-wide flag (``--patch_px``...) also gives, for every model at once."""
+
+
+def apply_recipe(
+    name: str, recipe: Recipe | None, flagged: dict[str, Any], job: dict[str, Any]
+) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """A model's spec fields: the recipe's, with the flags the user gave on top (its own
+    per-model flags first, then the job-wide ones of ``JOB_FIELDS`` that the recipe sets); and
+    each override said as ``patch_px 200 overrides the recipe's 320``. Without a recipe, the
+    per-model flags alone (the job's geometry applies as it is)."""
+    if recipe is None:
+        return dict(flagged), ()
+    base = recipe.spec_fields()
+    asked = {**{k: v for k, v in job.items() if k in base}, **flagged}
+    _refuse_contradictions(name, recipe, base, asked)
+    overrides = tuple(
+        f"{field} {_said(value)} overrides the recipe's {_said(base[field])}"
+        for field, value in asked.items()
+        if field in base and _same(value) != _same(base[field])
+    )
+    return {**base, **asked}, overrides
+
+
+def _refuse_contradictions(
+    name: str, recipe: Recipe, base: dict[str, Any], asked: dict[str, Any]
+) -> None:
+    """Flags that cannot work with what the recipe says the model is: ``ConfigError``."""
+    kind = asked.get("output_kind")
+    if kind is not None and "output_kind" in base and kind != base["output_kind"]:
+        raise ConfigError(
+            f"`output_kind` {name}={kind}: the recipe ({recipe.uri}) says the model gives "
+            f"{base['output_kind']} outputs; correct the recipe if the model changed"
+        )
+    names, known = asked.get("class_names"), base.get("class_names")
+    if names is not None and known is not None and len(names) != len(known):
+        raise ConfigError(
+            f"`class_names` {name}= gives {len(names)} names ({', '.join(names)}), but the "
+            f"model has {len(known)} classes ({', '.join(known)}: its recipe, {recipe.uri})"
+        )
+
+
+def _same(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list | tuple) else value
+
+
+def _said(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return ",".join(str(v) for v in value)
+    return str(value)
