@@ -27,6 +27,7 @@ from transforms.models.precision import PRECISIONS, GuardConfig
 from transforms.models.spec import (
     ACTIVATIONS,
     INPUTS,
+    MODALITIES,
     MODEL_NAME_PATTERN,
     ModelSpec,
     check_model_name,
@@ -475,6 +476,16 @@ SLIDES: tuple[Group, ...] = (
                 label="Model input",
                 choices=INPUTS,
                 field="input",
+            ),
+            Flag(
+                "allow_modality",
+                "NAME=MODALITY: the slides a model runs on, over its recipe's modality (any: "
+                "every slide; a slide of another kind is a dead letter for that model only)",
+                metavar="NAME=MODALITY",
+                repeat=True,
+                label="Model modality",
+                choices=MODALITIES,
+                field="modality",
             ),
             Flag(
                 "class_names",

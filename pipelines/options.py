@@ -265,9 +265,6 @@ def model_specs(options: PipelineOptions) -> tuple[ModelSpec, ...]:
                     compile=name in compiled,
                     recipe=recipe.uri if recipe else None,
                     overrides=overrides,
-                    modality=recipe.get("modality", "any") if recipe else "any",
-                    licence=recipe.get("licence") if recipe else None,
-                    citation=recipe.get("citation") if recipe else None,
                     **merged,
                 )
             )

@@ -61,6 +61,11 @@ class ResponseTooLarge(RemoteIOError):
         )
 
 
+class ModalityMismatch(PipelineError):
+    """A slide of another kind (fluorescence, brightfield) than its model's recipe takes: a
+    dead letter for that model only."""
+
+
 class ModelLoadError(PipelineError):
     """A model that cannot be loaded: fatal for the job, raised from ``setup()``."""
 

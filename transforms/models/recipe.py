@@ -20,10 +20,37 @@ from typing import Any
 
 from transforms.core.errors import ConfigError
 from transforms.models.kinds import OUTPUT_KINDS
+from transforms.models.spec import ACTIVATIONS, INPUTS, MODALITIES, PATCH_PX_RANGE
 
 SCHEMA_ID = "https://pathbeam.dev/schemas/recipe-1.json"
-MODALITIES = ("brightfield_he", "brightfield_ihc", "fluorescence", "any")
-"""What a model was made for: H&E or IHC brightfield, fluorescence, or any slide."""
+_SLIDE_METHOD = {
+    "brightfield_he": "brightfield",
+    "brightfield_ihc": "brightfield",
+    "fluorescence": "fluorescence",
+}
+"""The slide kind (the survey's tissue method) each modality takes. The survey tells
+brightfield from fluorescence, not H&E from IHC: both brightfield modalities take any
+brightfield slide."""
+
+
+def modality_refuses(modality: str, slide_method: str | None) -> bool:
+    """Whether a model made for ``modality`` must not run on a slide the survey found to be
+    ``slide_method`` (``brightfield`` or ``fluorescence``; None: not known, so not refused)."""
+    wanted = _SLIDE_METHOD.get(modality)
+    return wanted is not None and slide_method is not None and slide_method != wanted
+
+
+def modality_refusal(name: str, modality: str, slide_id: str, slide_method: str) -> str:
+    """The dead letter's message for a slide a model refuses."""
+    words = modality.replace("brightfield_he", "brightfield H&E").replace(
+        "brightfield_ihc", "brightfield IHC"
+    )
+    return (
+        f"model {name!r} expects {words} slides; slide {slide_id!r} is {slide_method} "
+        f"(--allow_modality {name}=any runs it anyway)"
+    )
+
+
 RECIPE_FILE = "recipe.json"
 RECIPE_SUFFIX = ".recipe.json"
 
@@ -33,8 +60,6 @@ _NAMES = {"type": "array", "items": {"type": "string", "minLength": 1}, "uniqueI
 
 def recipe_schema() -> dict[str, Any]:
     """The JSON Schema of a recipe; enumerations from the code's own lists."""
-    from transforms.models.spec import ACTIVATIONS, INPUTS, PATCH_PX_RANGE
-
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": SCHEMA_ID,
@@ -89,8 +114,11 @@ SPEC_FIELDS = (
     "patch_mpp",
     "min_tissue",
     "embedding_key",
+    "modality",
+    "licence",
+    "citation",
 )
-"""Recipe fields that are ``ModelSpec`` fields (and so may be set by a flag too)."""
+"""Recipe fields that are ``ModelSpec`` fields (most may be set by a flag too)."""
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,9 @@ INPUTS = ("rgb", "eho")
 """What a model is handed: the patch's RGB, or EHO stain channels (eosin, hematoxylin, optical
 density; ``slides/stains.py``) scaled by its slide's stain basis."""
 FORMATS = ("pt2", "state_dict", "onnx", "huggingface")
+MODALITIES = ("brightfield_he", "brightfield_ihc", "fluorescence", "any")
+"""What a model was made for (its recipe's ``modality``): H&E or IHC brightfield,
+fluorescence, or any slide (``recipe.modality_refuses``)."""
 _WEIGHT_FILES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
 
 
@@ -181,6 +184,8 @@ class ModelSpec(ModelRef):
             raise ConfigError(f"`mean`/`std` of {self.name}: need 3 values each, std > 0")
         if self.activation not in ACTIVATIONS:
             raise ConfigError(f"`activation` of {self.name}: one of {', '.join(ACTIVATIONS)}")
+        if self.modality not in MODALITIES:
+            raise ConfigError(f"`modality` of {self.name}: one of {', '.join(MODALITIES)}")
         if self.min_tissue is not None and not 0.0 <= self.min_tissue <= 1.0:
             raise ConfigError(f"`min_tissue` of {self.name} must be in [0, 1]")
 

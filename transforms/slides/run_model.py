@@ -20,6 +20,7 @@ import apache_beam as beam
 from transforms.core import progress
 from transforms.core.errors import DEAD_LETTER, ConfigError, dead_letter
 from transforms.core.guard import GUARD
+from transforms.models.recipe import modality_refuses
 from transforms.models.runner import MAX_BATCH, ModelRunner
 from transforms.models.spec import ModelSpec
 
@@ -76,6 +77,15 @@ def _patch_input(patch: Any, spec: ModelSpec) -> dict:
         "model_name": spec.name,
         "model_version": spec.version,
     }
+
+
+def _its_modality(patch: Any, modality: str) -> bool:
+    """Whether ``patch``'s slide is of the kind a model of ``modality`` takes."""
+    method = patch.appearance.tissue.method if patch.appearance is not None else None
+    if modality_refuses(modality, method):
+        progress.count("patches_refused_modality")
+        return False
+    return True
 
 
 class _RunPatchModel(ModelRunner):
@@ -147,6 +157,8 @@ class RunModel(beam.PTransform):
         self._guard = guard
 
     def expand(self, patches: beam.PCollection) -> dict[str, beam.PCollection]:
+        if self._spec.modality != "any":  # its slides' dead letters come with their summaries
+            patches = patches | "OnlyItsModality" >> beam.Filter(_its_modality, self._spec.modality)
         out = (
             patches
             | "Batch"

@@ -18,8 +18,9 @@ import apache_beam as beam
 import numpy as np
 
 from transforms.core import progress
-from transforms.core.errors import DEAD_LETTER, dead_letter, redact
+from transforms.core.errors import DEAD_LETTER, ModalityMismatch, dead_letter, redact
 from transforms.io.schemas import metadata_record
+from transforms.models.recipe import modality_refusal, modality_refuses
 from transforms.models.spec import ModelSpec
 from transforms.slides.heatmaps import slide_thumbnail
 
@@ -226,6 +227,20 @@ class _SummarizeSlide(beam.DoFn):
             except Exception as exc:  # noqa: BLE001 - the summary rows still go out
                 yield self._failed(slide_id, "thumbnail", exc)
         for spec in self._specs:
+            if modality_refuses(spec.modality, info["tissue_method"]):
+                message = modality_refusal(
+                    spec.name, spec.modality, slide_id, info["tissue_method"]
+                )
+                yield beam.pvalue.TaggedOutput(
+                    DEAD_LETTER,
+                    dead_letter(
+                        f"CheckModality/{spec.name}",
+                        slide_id,
+                        ModalityMismatch(message),
+                        {"slide_id": slide_id, "model_name": spec.name},
+                    ),
+                )
+                continue
             stats = by_model.get(spec.name, SlideStats())
             heatmap_uri = None
             if thumb and spec.kind.picture in self._picture_dirs and stats.sums is not None:
