@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 
 import numpy as np
@@ -102,6 +103,21 @@ def export(net, path: str) -> None:  # noqa: ANN001
     torch.export.save(program, path)
 
 
+RECIPE = {
+    "description": "pathbeam's demo tumour classifier, trained on the synthetic slides",
+    "output_kind": "classification",
+    "activation": "softmax",
+    "class_names": ["normal", "tumour"],
+    "patch_px": PATCH_PX,
+    "patch_mpp": 0.5,
+    "min_tissue": 0.5,
+    "modality": "brightfield_he",
+    "licence": "Apache-2.0 (pathbeam)",
+}
+"""How to feed the demo model (transforms/models/recipe.py): it was trained on 224 px H&E-like
+patches at 0.5 um/px."""
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="demo_data")
@@ -119,7 +135,12 @@ def main(argv: list[str] | None = None) -> None:
         writer.writeheader()
         writer.writerows(rows)
     export(train(first), os.path.join(args.out, "models", "tumor.pt2"))
-    print(f"demo data in {args.out}/: {len(rows)} slides, slides.csv, models/tumor.pt2")
+    with open(os.path.join(args.out, "models", "tumor.recipe.json"), "w") as f:
+        json.dump(RECIPE, f, indent=2)
+    print(
+        f"demo data in {args.out}/: {len(rows)} slides, slides.csv, models/tumor.pt2 and its "
+        "recipe, models/tumor.recipe.json"
+    )
 
 
 if __name__ == "__main__":

@@ -5,13 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 source scripts/env.sh
-if [[ ! -f demo_data/models/tumor.pt2 ]]; then
+if [[ ! -f demo_data/models/tumor.recipe.json ]]; then
   .venv/bin/python -m demo.make_demo --out demo_data
 fi
 .venv/bin/python -m pipelines.slide_inference \
   --slides demo_data/slides.csv \
   --model tumor=demo_data/models/tumor.pt2 --model_version tumor=demo-1 \
-  --class_names tumor=normal,tumour \
-  --patch_px 224 --patch_mpp 0.5 --min_tissue 0.5 \
   --group_by case_id \
   --output results "$@"
