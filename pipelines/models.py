@@ -7,7 +7,7 @@
 
 ``init`` takes the slide pipeline's per-model flags, with or without ``NAME=`` (``--model_output
 shell=segmentation`` or ``--model_output segmentation``), the job flags a recipe also holds
-(``--patch_px``, ``--patch_mpp``, ``--min_tissue``) and ``--modality``, ``--mpp_tolerance``,
+(``--patch_px``, ``--patch_mpp``, ``--min_tissue``) and ``--modality``,
 ``--embedding_size``, ``--licence``, ``--citation``, ``--description``.
 Exit codes: 0 done; 1 the model does not do what its recipe says; 2 a bad recipe or flag.
 """
@@ -40,7 +40,6 @@ _INIT_FLAGS: dict[str, tuple[tuple[str, ...], Any]] = {
     "patch_px": (("--patch_px", "--model_patch_px"), int),
     "patch_mpp": (("--patch_mpp", "--model_mpp"), float),
     "min_tissue": (("--min_tissue",), float),
-    "mpp_tolerance": (("--mpp_tolerance",), float),
     "embedding_key": (("--embedding_key",), str),
     "embedding_size": (("--embedding_size",), int),
     "modality": (("--modality",), str),

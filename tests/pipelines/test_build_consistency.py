@@ -174,8 +174,12 @@ def test_readme_flag_reference_is_the_flag_table():
 
 
 def test_the_demo_names_its_classes():
-    """The demo's heatmap legend read "P(class 1)": every demo model gets its class names."""
+    """The demo's heatmap legend read "P(class 1)": the demo model's recipe, which make_demo
+    writes beside it, names its classes (a valid recipe), and demo.sh runs that model."""
+    from demo.make_demo import RECIPE
+    from transforms.models.recipe import check_recipe
+
     demo = (REPO / "scripts" / "demo.sh").read_text()
-    models = re.findall(r"--model (\w+)=", demo)
-    named = re.findall(r"--class_names (\w+)=\w+,\w+", demo)
-    assert models and sorted(models) == sorted(named)
+    assert re.findall(r"--model (\w+)=demo_data/models/tumor.pt2", demo) == ["tumor"]
+    assert "tumor.recipe.json" in demo  # made again when missing
+    assert check_recipe(dict(RECIPE), "demo")["class_names"] == ["normal", "tumour"]

@@ -87,12 +87,6 @@ def recipe_schema() -> dict[str, Any]:
                 "maximum": PATCH_PX_RANGE[1],
             },
             "patch_mpp": {"type": "number", "exclusiveMinimum": 0, "maximum": 1000},
-            "mpp_tolerance": {
-                "type": "number",
-                "minimum": 0,
-                "maximum": 1,
-                "description": "how far (a fraction) a slide's mpp may be from patch_mpp",
-            },
             "min_tissue": {"type": "number", "minimum": 0, "maximum": 1},
             "embedding_key": {"type": "string", "minLength": 1},
             "embedding_size": {"type": "integer", "minimum": 1},
