@@ -116,3 +116,23 @@ def test_heatmap_png_paints_probabilities_over_the_thumbnail():
     np.testing.assert_allclose(image[25, 25], (240 + red) / 2, atol=2)
     np.testing.assert_allclose(image[75, 175], (240 + blue) / 2, atol=2)
     assert (image[25, 100] == 240).all()  # unpainted cells leave the thumbnail as it was
+
+
+def test_a_class_map_takes_its_recipes_colours():
+    from transforms.slides.heatmaps import PALETTE, overlay_rgba, palette_of
+
+    probs = np.zeros((2, 3, 3), np.float32)
+    probs[0, :, 0] = probs[1, :, 2] = 1.0  # top row class 0, bottom row class 2
+    painted = np.ones((2, 3), bool)
+    colours = ("#ff0000", "#00ff00", "#0000ff")
+    rgba = overlay_rgba(probs, painted, class_map=True, palette=palette_of(colours))
+    assert rgba[0, 0, :3].tolist() == [255, 0, 0] and rgba[1, 2, :3].tolist() == [0, 0, 255]
+    assert palette_of(()) is PALETTE  # no recipe colours: the pictures' palette
+    with pytest.raises(Exception, match="3 names for 2 colours"):
+        ModelSpec(
+            "m",
+            "m.pt2",
+            output_kind="segmentation",
+            class_names=("a", "b", "c"),
+            class_colours=("#ff0000", "#00ff00"),
+        )

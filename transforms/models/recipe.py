@@ -101,6 +101,7 @@ SPEC_FIELDS = (
     "output_kind",
     "activation",
     "class_names",
+    "class_colours",
     "input",
     "mean",
     "std",

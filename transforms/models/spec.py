@@ -125,6 +125,8 @@ class ModelSpec(ModelRef):
     activation: str = "softmax"
     output_kind: str = "classification"
     class_names: tuple[str, ...] = ()
+    class_colours: tuple[str, ...] = ()
+    """``#rrggbb`` per class for class maps (its recipe's), else the pictures' palette."""
     embedding_key: str = "auto"
     input: str = "rgb"
     compile: bool = False
@@ -184,6 +186,11 @@ class ModelSpec(ModelRef):
             raise ConfigError(f"`mean`/`std` of {self.name}: need 3 values each, std > 0")
         if self.activation not in ACTIVATIONS:
             raise ConfigError(f"`activation` of {self.name}: one of {', '.join(ACTIVATIONS)}")
+        if self.class_colours and len(self.class_colours) != len(self.class_names):
+            raise ConfigError(
+                f"`class_names` of {self.name}: {len(self.class_names)} names for "
+                f"{len(self.class_colours)} colours (its recipe's class_colours)"
+            )
         if self.modality not in MODALITIES:
             raise ConfigError(f"`modality` of {self.name}: one of {', '.join(MODALITIES)}")
         if self.min_tissue is not None and not 0.0 <= self.min_tissue <= 1.0:

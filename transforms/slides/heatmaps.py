@@ -9,6 +9,7 @@ map (segmentation): each cell in the colour of the class with most pixels, whate
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -56,11 +57,23 @@ def colour_scale(values: np.ndarray) -> np.ndarray:
     return _SCALE[lo] * (1 - frac) + _SCALE[lo + 1] * frac
 
 
-def overlay_rgba(probs: np.ndarray, painted: np.ndarray, class_map: bool = False) -> np.ndarray:
+def palette_of(colours: Sequence[str] = ()) -> np.ndarray:
+    """The class colours of a picture: a recipe's ``#rrggbb`` ones, else ``PALETTE``."""
+    if not colours:
+        return PALETTE
+    return np.array([[int(c[i : i + 2], 16) for i in (1, 3, 5)] for c in colours], np.float32)
+
+
+def overlay_rgba(
+    probs: np.ndarray,
+    painted: np.ndarray,
+    class_map: bool = False,
+    palette: np.ndarray = PALETTE,
+) -> np.ndarray:
     """An ``H x W x 4`` uint8 overlay of a probability raster ``H x W x C``, clear where unpainted.
 
     Two classes (or one): the last class's probability on the colour scale. More, or a class map:
-    the top class's palette colour, more opaque where the model is surer.
+    the top class's ``palette`` colour, more opaque where the model is surer.
     """
     h, w, n_classes = probs.shape
     rgba = np.zeros((h, w, 4), np.uint8)
@@ -69,7 +82,7 @@ def overlay_rgba(probs: np.ndarray, painted: np.ndarray, class_map: bool = False
         rgba[..., 3] = np.where(painted, 128, 0)
     else:
         top = probs.argmax(axis=2)
-        rgba[..., :3] = PALETTE[top % len(PALETTE)].astype(np.uint8)
+        rgba[..., :3] = palette[top % len(palette)].astype(np.uint8)
         confidence = np.take_along_axis(probs, top[..., None], axis=2)[..., 0]
         rgba[..., 3] = np.where(painted, (64 + 128 * confidence).round(), 0).astype(np.uint8)
     return rgba
@@ -84,6 +97,7 @@ def render_heatmap(
     title: str,
     class_names: list[str] | None = None,
     class_map: bool = False,
+    colours: Sequence[str] = (),
 ) -> bytes:
     """A PNG of a probability raster (cells of ``cell_px`` level-0 pixels) over the thumbnail.
 
@@ -96,7 +110,8 @@ def render_heatmap(
     base = Image.fromarray(thumb).convert("RGBA")
     scale = cell_px / thumb_downsample
     size = (max(1, round(probs.shape[1] * scale)), max(1, round(probs.shape[0] * scale)))
-    overlay = Image.fromarray(overlay_rgba(probs, painted, class_map))
+    palette = palette_of(colours)
+    overlay = Image.fromarray(overlay_rgba(probs, painted, class_map, palette))
     overlay = overlay.resize(size, Image.Resampling.NEAREST)
     layer = Image.new("RGBA", (w, h), (0, 0, 0, 0))
     layer.paste(overlay.crop((0, 0, min(size[0], w), min(size[1], h))), (0, 0))
@@ -104,14 +119,20 @@ def render_heatmap(
     canvas = Image.new("RGB", (max(w, 320), h + _LEGEND_PX), "white")
     canvas.paste(blended, (0, 0))
     names = class_names or [f"class {c}" for c in range(probs.shape[2])]
-    _draw_legend(ImageDraw.Draw(canvas), h, canvas.width, names, title, class_map)
+    _draw_legend(ImageDraw.Draw(canvas), h, canvas.width, names, title, class_map, palette)
     buf = io.BytesIO()
     canvas.save(buf, format="PNG")
     return buf.getvalue()
 
 
 def _draw_legend(
-    draw: Any, top: int, width: int, names: list[str], title: str, class_map: bool
+    draw: Any,
+    top: int,
+    width: int,
+    names: list[str],
+    title: str,
+    class_map: bool,
+    palette: np.ndarray,
 ) -> None:
     black = (0, 0, 0)
     draw.text((6, top + 4), title[:120], fill=black)
@@ -124,8 +145,8 @@ def _draw_legend(
         draw.text((36 + bar_w, bar_top), f"1  P({names[-1]})", fill=black)
         return
     x = 6
-    for c, name in enumerate(names[: len(PALETTE)]):
-        draw.rectangle([x, bar_top, x + 12, bar_top + 12], fill=tuple(int(v) for v in PALETTE[c]))
+    for c, name in enumerate(names[: len(palette)]):
+        draw.rectangle([x, bar_top, x + 12, bar_top + 12], fill=tuple(int(v) for v in palette[c]))
         draw.text((x + 16, bar_top), name, fill=black)
         x += 16 + int(draw.textlength(name)) + 14
 

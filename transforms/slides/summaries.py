@@ -291,6 +291,7 @@ class _SummarizeSlide(beam.DoFn):
             title,
             [spec.class_name(c) for c in range(n_classes)],
             class_map=spec.kind.class_map,
+            colours=spec.class_colours,
         )
         assert spec.kind.picture is not None
         uri = heatmap_uri(self._picture_dirs[spec.kind.picture], info["slide_id"], spec.name)
