@@ -223,3 +223,20 @@ def test_the_report_in_a_real_browser(slide_run, tmp_path):
     # The folder can be copied: images are referenced by relative paths.
     sources = re.findall(r'<img[^>]* src="([^"]+)"', page.read_text())
     assert sources and all(src.startswith("../../") for src in sources), sources
+
+
+def test_of_two_claims_in_the_same_instant_exactly_one_wins(tmp_path, monkeypatch):
+    """fsspec's local ``pipe_file(mode="create")`` checks, then writes: two launches in the same
+    instant both passed the check and both ran (seen in the suite). Both launches here see no
+    claim yet (``exists`` says False, as in that window); the second must still be refused."""
+    import fsspec
+
+    from transforms.core.errors import ConfigError
+    from transforms.io.destinations import destination
+    from transforms.io.runs import claim_run_id
+
+    dest = destination(str(tmp_path / "out"), needs_artifacts=False)
+    monkeypatch.setattr(type(fsspec.filesystem("file")), "exists", lambda self, path: False)
+    claim_run_id(dest, "same")
+    with pytest.raises(ConfigError, match="--run_id same is in use"):
+        claim_run_id(dest, "same")

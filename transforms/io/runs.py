@@ -422,8 +422,16 @@ def claim_run_id(dest: Any, run_id: str) -> None:
         )
     fs, path = filesystem(uri)
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    stamp = dt.datetime.now(dt.UTC).isoformat().encode()
     try:
-        fs.pipe_file(path, dt.datetime.now(dt.UTC).isoformat().encode(), mode="create")
+        if "file" in fs.protocol:
+            # fsspec's local pipe_file(mode="create") checks, then writes: two launches in the
+            # same instant both passed (seen in the suite). O_EXCL makes the check the write.
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            with os.fdopen(fd, "wb") as f:
+                f.write(stamp)
+        else:  # gcsfs: ifGenerationMatch=0, atomic in the store
+            fs.pipe_file(path, stamp, mode="create")
     except FileExistsError:
         raise ConfigError(
             f"--run_id {run_id} is in use in {dest.describe()}: another run with that id is in "
