@@ -79,3 +79,16 @@ def test_a_launcher_off_the_worker_lock_is_named(tmp_path):
     assert env.launch_mismatches(lock) == [
         f"apache-beam {here['apache-beam']} here, 2.76.0 in the worker image's lock"
     ]
+
+
+def test_a_vendored_copy_later_on_sys_path_does_not_shadow_the_installed_one(monkeypatch):
+    """setuptools puts its _vendor folder (an older importlib-metadata, zipp...) on sys.path
+    when some code imports it; the suite then read 6 packages as drifted from the lock."""
+    import sys
+
+    import setuptools
+
+    vendor = f"{setuptools.__path__[0]}/_vendor"
+    before = env.installed()
+    monkeypatch.setattr(sys, "path", [*sys.path, vendor])
+    assert env.installed() == before

@@ -72,7 +72,13 @@ def installed(names: tuple[str, ...] | None = None) -> dict[str, str]:
             except metadata.PackageNotFoundError:
                 pass
         return found
-    return {canonical(d.metadata["Name"]): d.version for d in metadata.distributions()}
+    found: dict[str, str] = {}
+    for dist in metadata.distributions():
+        # the first on sys.path is the one imported (as metadata.version says); later ones are
+        # copies vendored by other packages (setuptools puts its _vendor folder on sys.path,
+        # with an older importlib-metadata and zipp)
+        found.setdefault(canonical(dist.metadata["Name"]), dist.version)
+    return found
 
 
 def lock_record(prefix: str | None = None) -> dict | None:
