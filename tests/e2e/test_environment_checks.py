@@ -73,8 +73,15 @@ def test_every_run_records_its_environment(tmp_path, cmu1, tiny_models):
     assert done.returncode == 0, done.stderr
     [row] = pd.read_parquet(out / "runs").to_dict("records")
     recorded = {p["key"]: p["value"] for p in row["environment"]}
-    assert recorded == {**environment.environment(), **{"digest": recorded["digest"]}}
-    assert recorded["digest"] == environment.digest(environment.installed())
+    # what the run's own process saw; compared with facts that do not depend on what this
+    # test process has imported (its sys.path is the suite's)
+    lock = environment.lock_record()
+    assert lock is not None
+    assert (recorded["lock"], recorded["lock_sha256"]) == (lock["lock"], lock["sha256"])
+    assert recorded["drift"] == ""  # the run's environment is exactly its lock
+    for name in ("apache-beam", "torch", "numpy", "pyarrow", "tiffslide", "wsidicom"):
+        assert recorded[name] == lock["pins"][name], name
+    assert len(recorded["digest"]) == 64
     shown = run_python("-m", "pipelines.runs", "--output", str(out), "--run_id", "env1")
     assert f"lock {recorded['lock']}" in shown.stdout, shown.stdout
     assert f"apache-beam {recorded['apache-beam']}" in shown.stdout
