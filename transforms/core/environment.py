@@ -64,15 +64,14 @@ def lock_pins(text: str) -> dict[str, str]:
 def installed(names: tuple[str, ...] | None = None) -> dict[str, str]:
     """``name -> version`` of the installed distributions (all, or those of ``names`` that are
     installed)."""
+    found: dict[str, str] = {}
     if names is not None:
-        found = {}
         for name in names:
             try:
                 found[name] = metadata.version(name)
             except metadata.PackageNotFoundError:
                 pass
         return found
-    found: dict[str, str] = {}
     for dist in metadata.distributions():
         # the first on sys.path is the one imported (as metadata.version says); later ones are
         # copies vendored by other packages (setuptools puts its _vendor folder on sys.path,
