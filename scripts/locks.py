@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from transforms.core.environment import (  # noqa: E402 - after the path
     PICKLING_PACKAGES,
+    PIN,
     canonical,
     drift,
     installed,
@@ -121,7 +122,7 @@ def blocks(text: str) -> list[tuple[str | None, str]]:
     annotations is one block; header and comment lines are blocks of ``None``."""
     out: list[tuple[str | None, str]] = []
     for line in text.splitlines(keepends=True):
-        pin = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==", line)
+        pin = PIN.match(line)
         if pin:
             out.append((canonical(pin.group(1)), line))
         elif line.startswith((" ", "\t")) and out and out[-1][0] is not None:

@@ -45,7 +45,8 @@ PICKLING_PACKAGES = ("apache-beam", "dill")
 its own copy of cloudpickle, its default pickler, in ``apache_beam.internal.cloudpickle``), and
 dill where it is installed (``--pickle_library dill``; a Beam extra)."""
 
-_PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)", re.MULTILINE)
+PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)", re.MULTILINE)
+"""A lock's ``name==version`` line (pip-compile's format): the package and its version."""
 
 
 class EnvironmentMismatch(PipelineError):
@@ -58,7 +59,7 @@ def canonical(name: str) -> str:
 
 def lock_pins(text: str) -> dict[str, str]:
     """``name -> version`` of every ``name==version`` line of a lock (pip-compile's format)."""
-    return {canonical(name): version for name, version in _PIN.findall(text)}
+    return {canonical(name): version for name, version in PIN.findall(text)}
 
 
 def installed(names: tuple[str, ...] | None = None) -> dict[str, str]:

@@ -147,13 +147,14 @@ def check_recipe(values: Any, where: str) -> dict[str, Any]:
     """``values`` if it is a valid recipe; ``ConfigError`` naming the field otherwise."""
     import jsonschema
 
-    validator = jsonschema.Draft202012Validator(recipe_schema())
+    schema = recipe_schema()
+    validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(values), key=lambda e: list(e.absolute_path))
     if errors:
         first = errors[0]
         field = ".".join(str(p) for p in first.absolute_path)
         if first.validator == "additionalProperties":
-            unknown = sorted(set(values) - set(recipe_schema()["properties"]))
+            unknown = sorted(set(values) - set(schema["properties"]))
             raise ConfigError(
                 f"recipe {where}: unknown field {', '.join(map(repr, unknown))} (see "
                 "transforms/models/recipe.schema.json)"
