@@ -29,6 +29,7 @@ from transforms.models.spec import (
     INPUTS,
     MODALITIES,
     MODEL_NAME_PATTERN,
+    STAIN_METHODS,
     ModelSpec,
     check_model_name,
 )
@@ -476,6 +477,28 @@ SLIDES: tuple[Group, ...] = (
                 label="Model input",
                 choices=INPUTS,
                 field="input",
+            ),
+            Flag(
+                "model_stain",
+                "NAME=none|macenko|reinhard: normalise the model's patches towards a reference "
+                "stain, with each slide's stain basis from its survey (no second pass)",
+                "its recipe's, else none",
+                metavar="NAME=METHOD",
+                repeat=True,
+                label="Stain normalisation",
+                choices=STAIN_METHODS,
+                field="stain_norm",
+            ),
+            Flag(
+                "stain_reference",
+                "NAME=URI: the reference stain, a JSON object (h, e, max_c, io; lab_mean, "
+                "lab_std) or an H&E image (.png, .jpg, .tif) it is estimated from",
+                "its recipe's, else Macenko's H&E",
+                metavar="NAME=URI",
+                repeat=True,
+                label="Stain reference",
+                pattern=GCS_FILE,
+                field="stain_reference",
             ),
             Flag(
                 "allow_modality",

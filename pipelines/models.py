@@ -19,6 +19,7 @@ import json
 import sys
 from typing import Any
 
+from pipelines.options import stain_reference
 from transforms.core.errors import ConfigError, printable
 from transforms.models.recipe import (
     SCHEMA_ID,
@@ -43,6 +44,8 @@ _INIT_FLAGS: dict[str, tuple[tuple[str, ...], Any]] = {
     "embedding_key": (("--embedding_key",), str),
     "embedding_size": (("--embedding_size",), int),
     "modality": (("--modality",), str),
+    "stain_norm": (("--stain_norm", "--model_stain"), str),
+    "stain_reference": (("--stain_reference",), str),
     "licence": (("--licence",), str),
     "citation": (("--citation",), str),
     "description": (("--description",), str),
@@ -81,6 +84,7 @@ def _spec(uri: str) -> tuple[ModelSpec, dict[str, Any]]:
     if recipe is None:
         raise ConfigError(f"{uri}: no recipe ({recipe_uri(uri, fmt)}); write one with init")
     fields = recipe.spec_fields()
+    fields["stain_reference"] = stain_reference("model", recipe, fields)
     return ModelSpec(name="model", uri=uri, recipe=recipe.uri, **fields), recipe.values
 
 

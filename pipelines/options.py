@@ -31,11 +31,12 @@ from transforms.io.destinations import RUN_ID_PATTERN, Destination, RunStamp, de
 from transforms.io.manifests import ManifestSource, manifest_source
 from transforms.io.runs import ModelInfo, RunInfo, code_version, flag_pairs
 from transforms.models.precision import GuardConfig
-from transforms.models.recipe import apply_recipe, load_recipe
+from transforms.models.recipe import Recipe, apply_recipe, load_recipe, relative_to
 from transforms.models.spec import ModelSpec, model_format
 from transforms.slides.geometry import PatchingConfig
 from transforms.slides.qupath import MIN_PROB as QUPATH_MIN_PROB
 from transforms.slides.run_model import BatchingConfig
+from transforms.slides.stain_norm import resolve_reference
 from transforms.text.batching import TokenBatchingConfig
 from transforms.text.models import TextModelSpec
 from transforms.text.windows import WindowConfig
@@ -257,6 +258,7 @@ def model_specs(options: PipelineOptions) -> tuple[ModelSpec, ...]:
         for name, uri in uris.items():
             recipe = load_recipe(uri, model_format(uri, fields[name].get("model_class")))
             merged, overrides = apply_recipe(name, recipe, fields[name], job)
+            merged["stain_reference"] = stain_reference(name, recipe, merged)
             specs.append(
                 ModelSpec(
                     name=name,
@@ -269,6 +271,19 @@ def model_specs(options: PipelineOptions) -> tuple[ModelSpec, ...]:
                 )
             )
     return tuple(specs)
+
+
+def stain_reference(name: str, recipe: Recipe | None, merged: dict[str, Any]) -> Any:
+    """A model's reference stain, read now (workers never read it): its flag's or recipe's (a
+    URI relative to the recipe's folder), else its method's default; None without a method."""
+    method, value = merged.get("stain_norm", "none"), merged.get("stain_reference")
+    if method == "none":
+        if value is not None and "stain_reference" not in (recipe.values if recipe else {}):
+            raise ConfigError(f"`stain_reference` {name}=: give a method too (--model_stain)")
+        return None
+    if isinstance(value, str) and recipe is not None and value == recipe.get("stain_reference"):
+        value = relative_to(recipe.uri, value)
+    return resolve_reference(method, value, f"stain_reference` of `{name}")
 
 
 def _slide_batching(options: PipelineOptions) -> BatchingConfig:
@@ -322,8 +337,11 @@ def slide_job_config(options: PipelineOptions) -> SlideJobConfig:
         base = PatchingConfig(**patching)
         models = model_specs(options)
         geometries, models = patch_geometries(base, models, manifest=patches is not None)
-        stains = any(m.input == "eho" for m in models)
-        geometries = tuple(dataclasses.replace(g, stain_basis=stains) for g in geometries)
+        stains = any(m.needs_stains for m in models)
+        targets = tuple(dict.fromkeys(t for m in models if (t := m.stain_target)))
+        geometries = tuple(
+            dataclasses.replace(g, stain_basis=stains, stain_targets=targets) for g in geometries
+        )
         run = _run(common)
         info = run_info(
             options,
@@ -350,7 +368,7 @@ def slide_job_config(options: PipelineOptions) -> SlideJobConfig:
             slides=slides,
             patches=patches,
             models=models,
-            patching=dataclasses.replace(base, stain_basis=stains),
+            patching=dataclasses.replace(base, stain_basis=stains, stain_targets=targets),
             geometries=geometries,
             batching=_slide_batching(options),
             destination=_destination(options, needs_artifacts=not opts.no_heatmaps),

@@ -20,7 +20,13 @@ from typing import Any
 
 from transforms.core.errors import ConfigError
 from transforms.models.kinds import OUTPUT_KINDS
-from transforms.models.spec import ACTIVATIONS, INPUTS, MODALITIES, PATCH_PX_RANGE
+from transforms.models.spec import (
+    ACTIVATIONS,
+    INPUTS,
+    MODALITIES,
+    PATCH_PX_RANGE,
+    STAIN_METHODS,
+)
 
 SCHEMA_ID = "https://pathbeam.dev/schemas/recipe-1.json"
 _SLIDE_METHOD = {
@@ -93,6 +99,30 @@ def recipe_schema() -> dict[str, Any]:
             "modality": {"enum": list(MODALITIES)},
             "licence": {"type": "string"},
             "citation": {"type": "string"},
+            "stain_norm": {
+                "enum": list(STAIN_METHODS),
+                "description": "normalise patches towards stain_reference (Macenko, Reinhard)",
+            },
+            "stain_reference": {
+                "description": "the reference stain: a URI (relative to this recipe) of a JSON "
+                "object or an H&E image, or the object itself (optical densities in log10)",
+                "oneOf": [
+                    {"type": "string", "minLength": 1},
+                    {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "source": {"type": "string"},
+                            "h": _THREE,
+                            "e": _THREE,
+                            "max_c": {**_THREE, "minItems": 2, "maxItems": 2},
+                            "io": {"type": "number", "minimum": 1, "maximum": 255},
+                            "lab_mean": _THREE,
+                            "lab_std": _THREE,
+                        },
+                    },
+                ],
+            },
         },
     }
 
@@ -112,6 +142,8 @@ SPEC_FIELDS = (
     "modality",
     "licence",
     "citation",
+    "stain_norm",
+    "stain_reference",
 )
 """Recipe fields that are ``ModelSpec`` fields (most may be set by a flag too)."""
 
@@ -141,6 +173,13 @@ def recipe_uri(model_uri: str, model_format: str) -> str:
         return f"{path}/{RECIPE_FILE}"
     stem, ext = posixpath.splitext(path)
     return f"{stem if ext else path}{RECIPE_SUFFIX}"
+
+
+def relative_to(recipe_uri: str, uri: str) -> str:
+    """``uri`` as a recipe names it: relative to the recipe's folder unless absolute."""
+    if "://" in uri or uri.startswith("/"):
+        return uri
+    return posixpath.join(posixpath.dirname(recipe_uri), uri)
 
 
 def check_recipe(values: Any, where: str) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from transforms.core.errors import ConfigError
 from transforms.models.kinds import KINDS, OUTPUT_KINDS, OutputKind
@@ -34,6 +35,15 @@ ACTIVATIONS = ("softmax", "sigmoid", "none")
 INPUTS = ("rgb", "eho")
 """What a model is handed: the patch's RGB, or EHO stain channels (eosin, hematoxylin, optical
 density; ``slides/stains.py``) scaled by its slide's stain basis."""
+STAIN_METHODS = ("none", "macenko", "reinhard")
+"""Stain normalisation of a model's patches (``slides/stain_norm.py``)."""
+
+
+def stain_key(method: str, reference: Any) -> str:
+    """The key of one normalisation (method and reference) among a slide's stain bases."""
+    return f"{method}:{reference!r}"
+
+
 FORMATS = ("pt2", "state_dict", "onnx", "huggingface")
 MODALITIES = ("brightfield_he", "brightfield_ihc", "fluorescence", "any")
 """What a model was made for (its recipe's ``modality``): H&E or IHC brightfield,
@@ -148,6 +158,11 @@ class ModelSpec(ModelRef):
     """What the model was made for (the recipe's ``modality``)."""
     licence: str | None = None
     citation: str | None = None
+    stain_norm: str = "none"
+    """Stain normalisation of its patches: none, macenko or reinhard (``slides/stain_norm.py``)."""
+    stain_reference: Any = None
+    """The stain it normalises towards (a ``slides.stain_norm.StainReference``), resolved at
+    launch."""
 
     def __post_init__(self) -> None:
         if self.model_class is not None and ":" not in self.model_class:
@@ -195,6 +210,30 @@ class ModelSpec(ModelRef):
             raise ConfigError(f"`modality` of {self.name}: one of {', '.join(MODALITIES)}")
         if self.min_tissue is not None and not 0.0 <= self.min_tissue <= 1.0:
             raise ConfigError(f"`min_tissue` of {self.name} must be in [0, 1]")
+        if self.stain_norm not in STAIN_METHODS:
+            raise ConfigError(
+                f"`stain_norm` of {self.name}: one of {', '.join(STAIN_METHODS)}, "
+                f"got {self.stain_norm!r}"
+            )
+        if (self.stain_norm == "none") != (self.stain_reference is None):
+            raise ConfigError(f"`stain_reference` of {self.name}: only with a `stain_norm`")
+
+    @property
+    def needs_stains(self) -> bool:
+        """Whether its patches need their slide's stain basis (EHO input, or normalisation)."""
+        return self.input == "eho" or self.stain_norm != "none"
+
+    @property
+    def stain_target(self) -> tuple[str, Any] | None:
+        """Its normalisation, where its EHO channels need the normalised slide's basis too."""
+        if self.stain_norm == "none" or self.input != "eho":
+            return None
+        assert self.stain_reference is not None
+        return self.stain_norm, self.stain_reference
+
+    @property
+    def stain_key(self) -> str:
+        return stain_key(self.stain_norm, self.stain_reference)
 
     @property
     def kind(self) -> OutputKind:

@@ -47,7 +47,9 @@ class PatchingConfig:
       block_px: edge of a work unit's block at the read level, rounded to whole tiles.
       max_patches_per_unit: cap on patches in one work unit.
       stain_basis: estimate each brightfield slide's H&E stain basis in its survey (for models
-        that take stain channels, ``--model_input NAME=eho``).
+        that take stain channels, ``--model_input NAME=eho``, or normalise stains).
+      stain_targets: the (method, reference) normalisations whose normalised basis the survey
+        estimates too (models that take EHO channels of normalised patches).
     """
 
     patch_px: int = 224
@@ -59,6 +61,7 @@ class PatchingConfig:
     block_px: int = 2048
     max_patches_per_unit: int = 64
     stain_basis: bool = False
+    stain_targets: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         check_patch_size("patch_", self.patch_px, self.patch_mpp)

@@ -26,6 +26,7 @@ from transforms.models.loading import (
 from transforms.models.precision import GuardConfig
 from transforms.models.spec import ModelSpec
 from transforms.models.torch_models import LoadedModel
+from transforms.slides.stain_norm import normalise
 from transforms.slides.stains import eho, reference_basis
 from transforms.slides.survey import SlideAppearance
 from transforms.slides.tissue import TissueRule
@@ -34,19 +35,30 @@ _LOG = logging.getLogger(__name__)
 
 
 def model_input(pixels: np.ndarray, appearance: Any, spec: ModelSpec) -> np.ndarray:
-    """What the model is handed for one patch: its RGB, or its EHO stain channels by its slide's
-    stain basis (``appearance``: the slide's ``SlideAppearance``).
+    """What the model is handed for one patch: its RGB, stain-normalised if the model asks, or
+    its EHO stain channels by its slide's stain basis (``appearance``: the slide's
+    ``SlideAppearance``; after normalisation, the normalised slide's basis).
 
-    Raises ``SlideError`` for EHO when the slide has no stain basis (a dead letter per patch).
+    Raises ``SlideError`` when the model needs a stain basis and the slide has none (a dead
+    letter per patch).
     """
-    if spec.input == "rgb":
+    if not spec.needs_stains:
         return pixels
     stains = appearance.stains if appearance is not None else None
     if stains is None:
+        need = "EHO stain channels" if spec.input == "eho" else f"{spec.stain_norm} normalisation"
         raise SlideError(
-            f"model {spec.name!r} takes EHO stain channels, but this slide has no H&E stain "
-            "basis (a fluorescence slide, or too little stained tissue in its survey image)"
+            f"model {spec.name!r} takes {need}, but this slide has no H&E stain basis (a "
+            "fluorescence slide, or too little stained tissue in its survey image)"
         )
+    if spec.stain_norm != "none":
+        assert spec.stain_reference is not None
+        pixels = normalise(pixels, stains, spec.stain_norm, spec.stain_reference)
+        if spec.input == "rgb":
+            return pixels
+        stains = appearance.stains_for(spec.stain_key)
+        if stains is None:
+            raise SlideError(f"model {spec.name!r}: the slide's normalised stain basis is missing")
     return eho(pixels, stains)
 
 
@@ -79,7 +91,10 @@ class PatchModelHandler(ModelHandler):
         model = load_model(self.spec)
         blank = np.zeros((self.patch_px, self.patch_px, 3), np.uint8)
         try:
-            check = SlideAppearance(TissueRule("brightfield", 0.0), reference_basis())
+            basis = reference_basis()
+            check = SlideAppearance(
+                TissueRule("brightfield", 0.0), basis, ((self.spec.stain_key, basis),)
+            )
             patch = [model_input(blank, check, self.spec)]
             if self.spec.compile:
                 self._compile(model, patch)

@@ -40,6 +40,15 @@ class StainBasis:
     e_range: tuple[float, float]
     h_range: tuple[float, float]
     od_range: tuple[float, float]
+    h_od: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    e_od: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    """The unit optical-density vectors of hematoxylin and eosin (log10 units)."""
+    max_c: tuple[float, float] = (1.0, 1.0)
+    """The 99th percentile of the hematoxylin and eosin concentrations over the stained tissue
+    pixels: what Macenko normalisation scales to its reference's (``stain_norm.py``)."""
+    lab_mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    lab_std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    """CIELAB mean and standard deviation of the tissue pixels (Reinhard normalisation)."""
 
 
 def _od(rgb: np.ndarray, io: float) -> np.ndarray:
@@ -50,12 +59,23 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / (np.linalg.norm(v) or 1.0)
 
 
-def _basis(h: np.ndarray, e: np.ndarray, io: float, rgb: np.ndarray) -> StainBasis:
-    """The basis of stain vectors ``h`` and ``e``, its percentiles measured on ``rgb``."""
+def basis_of(
+    h: np.ndarray, e: np.ndarray, io: float, rgb: np.ndarray, tissue: np.ndarray | None = None
+) -> StainBasis:
+    """The basis of stain vectors ``h`` and ``e``, its percentiles measured on ``rgb`` (and its
+    normalisation statistics on the pixels of ``tissue``, all of them if None).
+
+    The third column of the stain matrix is orthogonal to the other two, so the inverse's first
+    two rows are the least-squares (pseudo-inverse) concentrations of the two stains."""
     matrix = np.stack([_unit(h), _unit(e), _unit(np.cross(h, e))], axis=1)
     inverse = np.linalg.pinv(matrix)
     od = _od(rgb.reshape(-1, 3), io)
     e_conc, h_conc, mean_od = od @ inverse[1], od @ inverse[0], od.mean(axis=1)
+    inside = np.ones(len(od), bool) if tissue is None else tissue.reshape(-1)
+    stained = inside & (od > OD_THRESHOLD).all(axis=1)
+    if stained.sum() < MIN_TISSUE_PIXELS:
+        stained = inside
+    lab = rgb_to_lab(rgb.reshape(-1, 3)[inside] if inside.any() else rgb.reshape(-1, 3))
 
     def span(values: np.ndarray) -> tuple[float, float]:
         lo, hi = (float(v) for v in np.percentile(values, (1, 99)))
@@ -68,7 +88,48 @@ def _basis(h: np.ndarray, e: np.ndarray, io: float, rgb: np.ndarray) -> StainBas
         span(e_conc),
         span(h_conc),
         span(mean_od),
+        _three(_unit(h)),
+        _three(_unit(e)),
+        (
+            max(float(np.percentile(h_conc[stained], 99)), 1e-3),
+            max(float(np.percentile(e_conc[stained], 99)), 1e-3),
+        ),
+        _three(lab.mean(axis=0)),
+        _three(np.maximum(lab.std(axis=0), 1e-3)),
     )
+
+
+def _three(values: np.ndarray) -> tuple[float, float, float]:
+    return (float(values[0]), float(values[1]), float(values[2]))
+
+
+_SRGB_TO_XYZ = np.array(
+    [[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169], [0.019334, 0.119193, 0.950227]]
+)
+_D65 = np.array([0.950456, 1.0, 1.088754])
+
+
+def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
+    """``... x 3`` uint8 sRGB -> CIELAB (D65), float32: L in 0..100."""
+    c = rgb.astype(np.float32) / 255.0
+    linear = np.where(c > 0.04045, ((c + 0.055) / 1.055) ** 2.4, c / 12.92)
+    xyz = linear @ _SRGB_TO_XYZ.T.astype(np.float32) / _D65.astype(np.float32)
+    f = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16.0 / 116.0)
+    lab = np.empty_like(f)
+    lab[..., 0] = 116.0 * f[..., 1] - 16.0
+    lab[..., 1] = 500.0 * (f[..., 0] - f[..., 1])
+    lab[..., 2] = 200.0 * (f[..., 1] - f[..., 2])
+    return lab
+
+
+def lab_to_rgb(lab: np.ndarray) -> np.ndarray:
+    """CIELAB (D65) -> ``... x 3`` uint8 sRGB, out-of-gamut colours clipped."""
+    fy = (lab[..., 0] + 16.0) / 116.0
+    f = np.stack([fy + lab[..., 1] / 500.0, fy, fy - lab[..., 2] / 200.0], axis=-1)
+    xyz = np.where(f > 0.206893, f**3, (f - 16.0 / 116.0) / 7.787) * _D65.astype(np.float32)
+    linear = np.clip(xyz @ np.linalg.inv(_SRGB_TO_XYZ).T.astype(np.float32), 0.0, 1.0)
+    c = np.where(linear > 0.0031308, 1.055 * linear ** (1 / 2.4) - 0.055, 12.92 * linear)
+    return np.clip(np.rint(c * 255.0), 0, 255).astype(np.uint8)
 
 
 def estimate_stains(rgb: np.ndarray, tissue: np.ndarray) -> StainBasis:
@@ -101,7 +162,12 @@ def estimate_stains(rgb: np.ndarray, tissue: np.ndarray) -> StainBasis:
         h, e = first, second
     else:
         h, e = second, first
-    return _basis(h, e, io, rgb)
+    return basis_of(h, e, io, rgb, tissue)
+
+
+def optical_density(pixels: np.ndarray, io: float) -> np.ndarray:
+    """``... x 3`` uint8 RGB -> optical density (log10) against background intensity ``io``."""
+    return _od(pixels, io)
 
 
 def eho(pixels: np.ndarray, basis: StainBasis) -> np.ndarray:
@@ -127,4 +193,4 @@ def reference_basis() -> StainBasis:
     weights = np.linspace(0, 1.5, 64, dtype=np.float32)[:, None]
     od = weights * _unit(HEMATOXYLIN) + weights[::-1] * _unit(EOSIN)
     rgb = np.clip(240 * 10 ** (-od), 0, 255).astype(np.uint8)[None]
-    return _basis(HEMATOXYLIN, EOSIN, 240.0, rgb)
+    return basis_of(HEMATOXYLIN, EOSIN, 240.0, rgb)

@@ -15,6 +15,7 @@ import apache_beam as beam
 from transforms.core import progress
 from transforms.core.errors import DEAD_LETTER, SlideError, dead_letter
 from transforms.core.remote_io import retry_transient
+from transforms.models.spec import stain_key
 from transforms.slides.geometry import GridSpec, PatchingConfig, SlideGeometry, grid_spec
 from transforms.slides.reader import (
     check_decode_limits,
@@ -23,6 +24,7 @@ from transforms.slides.reader import (
     read_downsampled,
     slide_geometry,
 )
+from transforms.slides.stain_norm import normalised_basis
 from transforms.slides.stains import StainBasis, estimate_stains
 from transforms.slides.tissue import TissueMask, TissueRule, resolve_method, tissue_rule
 
@@ -39,6 +41,16 @@ class SlideAppearance:
 
     tissue: TissueRule
     stains: StainBasis | None = None
+    normalised: tuple[tuple[str, StainBasis], ...] = ()
+    """The slide's basis once stain-normalised, per ``stain_norm.stain_key`` (for models that
+    take EHO channels of normalised patches)."""
+
+    def stains_for(self, key: str | None) -> StainBasis | None:
+        """The basis of the slide's patches as a model sees them: normalised by the
+        normalisation ``key`` (None: not normalised). None if the slide has none."""
+        if key is None:
+            return self.stains
+        return dict(self.normalised).get(key)
 
 
 @dataclass(frozen=True)
@@ -96,13 +108,19 @@ def _survey(row: dict[str, Any], cfgs: Sequence[PatchingConfig], grid: bool) -> 
         method = resolve_method(rgb, row.get("tissue_method") or cfg.tissue_method)
         rule = tissue_rule(rgb, method)
         mask = rule.mask(rgb)
-        stains = None
+        stains: StainBasis | None = None
+        normalised: tuple[tuple[str, StainBasis], ...] = ()
         if cfg.stain_basis and method == "brightfield":
             try:
                 stains = estimate_stains(rgb, mask)
+                normalised = tuple(
+                    (stain_key(m, ref), normalised_basis(rgb, mask, stains, m, ref))
+                    for m, ref in cfg.stain_targets
+                )
             except SlideError:
                 pass  # its patches are dead letters for the models that need it, saying why
-        return Survey(geom, TissueMask(mask, ds), specs, method, SlideAppearance(rule, stains))
+        appearance = SlideAppearance(rule, stains, normalised)
+        return Survey(geom, TissueMask(mask, ds), specs, method, appearance)
     finally:
         slide.close()
 
