@@ -359,6 +359,11 @@ def slide_job_config(options: PipelineOptions) -> SlideJobConfig:
                     overrides="; ".join(m.overrides) or None,
                     licence=m.licence,
                     citation=m.citation,
+                    stain=(
+                        m.stain_reference.said(m.stain_norm)
+                        if m.stain_reference is not None
+                        else None
+                    ),
                 )
                 for m in models
             ),

@@ -72,6 +72,7 @@ def show_run(r: dict) -> str:
                 f"  recipe    {m['recipe']}"
                 + (f"  licence {m['licence']}" if m.get("licence") else "")
                 + (f"; overridden: {m['overrides']}" if m.get("overrides") else "")
+                + (f"; stain: {m['stain']}" if m.get("stain") else "")
             )
     for g in r.get("precision_guard") or []:
         figures = ", ".join(

@@ -61,12 +61,16 @@ def _img(uri: str | None, report_dir: str, alt: str) -> str:
 
 def _recipe(model: dict) -> str:
     """A model's recipe, licence and citation, and the flags that overrode the recipe."""
-    if not model.get("recipe"):
-        return '<span class="muted">none (flags only)</span>'
-    said = [f"<code>{e(model['recipe'])}</code>"]
+    said = [
+        f"<code>{e(model['recipe'])}</code>"
+        if model.get("recipe")
+        else '<span class="muted">no recipe (flags only)</span>'
+    ]
     for label in ("licence", "citation"):
         if model.get(label):
             said.append(f"{label}: {e(model[label])}")
+    if model.get("stain"):
+        said.append(f"stain: {e(model['stain'])}")
     if model.get("overrides"):
         said.append(f'<span class="failed">overridden: {e(model["overrides"])}</span>')
     return "<br>".join(said)

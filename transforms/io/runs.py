@@ -45,6 +45,8 @@ class ModelInfo:
     """The recipe's fields that flags overrode, said."""
     licence: str | None = None
     citation: str | None = None
+    stain: str | None = None
+    """Its stain normalisation and reference, said (``StainReference.said``)."""
 
 
 @dataclass(frozen=True)
@@ -202,6 +204,7 @@ def record(
                 "overrides": m.overrides,
                 "licence": m.licence,
                 "citation": m.citation,
+                "stain": m.stain,
             }
             for m in info.models
         ],

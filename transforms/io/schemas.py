@@ -186,6 +186,11 @@ RUNS = Table(
                 ),
                 Column("licence", "STRING", description="the model's, from its recipe"),
                 Column("citation", "STRING", description="the model's, from its recipe"),
+                Column(
+                    "stain",
+                    "STRING",
+                    description="its stain normalisation and the reference stain, said",
+                ),
             ),
         ),
         Column("inputs", "INT64", description="slides or documents in"),

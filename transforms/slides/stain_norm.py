@@ -136,24 +136,25 @@ def resolve_reference(method: str, value: Any, where: str) -> StainReference | N
     try:
         reference = StainReference(
             source=str(value.get("source") or where),
-            h=_floats(value.get("h"), 3),
-            e=_floats(value.get("e"), 3),
-            max_c=_floats(value.get("max_c"), 2),
+            h=_floats(value, "h", 3),
+            e=_floats(value, "e", 3),
+            max_c=_floats(value, "max_c", 2),
             io=float(value.get("io", 240.0)),
-            lab_mean=_floats(value.get("lab_mean"), 3),
-            lab_std=_floats(value.get("lab_std"), 3),
+            lab_mean=_floats(value, "lab_mean", 3),
+            lab_std=_floats(value, "lab_std", 3),
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"`{where}`: {exc}") from None
     return _check(method, reference, where)
 
 
-def _floats(values: Any, n: int) -> Any:
+def _floats(value: dict[str, Any], field: str, n: int) -> Any:
+    values = value.get(field)
     if values is None:
         return None
     out = tuple(float(v) for v in values)
     if len(out) != n or not all(math.isfinite(v) for v in out):
-        raise ValueError(f"expected {n} finite numbers, got {values!r}")
+        raise ValueError(f"{field}: expected {n} finite numbers, got {values!r}")
     return out
 
 

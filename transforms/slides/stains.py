@@ -44,8 +44,7 @@ class StainBasis:
     e_od: tuple[float, float, float] = (0.0, 0.0, 0.0)
     """The unit optical-density vectors of hematoxylin and eosin (log10 units)."""
     max_c: tuple[float, float] = (1.0, 1.0)
-    """The 99th percentile of the hematoxylin and eosin concentrations over the stained tissue
-    pixels: what Macenko normalisation scales to its reference's (``stain_norm.py``)."""
+    """The 99th percentile of the hematoxylin and eosin concentrations over the tissue pixels: what Macenko normalisation scales to its reference's (``stain_norm.py``)."""
     lab_mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
     lab_std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     """CIELAB mean and standard deviation of the tissue pixels (Reinhard normalisation)."""
@@ -72,10 +71,9 @@ def basis_of(
     od = _od(rgb.reshape(-1, 3), io)
     e_conc, h_conc, mean_od = od @ inverse[1], od @ inverse[0], od.mean(axis=1)
     inside = np.ones(len(od), bool) if tissue is None else tissue.reshape(-1)
-    stained = inside & (od > OD_THRESHOLD).all(axis=1)
-    if stained.sum() < MIN_TISSUE_PIXELS:
-        stained = inside
-    lab = rgb_to_lab(rgb.reshape(-1, 3)[inside] if inside.any() else rgb.reshape(-1, 3))
+    if not inside.any():
+        inside = np.ones(len(od), bool)
+    lab = rgb_to_lab(rgb.reshape(-1, 3)[inside])
 
     def span(values: np.ndarray) -> tuple[float, float]:
         lo, hi = (float(v) for v in np.percentile(values, (1, 99)))
@@ -91,8 +89,8 @@ def basis_of(
         _three(_unit(h)),
         _three(_unit(e)),
         (
-            max(float(np.percentile(h_conc[stained], 99)), 1e-3),
-            max(float(np.percentile(e_conc[stained], 99)), 1e-3),
+            max(float(np.percentile(h_conc[inside], 99)), 1e-3),
+            max(float(np.percentile(e_conc[inside], 99)), 1e-3),
         ),
         _three(lab.mean(axis=0)),
         _three(np.maximum(lab.std(axis=0), 1e-3)),
