@@ -44,7 +44,8 @@ class StainBasis:
     e_od: tuple[float, float, float] = (0.0, 0.0, 0.0)
     """The unit optical-density vectors of hematoxylin and eosin (log10 units)."""
     max_c: tuple[float, float] = (1.0, 1.0)
-    """The 99th percentile of the hematoxylin and eosin concentrations over the tissue pixels: what Macenko normalisation scales to its reference's (``stain_norm.py``)."""
+    """The 99th percentile of the hematoxylin and eosin concentrations over the tissue pixels:
+    what Macenko normalisation scales to its reference's (``stain_norm.py``)."""
     lab_mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
     lab_std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     """CIELAB mean and standard deviation of the tissue pixels (Reinhard normalisation)."""
