@@ -31,7 +31,13 @@ from transforms.io.destinations import RUN_ID_PATTERN, Destination, RunStamp, de
 from transforms.io.manifests import ManifestSource, manifest_source
 from transforms.io.runs import ModelInfo, RunInfo, code_version, flag_pairs
 from transforms.models.precision import GuardConfig
-from transforms.models.recipe import Recipe, apply_recipe, load_recipe, relative_to
+from transforms.models.recipe import (
+    Recipe,
+    apply_recipe,
+    check_fixed_size,
+    load_recipe,
+    relative_to,
+)
 from transforms.models.spec import ModelSpec, model_format
 from transforms.slides.geometry import PatchingConfig
 from transforms.slides.qupath import MIN_PROB as QUPATH_MIN_PROB
@@ -259,6 +265,9 @@ def model_specs(options: PipelineOptions) -> tuple[ModelSpec, ...]:
             recipe = load_recipe(uri, model_format(uri, fields[name].get("model_class")))
             merged, overrides = apply_recipe(name, recipe, fields[name], job)
             merged["stain_reference"] = stain_reference(name, recipe, merged)
+            if model_format(uri, merged.get("model_class")) == "onnx":
+                px, how = _patch_edge(fields[name], recipe, merged, opts.patch_px)
+                check_fixed_size(name, uri, px, how)
             specs.append(
                 ModelSpec(
                     name=name,
@@ -284,6 +293,19 @@ def stain_reference(name: str, recipe: Recipe | None, merged: dict[str, Any]) ->
     if isinstance(value, str) and recipe is not None and value == recipe.get("stain_reference"):
         value = relative_to(recipe.uri, value)
     return resolve_reference(method, value, f"stain_reference` of `{name}")
+
+
+def _patch_edge(
+    flagged: dict[str, Any], recipe: Recipe | None, merged: dict[str, Any], job_px: int | None
+) -> tuple[int, str]:
+    """A model's patch edge and where it came from (for messages)."""
+    if "patch_px" in flagged:
+        return merged["patch_px"], "--model_patch_px"
+    if merged.get("patch_px") is not None:
+        return merged["patch_px"], "its recipe"
+    if job_px is not None:
+        return job_px, "--patch_px"
+    return PatchingConfig().patch_px, "the default --patch_px"
 
 
 def _slide_batching(options: PipelineOptions) -> BatchingConfig:

@@ -96,3 +96,97 @@ def test_a_hugging_face_config_gives_class_names_without_a_recipe(tmp_path):
     (tmp_path / "recipe.json").write_text("{not json")
     with pytest.raises(ConfigError, match="not valid JSON"):
         load_recipe(str(tmp_path), "huggingface")
+
+
+@pytest.fixture
+def onnx_graph(tmp_path):
+    """A 64 px, 2-class ONNX graph (a fixed input size, a dynamic batch)."""
+    pytest.importorskip("torch")
+    from tests.models_for_tests import TinyPatchNet, export_onnx
+
+    return export_onnx(TinyPatchNet(2), str(tmp_path / "net.onnx"), patch_px=64)
+
+
+def _with_metadata(path: str, **props: str) -> str:
+    import onnx
+
+    model = onnx.load(path)
+    for key, value in props.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(model, path)
+    return path
+
+
+def test_the_onnx_header_is_read_as_onnx_reads_it_without_the_weights(onnx_graph):
+    import onnx
+
+    from transforms.models.onnx_header import onnx_header
+
+    _with_metadata(onnx_graph, author="lab", class_names="a,b")
+    model = onnx.load(onnx_graph)
+    header = onnx_header.__wrapped__(onnx_graph)
+    expected = tuple(
+        (
+            i.name,
+            tuple(
+                d.dim_value if d.HasField("dim_value") else d.dim_param
+                for d in i.type.tensor_type.shape.dim
+            ),
+        )
+        for i in model.graph.input
+    )
+    assert header.inputs == expected
+    assert header.metadata == {p.key: p.value for p in model.metadata_props}
+    assert header.image_size() == (64, 64)
+
+
+def test_onnx_metadata_props_give_the_recipe_where_there_is_no_recipe_file(onnx_graph):
+    _with_metadata(
+        onnx_graph, **{"pathbeam.recipe": json.dumps({"class_names": ["x", "y"], "patch_px": 64})}
+    )
+    from transforms.models.onnx_header import onnx_header
+
+    onnx_header.cache_clear()
+    recipe = load_recipe(onnx_graph, "onnx")
+    assert recipe is not None and recipe.uri.endswith("#metadata_props")
+    assert recipe.values == {"class_names": ["x", "y"], "patch_px": 64}
+
+
+def test_onnx_class_names_in_metadata_props_are_class_names(onnx_graph):
+    from transforms.models.onnx_header import onnx_header
+
+    _with_metadata(onnx_graph, labels='["benign", "tumour"]')
+    onnx_header.cache_clear()
+    recipe = load_recipe(onnx_graph, "onnx")
+    assert recipe is not None and recipe.values == {"class_names": ["benign", "tumour"]}
+
+
+def test_a_patch_edge_a_fixed_shape_onnx_graph_refuses_fails_naming_both(onnx_graph):
+    from transforms.models.recipe import check_fixed_size
+
+    check_fixed_size("m", onnx_graph, 64, "--patch_px")  # its own size: fine
+    with pytest.raises(
+        ConfigError,
+        match=r"fixed 64x64 inputs, but its patches would be "
+        r"96x96 \(--patch_px\)",
+    ):
+        check_fixed_size("m", onnx_graph, 96, "--patch_px")
+
+
+def test_the_pipeline_refuses_a_fixed_shape_graph_at_another_size_before_launch(
+    onnx_graph, tmp_path
+):
+    from tests.e2e.cli import run_module
+
+    slides = tmp_path / "slides.csv"
+    slides.write_text("slide_id,uri\ns,/nowhere.svs\n")
+    done = run_module(
+        "pipelines.slide_inference",
+        *("--slides", str(slides), "--model", f"m={onnx_graph}", "--patch_px", "96"),
+        *("--output", str(tmp_path / "out")),
+    )
+    assert done.returncode == 2
+    [line] = [x for x in done.stderr.splitlines() if x.startswith("error:")]
+    assert "its ONNX graph takes fixed 64x64 inputs" in line and "96x96 (--patch_px)" in line
+    assert not (tmp_path / "out").exists()

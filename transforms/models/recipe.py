@@ -228,6 +228,8 @@ def load_recipe(model_uri: str, model_format: str) -> Recipe | None:
     values = _read_json(where)
     if values is not None:
         return Recipe(where, check_recipe(values, where))
+    if model_format == "onnx":
+        return _onnx_metadata_recipe(model_uri)
     if model_format == "huggingface":
         config_uri = f"{model_uri.rstrip('/')}/config.json"
         config = _read_json(config_uri)
@@ -236,6 +238,57 @@ def load_recipe(model_uri: str, model_format: str) -> Recipe | None:
             names = [str(labels[k]) for k in sorted(labels, key=int)]
             return Recipe(config_uri, {"class_names": names})
     return None
+
+
+METADATA_RECIPE = "pathbeam.recipe"
+"""The ONNX ``metadata_props`` key whose value is a whole recipe, as JSON."""
+METADATA_CLASSES = ("class_names", "classes", "labels")
+"""``metadata_props`` keys read as class names (a JSON list, or names separated by commas)."""
+
+
+def _onnx_metadata_recipe(model_uri: str) -> Recipe | None:
+    """A recipe from an ONNX graph's own ``metadata_props``: a whole recipe under
+    ``pathbeam.recipe``, else class names under one of ``METADATA_CLASSES``."""
+    from transforms.models.onnx_header import onnx_header
+
+    try:
+        metadata = onnx_header(model_uri).metadata
+    except (OSError, ValueError):
+        return None  # not readable now: preflight and the load say why
+    where = f"{model_uri}#metadata_props"
+    if METADATA_RECIPE in metadata:
+        try:
+            values = json.loads(metadata[METADATA_RECIPE])
+        except ValueError as exc:
+            raise ConfigError(f"recipe {where}: {METADATA_RECIPE} is not JSON ({exc})") from None
+        return Recipe(where, check_recipe(values, where))
+    for key in METADATA_CLASSES:
+        if key in metadata:
+            text = metadata[key].strip()
+            try:
+                names = json.loads(text) if text.startswith("[") else text.split(",")
+            except ValueError:
+                names = text.split(",")
+            values = {"class_names": [str(n).strip() for n in names]}
+            return Recipe(f"{where}[{key}]", check_recipe(values, where))
+    return None
+
+
+def check_fixed_size(name: str, model_uri: str, patch_px: int, how: str) -> None:
+    """An ONNX graph built for one input size refuses any other patch edge: ``ConfigError``
+    before launch (``how``: where the edge came from, for the message)."""
+    from transforms.models.onnx_header import onnx_header
+
+    try:
+        size = onnx_header(model_uri).image_size()
+    except (OSError, ValueError):
+        return
+    if size is not None and size != (patch_px, patch_px):
+        raise ConfigError(
+            f"`patch_px` of {name}: its ONNX graph takes fixed {size[0]}x{size[1]} inputs, but "
+            f"its patches would be {patch_px}x{patch_px} ({how}); set --model_patch_px "
+            f"{name}={size[0]} or its recipe's patch_px"
+        )
 
 
 JOB_FIELDS = ("patch_px", "patch_mpp", "min_tissue")
