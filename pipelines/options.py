@@ -243,6 +243,9 @@ def patch_geometries(
             patch_px=model.patch_px or base.patch_px,
             patch_mpp=model.patch_mpp or base.patch_mpp,
             min_tissue=base.min_tissue if model.min_tissue is None else model.min_tissue,
+            max_upsample=(
+                base.max_upsample if model.mpp_tolerance is None else 1.0 + model.mpp_tolerance
+            ),
         )
         if geometry not in geometries:
             geometries.append(geometry)
@@ -265,6 +268,8 @@ def model_specs(options: PipelineOptions) -> tuple[ModelSpec, ...]:
             recipe = load_recipe(uri, model_format(uri, fields[name].get("model_class")))
             merged, overrides = apply_recipe(name, recipe, fields[name], job)
             merged["stain_reference"] = stain_reference(name, recipe, merged)
+            if recipe is not None and recipe.get("guard"):
+                merged["guard"] = model_guard(recipe.get("guard"), common)
             if model_format(uri, merged.get("model_class")) == "onnx":
                 px, how = _patch_edge(fields[name], recipe, merged, opts.patch_px)
                 check_fixed_size(name, uri, px, how)
@@ -319,15 +324,25 @@ def _slide_batching(options: PipelineOptions) -> BatchingConfig:
         )
 
 
-def _guard(common: InferenceOptions) -> GuardConfig:
-    return GuardConfig(
+def model_guard(tolerances: dict[str, float], common: InferenceOptions) -> GuardConfig:
+    """A model's accuracy guard: its recipe's tolerances over the job's defaults, and the
+    job's guard flags over both where the user gave them."""
+    return GuardConfig(**{**tolerances, **_guard_flags(common)})
+
+
+def _guard_flags(common: InferenceOptions) -> dict[str, Any]:
+    return {
         **given(
             min_agreement=common.guard_min_agreement,
             max_prob_diff=common.guard_max_prob_diff,
             min_cosine=common.guard_min_cosine,
         ),
-        strict=bool(common.precision_strict),
-    )
+        "strict": bool(common.precision_strict),
+    }
+
+
+def _guard(common: InferenceOptions) -> GuardConfig:
+    return GuardConfig(**_guard_flags(common))
 
 
 def _failed_fraction(common: InferenceOptions) -> float | None:

@@ -72,7 +72,7 @@ def build(pipeline: beam.Pipeline, cfg: SlideJobConfig) -> dict[str, beam.PColle
     for spec in cfg.models:
         patch_px = cfg.patch_geometries[spec.geometry].patch_px
         inferred = streams[spec.geometry] | f"RunModel/{spec.name}" >> RunModel(
-            spec, cfg.batching, cfg.run.run_id, patch_px, cfg.guard
+            spec, cfg.batching, cfg.run.run_id, patch_px, spec.guard or cfg.guard
         )
         by_output.setdefault(spec.kind.output, []).append(inferred["rows"])
         errors.append(inferred[DEAD_LETTER])

@@ -190,3 +190,19 @@ def test_the_pipeline_refuses_a_fixed_shape_graph_at_another_size_before_launch(
     [line] = [x for x in done.stderr.splitlines() if x.startswith("error:")]
     assert "its ONNX graph takes fixed 64x64 inputs" in line and "96x96 (--patch_px)" in line
     assert not (tmp_path / "out").exists()
+
+
+def test_a_recipes_guard_tolerances_apply_under_the_users_guard_flags():
+    from types import SimpleNamespace
+
+    from pipelines.options import model_guard
+
+    def flags(**given):
+        names = ("guard_min_agreement", "guard_max_prob_diff", "guard_min_cosine")
+        return SimpleNamespace(**dict.fromkeys(names), precision_strict=False, **given)
+
+    recipe = {"min_agreement": 0.9, "min_cosine": 0.99}
+    guard = model_guard(recipe, flags())
+    assert (guard.min_agreement, guard.max_prob_diff, guard.min_cosine) == (0.9, 0.02, 0.99)
+    guard = model_guard(recipe, flags(guard_min_agreement=0.95))
+    assert guard.min_agreement == 0.95 and guard.min_cosine == 0.99

@@ -66,6 +66,11 @@ class ModalityMismatch(PipelineError):
     dead letter for that model only."""
 
 
+class ResolutionError(SlideError):
+    """A slide too coarse for a patch geometry (more upsampling than its tolerance): a dead
+    letter for the models of that geometry, or for the slide when no geometry can be cut."""
+
+
 class ModelLoadError(PipelineError):
     """A model that cannot be loaded: fatal for the job, raised from ``setup()``."""
 

@@ -99,6 +99,23 @@ def recipe_schema() -> dict[str, Any]:
             "modality": {"enum": list(MODALITIES)},
             "licence": {"type": "string"},
             "citation": {"type": "string"},
+            "mpp_tolerance": {
+                "type": "number",
+                "minimum": 0,
+                "maximum": 1,
+                "description": "how much coarser than patch_mpp a slide may be (0.1: 10%); a "
+                "coarser slide is a dead letter for this model",
+            },
+            "guard": {
+                "type": "object",
+                "additionalProperties": False,
+                "description": "the model's own accuracy-guard tolerances (reduced precision)",
+                "properties": {
+                    "min_agreement": {"type": "number", "minimum": 0, "maximum": 1},
+                    "max_prob_diff": {"type": "number", "minimum": 0, "maximum": 1},
+                    "min_cosine": {"type": "number", "minimum": -1, "maximum": 1},
+                },
+            },
             "stain_norm": {
                 "enum": list(STAIN_METHODS),
                 "description": "normalise patches towards stain_reference (Macenko, Reinhard)",
@@ -144,6 +161,7 @@ SPEC_FIELDS = (
     "citation",
     "stain_norm",
     "stain_reference",
+    "mpp_tolerance",
 )
 """Recipe fields that are ``ModelSpec`` fields (most may be set by a flag too)."""
 

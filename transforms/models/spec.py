@@ -20,7 +20,7 @@ from typing import Any
 from transforms.core.errors import ConfigError
 from transforms.models.kinds import KINDS, OUTPUT_KINDS, OutputKind
 from transforms.models.kinds.embedding import KIND as _EMBEDDING_KIND
-from transforms.models.precision import check_precision
+from transforms.models.precision import GuardConfig, check_precision
 
 MODEL_NAME_PATTERN = r"[A-Za-z][A-Za-z0-9_]{0,62}"
 """A model name starts with a letter and holds letters, digits and underscores, at most 63: it
@@ -160,6 +160,10 @@ class ModelSpec(ModelRef):
     citation: str | None = None
     stain_norm: str = "none"
     """Stain normalisation of its patches: none, macenko or reinhard (``slides/stain_norm.py``)."""
+    mpp_tolerance: float | None = None
+    """How much coarser than its patch mpp a slide may be (None: the job's 10%)."""
+    guard: GuardConfig | None = None
+    """Its own accuracy-guard tolerances (its recipe's ``guard``), else the job's."""
     stain_reference: Any = None
     """The stain it normalises towards (a ``slides.stain_norm.StainReference``), resolved at
     launch."""
@@ -210,6 +214,8 @@ class ModelSpec(ModelRef):
             raise ConfigError(f"`modality` of {self.name}: one of {', '.join(MODALITIES)}")
         if self.min_tissue is not None and not 0.0 <= self.min_tissue <= 1.0:
             raise ConfigError(f"`min_tissue` of {self.name} must be in [0, 1]")
+        if self.mpp_tolerance is not None and not 0.0 <= self.mpp_tolerance <= 1.0:
+            raise ConfigError(f"`mpp_tolerance` of {self.name} must be in [0, 1]")
         if self.stain_norm not in STAIN_METHODS:
             raise ConfigError(
                 f"`stain_norm` of {self.name}: one of {', '.join(STAIN_METHODS)}, "

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from transforms.core.errors import ConfigError, OutOfBoundsError, SlideError
+from transforms.core.errors import ConfigError, OutOfBoundsError, ResolutionError, SlideError
 from transforms.models.spec import check_patch_size
 
 LEVEL_TOLERANCE = 0.02
@@ -62,6 +62,8 @@ class PatchingConfig:
     max_patches_per_unit: int = 64
     stain_basis: bool = False
     stain_targets: tuple[tuple[str, Any], ...] = ()
+    max_upsample: float = MAX_UPSAMPLE
+    """How much coarser than ``patch_mpp`` a slide may be (1 + a model's ``mpp_tolerance``)."""
 
     def __post_init__(self) -> None:
         check_patch_size("patch_", self.patch_px, self.patch_mpp)
@@ -183,11 +185,11 @@ def grid_spec(geom: SlideGeometry, cfg: PatchingConfig) -> GridSpec:
                 f"slide has no usable mpp: {said}; {_GIVE_MPP}, or tile by level with --patch_level"
             )
         wanted = cfg.patch_mpp / geom.mpp
-        if wanted < 1 / MAX_UPSAMPLE:
-            raise SlideError(
-                f"slide resolution {geom.mpp:.4g} mpp is coarser than --patch_mpp "
-                f"{cfg.patch_mpp:g}; refusing to upsample more than {MAX_UPSAMPLE:g}x (if the "
-                f"slide's mpp is wrong, {_GIVE_MPP})"
+        if wanted < 1 / cfg.max_upsample:
+            raise ResolutionError(
+                f"slide resolution {geom.mpp:.4g} mpp is coarser than the patches' "
+                f"{cfg.patch_mpp:g} mpp; refusing to upsample more than {cfg.max_upsample:g}x "
+                f"(if the slide's mpp is wrong, {_GIVE_MPP})"
             )
         level = choose_level(geom.level_downsamples, wanted)
         mpp = cfg.patch_mpp

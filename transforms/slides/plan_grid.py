@@ -39,6 +39,8 @@ class _PlanSlide(beam.DoFn):
             return
         planned = [0] * len(self._cfgs)
         for index, (cfg, spec) in enumerate(zip(self._cfgs, survey.specs, strict=True)):
+            if spec is None:
+                continue  # too coarse for this geometry: its models' dead letters say so
             boxes = self._tissue(survey, spec, cfg)
             for unit in work_units(row["slide_id"], row["uri"], survey.geom, boxes, cfg, spec.mpp):
                 planned[index] += len(unit.patches)
@@ -48,7 +50,7 @@ class _PlanSlide(beam.DoFn):
         if sum(planned) == 0:
             progress.count("slides_without_tissue")
         area = survey.mask.area_mm2(survey.geom.mpp)
-        info = slide_info(row, survey.geom, area, survey.tissue_method, planned)
+        info = slide_info(row, survey.geom, area, survey.tissue_method, planned, survey.refused)
         yield beam.pvalue.TaggedOutput(SLIDE_INFO, info)
 
     def _tissue(self, survey: Survey, spec: GridSpec, cfg: PatchingConfig) -> Iterator[PatchBox]:

@@ -18,7 +18,13 @@ import apache_beam as beam
 import numpy as np
 
 from transforms.core import progress
-from transforms.core.errors import DEAD_LETTER, ModalityMismatch, dead_letter, redact
+from transforms.core.errors import (
+    DEAD_LETTER,
+    ModalityMismatch,
+    ResolutionError,
+    dead_letter,
+    redact,
+)
 from transforms.io.schemas import metadata_record
 from transforms.models.recipe import modality_refusal, modality_refuses
 from transforms.models.spec import ModelSpec
@@ -202,6 +208,20 @@ def _key_info(info: dict) -> tuple[str, dict]:
     return info["slide_id"], info
 
 
+def _refusal(spec: ModelSpec, slide_id: str, info: dict) -> tuple[str, Exception] | None:
+    """Why a model must not run on this slide (its stage and error), if it must not: a slide of
+    another modality than its recipe's, or too coarse for its patch geometry."""
+    if modality_refuses(spec.modality, info["tissue_method"]):
+        message = modality_refusal(spec.name, spec.modality, slide_id, info["tissue_method"])
+        return "CheckModality", ModalityMismatch(message)
+    refused = info.get("refused") or ()
+    if spec.geometry < len(refused) and refused[spec.geometry]:
+        return "CheckResolution", ResolutionError(
+            f"model {spec.name!r}: slide {slide_id!r}: {refused[spec.geometry]}"
+        )
+    return None
+
+
 class _SummarizeSlide(beam.DoFn):
     STAGE = "RenderHeatmap"
 
@@ -227,16 +247,15 @@ class _SummarizeSlide(beam.DoFn):
             except Exception as exc:  # noqa: BLE001 - the summary rows still go out
                 yield self._failed(slide_id, "thumbnail", exc)
         for spec in self._specs:
-            if modality_refuses(spec.modality, info["tissue_method"]):
-                message = modality_refusal(
-                    spec.name, spec.modality, slide_id, info["tissue_method"]
-                )
+            refusal = _refusal(spec, slide_id, info)
+            if refusal is not None:
+                stage, error = refusal
                 yield beam.pvalue.TaggedOutput(
                     DEAD_LETTER,
                     dead_letter(
-                        f"CheckModality/{spec.name}",
+                        f"{stage}/{spec.name}",
                         slide_id,
-                        ModalityMismatch(message),
+                        error,
                         {"slide_id": slide_id, "model_name": spec.name},
                     ),
                 )

@@ -13,7 +13,7 @@ from typing import Any
 import apache_beam as beam
 
 from transforms.core import progress
-from transforms.core.errors import DEAD_LETTER, SlideError, dead_letter
+from transforms.core.errors import DEAD_LETTER, ResolutionError, SlideError, dead_letter
 from transforms.core.remote_io import retry_transient
 from transforms.models.spec import stain_key
 from transforms.slides.geometry import GridSpec, PatchingConfig, SlideGeometry, grid_spec
@@ -60,12 +60,14 @@ class Survey:
 
     geom: SlideGeometry
     mask: TissueMask
-    specs: tuple[GridSpec, ...]
+    specs: tuple[GridSpec | None, ...]
     tissue_method: str = "brightfield"
     """The method that made ``mask`` (``auto`` resolved for this slide)."""
     appearance: SlideAppearance | None = None
     """Its tissue rule, and its H&E stain basis when asked for (``PatchingConfig.stain_basis``)
     and the slide is brightfield with enough stained tissue."""
+    refused: tuple[str | None, ...] = ()
+    """Per geometry, why the slide is too coarse for it (its spec is None), else None."""
 
 
 def mask_downsample(geom: SlideGeometry, patch_l0_px: int | None) -> float:
@@ -94,6 +96,25 @@ def survey_or_failure(
         return exc
 
 
+def _grids(
+    geom: SlideGeometry, cfgs: Sequence[PatchingConfig]
+) -> tuple[tuple[GridSpec | None, ...], tuple[str | None, ...]]:
+    """Each geometry's grid on this slide, or None and why where the slide is too coarse for
+    it; ``ResolutionError`` when it is too coarse for every geometry."""
+    specs: list[GridSpec | None] = []
+    refused: list[str | None] = []
+    for cfg in cfgs:
+        try:
+            specs.append(grid_spec(geom, cfg))
+            refused.append(None)
+        except ResolutionError as exc:
+            specs.append(None)
+            refused.append(str(exc))
+    if all(s is None for s in specs):
+        raise ResolutionError(next(r for r in refused if r))
+    return tuple(specs), tuple(refused)
+
+
 def _survey(row: dict[str, Any], cfgs: Sequence[PatchingConfig], grid: bool) -> Survey:
     cfg = cfgs[0]
     slide = open_slide(row["uri"])
@@ -102,8 +123,8 @@ def _survey(row: dict[str, Any], cfgs: Sequence[PatchingConfig], grid: bool) -> 
         geom = slide_geometry(slide, row["mpp"])
         check_decode_limits(slide, geom)
         probe_decode(slide)
-        specs = tuple(grid_spec(geom, c) for c in cfgs) if grid else ()
-        finest = min((s.patch_l0_px for s in specs), default=None)
+        specs, refused = _grids(geom, cfgs) if grid else ((), ())
+        finest = min((s.patch_l0_px for s in specs if s is not None), default=None)
         rgb, ds = read_downsampled(slide, geom, mask_downsample(geom, finest))
         method = resolve_method(rgb, row.get("tissue_method") or cfg.tissue_method)
         rule = tissue_rule(rgb, method)
@@ -120,7 +141,7 @@ def _survey(row: dict[str, Any], cfgs: Sequence[PatchingConfig], grid: bool) -> 
             except SlideError:
                 pass  # its patches are dead letters for the models that need it, saying why
         appearance = SlideAppearance(rule, stains, normalised)
-        return Survey(geom, TissueMask(mask, ds), specs, method, appearance)
+        return Survey(geom, TissueMask(mask, ds), specs, method, appearance, refused)
     finally:
         slide.close()
 
@@ -131,10 +152,13 @@ def slide_info(
     tissue_area_mm2: float | None,
     tissue_method: str,
     patches_planned: list[int],
+    refused: Sequence[str | None] = (),
 ) -> dict[str, Any]:
     """The ``SLIDE_INFO`` record of a planned slide, as SummarizeSlides takes it
-    (``patches_planned``: per patch geometry)."""
+    (``patches_planned`` and ``refused``, why the slide is too coarse for it: per patch
+    geometry)."""
     return {
+        "refused": list(refused),
         "tissue_method": tissue_method,
         "slide_id": row["slide_id"],
         "uri": row["uri"],
