@@ -199,7 +199,7 @@ def test_a_recipes_guard_tolerances_apply_under_the_users_guard_flags():
 
     def flags(**given):
         names = ("guard_min_agreement", "guard_max_prob_diff", "guard_min_cosine")
-        return SimpleNamespace(**dict.fromkeys(names), precision_strict=False, **given)
+        return SimpleNamespace(**{**dict.fromkeys(names), **given}, precision_strict=False)
 
     recipe = {"min_agreement": 0.9, "min_cosine": 0.99}
     guard = model_guard(recipe, flags())
