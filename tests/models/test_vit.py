@@ -1,0 +1,93 @@
+"""The timm-compatible ViT (``models/vit.py``) against an independent implementation of the same
+network: transformers' DINOv2 (pre-norm blocks, fused-qkv attention split into query/key/value,
+LayerScale, GELU or SwiGLU MLP), with the same random weights mapped to its names."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from transforms.models.vit import build, shape_of  # noqa: E402
+
+DIM, HEADS, DEPTH, PATCH, GRID = 64, 4, 2, 16, 14
+
+
+def _to_dinov2(state: dict) -> dict:
+    out = {
+        "embeddings.cls_token": state["cls_token"],
+        "embeddings.mask_token": torch.zeros(1, DIM),
+        "embeddings.position_embeddings": state["pos_embed"],
+        "embeddings.patch_embeddings.projection.weight": state["patch_embed.proj.weight"],
+        "embeddings.patch_embeddings.projection.bias": state["patch_embed.proj.bias"],
+        "layernorm.weight": state["norm.weight"],
+        "layernorm.bias": state["norm.bias"],
+    }
+    for i in range(DEPTH):
+        b, h = f"blocks.{i}.", f"encoder.layer.{i}."
+        q, k, v = state[b + "attn.qkv.weight"].chunk(3)
+        qb, kb, vb = state[b + "attn.qkv.bias"].chunk(3)
+        for name, w, bias in (("q", q, qb), ("k", k, kb), ("v", v, vb)):
+            out[h + f"attention.{name}_proj.weight"] = w
+            out[h + f"attention.{name}_proj.bias"] = bias
+        out[h + "attention.o_proj.weight"] = state[b + "attn.proj.weight"]
+        out[h + "attention.o_proj.bias"] = state[b + "attn.proj.bias"]
+        for n in ("norm1", "norm2"):
+            out[h + f"{n}.weight"], out[h + f"{n}.bias"] = (
+                state[b + f"{n}.weight"],
+                state[b + f"{n}.bias"],
+            )
+        out[h + "layer_scale1.lambda1"] = state[b + "ls1.gamma"]
+        out[h + "layer_scale2.lambda1"] = state[b + "ls2.gamma"]
+        if f"{b}glu" in state:  # timm packs gate and up in one fc1: silu(first half) * second
+            for p in ("weight", "bias"):
+                gate, up = state[b + f"mlp.fc1.{p}"].chunk(2)
+                out[h + f"mlp.gate_proj.{p}"], out[h + f"mlp.up_proj.{p}"] = gate, up
+                out[h + f"mlp.down_proj.{p}"] = state[b + f"mlp.fc2.{p}"]
+        else:
+            for ours in ("fc1", "fc2"):
+                for p in ("weight", "bias"):
+                    out[h + f"mlp.{ours}.{p}"] = state[b + f"mlp.{ours}.{p}"]
+    return out
+
+
+@pytest.mark.parametrize("mlp", ["gelu", "swiglu"])
+def test_the_vit_computes_what_transformers_dinov2_computes(mlp):
+    torch.manual_seed(0)
+    glu = mlp == "swiglu"
+    hidden = 176 if glu else 256  # DINOv2's SwiGLU width for mlp_ratio 4: (int(256*2/3)+7)//8*8
+    shapes = {
+        "cls_token": (1, 1, DIM),
+        "pos_embed": (1, 1 + GRID * GRID, DIM),
+        "patch_embed.proj.weight": (DIM, 3, PATCH, PATCH),
+        "blocks.0.mlp.fc1.weight": (hidden * 2 if glu else hidden, DIM),
+        "blocks.0.ls1.gamma": (DIM,),
+        f"blocks.{DEPTH - 1}.norm1.weight": (DIM,),
+    }
+    ours = build(shape_of(shapes), HEADS, mlp, "cls", no_embed_class=False).eval()
+    with torch.no_grad():
+        for p in ours.parameters():
+            p.copy_(torch.randn_like(p) * 0.1)
+    state = ours.state_dict()
+    if glu:
+        state.update({f"blocks.{i}.glu": torch.zeros(()) for i in range(DEPTH)})
+    config = transformers.Dinov2Config(
+        hidden_size=DIM,
+        num_hidden_layers=DEPTH,
+        num_attention_heads=HEADS,
+        mlp_ratio=4,
+        patch_size=PATCH,
+        image_size=PATCH * GRID,
+        layer_norm_eps=1e-6,
+        use_swiglu_ffn=glu,
+        hidden_act="gelu",
+    )
+    theirs = transformers.Dinov2Model(config).eval()
+    missing, unexpected = theirs.load_state_dict(_to_dinov2(state), strict=False)
+    assert not unexpected and not missing
+    x = torch.randn(2, 3, PATCH * GRID, PATCH * GRID)
+    with torch.no_grad():
+        expected = theirs(pixel_values=x).pooler_output
+        got = ours(x)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
