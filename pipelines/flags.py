@@ -24,6 +24,7 @@ from transforms.core.errors import ConfigError
 from transforms.io.destinations import DEFAULT_OUTPUT, RUN_ID_PATTERN
 from transforms.models.kinds import KINDS, OUTPUT_KINDS
 from transforms.models.precision import PRECISIONS, GuardConfig
+from transforms.models.presets import preset_names
 from transforms.models.spec import (
     ACTIVATIONS,
     INPUTS,
@@ -477,6 +478,17 @@ SLIDES: tuple[Group, ...] = (
                 label="Model input",
                 choices=INPUTS,
                 field="input",
+            ),
+            Flag(
+                "preset",
+                "NAME=PRESET: the recipe of a foundation model whose folder you bring (uni, "
+                "uni2-h, virchow2, h-optimus-0, prov-gigapath, phikon-v2); the folder is checked "
+                "to be that architecture before launch",
+                metavar="NAME=PRESET",
+                repeat=True,
+                label="Foundation-model preset",
+                choices=preset_names(),
+                field="preset",
             ),
             Flag(
                 "model_stain",

@@ -37,6 +37,7 @@ from transforms.models.recipe import (
     check_fixed_size,
     load_recipe,
     relative_to,
+    with_preset,
 )
 from transforms.models.spec import ModelSpec, model_format
 from transforms.slides.geometry import PatchingConfig
@@ -266,6 +267,8 @@ def model_specs(options: PipelineOptions) -> tuple[ModelSpec, ...]:
     with flags_named(MODEL_FIELD_FLAGS):
         for name, uri in uris.items():
             recipe = load_recipe(uri, model_format(uri, fields[name].get("model_class")))
+            if fields[name].get("preset"):
+                recipe = with_preset(fields[name]["preset"], recipe)
             merged, overrides = apply_recipe(name, recipe, fields[name], job)
             merged["stain_reference"] = stain_reference(name, recipe, merged)
             if recipe is not None and recipe.get("guard"):

@@ -22,6 +22,7 @@ from transforms.core.errors import ConfigError, ManifestError, ModelLoadError
 from transforms.core.remote_io import filesystem, is_transient
 from transforms.io.manifests import ManifestSource, RowRule, manifest_columns
 from transforms.models.loading import check_class_count
+from transforms.models.presets import check_folder
 from transforms.models.spec import ModelSpec
 from transforms.slides.manifest_rows import PATCH_ROWS, SLIDE_ROWS
 
@@ -71,6 +72,10 @@ HF_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index
 
 def _check_model_format(spec: ModelSpec) -> None:
     """The model's files are what its format needs: one listing or header read, no download."""
+    if spec.preset is not None:
+        check_folder(spec.name, spec.preset, spec.uri)  # the files it needs, its architecture
+        if spec.format == "timm":
+            return
     fs, path = filesystem(spec.uri)
     where = f"--model {spec.name}={spec.uri}"
     if spec.format == "huggingface":

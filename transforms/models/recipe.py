@@ -309,6 +309,16 @@ def check_fixed_size(name: str, model_uri: str, patch_px: int, how: str) -> None
         )
 
 
+def with_preset(name: str, recipe: Recipe | None) -> Recipe:
+    """Preset ``name``'s recipe (``presets.json``), with the folder's own recipe over it."""
+    from transforms.models.presets import preset
+
+    values = dict(preset(name)["recipe"])
+    if recipe is None:
+        return Recipe(f"preset {name}", values)
+    return Recipe(f"preset {name} + {recipe.uri}", {**values, **recipe.values})
+
+
 JOB_FIELDS = ("patch_px", "patch_mpp", "min_tissue")
 """Recipe fields a job-wide flag (``--patch_px``...) also gives, for every model at once."""
 

@@ -1,10 +1,11 @@
 """Patch-model specs and the one model-name rule that the CLI, the specs and the templates share.
 
-Four ways to ship a patch model (``model_format`` tells them apart by the URI):
+Five ways to ship a patch model (``model_format`` tells the first four apart by the URI):
   * a ``.pt2`` program saved with ``torch.export.save`` (self-contained);
   * a ``state_dict`` file plus an importable class (``model_class = "pkg.mod:Class"``);
   * an ``.onnx`` graph (run by onnxruntime; external weights as ``<file>.data`` beside it);
-  * a Hugging Face vision folder written by ``save_pretrained`` (ViT, DINOv2, Swin, ConvNeXt...).
+  * a Hugging Face vision folder written by ``save_pretrained`` (ViT, DINOv2, Swin, ConvNeXt...);
+  * a timm ViT folder of a foundation model (UNI, Virchow2...), named by its ``--preset``.
 
 And the kinds of output in ``models/kinds`` (``OUTPUT_KINDS``): class logits
 (``classification``), one vector per patch (``embedding``), a class map per patch
@@ -44,7 +45,7 @@ def stain_key(method: str, reference: Any) -> str:
     return f"{method}:{reference!r}"
 
 
-FORMATS = ("pt2", "state_dict", "onnx", "huggingface")
+FORMATS = ("pt2", "state_dict", "onnx", "huggingface", "timm")
 MODALITIES = ("brightfield_he", "brightfield_ihc", "fluorescence", "any")
 """What a model was made for (its recipe's ``modality``): H&E or IHC brightfield,
 fluorescence, or any slide (``recipe.modality_refuses``)."""
@@ -160,6 +161,8 @@ class ModelSpec(ModelRef):
     citation: str | None = None
     stain_norm: str = "none"
     """Stain normalisation of its patches: none, macenko or reinhard (``slides/stain_norm.py``)."""
+    preset: str | None = None
+    """The foundation-model preset it was given (``presets.py``), whose recipe it takes."""
     mpp_tolerance: float | None = None
     """How much coarser than its patch mpp a slide may be (None: the job's 10%)."""
     guard: GuardConfig | None = None
@@ -248,7 +251,11 @@ class ModelSpec(ModelRef):
 
     @property
     def format(self) -> str:
-        """One of ``FORMATS``."""
+        """One of ``FORMATS``: a preset's folder is its preset's (``timm`` or Hugging Face)."""
+        if self.preset is not None:
+            from transforms.models.presets import preset_format
+
+            return preset_format(self.preset)
         return model_format(self.uri, self.model_class)
 
     def class_name(self, index: int) -> str:

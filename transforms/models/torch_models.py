@@ -201,6 +201,8 @@ def load_torch(spec: ModelSpec, device: str) -> LoadedModel:
         module, info = auto.from_pretrained(folder, local_files_only=True, output_loading_info=True)
         _drop_uninitialised_pooler(module, list(info.get("missing_keys") or ()))
         return HuggingFaceModel(module.eval().to(device), device, *normalisation(spec, folder))
+    if spec.format == "timm":
+        return load_timm_vit(spec, device)
     path = local_copy(spec.uri)
     if spec.format == "pt2":
         module = _quietly(lambda: torch.export.load(path)).module()
@@ -211,6 +213,40 @@ def load_torch(spec: ModelSpec, device: str) -> LoadedModel:
         module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         module.eval()
     return TorchModel(module.to(device), device, *normalisation(spec))
+
+
+def load_timm_vit(spec: ModelSpec, device: str) -> LoadedModel:
+    """A foundation model's timm ViT folder (``pytorch_model.bin`` or ``model.safetensors``),
+    built by ``vit.build`` as its preset says and loaded strictly: weights of another
+    architecture fail, naming how they differ from the preset."""
+    import torch
+
+    from transforms.models.presets import SAFETENSORS, preset, weights_differences
+    from transforms.models.vit import build, shape_of
+
+    assert spec.preset is not None
+    folder = local_folder(spec.uri)
+    safetensors = os.path.join(folder, SAFETENSORS)
+    if os.path.exists(safetensors):
+        from safetensors.torch import load_file
+
+        state = load_file(safetensors)
+    else:
+        state = torch.load(
+            os.path.join(folder, "pytorch_model.bin"), map_location="cpu", weights_only=True
+        )
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    differences = weights_differences(spec.preset, shapes)
+    if differences:
+        raise ModelLoadError(
+            f"the weights are not {preset(spec.preset)['title']}: {'; '.join(differences)}"
+        )
+    arch = preset(spec.preset)["architecture"]
+    module = build(
+        shape_of(shapes), arch["heads"], arch["mlp"], arch["pooling"], arch["no_embed_class"]
+    )
+    module.load_state_dict(state, strict=True)
+    return TorchModel(module.eval().to(device), device, *normalisation(spec))
 
 
 def _drop_uninitialised_pooler(module: Any, missing: list[str]) -> None:
