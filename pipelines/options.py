@@ -271,6 +271,11 @@ def model_specs(options: PipelineOptions) -> tuple[ModelSpec, ...]:
                 recipe = with_preset(fields[name]["preset"], recipe)
             merged, overrides = apply_recipe(name, recipe, fields[name], job)
             merged["stain_reference"] = stain_reference(name, recipe, merged)
+            if opts.patches and "patch_mpp" not in fields[name] and merged.get("patch_mpp"):
+                overrides += (  # the recipe's resolution cannot apply to given boxes
+                    f"patch_mpp {merged.pop('patch_mpp'):g} of the recipe not used: the patch "
+                    "manifest gives each patch's box",
+                )
             if recipe is not None and recipe.get("guard"):
                 merged["guard"] = model_guard(recipe.get("guard"), common)
             if model_format(uri, merged.get("model_class")) == "onnx":
