@@ -1,8 +1,8 @@
 """``python -m pipelines.models``: a model's recipe, written, described and checked.
 
-    python -m pipelines.models describe URI          the recipe, the format, input/output shapes
+    python -m pipelines.models describe URI [--preset P]  recipe, format, input/output shapes
     python -m pipelines.models init URI [flags]      write URI's recipe from the flags you use
-    python -m pipelines.models check URI             load it, run one blank batch, compare
+    python -m pipelines.models check URI [--preset P]     load it, run one blank batch, compare
     python -m pipelines.models schema                the recipe's JSON Schema
 
 ``init`` takes the slide pipeline's per-model flags, with or without ``NAME=`` (``--model_output
@@ -21,12 +21,14 @@ from typing import Any
 
 from pipelines.options import stain_reference
 from transforms.core.errors import ConfigError, printable
+from transforms.models.presets import check_folder
 from transforms.models.recipe import (
     SCHEMA_ID,
     check_recipe,
     load_recipe,
     recipe_schema,
     recipe_uri,
+    with_preset,
 )
 from transforms.models.spec import ModelSpec, model_format
 
@@ -78,14 +80,18 @@ def recipe_from_flags(argv: list[str]) -> dict[str, Any]:
     return check_recipe(recipe, "from the flags")
 
 
-def _spec(uri: str) -> tuple[ModelSpec, dict[str, Any]]:
+def _spec(uri: str, preset: str | None = None) -> tuple[ModelSpec, dict[str, Any]]:
     fmt = model_format(uri, None)
     recipe = load_recipe(uri, fmt)
+    if preset is not None:
+        check_folder("model", preset, uri)
+        recipe = with_preset(preset, recipe)
     if recipe is None:
         raise ConfigError(f"{uri}: no recipe ({recipe_uri(uri, fmt)}); write one with init")
     fields = recipe.spec_fields()
     fields["stain_reference"] = stain_reference("model", recipe, fields)
-    return ModelSpec(name="model", uri=uri, recipe=recipe.uri, **fields), recipe.values
+    spec = ModelSpec(name="model", uri=uri, recipe=recipe.uri, preset=preset, **fields)
+    return spec, recipe.values
 
 
 def _shapes(spec: ModelSpec) -> tuple[int, dict[str, tuple[int, ...]]]:
@@ -100,23 +106,23 @@ def _shapes(spec: ModelSpec) -> tuple[int, dict[str, tuple[int, ...]]]:
     return px, {name: tuple(np.asarray(o).shape) for name, o in outputs.items()}
 
 
-def describe(uri: str) -> str:
-    spec, values = _spec(uri)
+def describe(uri: str, preset: str | None = None) -> str:
+    spec, values = _spec(uri, preset)
     px, shapes = _shapes(spec)
     lines = [
         f"model     {uri}",
         f"format    {spec.format}",
         f"recipe    {spec.recipe}",
-        *(f"  {k:<14}{json.dumps(v)}" for k, v in values.items() if k != "$schema"),
+        *(f"  {k:<15}{json.dumps(v)}" for k, v in values.items() if k != "$schema"),
         f"input     2 x 3 x {px} x {px} ({spec.input}, mean {spec.mean}, std {spec.std})",
         *(f"output    {name}: {' x '.join(map(str, shape))}" for name, shape in shapes.items()),
     ]
     return "\n".join(printable(line) for line in lines)
 
 
-def check(uri: str) -> list[str]:
+def check(uri: str, preset: str | None = None) -> list[str]:
     """What the model does that its recipe does not say (empty: they agree)."""
-    spec, values = _spec(uri)
+    spec, values = _spec(uri, preset)
     _, shapes = _shapes(spec)
     found = []
     for name, shape in shapes.items():
@@ -151,6 +157,15 @@ def init(uri: str, argv: list[str], force: bool) -> str:
     return target
 
 
+def _preset_arg(rest: list[str]) -> str | None:
+    """``--preset NAME`` of describe and check (a foundation model's folder)."""
+    if not rest:
+        return None
+    if len(rest) != 2 or rest[0] != "--preset":
+        raise ConfigError(f"unexpected {' '.join(rest)} (describe and check take --preset NAME)")
+    return rest[1]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if (
@@ -174,14 +189,15 @@ def main(argv: list[str] | None = None) -> int:
         if not rest:
             raise ConfigError(f"{command} needs the model's URI")
         uri = rest[0]
+        preset = _preset_arg(rest[1:]) if command in ("describe", "check") else None
         if command == "describe":
-            print(describe(uri))
+            print(describe(uri, preset))
         elif command == "init":
             force = "--force" in rest
             target = init(uri, [a for a in rest[1:] if a != "--force"], force)
             print(f"wrote {target}")
         else:
-            found = check(uri)
+            found = check(uri, preset)
             if found:
                 for line in found:
                     print(f"error: {printable(line)}", file=sys.stderr)

@@ -151,7 +151,7 @@ def test_a_folder_of_another_architecture_fails_before_launch_naming_how(cmu1, t
     assert done.returncode == 2
     [line] = [x for x in done.stderr.splitlines() if x.startswith("error:")]
     assert "is not UNI2-h (ViT-H/14, 8 registers, MahmoodLab)" in line
-    assert "hidden size 1024 (config.json model_args.embed_dim); uni2-h has 1536" in line
+    assert "hidden size 1024 (model.safetensors cls_token); uni2-h has 1536" in line
     assert "patch size 16" in line and "register tokens 0" in line
     assert not (tmp_path / "out").exists()
 
@@ -168,3 +168,18 @@ def test_weights_that_contradict_their_config_are_refused_by_their_shapes(tmp_pa
     (tmp_path / "model" / "config.json").write_text(json.dumps(config))
     with pytest.raises(ConfigError, match="hidden size 1024 \\(model.safetensors cls_token\\)"):
         check_folder("fm", "uni2-h", folder)
+
+
+def test_describe_and_check_take_a_preset(tmp_path):
+    from tests.processes import run_python
+
+    folder, _ = timm_folder(tmp_path / "model", "h-optimus-0")
+    described = run_python("-m", "pipelines.models", "describe", folder, "--preset", "h-optimus-0")
+    assert described.returncode == 0, described.stderr
+    assert "format    timm" in described.stdout and "output    output: 2 x 1536" in described.stdout
+    checked = run_python("-m", "pipelines.models", "check", folder, "--preset", "h-optimus-0")
+    assert checked.returncode == 0 and "does what its recipe says" in checked.stdout
+    wrong = run_python("-m", "pipelines.models", "check", folder, "--preset", "uni")
+    assert (
+        wrong.returncode == 2 and "hidden size 1536 (model.safetensors cls_token)" in wrong.stderr
+    )

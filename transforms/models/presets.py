@@ -137,12 +137,12 @@ def folder_differences(name: str, uri: str) -> list[str]:
         )
     with fs.open(f"{base}/config.json", "rb") as f:
         found = _config_facts(json.loads(f.read()), fmt)
-    said = _differences(name, wanted, found)
     if fmt == TIMM and SAFETENSORS in files:
         with fs.open(f"{base}/{SAFETENSORS}", "rb") as f:
             shapes = safetensors_shapes(f.read)
-        said += _differences(name, wanted, shape_facts(shapes, SAFETENSORS))
-    return list(dict.fromkeys(said))
+        # the weights' own shapes are the truth where config.json says otherwise
+        found |= {k: v for k, v in shape_facts(shapes, SAFETENSORS).items() if k in wanted}
+    return _differences(name, wanted, found)
 
 
 def check_folder(model: str, name: str, uri: str) -> None:
