@@ -15,19 +15,22 @@ torch = pytest.importorskip("torch")
 
 from tests.models.test_model_kinds import normalised, pixels_of  # noqa: E402
 from transforms.models.presets import preset, presets  # noqa: E402
-from transforms.models.vit import VitShape, build  # noqa: E402
+from transforms.models.vit import CONCH_TRUNK_GRID, VitShape, build, build_conch  # noqa: E402
 
 pytestmark = [pytest.mark.shared_data]
 
 TIMM = [name for name, p in presets().items() if p["format"] == "timm"]
-BOXES = ((0, 0), (900, 1300), (1800, 2500))
+BOXES = ((0, 0), (900, 1300), (1700, 2400))
 
 
-def timm_folder(folder, name: str, weights: str = "model.safetensors", seed: int = 0):
-    """A random-weight model of preset ``name``'s architecture (2 blocks), saved as timm saves
-    the model on the Hugging Face hub: config.json and the state dict."""
+def timm_folder(folder, name: str, weights: str | None = None, seed: int = 0):
+    """A random-weight model of preset ``name``'s architecture (2 blocks), saved as its authors
+    publish it: config.json and the state dict (safetensors, unless the preset's files are
+    another)."""
     arch = preset(name)["architecture"]
-    grid = preset(name)["recipe"]["patch_px"] // arch["patch_size"]
+    weights = weights or preset(name).get("weights", ["model.safetensors"])[0]
+    conch = arch.get("family") == "conch"
+    grid = CONCH_TRUNK_GRID if conch else preset(name)["recipe"]["patch_px"] // arch["patch_size"]
     prefix = 0 if arch["no_embed_class"] else 1 + arch["reg_tokens"]
     shape = VitShape(
         embed_dim=arch["embed_dim"],
@@ -39,20 +42,23 @@ def timm_folder(folder, name: str, weights: str = "model.safetensors", seed: int
         layer_scale=True,
     )
     torch.manual_seed(seed)
-    module = build(shape, arch["heads"], arch["mlp"], arch["pooling"], arch["no_embed_class"])
+    if conch:
+        module = build_conch(shape, arch["heads"])
+    else:
+        module = build(shape, arch["heads"], arch["mlp"], arch["pooling"], arch["no_embed_class"])
     with torch.no_grad():
         for p in module.parameters():
             p.add_(torch.randn_like(p) * 0.02)
     folder.mkdir(parents=True)
     state = {k: v.contiguous() for k, v in module.state_dict().items()}
-    if weights == "model.safetensors":
+    if weights.endswith(".safetensors"):
         from safetensors.torch import save_file
 
         save_file(state, str(folder / weights))
     else:
         torch.save(state, folder / weights)
     config = {
-        "architecture": arch["timm"],
+        "architecture": arch.get("timm", name),
         "num_classes": 0,
         "num_features": arch["embed_dim"],
         "model_args": {
@@ -72,7 +78,8 @@ def _run(tmp_path, cmu1, model: str, name: str):
     slides, patches = tmp_path / "slides.csv", tmp_path / "patches.csv"
     slides.write_text(f"slide_id,uri\ncmu1,{cmu1}\n")
     patches.write_text(
-        "slide_id,x_px,y_px,size_px\n" + "".join(f"cmu1,{x},{y},224\n" for x, y in BOXES)
+        "slide_id,x_px,y_px,size_px\n"
+        + "".join(f"cmu1,{x},{y},{preset(name)['recipe']['patch_px']}\n" for x, y in BOXES)
     )
     out = tmp_path / "out"
     run(

@@ -91,3 +91,39 @@ def test_the_vit_computes_what_transformers_dinov2_computes(mlp):
         expected = theirs(pixel_values=x).pooler_output
         got = ours(x)
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_conchs_attentional_pooler_computes_what_its_reference_formulation_computes():
+    """CONCH v1.5's pooler against a line-by-line transcription of its published forward
+    (einops' rearrange/repeat written as reshapes): one query over the trunk's tokens."""
+    from transforms.models.vit import VitShape, build_conch
+
+    torch.manual_seed(0)
+    shape = VitShape(1024, 16, 1, 0, 197, 4096, True)
+    pool = build_conch(shape).attn_pool_contrast.eval().double()  # float64: the order of sums
+    with torch.no_grad():
+        for p in pool.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    x = torch.randn(3, 50, 1024, dtype=torch.float64)
+
+    def reference(x):  # x: b n d -> b 1 n d, and so on, as published
+        x = x[:, None]
+        b, m, heads = x.shape[0], x.shape[1], 8
+        q = pool.query[None, None].expand(b, m, -1, -1)
+        x = pool.ln_k(x)
+        q = pool.to_q(pool.ln_q(q))
+        k, v = pool.to_kv(x).chunk(2, dim=-1)
+
+        def split(t):  # b t n (h d) -> b h t n d
+            return t.reshape(*t.shape[:3], heads, -1).permute(0, 3, 1, 2, 4)
+
+        q, k, v = split(q), split(k), split(v)
+        q = q * (768 // heads) ** -0.5
+        sim = torch.einsum("...id,...jd->...ij", q, k)
+        sim = sim - sim.amax(dim=-1, keepdim=True)
+        out = torch.einsum("...ij,...jd->...id", sim.softmax(dim=-1), v)
+        out = out.permute(0, 2, 3, 1, 4).reshape(b, m, 1, 768)  # b h t n d -> b t n (h d)
+        return pool.to_out(out).squeeze(1)[:, 0]
+
+    with torch.no_grad():
+        torch.testing.assert_close(pool(x), reference(x), atol=1e-10, rtol=1e-10)

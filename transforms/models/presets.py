@@ -52,6 +52,17 @@ def preset(name: str) -> dict[str, Any]:
     return known[name]
 
 
+def weight_files(name: str) -> tuple[str, ...]:
+    """The file names a preset's weights may have, in the order they are looked for."""
+    return tuple(preset(name).get("weights") or (SAFETENSORS, TORCH_BIN))
+
+
+def trunk_shapes(name: str, shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """The ViT's tensors among a checkpoint's (CONCH v1.5 keeps its ViT under ``trunk.``)."""
+    prefix = preset(name)["architecture"].get("prefix", "")
+    return {k[len(prefix) :]: v for k, v in shapes.items() if k.startswith(prefix)}
+
+
 def preset_format(name: str) -> str:
     """How a preset's folder is stored: ``timm`` or ``huggingface``."""
     return str(preset(name)["format"])
@@ -129,19 +140,20 @@ def folder_differences(name: str, uri: str) -> list[str]:
     if not fs.isdir(base):
         raise ConfigError(f"`preset` {name}: {uri} is not a folder (bring the model's folder)")
     files = {p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(base, detail=False)}
-    weights = {SAFETENSORS, TORCH_BIN} & files
-    if "config.json" not in files or not weights:
+    names = weight_files(name)
+    if "config.json" not in files or not set(names) & files:
         raise ConfigError(
-            f"`preset` {name}: {uri} needs config.json and {SAFETENSORS} or {TORCH_BIN} "
+            f"`preset` {name}: {uri} needs config.json and {' or '.join(names)} "
             f"(it has {', '.join(sorted(files)) or 'nothing'})"
         )
     with fs.open(f"{base}/config.json", "rb") as f:
         found = _config_facts(json.loads(f.read()), fmt)
-    if fmt == TIMM and SAFETENSORS in files:
-        with fs.open(f"{base}/{SAFETENSORS}", "rb") as f:
-            shapes = safetensors_shapes(f.read)
+    header = next((n for n in names if n in files and n.endswith(".safetensors")), None)
+    if fmt == TIMM and header is not None:
+        with fs.open(f"{base}/{header}", "rb") as f:
+            shapes = trunk_shapes(name, safetensors_shapes(f.read))
         # the weights' own shapes are the truth where config.json says otherwise
-        found |= {k: v for k, v in shape_facts(shapes, SAFETENSORS).items() if k in wanted}
+        found |= {k: v for k, v in shape_facts(shapes, header).items() if k in wanted}
     return _differences(name, wanted, found)
 
 
@@ -156,4 +168,5 @@ def check_folder(model: str, name: str, uri: str) -> None:
 
 def weights_differences(name: str, shapes: dict[str, tuple[int, ...]]) -> list[str]:
     """How loaded weights' shapes differ from preset ``name``'s architecture."""
-    return _differences(name, preset(name)["architecture"], shape_facts(shapes, "the weights"))
+    facts = shape_facts(trunk_shapes(name, shapes), "the weights")
+    return _differences(name, preset(name)["architecture"], facts)

@@ -221,20 +221,21 @@ def load_timm_vit(spec: ModelSpec, device: str) -> LoadedModel:
     architecture fail, naming how they differ from the preset."""
     import torch
 
-    from transforms.models.presets import SAFETENSORS, preset, weights_differences
-    from transforms.models.vit import build, shape_of
+    from transforms.models import vit
+    from transforms.models.presets import preset, trunk_shapes, weight_files, weights_differences
 
     assert spec.preset is not None
     folder = local_folder(spec.uri)
-    safetensors = os.path.join(folder, SAFETENSORS)
-    if os.path.exists(safetensors):
+    found = [os.path.join(folder, n) for n in weight_files(spec.preset)]
+    path = next((p for p in found if os.path.exists(p)), None)
+    if path is None:
+        raise FileNotFoundError(f"none of {', '.join(weight_files(spec.preset))} in {spec.uri}")
+    if path.endswith(".safetensors"):
         from safetensors.torch import load_file
 
-        state = load_file(safetensors)
+        state = load_file(path)
     else:
-        state = torch.load(
-            os.path.join(folder, "pytorch_model.bin"), map_location="cpu", weights_only=True
-        )
+        state = torch.load(path, map_location="cpu", weights_only=True)
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     differences = weights_differences(spec.preset, shapes)
     if differences:
@@ -242,9 +243,15 @@ def load_timm_vit(spec: ModelSpec, device: str) -> LoadedModel:
             f"the weights are not {preset(spec.preset)['title']}: {'; '.join(differences)}"
         )
     arch = preset(spec.preset)["architecture"]
-    module = build(
-        shape_of(shapes), arch["heads"], arch["mlp"], arch["pooling"], arch["no_embed_class"]
-    )
+    shape = vit.shape_of(trunk_shapes(spec.preset, shapes))
+    if arch.get("family") == "conch":
+        key = arch["prefix"] + "pos_embed"
+        state[key] = vit.resample_grid(state[key], 1, vit.CONCH_TRUNK_GRID)
+        module = vit.build_conch(shape, arch["heads"])
+    else:
+        module = vit.build(
+            shape, arch["heads"], arch["mlp"], arch["pooling"], arch["no_embed_class"]
+        )
     module.load_state_dict(state, strict=True)
     return TorchModel(module.eval().to(device), device, *normalisation(spec))
 

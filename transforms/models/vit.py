@@ -24,7 +24,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-POOLINGS = ("cls", "cls+mean")
+POOLINGS = ("cls", "cls+mean", "tokens")
 
 
 @dataclass(frozen=True)
@@ -63,9 +63,18 @@ def shape_of(shapes: dict[str, tuple[int, ...]]) -> VitShape:
     )
 
 
-def build(shape: VitShape, heads: int, mlp: str, pooling: str, no_embed_class: bool) -> Any:
+def build(
+    shape: VitShape,
+    heads: int,
+    mlp: str,
+    pooling: str,
+    no_embed_class: bool,
+    dino_positions: bool = False,
+) -> Any:
     """An ``nn.Module`` of that architecture (random weights), taking ``N x 3 x H x W`` and
-    returning ``N x D`` (``cls``) or ``N x 2D`` (``cls+mean``) embeddings."""
+    returning ``N x D`` (``cls``) or ``N x 2D`` (``cls+mean``) embeddings, or every token
+    (``tokens``). ``dino_positions``: resample positions for another grid as DINO/iBOT code
+    does (bicubic, by a scale factor of (side + 0.1) / grid), not as timm does."""
     import torch
     from torch import nn
     from torch.nn import functional as F  # noqa: N812
@@ -152,8 +161,12 @@ def build(shape: VitShape, heads: int, mlp: str, pooling: str, no_embed_class: b
             patches = self.pos_embed[:, start:]
             if (side_h, side_w) == (grid, grid):
                 return patches
-            square = patches.reshape(1, grid, grid, dim).permute(0, 3, 1, 2)
-            square = F.interpolate(square.float(), size=(side_h, side_w), mode="bicubic")
+            square = patches.reshape(1, grid, grid, dim).permute(0, 3, 1, 2).float()
+            if dino_positions:
+                scale = ((side_h + 0.1) / grid, (side_w + 0.1) / grid)
+                square = F.interpolate(square, scale_factor=scale, mode="bicubic")
+            else:
+                square = F.interpolate(square, size=(side_h, side_w), mode="bicubic")
             return square.permute(0, 2, 3, 1).reshape(1, side_h * side_w, dim).to(patches.dtype)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -169,8 +182,75 @@ def build(shape: VitShape, heads: int, mlp: str, pooling: str, no_embed_class: b
                 lead = self.pos_embed[:, :prefix]
                 x = torch.cat([*tokens, x], dim=1) + torch.cat([lead, positions], dim=1)
             x = self.norm(self.blocks(x))
+            if pooling == "tokens":
+                return x
             if pooling == "cls":
                 return x[:, 0]
             return torch.cat([x[:, 0], x[:, prefix:].mean(dim=1)], dim=-1)
 
     return VisionTransformer()
+
+
+def resample_grid(pos_embed: Any, prefix: int, side: int) -> Any:
+    """A position embedding's patch part resampled to ``side x side`` bilinearly (timm's
+    ``resample_abs_pos_embed`` as CONCH v1.5's loader calls it: no antialiasing)."""
+    import torch
+    from torch.nn import functional as F  # noqa: N812
+
+    lead, patches = pos_embed[:, :prefix], pos_embed[:, prefix:]
+    grid, dim = math.isqrt(patches.shape[1]), patches.shape[2]
+    if grid == side:
+        return pos_embed
+    square = patches.reshape(1, grid, grid, dim).permute(0, 3, 1, 2).float()
+    square = F.interpolate(square, size=(side, side), mode="bilinear", antialias=False)
+    patches = square.permute(0, 2, 3, 1).reshape(1, side * side, dim).to(pos_embed.dtype)
+    return torch.cat([lead, patches], dim=1)
+
+
+CONCH_TRUNK_GRID = 14
+"""CONCH v1.5's trunk is built for 224 px (14 x 14 patches of 16): its loader resamples the
+checkpoint's position embedding to that grid, and the trunk resamples it again, DINO-style, for
+448 px inputs."""
+
+
+def build_conch(shape: VitShape, heads: int = 16, pool_heads: int = 8, out_dim: int = 768) -> Any:
+    """CONCH v1.5's vision tower: a ViT-L/16 trunk (``trunk.``), one learned query attending
+    over its normalised tokens (``attn_pool_contrast``), and a LayerNorm (``ln_contrast``);
+    ``N x out_dim`` embeddings."""
+    import torch
+    from torch import nn
+
+    trunk_shape = VitShape(**{**shape.__dict__, "pos_tokens": 1 + CONCH_TRUNK_GRID**2})
+
+    class AttentionalPooler(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            context = shape.embed_dim
+            self.query = nn.Parameter(torch.randn(1, out_dim))
+            self.ln_k = nn.LayerNorm(context)
+            self.ln_q = nn.LayerNorm(out_dim)
+            self.to_q = nn.Linear(out_dim, out_dim, bias=False)
+            self.to_kv = nn.Linear(context, out_dim * 2, bias=False)
+            self.to_out = nn.Linear(out_dim, out_dim, bias=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            b, n, head_dim = x.shape[0], x.shape[1], out_dim // pool_heads
+            q = self.to_q(self.ln_q(self.query)).reshape(pool_heads, head_dim)
+            k, v = self.to_kv(self.ln_k(x)).chunk(2, dim=-1)
+            k = k.reshape(b, n, pool_heads, head_dim).transpose(1, 2)
+            v = v.reshape(b, n, pool_heads, head_dim).transpose(1, 2)
+            weights = torch.einsum("hd,bhnd->bhn", q * head_dim**-0.5, k).softmax(dim=-1)
+            out = torch.einsum("bhn,bhnd->bhd", weights, v).reshape(b, out_dim)
+            return self.to_out(out)
+
+    class ConchVisionTower(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.trunk = build(trunk_shape, heads, "gelu", "tokens", False, dino_positions=True)
+            self.attn_pool_contrast = AttentionalPooler()
+            self.ln_contrast = nn.LayerNorm(out_dim)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.ln_contrast(self.attn_pool_contrast(self.trunk(x)))
+
+    return ConchVisionTower()
