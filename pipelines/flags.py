@@ -482,8 +482,8 @@ SLIDES: tuple[Group, ...] = (
             Flag(
                 "preset",
                 "NAME=PRESET: the recipe of a foundation model whose folder you bring (uni, "
-                "uni2-h, virchow2, h-optimus-0, prov-gigapath, phikon-v2); the folder is checked "
-                "to be that architecture before launch",
+                "uni2-h, virchow2, h-optimus-0, prov-gigapath, phikon-v2, conch-v1.5, "
+                "ctranspath); the folder is checked to be that architecture before launch",
                 metavar="NAME=PRESET",
                 repeat=True,
                 label="Foundation-model preset",

@@ -29,6 +29,8 @@ def timm_folder(folder, name: str, weights: str | None = None, seed: int = 0):
     another)."""
     arch = preset(name)["architecture"]
     weights = weights or preset(name).get("weights", ["model.safetensors"])[0]
+    if arch.get("family") == "swin":
+        return _ctranspath_folder(folder, weights, seed)
     conch = arch.get("family") == "conch"
     grid = CONCH_TRUNK_GRID if conch else preset(name)["recipe"]["patch_px"] // arch["patch_size"]
     prefix = 0 if arch["no_embed_class"] else 1 + arch["reg_tokens"]
@@ -69,6 +71,23 @@ def timm_folder(folder, name: str, weights: str | None = None, seed: int = 0):
         },
     }
     (folder / "config.json").write_text(json.dumps(config))
+    return str(folder), module.eval()
+
+
+def _ctranspath_folder(folder, weights: str, seed: int):
+    """CTransPath's checkpoint as published: ``{"model": state}``, its shifted blocks'
+    ``attn_mask`` buffers included, no config.json."""
+    from transforms.models.swin import build as build_swin
+
+    torch.manual_seed(seed)
+    module = build_swin("conv")
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    state = dict(module.state_dict())
+    state.update({f"{k}": v for k, v in module.named_buffers() if k.endswith("attn_mask")})
+    folder.mkdir(parents=True)
+    torch.save({"model": state}, folder / weights)
     return str(folder), module.eval()
 
 

@@ -127,3 +127,68 @@ def test_conchs_attentional_pooler_computes_what_its_reference_formulation_compu
 
     with torch.no_grad():
         torch.testing.assert_close(pool(x), reference(x), atol=1e-10, rtol=1e-10)
+
+
+def test_the_swin_computes_what_transformers_swin_computes():
+    """Swin-T (``models/swin.py`` with the plain 4 x 4 patch embedding) against transformers'
+    SwinModel with the same random weights mapped to its names: window attention with the
+    relative-position bias, shifted windows and their mask, patch merging, the mean pool."""
+    from transforms.models.swin import DEPTHS, build
+
+    torch.manual_seed(0)
+    ours = build(stem="patch").eval()
+    with torch.no_grad():
+        for p in ours.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    state = ours.state_dict()
+    mapped = {
+        "embeddings.patch_embeddings.projection.weight": state["patch_embed.proj.weight"],
+        "embeddings.patch_embeddings.projection.bias": state["patch_embed.proj.bias"],
+        "embeddings.norm.weight": state["patch_embed.norm.weight"],
+        "embeddings.norm.bias": state["patch_embed.norm.bias"],
+        "layernorm.weight": state["norm.weight"],
+        "layernorm.bias": state["norm.bias"],
+    }
+    names = {
+        "norm1": "layernorm_before",
+        "norm2": "layernorm_after",
+        "attn.proj": "attention.o_proj",
+        "mlp.fc1": "mlp.fc1",
+        "mlp.fc2": "mlp.fc2",
+    }
+    for i, depth in enumerate(DEPTHS):
+        for j in range(depth):
+            ours_b, theirs_b = f"layers.{i}.blocks.{j}.", f"encoder.layers.{i}.blocks.{j}."
+            for a, b in names.items():
+                for p in ("weight", "bias"):
+                    mapped[f"{theirs_b}{b}.{p}"] = state[f"{ours_b}{a}.{p}"]
+            attn = theirs_b + "attention."
+            mapped[attn + "relative_position_bias.relative_position_bias_table"] = state[
+                ours_b + "attn.relative_position_bias_table"
+            ]
+            for p in ("weight", "bias"):
+                q, k, v = state[f"{ours_b}attn.qkv.{p}"].chunk(3)
+                mapped[f"{attn}q_proj.{p}"], mapped[f"{attn}k_proj.{p}"] = q, k
+                mapped[f"{attn}v_proj.{p}"] = v
+        if i < len(DEPTHS) - 1:
+            for part in ("norm.weight", "norm.bias", "reduction.weight"):
+                mapped[f"encoder.layers.{i}.downsample.{part}"] = state[
+                    f"layers.{i}.downsample.{part}"
+                ]
+    config = transformers.SwinConfig(
+        image_size=224,
+        patch_size=4,
+        embed_dim=96,
+        depths=[2, 2, 6, 2],
+        num_heads=[3, 6, 12, 24],
+        window_size=7,
+        layer_norm_eps=1e-5,
+    )
+    theirs = transformers.SwinModel(config).eval()
+    missing, unexpected = theirs.load_state_dict(mapped, strict=False)
+    assert not unexpected and not missing
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            ours(x), theirs(pixel_values=x).pooler_output, atol=1e-5, rtol=1e-5
+        )

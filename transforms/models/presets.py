@@ -112,9 +112,16 @@ def safetensors_shapes(read: Any) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
 
 
-def shape_facts(shapes: dict[str, tuple[int, ...]], where: str) -> dict[str, tuple[Any, str]]:
-    """The checked facts of a timm ViT's tensor shapes."""
+def shape_facts(
+    name: str, shapes: dict[str, tuple[int, ...]], where: str
+) -> dict[str, tuple[Any, str]]:
+    """The checked facts of preset ``name``'s kind of network, from its tensor shapes."""
     from transforms.models.vit import shape_of
+
+    if preset(name)["architecture"].get("family") == "swin":
+        if "norm.weight" not in shapes or "patch_embed.proj.6.weight" not in shapes:
+            return {"embed_dim": ("no ConvStem Swin (no norm / patch_embed.proj.6)", where)}
+        return {"embed_dim": (shapes["norm.weight"][0], f"{where} norm")}
 
     try:
         shape = shape_of(shapes)
@@ -141,19 +148,22 @@ def folder_differences(name: str, uri: str) -> list[str]:
         raise ConfigError(f"`preset` {name}: {uri} is not a folder (bring the model's folder)")
     files = {p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(base, detail=False)}
     names = weight_files(name)
-    if "config.json" not in files or not set(names) & files:
+    needs_config = preset(name).get("config", True)
+    if (needs_config and "config.json" not in files) or not set(names) & files:
         raise ConfigError(
-            f"`preset` {name}: {uri} needs config.json and {' or '.join(names)} "
-            f"(it has {', '.join(sorted(files)) or 'nothing'})"
+            f"`preset` {name}: {uri} needs {'config.json and ' if needs_config else ''}"
+            f"{' or '.join(names)} (it has {', '.join(sorted(files)) or 'nothing'})"
         )
-    with fs.open(f"{base}/config.json", "rb") as f:
-        found = _config_facts(json.loads(f.read()), fmt)
+    found: dict[str, tuple[Any, str]] = {}
+    if needs_config:
+        with fs.open(f"{base}/config.json", "rb") as f:
+            found = _config_facts(json.loads(f.read()), fmt)
     header = next((n for n in names if n in files and n.endswith(".safetensors")), None)
     if fmt == TIMM and header is not None:
         with fs.open(f"{base}/{header}", "rb") as f:
             shapes = trunk_shapes(name, safetensors_shapes(f.read))
         # the weights' own shapes are the truth where config.json says otherwise
-        found |= {k: v for k, v in shape_facts(shapes, header).items() if k in wanted}
+        found |= {k: v for k, v in shape_facts(name, shapes, header).items() if k in wanted}
     return _differences(name, wanted, found)
 
 
@@ -168,5 +178,5 @@ def check_folder(model: str, name: str, uri: str) -> None:
 
 def weights_differences(name: str, shapes: dict[str, tuple[int, ...]]) -> list[str]:
     """How loaded weights' shapes differ from preset ``name``'s architecture."""
-    facts = shape_facts(trunk_shapes(name, shapes), "the weights")
+    facts = shape_facts(name, trunk_shapes(name, shapes), "the weights")
     return _differences(name, preset(name)["architecture"], facts)

@@ -202,7 +202,10 @@ def load_torch(spec: ModelSpec, device: str) -> LoadedModel:
         _drop_uninitialised_pooler(module, list(info.get("missing_keys") or ()))
         return HuggingFaceModel(module.eval().to(device), device, *normalisation(spec, folder))
     if spec.format == "timm":
-        return load_timm_vit(spec, device)
+        from transforms.models.foundation import foundation_module
+
+        module = foundation_module(spec)
+        return TorchModel(module.to(device), device, *normalisation(spec))
     path = local_copy(spec.uri)
     if spec.format == "pt2":
         module = _quietly(lambda: torch.export.load(path)).module()
@@ -213,47 +216,6 @@ def load_torch(spec: ModelSpec, device: str) -> LoadedModel:
         module.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         module.eval()
     return TorchModel(module.to(device), device, *normalisation(spec))
-
-
-def load_timm_vit(spec: ModelSpec, device: str) -> LoadedModel:
-    """A foundation model's timm ViT folder (``pytorch_model.bin`` or ``model.safetensors``),
-    built by ``vit.build`` as its preset says and loaded strictly: weights of another
-    architecture fail, naming how they differ from the preset."""
-    import torch
-
-    from transforms.models import vit
-    from transforms.models.presets import preset, trunk_shapes, weight_files, weights_differences
-
-    assert spec.preset is not None
-    folder = local_folder(spec.uri)
-    found = [os.path.join(folder, n) for n in weight_files(spec.preset)]
-    path = next((p for p in found if os.path.exists(p)), None)
-    if path is None:
-        raise FileNotFoundError(f"none of {', '.join(weight_files(spec.preset))} in {spec.uri}")
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        state = load_file(path)
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    shapes = {k: tuple(v.shape) for k, v in state.items()}
-    differences = weights_differences(spec.preset, shapes)
-    if differences:
-        raise ModelLoadError(
-            f"the weights are not {preset(spec.preset)['title']}: {'; '.join(differences)}"
-        )
-    arch = preset(spec.preset)["architecture"]
-    shape = vit.shape_of(trunk_shapes(spec.preset, shapes))
-    if arch.get("family") == "conch":
-        key = arch["prefix"] + "pos_embed"
-        state[key] = vit.resample_grid(state[key], 1, vit.CONCH_TRUNK_GRID)
-        module = vit.build_conch(shape, arch["heads"])
-    else:
-        module = vit.build(
-            shape, arch["heads"], arch["mlp"], arch["pooling"], arch["no_embed_class"]
-        )
-    module.load_state_dict(state, strict=True)
-    return TorchModel(module.eval().to(device), device, *normalisation(spec))
 
 
 def _drop_uninitialised_pooler(module: Any, missing: list[str]) -> None:
