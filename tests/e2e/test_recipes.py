@@ -91,12 +91,25 @@ def test_the_recipe_alone_gives_the_class_areas_of_the_seven_flags(shell, slides
 
 
 def test_flags_that_change_the_preprocessing_are_said_and_recorded(shell, slides, tmp_path):
-    done = _run(slides, tmp_path / "out", shell["with_recipe"], "--model_input", "shell=rgb")
+    done = _run(
+        slides,
+        tmp_path / "out",
+        shell["with_recipe"],
+        "--model_input",
+        "shell=rgb",
+        "--patch_px",
+        "200",
+    )
     assert done.returncode == 0, done.stderr
     said = [line for line in done.stderr.splitlines() if "overrides the recipe" in line]
-    assert said == ["shell: input rgb overrides the recipe's eho"]
+    assert said == [
+        "shell: patch_px 200 overrides the recipe's 320",
+        "shell: input rgb overrides the recipe's eho",
+    ]
     [model] = _models(tmp_path / "out")
-    assert model["overrides"] == "input rgb overrides the recipe's eho"
+    assert model["overrides"] == (
+        "patch_px 200 overrides the recipe's 320; input rgb overrides the recipe's eho"
+    )
     report = next((tmp_path / "out" / "report").rglob("index.html")).read_text()
     assert "overridden: input rgb overrides the recipe&#x27;s eho" in report
 
