@@ -111,7 +111,7 @@ def test_flags_that_change_the_preprocessing_are_said_and_recorded(shell, slides
         "patch_px 200 overrides the recipe's 320; input rgb overrides the recipe's eho"
     )
     report = next((tmp_path / "out" / "report").rglob("index.html")).read_text()
-    assert "overridden: input rgb overrides the recipe&#x27;s eho" in report
+    assert "overridden: patch_px 200 overrides the recipe&#x27;s 320; input rgb" in report
 
 
 def test_a_class_count_the_recipe_contradicts_fails_before_launch(shell, slides, tmp_path):
