@@ -265,7 +265,7 @@ def test_messages_lead_to_the_fix_for_a_72_dpi_mpp_and_dicom(tmp_path, shared_da
     assert "352.778 µm/px, which no slide scanner writes" in messages["boxes"]
     assert "`mpp` column of the slide manifest" in messages["boxes"]
     # DICOM is read (wsidicom); this one's 16.8 um/px is too coarse for 0.5, and says so
-    assert "16.78 mpp is coarser than --patch_mpp 0.5" in messages["dicom"]
+    assert "16.78 mpp is coarser than the patches' 0.5 mpp (--patch_mpp" in messages["dicom"]
     assert "`mpp` column of the slide manifest" in messages["dicom"]
 
 

@@ -217,7 +217,7 @@ def build_slides(d: Path, tmp: Path) -> dict[str, tuple[str, str | None, object]
         "dicom_raw": (str(d / "dicom_wsi2dcm_raw" / "wsi2dcm_raw.dcm"), "0.5", OK),
         "dicom_folder_of_instances": (str(d / "dicom_openslide_boxes"), None, OK),
         "dicom_renamed_svs": (_copy(dicom_jpeg, tmp / "dicom.svs"), "0.5", OK),
-        "dicom_at_its_own_mpp": (str(dicom_jpeg), None, dead("PlanPatches", "SlideError")),
+        "dicom_at_its_own_mpp": (str(dicom_jpeg), None, dead("PlanPatches", "ResolutionError")),
         "dicom_truncated": (
             _truncated(dicom_jpeg, tmp / "truncated.dcm"),
             "0.5",

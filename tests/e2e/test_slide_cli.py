@@ -69,10 +69,12 @@ def test_mixed_vendor_manifest_with_bad_slides(tmp_path, shared_data, tiny_model
     assert slide_errors == {
         "unreadable": ("PlanPatches", "SlideError"),
         "unopenable": ("PlanPatches", "SlideError"),
-        "dicom": ("PlanPatches", "SlideError"),  # read; 16.8 um/px is coarser than 0.5
+        "dicom": ("PlanPatches", "ResolutionError"),  # read; 16.8 um/px is coarser than 0.5
         "missing": ("PlanPatches", "FileNotFoundError"),
     }
-    assert "coarser than --patch_mpp" in next(e["message"] for e in errors if e["key"] == "dicom")
+    assert "coarser than the patches' 0.5 mpp (--patch_mpp" in next(
+        e["message"] for e in errors if e["key"] == "dicom"
+    )
     # Slides in = slides with results + slides with a dead letter.
     assert 7 == summaries.slide_id.nunique() + len(errors)
 
