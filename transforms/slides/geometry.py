@@ -188,7 +188,8 @@ def grid_spec(geom: SlideGeometry, cfg: PatchingConfig) -> GridSpec:
         if wanted < 1 / cfg.max_upsample:
             raise ResolutionError(
                 f"slide resolution {geom.mpp:.4g} mpp is coarser than the patches' "
-                f"{cfg.patch_mpp:g} mpp (--patch_mpp, or a model's recipe); refusing to upsample more than {cfg.max_upsample:g}x "
+                f"{cfg.patch_mpp:g} mpp (--patch_mpp, or a model's recipe); refusing to upsample "
+                f"more than {cfg.max_upsample:g}x "
                 f"(if the slide's mpp is wrong, {_GIVE_MPP})"
             )
         level = choose_level(geom.level_downsamples, wanted)
