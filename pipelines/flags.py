@@ -37,6 +37,7 @@ from transforms.models.spec import (
 from transforms.slides.geometry import TISSUE_METHODS, PatchingConfig
 from transforms.slides.qupath import MIN_PROB as QUPATH_MIN_PROB
 from transforms.slides.run_model import BatchingConfig
+from transforms.slides.summaries import MIN_COVERAGE
 from transforms.text.batching import TokenBatchingConfig
 from transforms.text.tasks import TASK_NAMES, TASKS
 from transforms.text.windows import WindowConfig
@@ -696,6 +697,16 @@ SLIDES: tuple[Group, ...] = (
                 float,
                 "P",
                 label="QuPath export threshold",
+                pattern=FRACTION,
+            ),
+            Flag(
+                "min_coverage",
+                "flag a slide x model whose planned patches cover less than this share of its "
+                "detected tissue (in the report, the summary line and slide_summaries)",
+                str(MIN_COVERAGE),
+                float,
+                "F",
+                label="Minimum tissue coverage",
                 pattern=FRACTION,
             ),
         ),

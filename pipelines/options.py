@@ -44,6 +44,7 @@ from transforms.slides.geometry import PatchingConfig
 from transforms.slides.qupath import MIN_PROB as QUPATH_MIN_PROB
 from transforms.slides.run_model import BatchingConfig
 from transforms.slides.stain_norm import resolve_reference
+from transforms.slides.summaries import MIN_COVERAGE
 from transforms.text.batching import TokenBatchingConfig
 from transforms.text.models import TextModelSpec
 from transforms.text.windows import WindowConfig
@@ -181,6 +182,7 @@ class SlideJobConfig:
     info: RunInfo | None = None
     """What the run's record says of its launch (flags, code, models)."""
     qupath_min_prob: float = QUPATH_MIN_PROB
+    min_coverage: float = MIN_COVERAGE
     guard: GuardConfig = GuardConfig()
     geometries: tuple[PatchingConfig, ...] = ()
     """The distinct patch geometries the models take (``ModelSpec.geometry`` indexes them);
@@ -428,7 +430,7 @@ def slide_job_config(options: PipelineOptions) -> SlideJobConfig:
             heatmaps=not opts.no_heatmaps,
             max_failed_fraction=_failed_fraction(common),
             info=info,
-            **given(qupath_min_prob=opts.qupath_min_prob),
+            **given(qupath_min_prob=opts.qupath_min_prob, min_coverage=opts.min_coverage),
             guard=_guard(common),
         )
 

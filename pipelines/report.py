@@ -83,6 +83,12 @@ def print_report(
             f"  slides without tissue: {c['slides_without_tissue']} (each has a summary row with "
             "patch_count = 0, its tissue_area_mm2 and the tissue_method used; see --tissue_method)"
         )
+    if c.get("slide_models_low_coverage"):
+        print(
+            f"  LOW COVERAGE: {c['slide_models_low_coverage']} slide x model(s) whose patches "
+            "cover less of the tissue than --min_coverage (slide_summaries.coverage; whole "
+            "patches leave tissue at the grid's edges unanalysed)"
+        )
     print(f"  patch inferences: {inferred} ({inferred / max(elapsed_s, 1e-9):.1f}/s overall)")
     print("  counters: " + ", ".join(f"{k}={c.get(k, 0)}" for k in SHOWN))
     print(f"  {_where(dest, ', '.join(tables), run_id)}")

@@ -83,7 +83,7 @@ def build(pipeline: beam.Pipeline, cfg: SlideJobConfig) -> dict[str, beam.PColle
     }
     every_result = list(results.values()) | "AllResults" >> beam.Flatten()
     summarized = (every_result, planned[SLIDE_INFO]) | "SummarizeSlides" >> SummarizeSlides(
-        cfg.models, picture_dirs(cfg), cfg.run.run_id
+        cfg.models, picture_dirs(cfg), cfg.run.run_id, cfg.min_coverage
     )
     errors.append(summarized[DEAD_LETTER])
     folder = qupath_dir(cfg)

@@ -183,18 +183,28 @@ def _slides(rows: list[dict], report_dir: str) -> str:
             f"<td>{_img(row.get('heatmap_uri'), report_dir, 'heatmap')}</td>"
             f"<td>{e(row['model_name'])} {e(row['model_version'])}</td>"
             f"<td class=num>{row['patch_count']:,} of {row['patches_planned']:,}</td>"
+            f"<td class=num>{_coverage(row)}</td>"
             f"<td class=num>{_area(row.get('tissue_area_mm2'))}</td>"
             f"<td>{_classes(row)}</td><td>{_top(row)}</td></tr>"
         )
     more = len(rows) - MAX_ROWS
     return (
         "<h2>Slides</h2><table><tr><th>slide</th><th>thumbnail</th><th>heatmap or class map"
-        "</th><th>model</th><th>patches</th><th>tissue mm²</th><th>class fractions or areas"
-        "</th><th>top class</th></tr>"
+        "</th><th>model</th><th>patches</th><th>tissue covered</th><th>tissue mm²</th>"
+        "<th>class fractions or areas</th><th>top class</th></tr>"
         + "".join(body)
         + "</table>"
         + (f"<p class=muted>{more:,} more rows in slide_summaries</p>" if more > 0 else "")
     )
+
+
+def _coverage(row: dict) -> str:
+    """The share of the slide's tissue its patches cover; flagged under --min_coverage."""
+    value = row.get("coverage")
+    if value is None or value != value:  # None, or NaN from a Parquet null
+        return "–"
+    said = f"{value:.0%}"
+    return f'<span class="failed">{said} (low)</span>' if row.get("low_coverage") else said
 
 
 def _area(value: float | None) -> str:

@@ -66,6 +66,13 @@ SLIDE_SUMMARIES = Table(
         Column("slide_mpp", "FLOAT64"),
         Column("patches_planned", "INT64", "REQUIRED"),
         Column("patch_count", "INT64", "REQUIRED", description="patches with a prediction"),
+        Column(
+            "coverage",
+            "FLOAT64",
+            description="share of the detected tissue the model's planned patches cover (grid "
+            "tiling; each tissue pixel once, overlap or not)",
+        ),
+        Column("low_coverage", "BOOL", description="coverage under --min_coverage"),
         Column("tissue_area_mm2", "FLOAT64", description="from the tissue mask and the slide mpp"),
         Column(
             "tissue_method",

@@ -24,6 +24,7 @@ from transforms.slides.geometry import (
     work_units,
 )
 from transforms.slides.survey import SLIDE_INFO, Survey, slide_error, slide_info, survey_or_failure
+from transforms.slides.tissue import Coverage
 
 
 class _PlanSlide(beam.DoFn):
@@ -38,28 +39,37 @@ class _PlanSlide(beam.DoFn):
             yield slide_error(row, survey)
             return
         planned = [0] * len(self._cfgs)
+        coverage: list[float | None] = [None] * len(self._cfgs)
         for index, (cfg, spec) in enumerate(zip(self._cfgs, survey.specs, strict=True)):
             if spec is None:
                 continue  # too coarse for this geometry: its models' dead letters say so
-            boxes = self._tissue(survey, spec, cfg)
+            covered = Coverage(survey.mask)
+            boxes = self._tissue(survey, spec, cfg, covered)
             for unit in work_units(row["slide_id"], row["uri"], survey.geom, boxes, cfg, spec.mpp):
                 planned[index] += len(unit.patches)
                 yield dataclasses.replace(unit, appearance=survey.appearance, geometry=index)
+            coverage[index] = covered.fraction()
         progress.count("slides_planned")
         progress.count("patches_planned", sum(planned))
         if sum(planned) == 0:
             progress.count("slides_without_tissue")
         area = survey.mask.area_mm2(survey.geom.mpp)
-        info = slide_info(row, survey.geom, area, survey.tissue_method, planned, survey.refused)
+        info = slide_info(
+            row, survey.geom, area, survey.tissue_method, planned, survey.refused, coverage
+        )
         yield beam.pvalue.TaggedOutput(SLIDE_INFO, info)
 
-    def _tissue(self, survey: Survey, spec: GridSpec, cfg: PatchingConfig) -> Iterator[PatchBox]:
-        """The grid's tissue patches, row by row (lazily: a slide's grid is never held)."""
+    def _tissue(
+        self, survey: Survey, spec: GridSpec, cfg: PatchingConfig, covered: Coverage
+    ) -> Iterator[PatchBox]:
+        """The grid's tissue patches, row by row (lazily: a slide's grid is never held), each
+        counted in ``covered``."""
         background = 0
         for box in grid_boxes(survey.geom, spec):
             if cfg.min_tissue > 0 and survey.mask.fraction(box) < cfg.min_tissue:
                 background += 1
             else:
+                covered.add(box)
                 yield box
         progress.count("patches_background", background)
 

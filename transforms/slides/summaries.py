@@ -226,11 +226,16 @@ class _SummarizeSlide(beam.DoFn):
     STAGE = "RenderHeatmap"
 
     def __init__(
-        self, specs: Sequence[ModelSpec], picture_dirs: dict[str, str], run_id: str
+        self,
+        specs: Sequence[ModelSpec],
+        picture_dirs: dict[str, str],
+        run_id: str,
+        min_coverage: float,
     ) -> None:
         self._specs = list(specs)
         self._picture_dirs = picture_dirs
         self._run_id = run_id
+        self._min_coverage = min_coverage
 
     def process(self, element: tuple[str, dict[str, list]]) -> Iterator[Any]:
         slide_id, groups = element
@@ -268,6 +273,11 @@ class _SummarizeSlide(beam.DoFn):
                 except Exception as exc:  # noqa: BLE001 - the summary row still goes out
                     yield self._failed(slide_id, spec.name, exc)
             row = summary_row(info, spec, stats, heatmap_uri, self._run_id)
+            row["low_coverage"] = row["coverage"] is not None and (
+                row["coverage"] < self._min_coverage
+            )
+            if row["low_coverage"]:
+                progress.count("slide_models_low_coverage")
             yield {**row, "thumbnail_uri": thumbnail_uri}
         progress.count("slides_summarized")
 
@@ -332,6 +342,7 @@ def summary_row(
         "slide_mpp": info["mpp"],
         "patches_planned": info["patches_planned"][spec.geometry],
         "patch_count": stats.n,
+        "coverage": coverage_of(info, spec),
         "tissue_area_mm2": info["tissue_area_mm2"],
         "tissue_method": info["tissue_method"],
         **stats.class_stats(),
@@ -341,6 +352,18 @@ def summary_row(
         "metadata": metadata_record({k: redact(v) for k, v in info["metadata"].items()}),
         "run_id": run_id,
     }
+
+
+MIN_COVERAGE = 0.9
+"""The default ``--min_coverage``: a slide x model whose planned patches cover less of its
+tissue is flagged (whole patches at the grid's edges leave tissue unanalysed)."""
+
+
+def coverage_of(info: dict, spec: ModelSpec) -> float | None:
+    """The share of the slide's detected tissue that the model's planned patches cover (None
+    with a patch manifest, or a slide without tissue)."""
+    coverage = info.get("coverage") or ()
+    return coverage[spec.geometry] if spec.geometry < len(coverage) else None
 
 
 def class_areas_mm2(spec: ModelSpec, stats: SlideStats, mpp: float | None) -> list[float]:
@@ -360,10 +383,14 @@ class SummarizeSlides(beam.PTransform):
     """
 
     def __init__(
-        self, specs: Sequence[ModelSpec], picture_dirs: dict[str, str], run_id: str
+        self,
+        specs: Sequence[ModelSpec],
+        picture_dirs: dict[str, str],
+        run_id: str,
+        min_coverage: float = 0.0,
     ) -> None:
         super().__init__()
-        self._fn = _SummarizeSlide(specs, picture_dirs, run_id)
+        self._fn = _SummarizeSlide(specs, picture_dirs, run_id, min_coverage)
         self._specs = list(specs)
 
     def expand(self, inputs: tuple[beam.PCollection, beam.PCollection]) -> dict:

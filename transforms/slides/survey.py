@@ -153,12 +153,14 @@ def slide_info(
     tissue_method: str,
     patches_planned: list[int],
     refused: Sequence[str | None] = (),
+    coverage: Sequence[float | None] = (),
 ) -> dict[str, Any]:
     """The ``SLIDE_INFO`` record of a planned slide, as SummarizeSlides takes it
-    (``patches_planned`` and ``refused``, why the slide is too coarse for it: per patch
-    geometry)."""
+    (``patches_planned``; ``refused``, why the slide is too coarse for it; ``coverage``, the
+    share of its tissue the planned patches cover: per patch geometry)."""
     return {
         "refused": list(refused),
+        "coverage": list(coverage),
         "tissue_method": tissue_method,
         "slide_id": row["slide_id"],
         "uri": row["uri"],

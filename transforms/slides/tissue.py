@@ -50,6 +50,30 @@ class TissueMask:
         return float(self.mask.sum()) * px_um * px_um / 1e6
 
 
+class Coverage:
+    """How much of a slide's tissue a set of patch boxes covers, counted at the tissue mask's
+    resolution: a mask pixel is covered when its centre lies in a box, so overlapping boxes
+    count each tissue pixel once."""
+
+    def __init__(self, tissue: TissueMask) -> None:
+        self._tissue = tissue
+        self._covered = np.zeros_like(tissue.mask, dtype=bool)
+
+    def add(self, box: PatchBox) -> None:
+        ds = self._tissue.downsample
+        y0, x0 = (max(0, int(np.ceil(v / ds - 0.5))) for v in (box.y_px, box.x_px))
+        y1 = int(np.ceil((box.y_px + box.size_px) / ds - 0.5))
+        x1 = int(np.ceil((box.x_px + box.size_px) / ds - 0.5))
+        self._covered[y0:y1, x0:x1] = True
+
+    def fraction(self) -> float | None:
+        """Covered tissue over detected tissue; None for a slide without tissue."""
+        tissue = int(self._tissue.mask.sum())
+        if tissue == 0:
+            return None
+        return float((self._covered & self._tissue.mask).sum()) / tissue
+
+
 def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     """Otsu's threshold of a float array with values in [0, 1]."""
     hist, edges = np.histogram(values, bins=bins, range=(0.0, 1.0))
