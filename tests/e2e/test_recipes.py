@@ -89,6 +89,8 @@ def test_the_recipe_alone_gives_the_class_areas_of_the_seven_flags(shell, slides
     [summary] = pd.read_parquet(tmp_path / "alone" / "slide_summaries").to_dict("records")
     assert summary["coverage"] == pytest.approx(0.47, abs=0.02) and summary["low_coverage"]
     assert "LOW COVERAGE: 1 slide x model(s)" in alone.stdout
+    [run_row] = pd.read_parquet(tmp_path / "alone" / "runs").to_dict("records")
+    assert run_row["coverage_min"] == summary["coverage"] and run_row["low_coverage"] == 1
     [model] = _models(tmp_path / "alone")
     assert model["recipe"].endswith("model_v1.recipe.json") and model["overrides"] is None
     assert model["licence"] == "MIT"

@@ -60,6 +60,18 @@ def _device() -> str:
         return "cpu"
 
 
+def coverage_counts(summaries: list[dict]) -> dict[str, Any]:
+    """The lowest tissue coverage of a slide run's summaries, and how many are flagged low;
+    nothing for runs without coverage (text, patch manifests)."""
+    values = [r["coverage"] for r in summaries if r.get("coverage") is not None]
+    if not values:
+        return {}
+    return {
+        "coverage_min": min(values),
+        "low_coverage": sum(1 for r in summaries if r.get("low_coverage")),
+    }
+
+
 class _Record(beam.DoFn):
     def __init__(self, info: RunInfo, dest: Any, report_dir: str | None) -> None:
         self._info = info
@@ -95,6 +107,7 @@ class _Record(beam.DoFn):
             ],
             "units_done": units_done,
             "precision_guard": per_model(guard),
+            **coverage_counts(sections.get("slides") or []),
         }
         report_uri = f"{self._report_dir}/index.html" if self._report_dir else None
         row = record(

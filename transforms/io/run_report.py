@@ -99,7 +99,7 @@ def _record(row: dict) -> str:
 <dt>finished</dt><dd>{_when(row["finished_at"])} ({row["wall_s"] or 0:.1f} s)</dd>
 <dt>inputs</dt><dd>{e(row["inputs"])} in · {e(row["inputs_with_results"])} with results ·
 {e(row["inputs_failed"])} failed · {e(row["inputs_skipped"])} skipped as done already</dd>
-<dt>throughput</dt><dd>{rate} ({e(row["units_done"])} {e(row["units"])})</dd>
+{_coverage_line(row)}<dt>throughput</dt><dd>{rate} ({e(row["units_done"])} {e(row["units"])})</dd>
 <dt>outputs</dt><dd>{outputs or "–"}</dd>
 <dt>code</dt><dd>pathbeam {e(row["package_version"])} · commit <code>{e(row["git_commit"])}</code>
 · {e(image_text(row["container_image"]))}</dd>
@@ -196,6 +196,16 @@ def _slides(rows: list[dict], report_dir: str) -> str:
         + "</table>"
         + (f"<p class=muted>{more:,} more rows in slide_summaries</p>" if more > 0 else "")
     )
+
+
+def _coverage_line(row: dict) -> str:
+    """The run's lowest tissue coverage, and how many slide x models are under --min_coverage."""
+    lowest = row.get("coverage_min")
+    if lowest is None or lowest != lowest:
+        return ""
+    low = row.get("low_coverage") or 0
+    flagged = f' · <span class="failed">{low} slide × model under --min_coverage</span>'
+    return f"<dt>tissue covered</dt><dd>lowest {lowest:.0%}{flagged if low else ''}</dd>\n"
 
 
 def _coverage(row: dict) -> str:

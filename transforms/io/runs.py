@@ -221,6 +221,8 @@ def record(
         ],
         "units": info.units,
         "units_done": units_done,
+        "coverage_min": counts.get("coverage_min"),
+        "low_coverage": counts.get("low_coverage"),
         "units_per_s": units_done / wall if units_done is not None and wall else None,
         "report_uri": report_uri,
         "run_date": info.started_at.date(),

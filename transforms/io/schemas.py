@@ -226,6 +226,12 @@ RUNS = Table(
         ),
         Column("units", "STRING", description="what units_per_s counts: patches or tokens"),
         Column("units_done", "INT64"),
+        Column(
+            "coverage_min",
+            "FLOAT64",
+            description="the lowest tissue coverage of any slide x model (slide_summaries)",
+        ),
+        Column("low_coverage", "INT64", description="slide x models under --min_coverage"),
         Column("units_per_s", "FLOAT64"),
         Column("report_uri", "STRING"),
         RUN_COLUMNS[1],  # run_date; run_id is the first column
