@@ -209,3 +209,20 @@ def test_describe_and_check_take_a_preset(tmp_path):
     assert (
         wrong.returncode == 2 and "hidden size 1536 (model.safetensors cls_token)" in wrong.stderr
     )
+
+
+@pytest.mark.parametrize(
+    ("broken", "said"),
+    [
+        ("config.json", "config.json is not JSON"),
+        ("model.safetensors", "model.safetensors is not a safetensors file"),
+    ],
+)
+def test_a_broken_folder_fails_before_launch_naming_the_file(tmp_path, broken, said):
+    from transforms.core.errors import ConfigError
+    from transforms.models.presets import check_folder
+
+    folder, _ = timm_folder(tmp_path / "model", "uni")
+    (tmp_path / "model" / broken).write_bytes(b"\xff\xff\xff\xff not what it claims")
+    with pytest.raises(ConfigError, match=said):
+        check_folder("fm", "uni", folder)

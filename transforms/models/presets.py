@@ -157,11 +157,24 @@ def folder_differences(name: str, uri: str) -> list[str]:
     found: dict[str, tuple[Any, str]] = {}
     if needs_config:
         with fs.open(f"{base}/config.json", "rb") as f:
-            found = _config_facts(json.loads(f.read()), fmt)
+            try:
+                config = json.loads(f.read())
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise ConfigError(
+                    f"`preset` {name}: {uri}/config.json is not JSON ({exc})"
+                ) from None
+        if not isinstance(config, dict):
+            raise ConfigError(f"`preset` {name}: {uri}/config.json is not a JSON object")
+        found = _config_facts(config, fmt)
     header = next((n for n in names if n in files and n.endswith(".safetensors")), None)
     if fmt == TIMM and header is not None:
         with fs.open(f"{base}/{header}", "rb") as f:
-            shapes = trunk_shapes(name, safetensors_shapes(f.read))
+            try:
+                shapes = trunk_shapes(name, safetensors_shapes(f.read))
+            except (ValueError, KeyError, TypeError, struct.error) as exc:
+                raise ConfigError(
+                    f"`preset` {name}: {uri}/{header} is not a safetensors file ({exc})"
+                ) from None
         # the weights' own shapes are the truth where config.json says otherwise
         found |= {k: v for k, v in shape_facts(name, shapes, header).items() if k in wanted}
     return _differences(name, wanted, found)
