@@ -268,7 +268,8 @@ def model_specs(options: PipelineOptions) -> tuple[ModelSpec, ...]:
     specs = []
     with flags_named(MODEL_FIELD_FLAGS):
         for name, uri in uris.items():
-            recipe = load_recipe(uri, model_format(uri, fields[name].get("model_class")))
+            fmt = model_format(uri, fields[name].get("model_class"))
+            recipe = load_recipe(uri, fmt)
             if fields[name].get("preset"):
                 recipe = with_preset(fields[name]["preset"], recipe)
             merged, overrides = apply_recipe(name, recipe, fields[name], job)
@@ -280,7 +281,7 @@ def model_specs(options: PipelineOptions) -> tuple[ModelSpec, ...]:
                 )
             if recipe is not None and recipe.get("guard"):
                 merged["guard"] = model_guard(recipe.get("guard"), common)
-            if model_format(uri, merged.get("model_class")) == "onnx":
+            if fmt == "onnx":
                 px, how = _patch_edge(fields[name], recipe, merged, opts.patch_px)
                 check_fixed_size(name, uri, px, how)
             specs.append(
@@ -313,13 +314,14 @@ def stain_reference(name: str, recipe: Recipe | None, merged: dict[str, Any]) ->
 def _patch_edge(
     flagged: dict[str, Any], recipe: Recipe | None, merged: dict[str, Any], job_px: int | None
 ) -> tuple[int, str]:
-    """A model's patch edge and where it came from (for messages)."""
+    """A model's patch edge and where it came from (for messages): its own flag, else the job's
+    flag (which overrides a recipe's edge too: ``recipe.JOB_FIELDS``), else its recipe."""
     if "patch_px" in flagged:
         return merged["patch_px"], "--model_patch_px"
-    if merged.get("patch_px") is not None:
-        return merged["patch_px"], "its recipe"
     if job_px is not None:
         return job_px, "--patch_px"
+    if merged.get("patch_px") is not None:
+        return merged["patch_px"], "its recipe"
     return PatchingConfig().patch_px, "the default --patch_px"
 
 

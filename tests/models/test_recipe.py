@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from bench.bench_stain_jitter import RECIPE
 from tests.conftest import REPO
 from transforms.core.errors import ConfigError
 from transforms.models.recipe import (
@@ -18,16 +19,8 @@ from transforms.models.recipe import (
     recipe_uri,
 )
 
-SHELL = {
-    "output_kind": "segmentation",
-    "activation": "sigmoid",
-    "input": "eho",
-    "class_names": ["lumen", "epithelium", "stroma"],
-    "patch_px": 320,
-    "patch_mpp": 2.0,
-    "min_tissue": 0.05,
-    "modality": "brightfield_he",
-}
+SHELL = RECIPE
+"""README's seven flags for the lavlab net, as its recipe (the bench's, one copy)."""
 
 
 def test_the_published_schema_is_the_codes():

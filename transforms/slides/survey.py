@@ -45,11 +45,9 @@ class SlideAppearance:
     """The slide's basis once stain-normalised, per ``stain_norm.stain_key`` (for models that
     take EHO channels of normalised patches)."""
 
-    def stains_for(self, key: str | None) -> StainBasis | None:
-        """The basis of the slide's patches as a model sees them: normalised by the
-        normalisation ``key`` (None: not normalised). None if the slide has none."""
-        if key is None:
-            return self.stains
+    def stains_for(self, key: str) -> StainBasis | None:
+        """The slide's basis once normalised by the normalisation ``key``; None if the slide
+        has none."""
         return dict(self.normalised).get(key)
 
 
