@@ -36,6 +36,7 @@ from transforms.models.spec import (
 )
 from transforms.slides.geometry import TISSUE_METHODS, PatchingConfig
 from transforms.slides.qupath import MIN_PROB as QUPATH_MIN_PROB
+from transforms.slides.regions import MIN_REGION_UM2 as QUPATH_MIN_REGION_UM2
 from transforms.slides.run_model import BatchingConfig
 from transforms.slides.summaries import MIN_COVERAGE
 from transforms.text.batching import TokenBatchingConfig
@@ -691,13 +692,22 @@ SLIDES: tuple[Group, ...] = (
             ),
             Flag(
                 "qupath_min_prob",
-                "export a patch to QuPath GeoJSON when its top class probability (or tissue "
-                "share, for segmentation) is at least this",
+                "export a classifier's patch to QuPath GeoJSON when its top class probability "
+                "is at least this (segmentation models export their class regions)",
                 str(QUPATH_MIN_PROB),
                 float,
                 "P",
                 label="QuPath export threshold",
                 pattern=FRACTION,
+            ),
+            Flag(
+                "qupath_min_region_um2",
+                "leave class regions smaller than this many µm² out of a segmentation model's "
+                "QuPath GeoJSON (never out of its mask or its areas)",
+                f"{QUPATH_MIN_REGION_UM2:g}",
+                float,
+                "UM2",
+                label="Smallest QuPath region (µm²)",
             ),
             Flag(
                 "min_coverage",

@@ -42,6 +42,7 @@ from transforms.models.recipe import (
 from transforms.models.spec import ModelSpec, model_format
 from transforms.slides.geometry import PatchingConfig
 from transforms.slides.qupath import MIN_PROB as QUPATH_MIN_PROB
+from transforms.slides.regions import MIN_REGION_UM2 as QUPATH_MIN_REGION_UM2
 from transforms.slides.run_model import BatchingConfig
 from transforms.slides.stain_norm import resolve_reference
 from transforms.slides.summaries import MIN_COVERAGE
@@ -182,6 +183,7 @@ class SlideJobConfig:
     info: RunInfo | None = None
     """What the run's record says of its launch (flags, code, models)."""
     qupath_min_prob: float = QUPATH_MIN_PROB
+    qupath_min_region_um2: float = QUPATH_MIN_REGION_UM2
     min_coverage: float = MIN_COVERAGE
     guard: GuardConfig = GuardConfig()
     geometries: tuple[PatchingConfig, ...] = ()
@@ -432,7 +434,11 @@ def slide_job_config(options: PipelineOptions) -> SlideJobConfig:
             heatmaps=not opts.no_heatmaps,
             max_failed_fraction=_failed_fraction(common),
             info=info,
-            **given(qupath_min_prob=opts.qupath_min_prob, min_coverage=opts.min_coverage),
+            **given(
+                qupath_min_prob=opts.qupath_min_prob,
+                qupath_min_region_um2=opts.qupath_min_region_um2,
+                min_coverage=opts.min_coverage,
+            ),
             guard=_guard(common),
         )
 

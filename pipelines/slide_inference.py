@@ -37,6 +37,7 @@ from transforms.slides.plan_manifest import PlanManifestPatches
 from transforms.slides.qupath import ExportQuPath
 from transforms.slides.read_patches import ReadPatches, SplitByGeometry
 from transforms.slides.run_model import RunModel
+from transforms.slides.stitch import CLASS_MAPS, StitchClassMaps, StitchOutputs
 from transforms.slides.summaries import (
     THUMBNAILS,
     SummarizeCases,
@@ -68,7 +69,7 @@ def build(pipeline: beam.Pipeline, cfg: SlideJobConfig) -> dict[str, beam.PColle
     errors += [planned[DEAD_LETTER], read[DEAD_LETTER]]
     streams = read["patches"] | "SplitByGeometry" >> SplitByGeometry(len(cfg.patch_geometries))
     by_output: dict[str, list[beam.PCollection]] = {}
-    guard = []
+    guard, class_maps = [], []
     for spec in cfg.models:
         patch_px = cfg.patch_geometries[spec.geometry].patch_px
         inferred = streams[spec.geometry] | f"RunModel/{spec.name}" >> RunModel(
@@ -77,17 +78,36 @@ def build(pipeline: beam.Pipeline, cfg: SlideJobConfig) -> dict[str, beam.PColle
         by_output.setdefault(spec.kind.output, []).append(inferred["rows"])
         errors.append(inferred[DEAD_LETTER])
         guard.append(inferred[GUARD])
+        if spec.kind.class_map:
+            class_maps.append(inferred[CLASS_MAPS])
     results = {
         output: rows | f"All{output.title()}" >> beam.Flatten()
         for output, rows in by_output.items()
     }
     every_result = list(results.values()) | "AllResults" >> beam.Flatten()
-    summarized = (every_result, planned[SLIDE_INFO]) | "SummarizeSlides" >> SummarizeSlides(
+    folder = qupath_dir(cfg)
+    summary_inputs = [every_result, planned[SLIDE_INFO]]
+    if class_maps and cfg.heatmaps:
+        stitched = (
+            class_maps
+            | "AllClassMaps" >> beam.Flatten()
+            | "StitchClassMaps"
+            >> StitchClassMaps(
+                cfg.models,
+                StitchOutputs(
+                    f"{cfg.destination.artifacts}/{MASKS}/{cfg.run.run_id}",
+                    folder,
+                    cfg.qupath_min_region_um2,
+                ),
+            )
+        )
+        errors.append(stitched[DEAD_LETTER])
+        summary_inputs.append(stitched["masks"])
+    summarized = tuple(summary_inputs) | "SummarizeSlides" >> SummarizeSlides(
         cfg.models, picture_dirs(cfg), cfg.run.run_id, cfg.min_coverage
     )
     errors.append(summarized[DEAD_LETTER])
-    folder = qupath_dir(cfg)
-    if folder is not None:
+    if folder is not None and any(spec.kind.exports_qupath for spec in cfg.models):
         exported = every_result | "ExportQuPath" >> ExportQuPath(
             cfg.models, folder, cfg.qupath_min_prob
         )
@@ -117,7 +137,11 @@ def build(pipeline: beam.Pipeline, cfg: SlideJobConfig) -> dict[str, beam.PColle
 
 
 QUPATH = "qupath"
-"""The folder of the QuPath GeoJSON files (one per slide and model whose kind exports them)."""
+"""The folder of the QuPath GeoJSON files (one per slide and model whose kind exports them:
+patch detections, or a segmentation's class regions)."""
+MASKS = "masks"
+"""The folder of the stitched class masks (pyramidal OME-TIFFs, one per slide x segmentation
+model)."""
 
 
 def picture_dirs(cfg: SlideJobConfig) -> dict[str, str]:
@@ -133,8 +157,11 @@ def picture_dirs(cfg: SlideJobConfig) -> dict[str, str]:
 
 
 def qupath_dir(cfg: SlideJobConfig) -> str | None:
-    """This run's QuPath folder, when pictures are on and a model's kind exports detections."""
-    if not cfg.heatmaps or not any(spec.kind.exports_qupath for spec in cfg.models):
+    """This run's QuPath folder, when pictures are on and a model's kind exports detections or
+    class regions."""
+    if not cfg.heatmaps or not any(
+        spec.kind.exports_qupath or spec.kind.class_map for spec in cfg.models
+    ):
         return None
     return f"{cfg.destination.artifacts}/{QUPATH}/{cfg.run.run_id}"
 

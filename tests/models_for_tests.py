@@ -193,3 +193,13 @@ def patches(n, px=64, seed=0):
     levels = rng.integers(40, 216, (n, 1, 1, 1))
     noise = rng.integers(-30, 31, (n, px, px, 3))
     return list((levels + noise).clip(0, 255).astype(np.uint8))
+
+
+class WhiteIsOne(nn.Module):
+    """A segmentation net (N x 2 x H x W logits at the input's size): class 1 where a pixel is
+    near white (as a patch's padding past the slide's edge is), class 0 elsewhere. Its input is
+    ImageNet-normalised RGB, where white is about (2.2, 2.4, 2.6)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        white = (x.sum(dim=1, keepdim=True) - 5.0) * 10.0
+        return torch.cat([torch.zeros_like(white), white], dim=1)

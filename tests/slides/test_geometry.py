@@ -49,15 +49,33 @@ def test_overlap_shrinks_the_stride_in_level0_pixels():
     assert spec.patch_l0_px == 256 and spec.stride_l0_px == 192.0
 
 
-def test_grid_covers_only_whole_patches_inside_the_slide():
+def test_grid_covers_every_pixel_running_past_the_right_and_bottom_edges():
     geom = pyramid(width=1000, height=700, mpp=0.5, downsamples=(1.0,))
-    boxes = list(grid_boxes(geom, grid_spec(geom, PatchingConfig(patch_px=224, patch_mpp=0.5))))
-    assert len(boxes) == 4 * 3
-    assert max(b.x_px + b.size_px for b in boxes) <= 1000
-    assert max(b.y_px + b.size_px for b in boxes) <= 700
+    spec = grid_spec(geom, PatchingConfig(patch_px=224, patch_mpp=0.5))
+    boxes = list(grid_boxes(geom, spec))
     assert {(b.x_px, b.y_px) for b in boxes} == {
+        (x, y) for x in (0, 224, 448, 672, 896) for y in (0, 224, 448, 672)
+    }
+    # without overlap a patch owns its part inside the slide
+    assert {b.own for b in boxes if b.x_px == 896 and b.y_px == 672} == {(896, 672, 1000, 700)}
+    whole = list(grid_boxes(geom, spec, whole_only=True))  # what other tools cut
+    assert {(b.x_px, b.y_px) for b in whole} == {
         (x, y) for x in (0, 224, 448, 672) for y in (0, 224, 448)
     }
+
+
+@pytest.mark.parametrize("overlap", [0, 64, 100, 223])
+def test_owned_boxes_tile_the_slide_exactly_once_whatever_the_overlap(overlap):
+    import numpy as np
+
+    geom = pyramid(width=1001, height=703, mpp=0.5, downsamples=(1.0,))
+    spec = grid_spec(geom, PatchingConfig(patch_px=224, patch_mpp=0.5, overlap_px=overlap))
+    counted = np.zeros((703, 1001), int)
+    for b in grid_boxes(geom, spec):
+        x0, y0, x1, y1 = b.own
+        assert b.x_px <= x0 < x1 <= b.x_px + b.size_px and b.y_px <= y0 < y1 <= b.y_px + b.size_px
+        counted[y0:y1, x0:x1] += 1
+    assert (counted == 1).all()
 
 
 def test_slide_without_mpp_needs_patch_level():
@@ -119,9 +137,10 @@ def test_work_units_are_tile_aligned_hold_every_patch_once_and_respect_the_cap()
         assert len(unit.patches) <= 10
         assert x % 240 == 0 and y % 240 == 0
         assert (x + w) % 240 == 0 or x + w == geom.level_dims[unit.level][0]
-        for b in unit.patches:
-            assert x <= b.x_px and b.x_px + b.size_px <= x + w
-            assert y <= b.y_px and b.y_px + b.size_px <= y + h
+        assert unit.slide_dims == (5000, 3000)
+        for b in unit.patches:  # the region holds each patch's part inside the slide
+            assert x <= b.x_px and min(b.x_px + b.size_px, 5000) <= x + w
+            assert y <= b.y_px and min(b.y_px + b.size_px, 3000) <= y + h
 
 
 def test_manifest_patches_take_their_mpp_from_the_slide_including_a_manifest_override():

@@ -84,10 +84,28 @@ SLIDE_SUMMARIES = Table(
             "class_area_mm2",
             "FLOAT64",
             "REPEATED",
-            description="segmentation models: tissue area per class within the patches",
+            description="segmentation models: tissue area per class, each pixel once (from the "
+            "stitched mask: overlapping patches share their overlap)",
+        ),
+        Column(
+            "analysed_tissue_mm2",
+            "FLOAT64",
+            description="segmentation models: the tissue (by the slide's tissue rule, at the "
+            "patches' pixels) in the analysed patches, each pixel once",
         ),
         Column("class_names", "STRING", "REPEATED", description="--class_names, else empty"),
         Column("heatmap_uri", "STRING", description="heatmap, or class map of a segmentation"),
+        Column(
+            "mask_uri",
+            "STRING",
+            description="segmentation models: the stitched class mask, a pyramidal OME-TIFF at "
+            "the model's output resolution (0 none, c + 1 class c)",
+        ),
+        Column(
+            "regions_uri",
+            "STRING",
+            description="segmentation models: the mask's class regions as QuPath GeoJSON",
+        ),
         Column("thumbnail_uri", "STRING", description="the slide's thumbnail (JPEG)"),
         Column("metadata", "RECORD", "REPEATED", _KEY_VALUE, "extra slide manifest columns"),
         *RUN_COLUMNS,

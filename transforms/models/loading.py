@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -74,13 +75,13 @@ def guarded(
     model: LoadedModel,
     pixels: Sequence[np.ndarray],
     spec: ModelSpec,
-    tissue: Sequence[np.ndarray | None] | None,
+    regions: Sequence[Any] | None,
     cfg: GuardConfig,
 ) -> list:
     """``predict``, with reduced precision checked by the accuracy guard (``precision.py``)."""
 
     def run(k: int | None) -> list:
-        return predict(model, pixels[:k], spec, tissue[:k] if tissue is not None else None)
+        return predict(model, pixels[:k], spec, regions[:k] if regions is not None else None)
 
     return run_guarded(model, run, spec.kind, spec.name, cfg)
 
@@ -89,11 +90,11 @@ def predict(
     model: LoadedModel,
     pixels: Sequence[np.ndarray],
     spec: ModelSpec,
-    tissue: Sequence[np.ndarray | None] | None = None,
+    regions: Sequence[Any] | None = None,
 ) -> list:
     """One result per patch: probabilities, an embedding or a ``Segmented`` class map (counted
-    over each patch's ``tissue`` pixels when given)."""
+    over each patch's tissue pixels in its ``PatchRegion`` when given)."""
     outputs = model.forward(pixels)
     if not outputs:
         raise ValueError(f"model {spec.name!r} returned no output")
-    return spec.kind.results(outputs, spec, len(pixels), tissue)
+    return spec.kind.results(outputs, spec, len(pixels), regions)

@@ -103,12 +103,21 @@ _GIVE_MPP = "give the slide's real mpp in an `mpp` column of the slide manifest"
 
 @dataclass(frozen=True)
 class PatchBox:
-    """One patch: a level-0 box, read at ``level`` and resized to ``patch_px``."""
+    """One patch: a level-0 box, read at ``level`` and resized to ``patch_px``.
+
+    A grid patch at the slide's right or bottom edge runs past it: only the part inside the
+    slide is read (its valid region), and the rest is padded with the modality's background.
+    ``own`` is the level-0 box ``(x0, y0, x1, y1)`` of the pixels this patch alone accounts for
+    in a grid: neighbours' owned boxes tile the slide without overlap (the centre of each
+    overlap goes to each side), so areas and stitched masks count every pixel once. ``None``
+    (a manifest's patch): the patch's valid region.
+    """
 
     x_px: int
     y_px: int
     size_px: int
     level: int
+    own: tuple[int, int, int, int] | None = None
 
 
 @dataclass
@@ -130,6 +139,8 @@ class WorkUnit:
     """The slide's ``survey.SlideAppearance`` (tissue rule, stain basis)."""
     geometry: int = 0
     """Which of the job's patch geometries (patch px and mpp) the unit was planned for."""
+    slide_dims: tuple[int, int] | None = None
+    """The slide's level-0 width and height: patches past them are padded."""
 
     def patch_mpp(self, box: PatchBox) -> float | None:
         """µm/px of ``box`` once resized to ``patch_px``: the grid's MPP, else from the slide's."""
@@ -199,23 +210,43 @@ def grid_spec(geom: SlideGeometry, cfg: PatchingConfig) -> GridSpec:
     return GridSpec(level=level, patch_l0_px=patch_l0, stride_l0_px=stride_l0, mpp=mpp)
 
 
-def grid_boxes(geom: SlideGeometry, spec: GridSpec) -> Iterator[PatchBox]:
-    """Every whole patch of the grid that lies inside the slide, row by row."""
-    ny = _steps(geom.height_px, spec.patch_l0_px, spec.stride_l0_px)
-    nx = _steps(geom.width_px, spec.patch_l0_px, spec.stride_l0_px)
-    for j in range(ny):
-        y = round(j * spec.stride_l0_px)
-        for i in range(nx):
-            yield PatchBox(round(i * spec.stride_l0_px), y, spec.patch_l0_px, spec.level)
+def grid_boxes(geom: SlideGeometry, spec: GridSpec, whole_only: bool = False) -> Iterator[PatchBox]:
+    """The grid's patches, row by row, covering every pixel of the slide: the last column and
+    row run past the right and bottom edges (``whole_only``: only patches inside the slide,
+    as other tools cut them; the benchmarks compare on those). Each patch's ``own`` box is its
+    share of the slide: the boundary between neighbours lies in the middle of their overlap."""
+    xs = _starts(geom.width_px, spec, whole_only)
+    ys = _starts(geom.height_px, spec, whole_only)
+    half = (spec.patch_l0_px - spec.stride_l0_px) / 2
+    x_cuts = _cuts(xs, spec.patch_l0_px, half, geom.width_px)
+    y_cuts = _cuts(ys, spec.patch_l0_px, half, geom.height_px)
+    for j, y in enumerate(ys):
+        for i, x in enumerate(xs):
+            own = (x_cuts[i], y_cuts[j], x_cuts[i + 1], y_cuts[j + 1])
+            yield PatchBox(x, y, spec.patch_l0_px, spec.level, own)
 
 
-def _steps(extent: int, size: int, stride: float) -> int:
-    if size > extent:
-        return 0
-    n = int(math.floor((extent - size) / stride)) + 1
-    while n > 0 and round((n - 1) * stride) + size > extent:
-        n -= 1
-    return n
+def _starts(extent: int, spec: GridSpec, whole_only: bool) -> list[int]:
+    """Patch origins along one axis: until the patches cover ``extent`` (or, ``whole_only``,
+    while a whole patch fits)."""
+    size, stride = spec.patch_l0_px, spec.stride_l0_px
+    starts: list[int] = []
+    while True:
+        start = round(len(starts) * stride)
+        if whole_only and start + size > extent:
+            return starts
+        if start >= extent or (starts and starts[-1] + size >= extent):
+            return starts
+        starts.append(start)
+
+
+def _cuts(starts: list[int], size: int, half: float, extent: int) -> list[int]:
+    """The owned intervals' boundaries along one axis: the first patch's start, the middle of
+    each overlap, and the last patch's end (clipped to the slide)."""
+    if not starts:
+        return [0]
+    inner = [min(extent, math.floor(start + half + 0.5)) for start in starts[1:]]
+    return [starts[0], *inner, min(extent, starts[-1] + size)]
 
 
 def check_box(geom: SlideGeometry, box: PatchBox) -> None:
@@ -295,7 +326,17 @@ def _units(
         for start in range(0, len(members), cfg.max_patches_per_unit):
             chunk = members[start : start + cfg.max_patches_per_unit]
             region = _aligned_region(geom, level, chunk)
-            yield WorkUnit(slide_id, uri, level, region, chunk, cfg.patch_px, mpp, geom.mpp)
+            yield WorkUnit(
+                slide_id,
+                uri,
+                level,
+                region,
+                chunk,
+                cfg.patch_px,
+                mpp,
+                geom.mpp,
+                slide_dims=(geom.width_px, geom.height_px),
+            )
 
 
 def _aligned_region(

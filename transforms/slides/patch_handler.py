@@ -125,13 +125,15 @@ class PatchModelHandler(ModelHandler):
         self, batch: Sequence[Any], model: LoadedModel, inference_args: dict | None = None
     ) -> list[PredictionResult]:
         pixels = [model_input(patch.pixels, patch.appearance, self.spec) for patch in batch]
-        tissue = None
+        regions = None
         if self.spec.kind.needs_tissue:  # e.g. class areas count tissue pixels only
-            tissue = [
-                patch.appearance.tissue.mask(patch.pixels) if patch.appearance else None
+            regions = [
+                patch.region(
+                    patch.appearance.tissue.mask(patch.pixels) if patch.appearance else None
+                )
                 for patch in batch
             ]
-        results = guarded(model, pixels, self.spec, tissue, self.guard)
+        results = guarded(model, pixels, self.spec, regions, self.guard)
         return [
             PredictionResult(example=patch, inference=r, model_id=self.spec.shared_tag)
             for patch, r in zip(batch, results, strict=True)

@@ -59,7 +59,10 @@ class _Keep(beam.DoFn):
         self._min = min_prob
 
     def process(self, row: dict) -> Iterator[tuple[tuple[str, str], dict]]:
-        values = self._kinds[row["model_name"]].qupath_values(row)
+        kind = self._kinds[row["model_name"]]
+        if not kind.exports_qupath:
+            return
+        values = kind.qupath_values(row)
         if values is not None and len(values) and max(values) >= self._min:
             yield (row["slide_id"], row["model_name"]), row
 

@@ -16,6 +16,7 @@ import numpy as np
 from transforms.core import progress
 from transforms.core.errors import DEAD_LETTER, patch_dead_letter
 from transforms.core.remote_io import retry_transient
+from transforms.models.kinds.base import PatchRegion
 from transforms.slides.geometry import (
     WorkUnit,
     box_at_level,
@@ -39,10 +40,38 @@ class Patch:
     tissue) and stain basis (for models that take stain channels)."""
     geometry: int = 0
     """Which of the job's patch geometries it was cut for."""
+    own: tuple[int, int, int, int] | None = None
+    """The level-0 box of the slide's pixels this patch alone accounts for (``PatchBox.own``)."""
+    slide_dims: tuple[int, int] | None = None
+    """The slide's level-0 width and height (None: the patch lies inside it)."""
 
     @property
     def key(self) -> str:
         return f"{self.slide_id}@{self.x_px},{self.y_px}"
+
+    @property
+    def valid_px(self) -> tuple[int, int]:
+        """Level-0 width and height of the part of the patch inside the slide."""
+        if self.slide_dims is None:
+            return self.size_px, self.size_px
+        width, height = self.slide_dims
+        return (
+            max(0, min(self.size_px, width - self.x_px)),
+            max(0, min(self.size_px, height - self.y_px)),
+        )
+
+    def region(self, tissue: np.ndarray | None) -> PatchRegion:
+        """Where the patch's pixels lie: its origin, valid part and owned box, and ``tissue``
+        (its tissue mask at its own pixels) cleared in the padding."""
+        vw, vh = self.valid_px
+        x0, y0 = self.x_px, self.y_px
+        own = self.own or (x0, y0, x0 + vw, y0 + vh)
+        if tissue is not None and (vw, vh) != (self.size_px, self.size_px):
+            scale = tissue.shape[0] / self.size_px
+            tissue = tissue.copy()
+            tissue[:, int(np.ceil(vw * scale)) :] = False
+            tissue[int(np.ceil(vh * scale)) :, :] = False
+        return PatchRegion((x0, y0), self.size_px, (x0 + vw, y0 + vh), own, tissue)
 
 
 class _ReadUnit(beam.DoFn):
@@ -80,9 +109,10 @@ class _ReadUnit(beam.DoFn):
                 yield beam.pvalue.TaggedOutput(DEAD_LETTER, patch_dead_letter(self.STAGE, row, exc))
             return
         rx, ry = unit.region_lvl[0], unit.region_lvl[1]
+        background = unit.appearance.tissue.background if unit.appearance is not None else 255
         for box in unit.patches:
             x, y, size = box_at_level(box, ds)
-            pixels = cut_patch(region, x - rx, y - ry, size, unit.patch_px)
+            pixels = cut_patch(region, x - rx, y - ry, size, unit.patch_px, background)
             mpp = unit.patch_mpp(box)
             yield Patch(
                 unit.slide_id,
@@ -94,18 +124,24 @@ class _ReadUnit(beam.DoFn):
                 pixels,
                 unit.appearance,
                 unit.geometry,
+                box.own,
+                unit.slide_dims,
             )
         progress.count("patches_read", len(unit.patches))
         progress.count("work_units_read")
 
 
-def cut_patch(region: np.ndarray, x: int, y: int, size: int, patch_px: int) -> np.ndarray:
-    """A ``size`` square at ``(x, y)`` of ``region``, edge-padded if rounding left it short,
-    resized (antialiased) to ``patch_px``."""
+def cut_patch(
+    region: np.ndarray, x: int, y: int, size: int, patch_px: int, background: int = 255
+) -> np.ndarray:
+    """A ``size`` square at ``(x, y)`` of ``region``, resized (antialiased) to ``patch_px``.
+    Where it runs past the region (the slide's right or bottom edge) it is padded with the
+    ``background`` grey level: the slide's glass."""
     crop = region[y : y + size, x : x + size]
     short_y, short_x = size - crop.shape[0], size - crop.shape[1]
     if short_y or short_x:
-        crop = np.pad(crop, ((0, short_y), (0, short_x), (0, 0)), mode="edge")
+        pad = ((0, short_y), (0, short_x), (0, 0))
+        crop = np.pad(crop, pad, mode="constant", constant_values=background)
     if size != patch_px:
         from PIL import Image
 

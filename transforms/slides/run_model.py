@@ -23,6 +23,7 @@ from transforms.core.guard import GUARD
 from transforms.models.recipe import modality_refuses
 from transforms.models.runner import MAX_BATCH, ModelRunner
 from transforms.models.spec import ModelSpec
+from transforms.slides.stitch import CLASS_MAPS, mask_piece
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,8 @@ def _box(patch: Any, spec: ModelSpec, run_id: str) -> dict:
         "size_px": patch.size_px,
         "level": patch.level,
         "mpp": patch.mpp,
+        "valid_width_px": patch.valid_px[0],
+        "valid_height_px": patch.valid_px[1],
         "run_id": run_id,
     }
 
@@ -130,6 +133,9 @@ class _RunPatchModel(ModelRunner):
                 continue
             inferred += 1
             yield result_row(patch, result, self._spec, self._run_id)
+            owned = getattr(result, "owned", None)
+            if owned is not None:  # a class map: its piece of the slide's stitched mask
+                yield beam.pvalue.TaggedOutput(CLASS_MAPS, mask_piece(patch, self._spec, owned))
         progress.count("patches_inferred", inferred)
         yield from self.guard_outputs()
 
@@ -137,8 +143,9 @@ class _RunPatchModel(ModelRunner):
 class RunModel(beam.PTransform):
     """Patches -> result rows of one model (its output kind's table).
 
-    In: ``Patch``. Out: a dict with ``rows``, ``DEAD_LETTER`` rows and the accuracy guard's
-    ``GUARD`` rows.
+    In: ``Patch``. Out: a dict with ``rows``, ``DEAD_LETTER`` rows, the accuracy guard's
+    ``GUARD`` rows and, for class-map kinds, ``CLASS_MAPS``: each patch's piece of its slide's
+    stitched mask (``stitch.MaskPiece``).
     """
 
     def __init__(
@@ -175,6 +182,11 @@ class RunModel(beam.PTransform):
                     self._guard,
                     self._batching.max_batch_size,
                 )
-            ).with_outputs(DEAD_LETTER, GUARD, main="rows")
+            ).with_outputs(DEAD_LETTER, GUARD, CLASS_MAPS, main="rows")
         )
-        return {"rows": out.rows, DEAD_LETTER: out[DEAD_LETTER], GUARD: out[GUARD]}
+        return {
+            "rows": out.rows,
+            DEAD_LETTER: out[DEAD_LETTER],
+            GUARD: out[GUARD],
+            CLASS_MAPS: out[CLASS_MAPS],
+        }

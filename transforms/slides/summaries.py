@@ -59,14 +59,26 @@ class SlideStats:
     maxima: np.ndarray | None = None
     cell_px: int = 0
     raster: np.ndarray | None = None
+    tissue_px: float | None = None
+    """Level-0 px² of tissue in the patches' owned boxes (segmentation), each pixel once."""
 
     def add(
-        self, box: tuple[int, int, int], probs: Sequence[float], grid: Sequence[int] = ()
+        self,
+        box: tuple[int, int, int],
+        probs: Sequence[float],
+        grid: Sequence[int] = (),
+        areas: Sequence[float] = (),
+        tissue_px: float | None = None,
+        valid: tuple[int, int] | None = None,
     ) -> None:
-        """Count one patch: its values (probabilities or class shares) and, for a class map,
-        its ``k x k`` grid of classes (-1: not tissue), painted cell by cell."""
+        """Count one patch: its values (probabilities or class shares); for a class map, its
+        ``k x k`` grid of classes (-1: not tissue), painted cell by cell, its class ``areas``
+        and ``tissue_px`` (level-0 px² in its owned box); ``valid``: the level-0 width and
+        height of its part inside the slide (a patch paints the centre of that part)."""
         p = np.asarray(probs, dtype=np.float64)
         self.n += 1
+        if tissue_px is not None:
+            self.tissue_px = (self.tissue_px or 0.0) + float(tissue_px)
         if len(p) == 0:  # an embedding: counted, nothing to average
             return
         k = int(round(np.sqrt(len(grid)))) if len(grid) else 1
@@ -77,15 +89,18 @@ class SlideStats:
             self.raster = np.zeros((1, 1, len(p) + 1), np.float32)
         assert self.counts is not None and self.maxima is not None and self.areas_px is not None
         self.sums += p
-        self.areas_px += p * float(box[2]) ** 2
+        if len(areas):
+            self.areas_px += np.asarray(areas, dtype=np.float64)
         self.counts[int(np.argmax(p))] += 1
         np.maximum(self.maxima, p, out=self.maxima)
         if len(grid):
             self._paint_grid(box, np.asarray(grid).reshape(k, k), len(p))
             return
-        half = int(box[2]) // 2  # a patch paints the cell holding its centre
+        w, h = valid or (box[2], box[2])  # a patch paints the cell holding its centre
         self._paint(
-            np.array([box[0] + half]), np.array([box[1] + half]), np.append(p, 1.0)[None, :]
+            np.array([box[0] + int(w) // 2]),
+            np.array([box[1] + int(h) // 2]),
+            np.append(p, 1.0)[None, :],
         )
 
     def _paint_grid(self, box: tuple[int, int, int], grid: np.ndarray, n_classes: int) -> None:
@@ -134,11 +149,15 @@ class SlideStats:
             return self
         if self.sums is None:
             other.n += self.n
+            if self.tissue_px is not None:
+                other.tissue_px = (other.tissue_px or 0.0) + self.tissue_px
             return other
         assert self.counts is not None and self.maxima is not None and self.areas_px is not None
         assert other.counts is not None and other.maxima is not None and other.raster is not None
         assert other.areas_px is not None
         self.n += other.n
+        if other.tissue_px is not None:
+            self.tissue_px = (self.tissue_px or 0.0) + other.tissue_px
         self.sums += other.sums
         self.areas_px += other.areas_px
         self.counts += other.counts
@@ -182,7 +201,15 @@ class SlideStatsFn(beam.CombineFn):
     def add_input(self, acc: SlideStats, row: dict) -> SlideStats:
         box = (row["x_px"], row["y_px"], row["size_px"])
         kind = self._kinds[row["model_name"]]
-        acc.add(box, kind.slide_values(row), kind.slide_grid(row))
+        valid = (row.get("valid_width_px"), row.get("valid_height_px"))
+        acc.add(
+            box,
+            kind.slide_values(row),
+            kind.slide_grid(row),
+            kind.slide_areas(row),
+            row.get("tissue_area_px"),
+            valid if None not in valid else None,  # type: ignore[arg-type]
+        )
         return acc
 
     def merge_accumulators(self, accs: Iterable[SlideStats]) -> SlideStats:
@@ -240,10 +267,13 @@ class _SummarizeSlide(beam.DoFn):
     def process(self, element: tuple[str, dict[str, list]]) -> Iterator[Any]:
         slide_id, groups = element
         infos = list(groups["info"])
+        masks = {m["model_name"]: m for m in groups.get("masks", ())}
         if infos:  # predictions always come from a planned slide, so this holds
-            yield from self._summaries(slide_id, infos[0], dict(groups["stats"]))
+            yield from self._summaries(slide_id, infos[0], dict(groups["stats"]), masks)
 
-    def _summaries(self, slide_id: str, info: dict, by_model: dict) -> Iterator[Any]:
+    def _summaries(
+        self, slide_id: str, info: dict, by_model: dict, masks: dict[str, dict]
+    ) -> Iterator[Any]:
         thumb, thumbnail_uri = None, None
         if self._picture_dirs:
             try:
@@ -272,7 +302,7 @@ class _SummarizeSlide(beam.DoFn):
                     heatmap_uri = self._write_heatmap(info, spec, stats, thumb)
                 except Exception as exc:  # noqa: BLE001 - the summary row still goes out
                     yield self._failed(slide_id, spec.name, exc)
-            row = summary_row(info, spec, stats, heatmap_uri, self._run_id)
+            row = summary_row(info, spec, stats, heatmap_uri, self._run_id, masks.get(spec.name))
             row["low_coverage"] = row["coverage"] is not None and (
                 row["coverage"] < self._min_coverage
             )
@@ -329,9 +359,16 @@ class _SummarizeSlide(beam.DoFn):
 
 
 def summary_row(
-    info: dict, spec: ModelSpec, stats: SlideStats, heatmap_uri: str | None, run_id: str
+    info: dict,
+    spec: ModelSpec,
+    stats: SlideStats,
+    heatmap_uri: str | None,
+    run_id: str,
+    mask: dict | None = None,
 ) -> dict:
-    """One ``slide_summaries`` row."""
+    """One ``slide_summaries`` row (``mask``: the record of its stitched class mask)."""
+    mask = mask or {}
+    mpp = info["mpp"]
     return {
         "slide_id": info["slide_id"],
         "model_name": spec.name,
@@ -346,9 +383,12 @@ def summary_row(
         "tissue_area_mm2": info["tissue_area_mm2"],
         "tissue_method": info["tissue_method"],
         **stats.class_stats(),
-        "class_area_mm2": class_areas_mm2(spec, stats, info["mpp"]),
+        "class_area_mm2": class_areas_mm2(spec, mask.get("class_area_px", stats.areas_px), mpp),
+        "analysed_tissue_mm2": _mm2(stats.tissue_px, mpp),
         "class_names": list(spec.class_names),
         "heatmap_uri": heatmap_uri,
+        "mask_uri": mask.get("mask_uri"),
+        "regions_uri": mask.get("regions_uri"),
         "metadata": metadata_record({k: redact(v) for k, v in info["metadata"].items()}),
         "run_id": run_id,
     }
@@ -366,12 +406,16 @@ def coverage_of(info: dict, spec: ModelSpec) -> float | None:
     return coverage[spec.geometry] if spec.geometry < len(coverage) else None
 
 
-def class_areas_mm2(spec: ModelSpec, stats: SlideStats, mpp: float | None) -> list[float]:
-    """Tissue area per class within the patches, for kinds that have areas (segmentation);
+def class_areas_mm2(spec: ModelSpec, areas_px: Any, mpp: float | None) -> list[float]:
+    """Tissue area per class (level-0 px² -> mm²), for kinds that have areas (segmentation);
     empty for others, or without an mpp."""
-    if not spec.kind.class_areas or stats.areas_px is None or not mpp:
+    if not spec.kind.class_areas or areas_px is None or not mpp:
         return []
-    return (stats.areas_px * (mpp / 1000.0) ** 2).tolist()
+    return (np.asarray(areas_px, np.float64) * (mpp / 1000.0) ** 2).tolist()
+
+
+def _mm2(px2: float | None, mpp: float | None) -> float | None:
+    return px2 * (mpp / 1000.0) ** 2 if px2 is not None and mpp else None
 
 
 class SummarizeSlides(beam.PTransform):
@@ -393,8 +437,10 @@ class SummarizeSlides(beam.PTransform):
         self._fn = _SummarizeSlide(specs, picture_dirs, run_id, min_coverage)
         self._specs = list(specs)
 
-    def expand(self, inputs: tuple[beam.PCollection, beam.PCollection]) -> dict:
-        predictions, infos = inputs
+    def expand(self, inputs: tuple[beam.PCollection, ...]) -> dict:
+        """``inputs``: the result rows, the slide infos and, optionally, the stitched masks'
+        records (``stitch.StitchClassMaps``)."""
+        predictions, infos, *masks = inputs
         stats = (
             predictions
             | "KeyBySlideAndModel" >> beam.Map(_key_slide_model)
@@ -402,8 +448,11 @@ class SummarizeSlides(beam.PTransform):
             | "KeyStatsBySlide" >> beam.Map(_key_stats_by_slide)
         )
         keyed_infos = infos | "KeyInfos" >> beam.Map(_key_info)
+        joined = {"info": keyed_infos, "stats": stats}
+        if masks:
+            joined["masks"] = masks[0] | "KeyMasks" >> beam.Map(_key_info)
         out = (
-            {"info": keyed_infos, "stats": stats}
+            joined
             | "JoinStatsToSlides" >> beam.CoGroupByKey()
             | "Summarize" >> beam.ParDo(self._fn).with_outputs(DEAD_LETTER, main="summaries")
         )

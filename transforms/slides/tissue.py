@@ -60,11 +60,17 @@ class Coverage:
         self._covered = np.zeros_like(tissue.mask, dtype=bool)
 
     def add(self, box: PatchBox) -> None:
+        """Count the pixels ``box`` accounts for (its owned box, else its whole box)."""
         ds = self._tissue.downsample
-        y0, x0 = (max(0, int(np.ceil(v / ds - 0.5))) for v in (box.y_px, box.x_px))
-        y1 = int(np.ceil((box.y_px + box.size_px) / ds - 0.5))
-        x1 = int(np.ceil((box.x_px + box.size_px) / ds - 0.5))
-        self._covered[y0:y1, x0:x1] = True
+        x0, y0, x1, y1 = box.own or (
+            box.x_px,
+            box.y_px,
+            box.x_px + box.size_px,
+            box.y_px + box.size_px,
+        )
+        r0, c0 = (max(0, int(np.ceil(v / ds - 0.5))) for v in (y0, x0))
+        r1, c1 = (int(np.ceil(v / ds - 0.5)) for v in (y1, x1))
+        self._covered[r0:r1, c0:c1] = True
 
     def fraction(self) -> float | None:
         """Covered tissue over detected tissue; None for a slide without tissue."""
@@ -111,6 +117,12 @@ class TissueRule:
 
     method: str
     level: float
+
+    @property
+    def background(self) -> int:
+        """The grey level of the slide's glass: what patches running past its edge are padded
+        with (white for brightfield, black for fluorescence), so padding is never tissue."""
+        return 0 if self.method == "fluorescence" else 255
 
     def mask(self, rgb: np.ndarray) -> np.ndarray:
         """Boolean tissue mask of an ``H x W x 3`` uint8 image."""

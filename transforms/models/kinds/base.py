@@ -11,6 +11,7 @@ branches on its name. A new kind is a new file in this folder plus one line in `
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,24 @@ Outputs = dict[str, np.ndarray]
 """A model's raw outputs as named float arrays (a tensor is ``{"output": ...}``, a tuple
 ``{"0": ..., "1": ...}``, a Hugging Face output its fields, an ONNX graph its output names)."""
 
+
+@dataclass(frozen=True)
+class PatchRegion:
+    """Where one patch's pixels lie on its slide, for kinds that count pixels (segmentation).
+
+    All boxes are level-0 pixels. The patch covers ``origin`` to ``origin + size``; the part
+    inside the slide ends at ``valid_end`` (the rest is padding); ``own`` ``(x0, y0, x1, y1)``
+    is what this patch alone accounts for (neighbours' owned boxes never overlap). ``tissue``
+    is its tissue mask at its own pixels, False in the padding (None: no tissue rule).
+    """
+
+    origin: tuple[int, int]
+    size: int
+    valid_end: tuple[int, int]
+    own: tuple[int, int, int, int]
+    tissue: np.ndarray | None = None
+
+
 PATCH_BOX = (
     Column("slide_id", "STRING", "REQUIRED"),
     Column("model_name", "STRING", "REQUIRED"),
@@ -31,6 +50,13 @@ PATCH_BOX = (
     Column("size_px", "INT64", "REQUIRED", description="level-0 edge of the square patch"),
     Column("level", "INT64", "REQUIRED", description="pyramid level the pixels were read from"),
     Column("mpp", "FLOAT64", description="microns per pixel of the pixels the model saw"),
+    Column(
+        "valid_width_px",
+        "INT64",
+        description="level-0 width of the part of the patch inside the slide (less than size_px "
+        "at the right edge, where the rest is padded with the slide's background)",
+    ),
+    Column("valid_height_px", "INT64", description="the same, at the bottom edge"),
 )
 
 
@@ -64,10 +90,11 @@ class OutputKind:
     class_areas: bool = False
     """Whether slide summaries carry an area per class (``class_area_mm2``)."""
     needs_tissue: bool = False
-    """Whether ``results`` takes each patch's tissue mask."""
+    """Whether ``results`` takes each patch's ``PatchRegion`` (its tissue mask, valid part and
+    owned box)."""
 
     def results(
-        self, outputs: Outputs, spec: Any, n: int, tissue: Sequence[np.ndarray | None] | None
+        self, outputs: Outputs, spec: Any, n: int, regions: Sequence[PatchRegion] | None
     ) -> list:
         """One result per patch of a batch of ``n``, from the model's raw ``outputs``.
 
@@ -90,14 +117,19 @@ class OutputKind:
         """What a row adds to its slide's per-class statistics (empty: counted only)."""
         return ()
 
+    def slide_areas(self, row: dict) -> Sequence[float]:
+        """Per class, the level-0 px² a row adds to its slide's class areas (empty: none)."""
+        return ()
+
     def slide_grid(self, row: dict) -> Sequence[int]:
         """A row's class grid for a class-map picture (empty: the row paints one cell)."""
         return ()
 
     @property
     def exports_qupath(self) -> bool:
-        """Whether its rows become QuPath detections (kinds with classes do)."""
-        return self.has_classes
+        """Whether its rows become QuPath detections (kinds with classes do; a class map's
+        regions are traced from its stitched mask instead, ``slides/regions.py``)."""
+        return self.has_classes and not self.class_map
 
     def qupath_values(self, row: dict) -> Sequence[float] | None:
         """Per class, what QuPath receives for a row (None: the kind exports nothing)."""

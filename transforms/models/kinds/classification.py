@@ -13,6 +13,7 @@ from transforms.models.kinds.base import (
     GuardFigures,
     OutputKind,
     Outputs,
+    PatchRegion,
     activate,
     first_output,
     label_figures,
@@ -34,7 +35,7 @@ class Classification(OutputKind):
     picture = "heatmaps"
 
     def results(
-        self, outputs: Outputs, spec: Any, n: int, tissue: Sequence[np.ndarray | None] | None
+        self, outputs: Outputs, spec: Any, n: int, regions: Sequence[PatchRegion] | None
     ) -> list:
         name, logits = first_output(outputs, "logits")
         if logits.ndim != 2 or logits.shape[0] != n:

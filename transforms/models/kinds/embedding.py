@@ -17,6 +17,7 @@ from transforms.models.kinds.base import (
     GuardFigures,
     OutputKind,
     Outputs,
+    PatchRegion,
     cosine_figures,
     first_output,
     patch_table,
@@ -55,7 +56,7 @@ class Embedding(OutputKind):
     has_classes = False
 
     def results(
-        self, outputs: Outputs, spec: Any, n: int, tissue: Sequence[np.ndarray | None] | None
+        self, outputs: Outputs, spec: Any, n: int, regions: Sequence[PatchRegion] | None
     ) -> list:
         name, vectors = _vectors(outputs, spec)
         if vectors.ndim != 2 or vectors.shape[0] != n:
