@@ -39,6 +39,7 @@ from transforms.slides.qupath import MIN_PROB as QUPATH_MIN_PROB
 from transforms.slides.regions import MIN_REGION_UM2 as QUPATH_MIN_REGION_UM2
 from transforms.slides.run_model import BatchingConfig
 from transforms.slides.summaries import MIN_COVERAGE
+from transforms.slides.viewer import VIEWER_MPP
 from transforms.text.batching import TokenBatchingConfig
 from transforms.text.tasks import TASK_NAMES, TASKS
 from transforms.text.windows import WindowConfig
@@ -708,6 +709,15 @@ SLIDES: tuple[Group, ...] = (
                 float,
                 "UM2",
                 label="Smallest QuPath region (µm²)",
+            ),
+            Flag(
+                "viewer_mpp",
+                "µm/px of the deepest level of each slide's zoomable viewer page (finer: larger "
+                "reports; never finer than the slide)",
+                f"{VIEWER_MPP:g}",
+                float,
+                "MPP",
+                label="Viewer resolution (µm/px)",
             ),
             Flag(
                 "min_coverage",

@@ -46,6 +46,7 @@ from transforms.slides.regions import MIN_REGION_UM2 as QUPATH_MIN_REGION_UM2
 from transforms.slides.run_model import BatchingConfig
 from transforms.slides.stain_norm import resolve_reference
 from transforms.slides.summaries import MIN_COVERAGE
+from transforms.slides.viewer import VIEWER_MPP
 from transforms.text.batching import TokenBatchingConfig
 from transforms.text.models import TextModelSpec
 from transforms.text.windows import WindowConfig
@@ -184,11 +185,20 @@ class SlideJobConfig:
     """What the run's record says of its launch (flags, code, models)."""
     qupath_min_prob: float = QUPATH_MIN_PROB
     qupath_min_region_um2: float = QUPATH_MIN_REGION_UM2
+    viewer_mpp: float = VIEWER_MPP
     min_coverage: float = MIN_COVERAGE
     guard: GuardConfig = GuardConfig()
     geometries: tuple[PatchingConfig, ...] = ()
     """The distinct patch geometries the models take (``ModelSpec.geometry`` indexes them);
     empty: just ``patching``."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.viewer_mpp <= 1000:
+            raise ConfigError(f"`viewer_mpp` must be in (0, 1000] µm/px, got {self.viewer_mpp}")
+        if self.qupath_min_region_um2 < 0:
+            raise ConfigError(
+                f"`qupath_min_region_um2` must be >= 0, got {self.qupath_min_region_um2}"
+            )
 
     @property
     def patch_geometries(self) -> tuple[PatchingConfig, ...]:
@@ -437,6 +447,7 @@ def slide_job_config(options: PipelineOptions) -> SlideJobConfig:
             **given(
                 qupath_min_prob=opts.qupath_min_prob,
                 qupath_min_region_um2=opts.qupath_min_region_um2,
+                viewer_mpp=opts.viewer_mpp,
                 min_coverage=opts.min_coverage,
             ),
             guard=_guard(common),

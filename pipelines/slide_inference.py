@@ -45,6 +45,7 @@ from transforms.slides.summaries import (
     SummarizeSlides,
 )
 from transforms.slides.survey import SLIDE_INFO
+from transforms.slides.viewer import VIEWER
 
 
 def build(pipeline: beam.Pipeline, cfg: SlideJobConfig) -> dict[str, beam.PCollection]:
@@ -104,7 +105,7 @@ def build(pipeline: beam.Pipeline, cfg: SlideJobConfig) -> dict[str, beam.PColle
         errors.append(stitched[DEAD_LETTER])
         summary_inputs.append(stitched["masks"])
     summarized = tuple(summary_inputs) | "SummarizeSlides" >> SummarizeSlides(
-        cfg.models, picture_dirs(cfg), cfg.run.run_id, cfg.min_coverage
+        cfg.models, picture_dirs(cfg), cfg.run.run_id, cfg.min_coverage, cfg.viewer_mpp
     )
     errors.append(summarized[DEAD_LETTER])
     if folder is not None and any(spec.kind.exports_qupath for spec in cfg.models):
@@ -152,7 +153,7 @@ def picture_dirs(cfg: SlideJobConfig) -> dict[str, str]:
     """
     if not cfg.heatmaps:
         return {}
-    names = [spec.kind.picture for spec in cfg.models if spec.kind.picture] + [THUMBNAILS]
+    names = [spec.kind.picture for spec in cfg.models if spec.kind.picture] + [THUMBNAILS, VIEWER]
     return {name: f"{cfg.destination.artifacts}/{name}/{cfg.run.run_id}" for name in names}
 
 

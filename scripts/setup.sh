@@ -29,11 +29,20 @@ fi
 # or if apt fails, those tests skip, saying how to install them:
 #   orthanc, orthanc-dicomweb: the real DICOMweb server the DICOM tests read slides from;
 #   chromium: the headless browser the run report is checked in.
+#   nodejs, npm: install the slide viewer's library (OpenSeadragon) from the npm registry.
 missing=()
 [[ -x /usr/sbin/Orthanc ]] || missing+=(orthanc orthanc-dicomweb)
 command -v chromium >/dev/null || missing+=(chromium)
+command -v npm >/dev/null || missing+=(nodejs npm)
 if (( ${#missing[@]} )) && command -v apt-get >/dev/null && [[ "$(id -u)" == 0 ]]; then
   { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
       "${missing[@]}" >/dev/null; } ||
     echo "warning: apt-get could not install ${missing[*]}; the tests that need them will skip"
+fi
+# The slide viewer's library, from the npm registry at the version viewer/package-lock.json pins
+# (its sha512 checked); every run copies it beside its viewer pages, so they open offline.
+lib=viewer/node_modules/openseadragon/build/openseadragon/openseadragon.min.js
+if [[ ! -f $lib || viewer/package-lock.json -nt $lib ]]; then
+  npm ci --prefix viewer --no-audit --no-fund --loglevel=error >/dev/null
+  touch "$lib"
 fi

@@ -178,6 +178,9 @@ def _slides(rows: list[dict], report_dir: str) -> str:
     body = []
     for row in rows[:MAX_ROWS]:
         thumb = _img(row.get("thumbnail_uri"), report_dir, "thumbnail")
+        viewer = relative(row.get("viewer_uri"), report_dir)
+        if viewer:  # the thumbnail opens the slide's zoomable viewer
+            thumb = f'<a href="{e(viewer)}">{thumb}<br>open the viewer</a>'
         body.append(
             f"<tr><td>{e(row['slide_id'])}</td><td>{thumb}</td>"
             f"<td>{_img(row.get('heatmap_uri'), report_dir, 'heatmap')}</td>"

@@ -107,6 +107,12 @@ SLIDE_SUMMARIES = Table(
             description="segmentation models: the mask's class regions as QuPath GeoJSON",
         ),
         Column("thumbnail_uri", "STRING", description="the slide's thumbnail (JPEG)"),
+        Column(
+            "viewer_uri",
+            "STRING",
+            description="the slide's zoomable viewer page (deep-zoom tiles, the models' "
+            "overlays), one per slide",
+        ),
         Column("metadata", "RECORD", "REPEATED", _KEY_VALUE, "extra slide manifest columns"),
         *RUN_COLUMNS,
     ),

@@ -183,3 +183,31 @@ def write_image(uri: str, data: bytes) -> None:
 
     with open_uri(uri, "wb", auto_mkdir=True) as f:
         f.write(data)
+
+
+def write_heatmap_pyramid(
+    uri: str,
+    probs: np.ndarray,
+    painted: np.ndarray,
+    cell_px: int,
+    slide_mpp: float | None,
+    palette: np.ndarray = PALETTE,
+) -> int:
+    """The heatmap raster as a pyramidal RGBA OME-TIFF aligned to level 0 (pixel ``(i, j)``
+    covers level-0 ``[j * cell_px, (j + 1) * cell_px)``; its mpp is ``cell_px`` times the
+    slide's), clear where no patch was: an overlay QuPath and tiffslide place on the slide."""
+    from transforms.slides.masks import write_pyramid
+
+    rgba = overlay_rgba(probs, painted, False, palette)
+    rgba[..., 3] = np.where(painted, 255, 0)
+    h, w = rgba.shape[:2]
+    return write_pyramid(
+        uri,
+        w,
+        h,
+        lambda step: [rgba[::step, ::step]],
+        slide_mpp * cell_px if slide_mpp else None,
+        channels=4,
+        description="pathbeam heatmap: each patch cell in its top class's colour (two "
+        "classes: the last class's probability on a blue-red scale)",
+    )

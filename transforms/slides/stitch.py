@@ -128,6 +128,7 @@ class _WriteSlideMask(beam.DoFn):
             "mask_uri": None,
             "regions_uri": None,
             "mask_mpp": grid.mpp,
+            "mask_px": grid.px,
             "mask_dims": (grid.width, grid.height),
             "class_area_px": [float(c) * grid.px * grid.py for c in counts[1 : n_classes + 1]],
         }

@@ -28,7 +28,15 @@ from transforms.core.errors import (
 from transforms.io.schemas import metadata_record
 from transforms.models.recipe import modality_refusal, modality_refuses
 from transforms.models.spec import ModelSpec
-from transforms.slides.heatmaps import slide_thumbnail
+from transforms.slides.heatmaps import palette_of, slide_thumbnail
+from transforms.slides.viewer import (
+    VIEWER,
+    VIEWER_MPP,
+    Overlay,
+    build_page,
+    heatmap_overlays,
+    mask_overlay,
+)
 
 THUMBNAIL_PX = 512
 """Long side of the thumbnail JPEG each slide gets beside its pictures (for the run report)."""
@@ -169,12 +177,21 @@ class SlideStats:
         self._paint(cx * other.cell_px + half, cy * other.cell_px + half, other.raster[cy, cx])
         return self
 
-    def heatmap_raster(self) -> tuple[np.ndarray, np.ndarray]:
-        """Mean probabilities per cell (``H x W x C``) and which cells hold any patch."""
+    def heatmap_raster(
+        self, slide_dims: tuple[int, int] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Mean probabilities per cell (``H x W x C``) and which cells hold any patch; with
+        ``slide_dims`` (level-0 width, height), exactly the cells over the slide."""
         assert self.raster is not None
-        counts = self.raster[..., -1:]
+        raster = self.raster
+        if slide_dims is not None:
+            cols, rows = (-(-int(d) // self.cell_px) for d in slide_dims)
+            raster = np.zeros((rows, cols, raster.shape[2]), np.float32)
+            h, w = min(rows, self.raster.shape[0]), min(cols, self.raster.shape[1])
+            raster[:h, :w] = self.raster[:h, :w]
+        counts = raster[..., -1:]
         painted = counts[..., 0] > 0
-        return self.raster[..., :-1] / np.maximum(counts, 1), painted
+        return raster[..., :-1] / np.maximum(counts, 1), painted
 
     def class_stats(self) -> dict[str, list[float]]:
         """Per-class mean probability, label fraction and max probability (empty if no patches)."""
@@ -258,11 +275,13 @@ class _SummarizeSlide(beam.DoFn):
         picture_dirs: dict[str, str],
         run_id: str,
         min_coverage: float,
+        viewer_mpp: float,
     ) -> None:
         self._specs = list(specs)
         self._picture_dirs = picture_dirs
         self._run_id = run_id
         self._min_coverage = min_coverage
+        self._viewer_mpp = viewer_mpp
 
     def process(self, element: tuple[str, dict[str, list]]) -> Iterator[Any]:
         slide_id, groups = element
@@ -281,6 +300,7 @@ class _SummarizeSlide(beam.DoFn):
                 thumbnail_uri = self._write_thumbnail(info, thumb[0])
             except Exception as exc:  # noqa: BLE001 - the summary rows still go out
                 yield self._failed(slide_id, "thumbnail", exc)
+        rows, overlays = [], []
         for spec in self._specs:
             refusal = _refusal(spec, slide_id, info)
             if refusal is not None:
@@ -302,14 +322,45 @@ class _SummarizeSlide(beam.DoFn):
                     heatmap_uri = self._write_heatmap(info, spec, stats, thumb)
                 except Exception as exc:  # noqa: BLE001 - the summary row still goes out
                     yield self._failed(slide_id, spec.name, exc)
+            if VIEWER in self._picture_dirs and stats.sums is not None:
+                try:
+                    overlays += self._overlays(info, spec, stats, masks.get(spec.name))
+                except Exception as exc:  # noqa: BLE001 - the summary row still goes out
+                    yield self._failed(slide_id, f"{spec.name}/overlay", exc)
             row = summary_row(info, spec, stats, heatmap_uri, self._run_id, masks.get(spec.name))
             row["low_coverage"] = row["coverage"] is not None and (
                 row["coverage"] < self._min_coverage
             )
             if row["low_coverage"]:
                 progress.count("slide_models_low_coverage")
-            yield {**row, "thumbnail_uri": thumbnail_uri}
+            rows.append({**row, "thumbnail_uri": thumbnail_uri})
+        viewer_uri = None
+        if VIEWER in self._picture_dirs and rows:
+            try:
+                viewer_uri = build_page(
+                    self._picture_dirs[VIEWER], info, overlays, self._viewer_mpp
+                )
+            except Exception as exc:  # noqa: BLE001 - the summary rows still go out
+                yield self._failed(slide_id, "viewer", exc)
+        for row in rows:
+            yield {**row, "viewer_uri": viewer_uri}
         progress.count("slides_summarized")
+
+    def _overlays(
+        self, info: dict, spec: ModelSpec, stats: SlideStats, mask: dict | None
+    ) -> list[Overlay]:
+        """The model's layers in the slide's viewer: its stitched class mask (segmentation),
+        else its heatmap per class."""
+        folder, slide_id = self._picture_dirs[VIEWER], info["slide_id"]
+        assert stats.sums is not None
+        names = [spec.class_name(c) for c in range(len(stats.sums))]
+        if spec.kind.class_map:
+            if mask is None or not mask.get("mask_uri"):
+                return []
+            palette = palette_of(spec.class_colours)
+            return [mask_overlay(folder, slide_id, spec.name, mask, names, palette)]
+        probs, painted = stats.heatmap_raster((info["width_px"], info["height_px"]))
+        return heatmap_overlays(folder, slide_id, spec.name, names, probs, painted, stats.cell_px)
 
     def _failed(self, slide_id: str, what: str, exc: Exception) -> Any:
         return beam.pvalue.TaggedOutput(
@@ -334,7 +385,12 @@ class _SummarizeSlide(beam.DoFn):
     def _write_heatmap(
         self, info: dict, spec: ModelSpec, stats: SlideStats, thumb: tuple[np.ndarray, float]
     ) -> str:
-        from transforms.slides.heatmaps import heatmap_uri, render_heatmap, write_image
+        from transforms.slides.heatmaps import (
+            heatmap_uri,
+            render_heatmap,
+            write_heatmap_pyramid,
+            write_image,
+        )
 
         assert stats.sums is not None
         title = (
@@ -355,6 +411,14 @@ class _SummarizeSlide(beam.DoFn):
         assert spec.kind.picture is not None
         uri = heatmap_uri(self._picture_dirs[spec.kind.picture], info["slide_id"], spec.name)
         write_image(uri, png)
+        if not spec.kind.class_map:  # a segmentation's overlay is its stitched mask
+            write_heatmap_pyramid(
+                uri.removesuffix(".png") + ".ome.tif",
+                *stats.heatmap_raster((info["width_px"], info["height_px"])),
+                stats.cell_px,
+                info["mpp"],
+                palette_of(spec.class_colours),
+            )
         return uri
 
 
@@ -432,9 +496,10 @@ class SummarizeSlides(beam.PTransform):
         picture_dirs: dict[str, str],
         run_id: str,
         min_coverage: float = 0.0,
+        viewer_mpp: float = VIEWER_MPP,
     ) -> None:
         super().__init__()
-        self._fn = _SummarizeSlide(specs, picture_dirs, run_id, min_coverage)
+        self._fn = _SummarizeSlide(specs, picture_dirs, run_id, min_coverage, viewer_mpp)
         self._specs = list(specs)
 
     def expand(self, inputs: tuple[beam.PCollection, ...]) -> dict:
