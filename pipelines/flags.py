@@ -702,6 +702,14 @@ SLIDES: tuple[Group, ...] = (
                 pattern=FRACTION,
             ),
             Flag(
+                "qupath_merge",
+                "merge a classifier's exported patches by top class into QuPath annotations "
+                "(connected patches one polygon) instead of one detection per patch",
+                False,
+                switch=True,
+                label="Merge QuPath tiles",
+            ),
+            Flag(
                 "qupath_min_region_um2",
                 "leave class regions smaller than this many µm² out of a segmentation model's "
                 "QuPath GeoJSON (never out of its mask or its areas)",

@@ -185,6 +185,7 @@ class SlideJobConfig:
     """What the run's record says of its launch (flags, code, models)."""
     qupath_min_prob: float = QUPATH_MIN_PROB
     qupath_min_region_um2: float = QUPATH_MIN_REGION_UM2
+    qupath_merge: bool = False
     viewer_mpp: float = VIEWER_MPP
     min_coverage: float = MIN_COVERAGE
     guard: GuardConfig = GuardConfig()
@@ -448,6 +449,7 @@ def slide_job_config(options: PipelineOptions) -> SlideJobConfig:
                 qupath_min_prob=opts.qupath_min_prob,
                 qupath_min_region_um2=opts.qupath_min_region_um2,
                 viewer_mpp=opts.viewer_mpp,
+                qupath_merge=opts.qupath_merge,
                 min_coverage=opts.min_coverage,
             ),
             guard=_guard(common),

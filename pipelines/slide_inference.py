@@ -110,7 +110,7 @@ def build(pipeline: beam.Pipeline, cfg: SlideJobConfig) -> dict[str, beam.PColle
     errors.append(summarized[DEAD_LETTER])
     if folder is not None and any(spec.kind.exports_qupath for spec in cfg.models):
         exported = every_result | "ExportQuPath" >> ExportQuPath(
-            cfg.models, folder, cfg.qupath_min_prob
+            cfg.models, folder, cfg.qupath_min_prob, cfg.qupath_merge
         )
         errors.append(exported[DEAD_LETTER])
     if EMBEDDING.output in results:
