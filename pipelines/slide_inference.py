@@ -87,7 +87,7 @@ def build(pipeline: beam.Pipeline, cfg: SlideJobConfig) -> dict[str, beam.PColle
     }
     every_result = list(results.values()) | "AllResults" >> beam.Flatten()
     folder = qupath_dir(cfg)
-    summary_inputs = [every_result, planned[SLIDE_INFO]]
+    summary_inputs = {"results": every_result, "infos": planned[SLIDE_INFO]}
     if class_maps and cfg.heatmaps:
         stitched = (
             class_maps
@@ -103,8 +103,10 @@ def build(pipeline: beam.Pipeline, cfg: SlideJobConfig) -> dict[str, beam.PColle
             )
         )
         errors.append(stitched[DEAD_LETTER])
-        summary_inputs.append(stitched["masks"])
-    summarized = tuple(summary_inputs) | "SummarizeSlides" >> SummarizeSlides(
+        summary_inputs["masks"] = stitched["masks"]
+    if cfg.heatmaps:  # the viewer shows where patches could not be used
+        summary_inputs["errors"] = errors | "ErrorsBeforeSummaries" >> beam.Flatten()
+    summarized = summary_inputs | "SummarizeSlides" >> SummarizeSlides(
         cfg.models, picture_dirs(cfg), cfg.run.run_id, cfg.min_coverage, cfg.viewer_mpp
     )
     errors.append(summarized[DEAD_LETTER])

@@ -15,7 +15,7 @@ import pytest
 
 from tests.browser import Browser
 from tests.e2e.cli import run_module
-from tests.e2e.test_whole_tissue import MPP, TISSUE, edge_slide  # noqa: F401 - a fixture
+from tests.e2e.test_whole_tissue import MPP, TISSUE, W, edge_slide  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.e2e
 
@@ -50,12 +50,11 @@ def _levels(requests: list[str]) -> set[int]:
 
 
 def _screen_box(b: Browser, x0: float, y0: float, x1: float, y1: float) -> tuple[int, ...]:
-    """A level-0 box of the slide in screen pixels (the DZI's pixels are level-0 here)."""
+    """A level-0 box of the slide in screen pixels (the viewport's unit: the slide's width)."""
     corners = b.eval(
-        "(() => { const i = viewer.world.getItemAt(0); return ["
-        f"i.imageToViewerElementCoordinates(new OpenSeadragon.Point({x0}, {y0})),"
-        f"i.imageToViewerElementCoordinates(new OpenSeadragon.Point({x1}, {y1}))"
-        "].map(p => [p.x, p.y]); })()"
+        "[[" + f"{x0}, {y0}], [{x1}, {y1}]].map(([x, y]) => {{ const p = viewer.viewport"
+        f".viewportToViewerElementCoordinates(new OpenSeadragon.Point(x / {W}, y / {W}));"
+        " return [p.x, p.y]; })"
     )
     (a, b_), (c, d) = corners
     return round(a), round(b_), round(c), round(d)
@@ -102,6 +101,7 @@ def test_the_viewer_loads_offline_zooms_and_its_overlay_lies_on_the_tissue(
         "void viewer.viewport.panTo(viewer.world.getItemAt(0).imageToViewportCoordinates("
         f"{TISSUE[1].start}, {TISSUE[0].start}), true)"
     )
+    time.sleep(1)  # the next frames ask for the deeper tiles
     browser.wait_for(LOADED + " && window.overlayItems[0].getFullyLoaded()")
     time.sleep(0.5)
     assert deepest in _levels(browser.requests)
@@ -125,3 +125,57 @@ def _controls(shape: tuple[int, ...]) -> np.ndarray:
     out[:40, :200] = True  # zoom buttons
     out[-50:, :220] = True  # scale bar
     return out
+
+
+def test_a_classifier_s_page_has_a_heatmap_per_class_and_its_dead_letters(
+    edge_slide,  # noqa: F811
+    tmp_path,
+    browser,
+):
+    import json
+
+    import torch
+
+    from tests.models_for_tests import NanOnDark, export_pt2
+
+    torch.manual_seed(0)
+    model = export_pt2(NanOnDark(2), str(tmp_path / "nan.pt2"))
+    out = tmp_path / "out"
+    done = run_module(
+        "pipelines.slide_inference",
+        *("--slides", edge_slide["slides"], "--model", f"cls={model}"),
+        *("--class_names", "cls=normal,tumour", "--patch_px", "64", "--patch_mpp", str(MPP)),
+        *("--min_tissue", "0.01", "--output", str(out)),
+    )
+    assert done.returncode == 0, done.stderr
+    [summary] = pd.read_parquet(out / "slide_summaries").to_dict("records")
+    from tests.e2e.cli import read_errors
+
+    failed = pd.DataFrame(read_errors(out))
+    failed = failed[failed.stage.str.startswith("RunModel")]
+    assert len(failed) and summary["patch_count"]  # some patches fail, others do not
+    page = Path(summary["viewer_uri"])
+    config = json.loads(
+        re.search(r"id=config>(.*?)</script>", page.read_text(), re.S).group(1)  # type: ignore[union-attr]
+    )
+    labels = [o["label"] for o in config["overlays"]]
+    assert labels == ["cls: P(normal)", "cls: P(tumour)", f"dead letters: {len(failed)} patches"]
+    browser.open(page)
+    browser.wait_for(LOADED)
+    browser.eval("void (viewer.navigator.element.style.display = 'none')")
+    before = browser.screenshot()
+    browser.eval("document.getElementById('layer2').click()")
+    browser.wait_for("window.overlayItems[2] && window.overlayItems[2].getFullyLoaded()")
+    time.sleep(0.5)
+    after = browser.screenshot(tmp_path / "dead_letters.png")
+    red = (np.abs(after.astype(int) - before.astype(int)).sum(axis=2) > 30) & ~_controls(
+        after.shape[:2]
+    )
+    boxes = [json.loads(i) for i in failed.input]
+    screen = [
+        _screen_box(browser, b["x_px"], b["y_px"], b["x_px"] + 64, b["y_px"] + 64) for b in boxes
+    ]
+    expected = np.zeros_like(red)
+    for x0, y0, x1, y1 in screen:
+        expected[max(0, y0 - 1) : y1 + 1, max(0, x0 - 1) : x1 + 1] = True
+    assert red.any() and not (red & ~expected).any()

@@ -34,6 +34,7 @@ from transforms.slides.viewer import (
     VIEWER_MPP,
     Overlay,
     build_page,
+    failed_overlay,
     heatmap_overlays,
     mask_overlay,
 )
@@ -252,6 +253,18 @@ def _key_info(info: dict) -> tuple[str, dict]:
     return info["slide_id"], info
 
 
+def failed_box(error: dict) -> Iterator[tuple[str, tuple[int, int, int]]]:
+    """A dead letter's patch box ``(x, y, size)`` keyed by its slide, if it is a patch's."""
+    import json
+
+    try:
+        element = json.loads(error["input"])
+        box = (int(element["x_px"]), int(element["y_px"]), int(element["size_px"]))
+        yield str(element["slide_id"]), box
+    except (ValueError, KeyError, TypeError):
+        return
+
+
 def _refusal(spec: ModelSpec, slide_id: str, info: dict) -> tuple[str, Exception] | None:
     """Why a model must not run on this slide (its stage and error), if it must not: a slide of
     another modality than its recipe's, or too coarse for its patch geometry."""
@@ -288,10 +301,16 @@ class _SummarizeSlide(beam.DoFn):
         infos = list(groups["info"])
         masks = {m["model_name"]: m for m in groups.get("masks", ())}
         if infos:  # predictions always come from a planned slide, so this holds
-            yield from self._summaries(slide_id, infos[0], dict(groups["stats"]), masks)
+            failed = list(groups.get("failed", ()))
+            yield from self._summaries(slide_id, infos[0], dict(groups["stats"]), masks, failed)
 
     def _summaries(
-        self, slide_id: str, info: dict, by_model: dict, masks: dict[str, dict]
+        self,
+        slide_id: str,
+        info: dict,
+        by_model: dict,
+        masks: dict[str, dict],
+        failed: list[tuple[int, int, int]],
     ) -> Iterator[Any]:
         thumb, thumbnail_uri = None, None
         if self._picture_dirs:
@@ -337,6 +356,8 @@ class _SummarizeSlide(beam.DoFn):
         viewer_uri = None
         if VIEWER in self._picture_dirs and rows:
             try:
+                if failed:
+                    overlays.append(failed_overlay(self._picture_dirs[VIEWER], info, failed))
                 viewer_uri = build_page(
                     self._picture_dirs[VIEWER], info, overlays, self._viewer_mpp
                 )
@@ -502,10 +523,11 @@ class SummarizeSlides(beam.PTransform):
         self._fn = _SummarizeSlide(specs, picture_dirs, run_id, min_coverage, viewer_mpp)
         self._specs = list(specs)
 
-    def expand(self, inputs: tuple[beam.PCollection, ...]) -> dict:
-        """``inputs``: the result rows, the slide infos and, optionally, the stitched masks'
-        records (``stitch.StitchClassMaps``)."""
-        predictions, infos, *masks = inputs
+    def expand(self, inputs: dict[str, beam.PCollection]) -> dict:
+        """``inputs``: ``results`` (result rows), ``infos`` (slide infos) and, optionally,
+        ``masks`` (the stitched masks' records, ``stitch.StitchClassMaps``) and ``errors`` (dead
+        letters so far: the viewer shows where patches could not be used)."""
+        predictions, infos = inputs["results"], inputs["infos"]
         stats = (
             predictions
             | "KeyBySlideAndModel" >> beam.Map(_key_slide_model)
@@ -514,8 +536,10 @@ class SummarizeSlides(beam.PTransform):
         )
         keyed_infos = infos | "KeyInfos" >> beam.Map(_key_info)
         joined = {"info": keyed_infos, "stats": stats}
-        if masks:
-            joined["masks"] = masks[0] | "KeyMasks" >> beam.Map(_key_info)
+        if "masks" in inputs:
+            joined["masks"] = inputs["masks"] | "KeyMasks" >> beam.Map(_key_info)
+        if "errors" in inputs:
+            joined["failed"] = inputs["errors"] | "FailedPatchBoxes" >> beam.FlatMap(failed_box)
         out = (
             joined
             | "JoinStatsToSlides" >> beam.CoGroupByKey()

@@ -406,6 +406,23 @@ def mask_overlay(
     return Overlay(f"{model_name}: class mask", src, span, legend)
 
 
+def failed_overlay(folder: str, info: dict, boxes: Sequence[tuple[int, int, int]]) -> Overlay:
+    """The patches that became dead letters, in red, on a raster of cells the size of the
+    smallest (at most ``MAX_OVERLAY_SIDE`` cells across)."""
+    width, height = info["width_px"], info["height_px"]
+    cell = max(min(size for _, _, size in boxes), -(-max(width, height) // MAX_OVERLAY_SIDE), 1)
+    rgba = np.zeros((-(-height // cell), -(-width // cell), 4), np.uint8)
+    for x, y, size in boxes:
+        rgba[y // cell : -(-(y + size) // cell), x // cell : -(-(x + size) // cell)] = FAILED
+    name = file_name(info["slide_id"], None, ".failed.png")
+    src = _write_png(folder, name, rgba)
+    label = f"dead letters: {len(boxes):,} patches"
+    return Overlay(label, src, rgba.shape[1] * cell, [("could not be used", "#d62728")])
+
+
+FAILED = (214, 39, 40, 255)
+
+
 def build_page(folder: str, info: dict, overlays: list[Overlay], viewer_mpp: float) -> str:
     """Cut the slide's DZI pyramid, copy the library, and write its viewer page (``info``:
     the slide's planning record: id, URI, width and mpp)."""
