@@ -18,6 +18,7 @@ from tests.models_for_tests import (
     tiny_net,
     tiny_vision_folder,
 )
+from tests.pixels import padded_patch
 from transforms.models.spec import IMAGENET_MEAN, IMAGENET_STD
 
 pytestmark = pytest.mark.pipeline
@@ -43,10 +44,7 @@ def pixels_of(cmu1, rows: pd.DataFrame) -> np.ndarray:  # noqa: ANN001
     """The pixels of each row's patch, read directly (the slide is 0.499 µm/px: no resize)."""
     slide = tiffslide.TiffSlide(str(cmu1))
     return np.stack(
-        [
-            slide.read_region((int(r.x_px), int(r.y_px)), 0, (int(r.size_px),) * 2, as_array=True)
-            for r in rows.itertuples()
-        ]
+        [padded_patch(slide, int(r.x_px), int(r.y_px), int(r.size_px)) for r in rows.itertuples()]
     )[..., :3]
 
 
@@ -182,18 +180,24 @@ def test_a_segmentation_model_writes_class_fractions_areas_and_a_class_map(cmu1,
         logits = net(normalised(pixels, IMAGENET_MEAN, IMAGENET_STD))
     row = {"slide_id": "cmu1", "uri": str(cmu1), "mpp": None, "metadata": {}}
     survey = survey_or_failure(row, [PatchingConfig(patch_px=64)], grid=True)
-    tissue = np.stack([survey.appearance.tissue.mask(p) for p in pixels]).reshape(len(rows), -1)
+    tissue = np.stack([survey.appearance.tissue.mask(p) for p in pixels])
+    valid = np.zeros_like(tissue)  # the part of each patch inside the slide: what counts
+    for i, r in enumerate(rows.itertuples()):
+        valid[i, : r.valid_height_px, : r.valid_width_px] = True
+    tissue, valid = (tissue & valid).reshape(len(rows), -1), valid.reshape(len(rows), -1)
     labels = logits.argmax(dim=1).flatten(1).numpy()
-    share = np.stack([((labels == c) & tissue).mean(axis=1) for c in (0, 1)], axis=1)
+    share = np.stack([((labels == c) & tissue).sum(axis=1) for c in (0, 1)], axis=1)
+    share = share / valid.sum(axis=1, keepdims=True)
     np.testing.assert_allclose(np.stack(rows.class_fractions.to_numpy()), share, atol=1e-9)
-    np.testing.assert_allclose(rows.tissue_fraction, tissue.mean(axis=1), atol=1e-9)
+    np.testing.assert_allclose(rows.tissue_fraction, tissue.sum(1) / valid.sum(1), atol=1e-9)
     counts = np.stack(rows.argmax_counts.to_numpy())
     assert (counts.sum(axis=1) == tissue.sum(axis=1)).all()
     assert (rows.label.to_numpy() == counts.argmax(axis=1)).all()
 
     summary = pd.read_parquet(out / "slide_summaries").iloc[0]
-    tissue_in_patches = rows.tissue_fraction * (rows.size_px * summary.slide_mpp / 1000) ** 2
+    tissue_in_patches = tissue.sum(axis=1) * (summary.slide_mpp / 1000) ** 2
     assert sum(summary.class_area_mm2) == pytest.approx(tissue_in_patches.sum(), rel=1e-6)
+    assert summary.analysed_tissue_mm2 == pytest.approx(tissue_in_patches.sum(), rel=1e-6)
     assert all(a > 0 for a in summary.class_area_mm2)
     assert "/segmentations/" in summary.heatmap_uri
     picture = Image.open(summary.heatmap_uri)
@@ -234,16 +238,21 @@ def test_the_real_onnx_segmentation_model_on_cmu1(shared_data, cmu1, tmp_path):
     logits = session.run(None, {"input": x.transpose(0, 3, 1, 2)})[0]
     labels = activate(logits, "sigmoid").argmax(axis=1)
     for i, got in enumerate(rows.itertuples()):
-        tissue = appearance.tissue.mask(pixels[i])
-        direct = [((labels[i] == c) & tissue).mean() for c in range(3)]
+        valid = np.zeros((320, 320), bool)  # the part inside the slide, at the map's pixels
+        valid[
+            : int(np.ceil(got.valid_height_px * 320 / got.size_px)),
+            : int(np.ceil(got.valid_width_px * 320 / got.size_px)),
+        ] = True
+        tissue = appearance.tissue.mask(pixels[i]) & valid
+        direct = [((labels[i] == c) & tissue).sum() / valid.sum() for c in range(3)]
         assert list(got.class_fractions) == pytest.approx(direct, abs=1e-9)
 
     summary = pd.read_parquet(out / "slide_summaries").iloc[0]
     lumen, epithelium, stroma = summary.class_area_mm2
     assert epithelium > 0.01 and stroma > 0.01  # mm², on an H&E slide
-    in_patches = (rows.tissue_fraction * (rows.size_px * summary.slide_mpp / 1000) ** 2).sum()
-    assert lumen + epithelium + stroma == pytest.approx(in_patches, rel=1e-6)
-    assert in_patches <= summary.tissue_area_mm2 * 1.2  # the patches hold part of the tissue
+    # every tissue pixel once: the analysed tissue is the slide's, within the masks' difference
+    assert lumen + epithelium + stroma == pytest.approx(summary.analysed_tissue_mm2, rel=1e-6)
+    assert summary.analysed_tissue_mm2 == pytest.approx(summary.tissue_area_mm2, rel=0.05)
 
 
 def test_models_with_their_own_patch_geometry_share_one_survey(cmu1, tiny_models, tmp_path):

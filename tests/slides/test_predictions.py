@@ -15,6 +15,7 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
 from pipelines.options import SlideJobConfig
 from pipelines.slide_inference import build, write
+from tests.pixels import padded_patch
 from transforms.io.destinations import RunStamp, destination
 from transforms.models.spec import IMAGENET_MEAN, IMAGENET_STD, ModelSpec
 from transforms.slides.geometry import PatchingConfig
@@ -59,12 +60,7 @@ def test_predictions_equal_a_direct_model_call(tmp_path, cmu1, tiny_models, batc
 
     slide = tiffslide.TiffSlide(str(cmu1))
     pixels = np.stack(
-        [
-            slide.read_region(
-                (int(r.x_px), int(r.y_px)), 0, (int(r.size_px), int(r.size_px)), as_array=True
-            )
-            for r in rows.itertuples()
-        ]
+        [padded_patch(slide, int(r.x_px), int(r.y_px), int(r.size_px)) for r in rows.itertuples()]
     )
     assert pixels.shape[1:] == (64, 64, 3)  # 0.499 mpp slide: a 64 px patch at 0.5 mpp, no resize
     net = torch.export.load(tiny_models["two"]).module()
@@ -81,10 +77,7 @@ def test_predictions_equal_a_direct_model_call(tmp_path, cmu1, tiny_models, batc
 def _direct_logits(model_uri: str, cmu1, rows: pd.DataFrame, one_by_one: bool) -> np.ndarray:  # noqa: ANN001
     slide = tiffslide.TiffSlide(str(cmu1))
     pixels = np.stack(
-        [
-            slide.read_region((int(r.x_px), int(r.y_px)), 0, (64, 64), as_array=True)
-            for r in rows.itertuples()
-        ]
+        [padded_patch(slide, int(r.x_px), int(r.y_px), 64) for r in rows.itertuples()]
     )
     net = torch.export.load(model_uri).module()
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)

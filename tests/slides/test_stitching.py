@@ -101,8 +101,31 @@ def test_regions_keep_holes_and_merge_across_band_seams():
         for i in range(2)
     ]
     grid = MaskGrid.of((2 * width, 2 * height), 2.0, 2.0, 0.5)  # a mask pixel: 2 level-0 px
-    first, second = class_regions(grid, bands, 2)
+    found = list(class_regions(grid, bands, 2))
+    assert [c for c, _ in found] == [1, 0]  # the seam's region is merged at the end
+    (_, second), (_, first) = found
     assert first.geom_type == "Polygon" and len(first.interiors) == 1  # one piece, its hole
     assert first.area == pytest.approx(((mask == 1).sum()) * 4)
     assert first.bounds == (100.0, 2 * (BAND_ROWS - 100), 500.0, 2 * (BAND_ROWS + 100))
     assert second.area == 100 * 4
+
+
+def test_specks_under_the_smallest_region_are_not_traced_but_seam_regions_are_kept():
+    import zlib
+
+    from transforms.slides.masks import Band
+
+    rng = np.random.default_rng(3)
+    width, height = 400, BAND_ROWS + 100
+    mask = (rng.random((height, width)) < 0.3).astype(np.uint8)  # specks of class 0
+    mask[198:262, 98:162] = 0
+    mask[BAND_ROWS - 7 : BAND_ROWS + 7, 298:312] = 0
+    mask[200:260, 100:160] = 1  # one 60 x 60 region
+    mask[BAND_ROWS - 5 : BAND_ROWS + 5, 300:310] = 1  # 10 x 10 across the seam: 5 + 5 rows
+    bands = [
+        Band(i, zlib.compress(mask[i * BAND_ROWS : (i + 1) * BAND_ROWS].tobytes()), np.zeros(256))
+        for i in range(2)
+    ]
+    grid = MaskGrid.of((width, height), 1.0, 1.0, 0.5)
+    kept = list(class_regions(grid, bands, 1, min_px2=80))
+    assert sorted(round(p.area) for _, p in kept) == [100, 3600]

@@ -206,7 +206,9 @@ def grid_spec(geom: SlideGeometry, cfg: PatchingConfig) -> GridSpec:
         level = choose_level(geom.level_downsamples, wanted)
         mpp = cfg.patch_mpp
     patch_l0 = max(1, round(cfg.patch_px * wanted))
-    stride_l0 = (cfg.patch_px - cfg.overlap_px) * wanted
+    # the stride from the rounded patch, so that neighbours without overlap touch exactly (a
+    # 0.499 µm/px slide cut at 0.5: 64 px patches every 64 px, not every 64.128)
+    stride_l0 = patch_l0 * (cfg.patch_px - cfg.overlap_px) / cfg.patch_px
     return GridSpec(level=level, patch_l0_px=patch_l0, stride_l0_px=stride_l0, mpp=mpp)
 
 

@@ -74,10 +74,10 @@ def _split_into_bands(piece: MaskPiece) -> Iterator[tuple[tuple[str, str, int], 
         y0, y1 = max(top, band * BAND_ROWS), min(bottom, (band + 1) * BAND_ROWS)
         if y1 <= y0 or right <= piece.col:
             continue
-        cut = piece.labels[y0 - top : y1 - top, : right - piece.col]
-        yield (
+        cut = np.ascontiguousarray(piece.labels[y0 - top : y1 - top, : right - piece.col])
+        yield (  # compressed through the shuffle: a slide's pieces are its whole mask
             (piece.slide_id, piece.model_name, band),
-            (grid, y0 - band * BAND_ROWS, piece.col, cut),
+            (grid, y0 - band * BAND_ROWS, piece.col, cut.shape, zlib.compress(cut.tobytes(), 1)),
         )
 
 
@@ -86,10 +86,10 @@ def _assemble_band(
 ) -> tuple[tuple[str, str], tuple[MaskGrid, Band]]:
     (slide_id, model_name, band), cuts = element
     grid, pixels = None, None
-    for grid, y, x, labels in cuts:
+    for grid, y, x, (h, w), data in cuts:
         if pixels is None:
             pixels = np.zeros((grid.band_rows(band), grid.width), np.uint8)
-        pixels[y : y + labels.shape[0], x : x + labels.shape[1]] = labels
+        pixels[y : y + h, x : x + w] = np.frombuffer(zlib.decompress(data), np.uint8).reshape(h, w)
     assert grid is not None and pixels is not None
     counts = np.bincount(pixels.ravel(), minlength=256)
     return (slide_id, model_name), (grid, Band(band, zlib.compress(pixels.tobytes(), 1), counts))
