@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -62,6 +63,7 @@ def main() -> None:
     for i in range(args.repeats):
         for name, extra in (("tables only", ["--no_heatmaps"]), ("pictures on", [])):
             out = OUT / f"whole-{i}-{name.split()[0]}"
+            shutil.rmtree(out, ignore_errors=True)  # run ids are claimed once per folder
             flags = [
                 *("--slides", str(manifest), "--model", f"seg={model}"),
                 *("--model_output", "seg=segmentation", "--class_names", "seg=a,b,c"),

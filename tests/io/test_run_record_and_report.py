@@ -241,3 +241,19 @@ def test_of_two_claims_in_the_same_instant_exactly_one_wins(tmp_path, monkeypatc
     claim_run_id(dest, "same")
     with pytest.raises(ConfigError, match="--run_id same is in use"):
         claim_run_id(dest, "same")
+
+
+def test_the_viewer_page_of_a_hostile_slide_id_shows_it_as_text(slide_run):
+    """The viewer keeps the report's properties: the id escaped in the HTML, inert in the
+    page's JSON (``<`` escaped), its file named safely, every path relative."""
+    out, _ = slide_run
+    summaries = pd.read_parquet(out / "slide_summaries").set_index("slide_id")
+    page = Path(summaries.loc[HOSTILE, "viewer_uri"])
+    assert page.parent == out / "viewer" / "report-1" and "<" not in page.name
+    text = page.read_text()
+    assert HOSTILE not in text and "&lt;img src=x onerror=alert(1)&gt;" in text
+    config = text.split("id=config>", 1)[1].split("</script>", 1)[0]
+    assert "<" not in config and json.loads(config)["tiles"].endswith("_files/")
+    assert not re.search(r'(src|href)="(/|[a-z]+:)', text)  # relative paths only
+    report = (out / "report" / "report-1" / "index.html").read_text()
+    assert f'href="../../viewer/report-1/{page.name}"' in report

@@ -101,9 +101,13 @@ def test_regions_keep_holes_and_merge_across_band_seams():
         for i in range(2)
     ]
     grid = MaskGrid.of((2 * width, 2 * height), 2.0, 2.0, 0.5)  # a mask pixel: 2 level-0 px
+    from shapely.geometry import shape
+
     found = list(class_regions(grid, bands, 2))
-    assert [c for c, _ in found] == [1, 0]  # the seam's region is merged at the end
-    (_, second), (_, first) = found
+    assert [c for c, _, _ in found] == [1, 0]  # the seam's region is merged at the end
+    (_, second, second_area), (_, first, first_area) = found
+    first, second = shape(first), shape(second)
+    assert (first_area, second_area) == (first.area, second.area)
     assert first.geom_type == "Polygon" and len(first.interiors) == 1  # one piece, its hole
     assert first.area == pytest.approx(((mask == 1).sum()) * 4)
     assert first.bounds == (100.0, 2 * (BAND_ROWS - 100), 500.0, 2 * (BAND_ROWS + 100))
@@ -120,7 +124,8 @@ def test_specks_under_the_smallest_region_are_not_traced_but_seam_regions_are_ke
     mask = (rng.random((height, width)) < 0.3).astype(np.uint8)  # specks of class 0
     mask[198:262, 98:162] = 0
     mask[BAND_ROWS - 7 : BAND_ROWS + 7, 298:312] = 0
-    mask[200:260, 100:160] = 1  # one 60 x 60 region
+    mask[200:260, 100:160] = 1  # one 60 x 60 region...
+    mask[220:223, 120:123] = 0  # ...with a hole too small to keep: filled
     mask[BAND_ROWS - 5 : BAND_ROWS + 5, 300:310] = 1  # 10 x 10 across the seam: 5 + 5 rows
     bands = [
         Band(i, zlib.compress(mask[i * BAND_ROWS : (i + 1) * BAND_ROWS].tobytes()), np.zeros(256))
@@ -128,4 +133,5 @@ def test_specks_under_the_smallest_region_are_not_traced_but_seam_regions_are_ke
     ]
     grid = MaskGrid.of((width, height), 1.0, 1.0, 0.5)
     kept = list(class_regions(grid, bands, 1, min_px2=80))
-    assert sorted(round(p.area) for _, p in kept) == [100, 3600]
+    assert sorted(round(area) for _, _, area in kept) == [100, 3600]
+    assert all(len(polygon["coordinates"]) == 1 for _, polygon, _ in kept)
