@@ -685,8 +685,8 @@ SLIDES: tuple[Group, ...] = (
         (
             Flag(
                 "no_heatmaps",
-                "skip the per-slide pictures (heatmaps, class maps, thumbnails) and the QuPath "
-                "GeoJSON; the runs row and the report are still written",
+                "skip the per-slide pictures (heatmaps, class maps, thumbnails), stitched masks, "
+                "viewer pages and QuPath GeoJSON; the runs row and the report are still written",
                 False,
                 switch=True,
                 label="No heatmaps",
