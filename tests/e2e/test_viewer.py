@@ -154,6 +154,18 @@ def test_a_classifier_s_page_has_a_heatmap_per_class_and_its_dead_letters(
     failed = pd.DataFrame(read_errors(out))
     failed = failed[failed.stage.str.startswith("RunModel")]
     assert len(failed) and summary["patch_count"]  # some patches fail, others do not
+    # the heatmap as a pyramidal overlay aligned to level 0: one pixel per 64 px patch cell
+    import tiffslide
+
+    overlay = tiffslide.TiffSlide(summary["heatmap_uri"].removesuffix(".png") + ".ome.tif")
+    assert overlay.dimensions == (int(np.ceil(W / 64)), int(np.ceil(700 / 64)))
+    assert float(overlay.properties["tiffslide.mpp-x"]) == pytest.approx(64 * MPP)
+    rgba = np.asarray(overlay.read_region((0, 0), 0, overlay.dimensions, as_array=True))
+    painted = rgba[..., 3] > 0
+    rows = pd.read_parquet(out / "patch_predictions")
+    for r in rows.itertuples():  # every patch with a prediction paints its cell
+        assert painted[r.y_px // 64, r.x_px // 64]
+    overlay.close()
     page = Path(summary["viewer_uri"])
     config = json.loads(
         re.search(r"id=config>(.*?)</script>", page.read_text(), re.S).group(1)  # type: ignore[union-attr]
