@@ -719,6 +719,14 @@ SLIDES: tuple[Group, ...] = (
                 label="Smallest QuPath region (µm²)",
             ),
             Flag(
+                "features_h5",
+                "write each embedding model's patch features and level-0 coordinates per slide "
+                "as a TRIDENT/CLAM-style HDF5 file (features_h5/<run_id>/ under --artifacts)",
+                False,
+                switch=True,
+                label="Features as HDF5",
+            ),
+            Flag(
                 "viewer_mpp",
                 "µm/px of the deepest level of each slide's zoomable viewer page (finer: larger "
                 "reports; never finer than the slide)",

@@ -186,6 +186,7 @@ class SlideJobConfig:
     qupath_min_prob: float = QUPATH_MIN_PROB
     qupath_min_region_um2: float = QUPATH_MIN_REGION_UM2
     qupath_merge: bool = False
+    features_h5: bool = False
     viewer_mpp: float = VIEWER_MPP
     min_coverage: float = MIN_COVERAGE
     guard: GuardConfig = GuardConfig()
@@ -438,7 +439,9 @@ def slide_job_config(options: PipelineOptions) -> SlideJobConfig:
             patching=dataclasses.replace(base, stain_basis=stains, stain_targets=targets),
             geometries=geometries,
             batching=_slide_batching(options),
-            destination=_destination(options, needs_artifacts=not opts.no_heatmaps),
+            destination=_destination(
+                options, needs_artifacts=not opts.no_heatmaps or opts.features_h5
+            ),
             run=run,
             skip_existing=common.skip_existing,
             group_by=opts.group_by,
@@ -450,6 +453,7 @@ def slide_job_config(options: PipelineOptions) -> SlideJobConfig:
                 qupath_min_region_um2=opts.qupath_min_region_um2,
                 viewer_mpp=opts.viewer_mpp,
                 qupath_merge=opts.qupath_merge,
+                features_h5=opts.features_h5,
                 min_coverage=opts.min_coverage,
             ),
             guard=_guard(common),

@@ -31,6 +31,7 @@ from transforms.io.record_run import RecordRun
 from transforms.io.schemas import CASE_SUMMARIES, ERRORS, RUNS, SLIDE_SUMMARIES, Table
 from transforms.models.kinds import KINDS
 from transforms.models.kinds.embedding import KIND as EMBEDDING
+from transforms.slides.features_h5 import FEATURES_H5, EncoderGrid, WriteFeaturesH5
 from transforms.slides.manifest_rows import PATCH_ROWS, SLIDE_ROWS
 from transforms.slides.plan_grid import PlanGridPatches
 from transforms.slides.plan_manifest import PlanManifestPatches
@@ -115,6 +116,11 @@ def build(pipeline: beam.Pipeline, cfg: SlideJobConfig) -> dict[str, beam.PColle
             cfg.models, folder, cfg.qupath_min_prob, cfg.qupath_merge
         )
         errors.append(exported[DEAD_LETTER])
+    if cfg.features_h5 and EMBEDDING.output in results:
+        h5 = (results[EMBEDDING.output], planned[SLIDE_INFO]) | "WriteFeaturesH5" >> (
+            WriteFeaturesH5(encoder_grids(cfg), features_h5_dir(cfg))
+        )
+        errors.append(h5[DEAD_LETTER])
     if EMBEDDING.output in results:
         results["slide_embeddings"] = results[EMBEDDING.output] | "SummarizeEmbeddings" >> (
             SummarizeEmbeddings(cfg.models, cfg.run.run_id)
@@ -157,6 +163,22 @@ def picture_dirs(cfg: SlideJobConfig) -> dict[str, str]:
         return {}
     names = [spec.kind.picture for spec in cfg.models if spec.kind.picture] + [THUMBNAILS, VIEWER]
     return {name: f"{cfg.destination.artifacts}/{name}/{cfg.run.run_id}" for name in names}
+
+
+def features_h5_dir(cfg: SlideJobConfig) -> str:
+    """This run's folder of TRIDENT/CLAM-style HDF5 files (``--features_h5``)."""
+    return f"{cfg.destination.artifacts}/{FEATURES_H5}/{cfg.run.run_id}"
+
+
+def encoder_grids(cfg: SlideJobConfig) -> dict[str, EncoderGrid]:
+    """Each model's patch size and overlap, for the HDF5 files' attributes."""
+    geometries = cfg.patch_geometries
+    return {
+        spec.name: EncoderGrid(
+            geometries[spec.geometry].patch_px, geometries[spec.geometry].overlap_px
+        )
+        for spec in cfg.models
+    }
 
 
 def qupath_dir(cfg: SlideJobConfig) -> str | None:
