@@ -231,9 +231,12 @@ def test_hostile_slide_id_cannot_write_outside_the_output_folder(tmp_path, cmu1,
         str(out),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    written = [p for p in tmp_path.rglob("*") if p.is_file() and p.suffix == ".png"]
-    assert len(written) == 1 and written[0].parent.parent == out / "heatmaps"
-    assert not written[0].name.startswith(".") and "/" not in written[0].name
+    files = [p for p in tmp_path.rglob("*") if p.is_file() and p != manifest]
+    assert files and all(out in p.parents for p in files)  # nothing escaped the output folder
+    written = [p for p in files if p.suffix == ".png" and p.parent.parent == out / "heatmaps"]
+    assert len(written) == 1 and not written[0].name.startswith(".")
+    pages = [p for p in files if p.suffix == ".html" and p.parent.parent == out / "viewer"]
+    assert len(pages) == 1 and not pages[0].name.startswith(".")
     summary = pd.read_parquet(out / "slide_summaries").iloc[0]
     assert summary.slide_id == "../../escaped"  # the id itself is kept, only the file name is safe
     assert summary.heatmap_uri == str(written[0])
