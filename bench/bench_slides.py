@@ -126,7 +126,9 @@ def grid_boxes_of(slide: Path, patch_px: int, limit: int) -> list[tuple[int, int
 
     geom = slide_geometry(open_slide(str(slide)))
     spec = grid_spec(geom, PatchingConfig(patch_px=patch_px, patch_mpp=0.5, min_tissue=0))
-    return [(b.x_px, b.y_px, b.size_px) for b in grid_boxes(geom, spec)][:limit]
+    # whole patches only, as the read loops and the anchors (tiatoolbox) cut them
+    boxes = grid_boxes(geom, spec, whole_only=True)
+    return [(b.x_px, b.y_px, b.size_px) for b in boxes][:limit]
 
 
 def read_region_loop(slide: Path, boxes: list[tuple[int, int, int]]) -> tuple[float, np.ndarray]:
@@ -148,7 +150,7 @@ def block_reads(slide: Path, patch_px: int, n: int) -> float:
     s = open_slide(str(slide))
     geom = slide_geometry(s)
     cfg = PatchingConfig(patch_px=patch_px, patch_mpp=0.5, min_tissue=0)
-    boxes = list(grid_boxes(geom, grid_spec(geom, cfg)))[:n]
+    boxes = list(grid_boxes(geom, grid_spec(geom, cfg), whole_only=True))[:n]
     t = time.perf_counter()
     count = 0
     for unit in work_units("b", str(slide), geom, boxes, cfg, 0.5):
