@@ -6,19 +6,18 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from tests.browser import chromium_path
 from tests.processes import run_python
 
 pytestmark = pytest.mark.pipeline
 
 HOSTILE = "<img src=x onerror=alert(1)>"
-INSTALL = "apt-get install chromium"
 
 
 @pytest.fixture(scope="module")
@@ -142,13 +141,6 @@ def test_qupath_geojson_is_valid_and_matches_the_patch_rows(slide_run):
         assert boxes == set(valid)  # each patch's part inside the slide
 
 
-def chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found is None:
-        pytest.skip(f"headless Chromium is not installed: {INSTALL}")
-    return found
-
-
 def in_chromium(page: Path, tmp_path: Path) -> dict:
     """Load ``page`` in headless Chromium inside a checking page; what the check found."""
     checker = tmp_path / "check.html"
@@ -172,7 +164,7 @@ frame.addEventListener('load', () => {{
     shot = tmp_path / "report.png"
     subprocess.run(
         [
-            chromium(),
+            chromium_path(),
             "--headless",
             "--no-sandbox",
             "--disable-gpu",
@@ -186,7 +178,7 @@ frame.addEventListener('load', () => {{
     )
     dom = subprocess.run(
         [
-            chromium(),
+            chromium_path(),
             "--headless",
             "--no-sandbox",
             "--disable-gpu",

@@ -131,14 +131,16 @@ def _without_specks(
 
 
 def write_regions(
-    uri: str, grid: MaskGrid, bands: Sequence[Band], spec: Any, min_region_um2: float
+    uri: str,
+    grid: MaskGrid,
+    bands: Sequence[Band],
+    spec: Any,
+    n_classes: int,
+    min_region_um2: float,
 ) -> int:
     """Write the mask's class regions as QuPath GeoJSON; returns how many were written."""
     from transforms.core.remote_io import open_uri
 
-    n_classes = len(spec.class_names) or max(
-        (int(b.counts.nonzero()[0].max(initial=0)) for b in bands), default=0
-    )
     palette = palette_of(spec.class_colours)
     um2_per_px2 = grid.slide_mpp**2 if grid.slide_mpp else None
     min_px2 = min_region_um2 / um2_per_px2 if um2_per_px2 else 0.0

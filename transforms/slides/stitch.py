@@ -139,7 +139,7 @@ class _WriteSlideMask(beam.DoFn):
             if self._out.regions_dir is not None:
                 record["regions_uri"] = regions_uri(self._out.regions_dir, slide_id, model_name)
                 record["regions"] = write_regions(
-                    record["regions_uri"], grid, bands, spec, self._out.min_region_um2
+                    record["regions_uri"], grid, bands, spec, n_classes, self._out.min_region_um2
                 )
         except Exception as exc:  # noqa: BLE001 - the summaries still go out
             yield beam.pvalue.TaggedOutput(
