@@ -34,7 +34,9 @@ from transforms.models.spec import (
     ModelSpec,
     check_model_name,
 )
+from transforms.slides.gates import COVERS
 from transforms.slides.geometry import TISSUE_METHODS, PatchingConfig
+from transforms.slides.heads import SLIDE_MAX_PATCHES
 from transforms.slides.qupath import MIN_PROB as QUPATH_MIN_PROB
 from transforms.slides.regions import MIN_REGION_UM2 as QUPATH_MIN_REGION_UM2
 from transforms.slides.run_model import BatchingConfig
@@ -744,6 +746,83 @@ SLIDES: tuple[Group, ...] = (
                 "F",
                 label="Minimum tissue coverage",
                 pattern=FRACTION,
+            ),
+        ),
+    ),
+    (
+        "composition",
+        (
+            Flag(
+                "gate",
+                "NAME=RULE: run model NAME only where another model of the job (its gate) "
+                "passes, e.g. detail='qc:tissue>=0.5 and qc:blur<0.2' (GATE:CLASS>=T, with "
+                ">=, >, <= or <, joined by and / or; one gate per rule; a gate may be gated)",
+                metavar="NAME=RULE",
+                repeat=True,
+                label="Gate",
+            ),
+            Flag(
+                "gate_cover",
+                "when a gated patch passes: centre (a passing gate patch holds its centre) or "
+                "any (a passing gate patch overlaps it)",
+                "centre",
+                choices=COVERS,
+                label="Gate cover rule",
+            ),
+            Flag(
+                "slide_model",
+                "NAME=URI of a slide-level head (.pt2 or .onnx) run over all of a slide's patch "
+                "embeddings and coordinates; needs --slide_model_input",
+                metavar="NAME=URI",
+                repeat=True,
+                label="Slide-level model",
+                pattern=GCS_FILE,
+            ),
+            Flag(
+                "slide_model_input",
+                "NAME=ENCODER: the embedding model (a --model) whose patch embeddings a slide "
+                "head takes",
+                metavar="NAME=ENCODER",
+                repeat=True,
+                label="Slide model input",
+                pattern=MODEL_NAME_PATTERN,
+            ),
+            Flag(
+                "slide_class_names",
+                "NAME=a,b,...: a slide head's class names",
+                metavar="NAME=CLASSES",
+                repeat=True,
+                label="Slide model classes",
+            ),
+            Flag(
+                "slide_model_activation",
+                "NAME=softmax|sigmoid|none: turns a slide head's logits into probabilities",
+                "softmax",
+                metavar="NAME=ACTIVATION",
+                repeat=True,
+                label="Slide model activation",
+                choices=ACTIVATIONS,
+            ),
+            Flag(
+                "slide_max_patches",
+                "the most patch embeddings one slide may give a slide head; a slide with more "
+                "is a dead letter naming the count (one slide's embeddings are held in memory: "
+                "N x D x 4 bytes)",
+                str(SLIDE_MAX_PATCHES),
+                int,
+                "N",
+                label="Slide head patch bound",
+                pattern=POSITIVE_INT,
+            ),
+            Flag(
+                "model_hints",
+                "NAME=HINT=VALUE;...: Beam resource hints for a model's stage (a --model or "
+                "--slide_model), e.g. detail=accelerator=type:nvidia-l4;count:1;"
+                "install-nvidia-driver;min_ram=32GB; on Dataflow the stage runs on workers "
+                "that fit them",
+                metavar="NAME=HINTS",
+                repeat=True,
+                label="Model resource hints",
             ),
         ),
     ),

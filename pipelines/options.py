@@ -24,6 +24,7 @@ from apache_beam.options.pipeline_options import (
     WorkerOptions,
 )
 
+from pipelines.composition import Composition, composition
 from pipelines.flags import COMMON, SLIDES, TEXT, Group, add_flags, named_values, per_model_flags
 from transforms.core.errors import ConfigError
 from transforms.io.bigquery import resolve_endpoint
@@ -193,6 +194,8 @@ class SlideJobConfig:
     geometries: tuple[PatchingConfig, ...] = ()
     """The distinct patch geometries the models take (``ModelSpec.geometry`` indexes them);
     empty: just ``patching``."""
+    composition: Composition = Composition()
+    """Gates, slide-level heads and per-stage resource hints."""
 
     def __post_init__(self) -> None:
         if not 0 < self.viewer_mpp <= 1000:
@@ -241,12 +244,18 @@ def _flag_text(value: Any) -> str:
 
 
 def patch_geometries(
-    base: PatchingConfig, models: tuple[ModelSpec, ...], manifest: bool
+    base: PatchingConfig,
+    models: tuple[ModelSpec, ...],
+    manifest: bool,
+    apart: frozenset[str] = frozenset(),
 ) -> tuple[tuple[PatchingConfig, ...], tuple[ModelSpec, ...]]:
     """The distinct patch geometries of ``models`` (the job's, with each model's own patch px
-    and mpp), and the models with their geometry's index set. ``ConfigError`` for a model mpp
-    where the patches are not cut at an mpp (``--patch_level``, or a patch manifest)."""
+    and mpp), and the models with their geometry's index set. A model in ``apart`` (a gated
+    one: its units are cut down before they are read) has a stream of its own. ``ConfigError``
+    for a model mpp where the patches are not cut at an mpp (``--patch_level``, or a patch
+    manifest)."""
     geometries: list[PatchingConfig] = []
+    keys: list[tuple[PatchingConfig, str | None]] = []
     resolved = []
     for model in models:
         if model.patch_mpp is not None and (manifest or base.patch_level is not None):
@@ -264,9 +273,11 @@ def patch_geometries(
                 base.max_upsample if model.mpp_tolerance is None else 1.0 + model.mpp_tolerance
             ),
         )
-        if geometry not in geometries:
+        key = (geometry, model.name if model.name in apart else None)
+        if key not in keys:
+            keys.append(key)
             geometries.append(geometry)
-        resolved.append(dataclasses.replace(model, geometry=geometries.index(geometry)))
+        resolved.append(dataclasses.replace(model, geometry=keys.index(key)))
     return tuple(geometries), tuple(resolved)
 
 
@@ -399,7 +410,10 @@ def slide_job_config(options: PipelineOptions) -> SlideJobConfig:
     with flags_named():
         base = PatchingConfig(**patching)
         models = model_specs(options)
-        geometries, models = patch_geometries(base, models, manifest=patches is not None)
+        composed = composition(options, models)
+        geometries, models = patch_geometries(
+            base, models, manifest=patches is not None, apart=frozenset(composed.gates)
+        )
         stains = any(m.needs_stains for m in models)
         targets = tuple(dict.fromkeys(t for m in models if (t := m.stain_target)))
         geometries = tuple(
@@ -457,6 +471,7 @@ def slide_job_config(options: PipelineOptions) -> SlideJobConfig:
                 min_coverage=opts.min_coverage,
             ),
             guard=_guard(common),
+            composition=composed,
         )
 
 

@@ -31,12 +31,22 @@ from transforms.io.record_run import RecordRun
 from transforms.io.schemas import CASE_SUMMARIES, ERRORS, RUNS, SLIDE_SUMMARIES, Table
 from transforms.models.kinds import KINDS
 from transforms.models.kinds.embedding import KIND as EMBEDDING
+from transforms.models.spec import ModelSpec
 from transforms.slides.features_h5 import FEATURES_H5, EncoderGrid, WriteFeaturesH5
+from transforms.slides.gates import GATE_VERDICTS, ExportGateVerdicts, GateUnits
+from transforms.slides.heads import (
+    ATTENTION,
+    CASE_PREDICTIONS,
+    PATCH_ATTENTION,
+    SLIDE_PREDICTIONS,
+    PredictCases,
+    RunSlideHead,
+)
 from transforms.slides.manifest_rows import PATCH_ROWS, SLIDE_ROWS
 from transforms.slides.plan_grid import PlanGridPatches
 from transforms.slides.plan_manifest import PlanManifestPatches
 from transforms.slides.qupath import ExportQuPath
-from transforms.slides.read_patches import ReadPatches, SplitByGeometry
+from transforms.slides.read_patches import ByGeometry, ReadPatches, SplitByGeometry
 from transforms.slides.run_model import RunModel
 from transforms.slides.stitch import CLASS_MAPS, StitchClassMaps, StitchOutputs
 from transforms.slides.summaries import (
@@ -67,16 +77,45 @@ def build(pipeline: beam.Pipeline, cfg: SlideJobConfig) -> dict[str, beam.PColle
         planned = plan_input | "PlanPatches" >> PlanManifestPatches(cfg.patch_geometries)
     else:
         planned = slide_rows | "PlanPatches" >> PlanGridPatches(cfg.patch_geometries)
-    read = planned["units"] | "ReadPatches" >> ReadPatches()
+    comp = cfg.composition
+    units, gated_units = planned["units"], None
+    if comp.gates:  # a gated model's units wait for its gate's rows, and are cut down first
+        n = len(cfg.patch_geometries)
+        parts = units | "UnitsByGeometry" >> beam.Partition(ByGeometry(), n)
+        gated_units = {spec.geometry: parts[spec.geometry] for spec in gated(cfg)}
+        units = [parts[i] for i in range(n) if i not in gated_units] | "UngatedUnits" >> (
+            beam.Flatten()
+        )
+    read = units | "ReadPatches" >> ReadPatches()
     errors += [planned[DEAD_LETTER], read[DEAD_LETTER]]
     streams = read["patches"] | "SplitByGeometry" >> SplitByGeometry(len(cfg.patch_geometries))
     by_output: dict[str, list[beam.PCollection]] = {}
-    guard, class_maps = [], []
-    for spec in cfg.models:
+    guard, class_maps, gate_counts, verdicts = [], [], [], []
+    rows_of: dict[str, beam.PCollection] = {}
+    specs = {spec.name: spec for spec in cfg.models}
+    for spec in comp.order(cfg.models):
+        rule = comp.gates.get(spec.name)
+        if rule is not None and gated_units is not None:
+            kept = {
+                "units": gated_units[spec.geometry],
+                "gate": rows_of[rule.gate],
+            } | f"Gate/{spec.name}" >> GateUnits(rule, spec, specs[rule.gate], cfg.run.run_id)
+            read_kept = kept["units"] | f"ReadGatedPatches/{spec.name}" >> ReadPatches()
+            errors.append(read_kept[DEAD_LETTER])
+            gate_counts.append(kept["gated"])
+            verdicts.append(kept["verdicts"])
+            stream = read_kept["patches"]
+        else:
+            stream = streams[spec.geometry]
         patch_px = cfg.patch_geometries[spec.geometry].patch_px
-        inferred = streams[spec.geometry] | f"RunModel/{spec.name}" >> RunModel(
+        stage: beam.PTransform = RunModel(
             spec, cfg.batching, cfg.run.run_id, patch_px, spec.guard or cfg.guard
         )
+        if spec.name in comp.hints:  # its own workers: break the fusion with the decode
+            stream = stream | f"ToHintedWorkers/{spec.name}" >> beam.Reshuffle()
+            stage = stage.with_resource_hints(**comp.hints[spec.name])
+        inferred = stream | f"RunModel/{spec.name}" >> stage
+        rows_of[spec.name] = inferred["rows"]
         by_output.setdefault(spec.kind.output, []).append(inferred["rows"])
         errors.append(inferred[DEAD_LETTER])
         guard.append(inferred[GUARD])
@@ -89,6 +128,11 @@ def build(pipeline: beam.Pipeline, cfg: SlideJobConfig) -> dict[str, beam.PColle
     every_result = list(results.values()) | "AllResults" >> beam.Flatten()
     folder = qupath_dir(cfg)
     summary_inputs = {"results": every_result, "infos": planned[SLIDE_INFO]}
+    if gate_counts:
+        summary_inputs["gated"] = gate_counts | "AllGatedOut" >> beam.Flatten()
+        verdict_rows = verdicts | "AllGateVerdicts" >> beam.Flatten()
+        if cfg.heatmaps:
+            summary_inputs["verdicts"] = verdict_rows
     if class_maps and cfg.heatmaps:
         stitched = (
             class_maps
@@ -121,6 +165,30 @@ def build(pipeline: beam.Pipeline, cfg: SlideJobConfig) -> dict[str, beam.PColle
             WriteFeaturesH5(encoder_grids(cfg), features_h5_dir(cfg))
         )
         errors.append(h5[DEAD_LETTER])
+    for head in comp.heads:
+        stage = RunSlideHead(
+            head,
+            cfg.run.run_id,
+            comp.slide_max_patches,
+            picture_dirs(cfg).get(ATTENTION),
+            cfg.group_by,
+        )
+        if head.name in comp.hints:
+            stage = stage.with_resource_hints(**comp.hints[head.name])
+        headed = (results[EMBEDDING.output], planned[SLIDE_INFO]) | f"SlideModel/{head.name}" >> (
+            stage
+        )
+        errors.append(headed[DEAD_LETTER])
+        results.setdefault(SLIDE_PREDICTIONS.name, []).append(headed["predictions"])
+        results.setdefault(PATCH_ATTENTION.name, []).append(headed["attention"])
+    for name in (SLIDE_PREDICTIONS.name, PATCH_ATTENTION.name):
+        if name in results:
+            results[name] = results[name] | f"All{_title(name)}" >> beam.Flatten()
+    if gate_counts:
+        results[GATE_VERDICTS.name] = verdict_rows
+        if folder is not None:
+            exported = verdict_rows | "ExportGateVerdicts" >> ExportGateVerdicts(folder)
+            errors.append(exported[DEAD_LETTER])
     if EMBEDDING.output in results:
         results["slide_embeddings"] = results[EMBEDDING.output] | "SummarizeEmbeddings" >> (
             SummarizeEmbeddings(cfg.models, cfg.run.run_id)
@@ -133,6 +201,10 @@ def build(pipeline: beam.Pipeline, cfg: SlideJobConfig) -> dict[str, beam.PColle
     }
     if cfg.group_by:
         outputs["cases"] = outputs["summaries"] | "SummarizeCases" >> SummarizeCases(cfg.group_by)
+        if SLIDE_PREDICTIONS.name in outputs:
+            outputs[CASE_PREDICTIONS.name] = outputs[SLIDE_PREDICTIONS.name] | (
+                "PredictCases" >> PredictCases(cfg.group_by)
+            )
     judged = {
         "inputs": slides["rows"],
         "rejected": slides[DEAD_LETTER],
@@ -143,6 +215,15 @@ def build(pipeline: beam.Pipeline, cfg: SlideJobConfig) -> dict[str, beam.PColle
         judged["skipped_ids"] = skipped
     outputs[OUTCOME] = judged | "JudgeRun" >> JudgeRun("slide_id", cfg.max_failed_fraction)
     return outputs
+
+
+def _title(name: str) -> str:
+    return "".join(part.title() for part in name.split("_"))
+
+
+def gated(cfg: SlideJobConfig) -> list[ModelSpec]:
+    """The job's gated models."""
+    return [spec for spec in cfg.models if spec.name in cfg.composition.gates]
 
 
 QUPATH = "qupath"
@@ -162,6 +243,8 @@ def picture_dirs(cfg: SlideJobConfig) -> dict[str, str]:
     if not cfg.heatmaps:
         return {}
     names = [spec.kind.picture for spec in cfg.models if spec.kind.picture] + [THUMBNAILS, VIEWER]
+    if cfg.composition.heads:
+        names.append(ATTENTION)
     return {name: f"{cfg.destination.artifacts}/{name}/{cfg.run.run_id}" for name in names}
 
 
@@ -184,8 +267,9 @@ def encoder_grids(cfg: SlideJobConfig) -> dict[str, EncoderGrid]:
 def qupath_dir(cfg: SlideJobConfig) -> str | None:
     """This run's QuPath folder, when pictures are on and a model's kind exports detections or
     class regions."""
-    if not cfg.heatmaps or not any(
-        spec.kind.exports_qupath or spec.kind.class_map for spec in cfg.models
+    if not cfg.heatmaps or not (
+        cfg.composition.gates
+        or any(spec.kind.exports_qupath or spec.kind.class_map for spec in cfg.models)
     ):
         return None
     return f"{cfg.destination.artifacts}/{QUPATH}/{cfg.run.run_id}"
@@ -199,8 +283,15 @@ def tables(cfg: SlideJobConfig) -> dict[str, Table]:
         if spec.kind.slide_table is not None:
             out[spec.kind.slide_table.name] = spec.kind.slide_table
     out.update(summaries=SLIDE_SUMMARIES, errors=ERRORS)
+    if cfg.composition.gates:
+        out[GATE_VERDICTS.name] = GATE_VERDICTS
+    if cfg.composition.heads:
+        out[SLIDE_PREDICTIONS.name] = SLIDE_PREDICTIONS
+        out[PATCH_ATTENTION.name] = PATCH_ATTENTION
     if cfg.group_by:
         out["cases"] = CASE_SUMMARIES
+        if cfg.composition.heads:
+            out[CASE_PREDICTIONS.name] = CASE_PREDICTIONS
     return out
 
 

@@ -203,3 +203,65 @@ class WhiteIsOne(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         white = (x.sum(dim=1, keepdim=True) - 5.0) * 10.0
         return torch.cat([torch.zeros_like(white), white], dim=1)
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class DarkGate(nn.Module):
+    """A fixed-weight gate: global average pool -> linear, two classes (light, dark).
+
+    The dark logit is ``sharpness * (threshold - brightness)``, where brightness is the patch's
+    mean RGB in [0, 1] (the weights undo ImageNet normalisation); so P(dark) >= 0.5 exactly when
+    the patch's mean grey level is under ``threshold``.
+    """
+
+    def __init__(self, threshold: float = 0.5, sharpness: float = 40.0) -> None:
+        super().__init__()
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Linear(3, 2)
+        with torch.no_grad():
+            self.head.weight.zero_()
+            self.head.bias.zero_()
+            for c in range(3):
+                self.head.weight[1, c] = -sharpness * IMAGENET_STD[c] / 3
+            self.head.bias[1] = sharpness * (threshold - sum(IMAGENET_MEAN) / 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(x))
+
+
+class ABMIL(nn.Module):
+    """Gated attention MIL (Ilse et al. 2018): per-patch projection, gated attention pooling,
+    a linear classifier. Takes ``features (1, N, D)``, ``coords (1, N, 2)`` and the level-0
+    patch size (the contract of ``models/slide_head.py``); returns logits ``(1, C)`` and
+    attention ``(1, N)`` (softmax over the slide's patches)."""
+
+    def __init__(self, dim: int = 16, hidden: int = 8, n_classes: int = 3) -> None:
+        super().__init__()
+        self.project = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU())
+        self.attention_v = nn.Linear(hidden, hidden)
+        self.attention_u = nn.Linear(hidden, hidden)
+        self.attention_w = nn.Linear(hidden, 1)
+        self.classifier = nn.Linear(hidden, n_classes)
+
+    def forward(
+        self, features: torch.Tensor, coords: torch.Tensor, patch_size: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.project(features[0])
+        gate = torch.tanh(self.attention_v(h)) * torch.sigmoid(self.attention_u(h))
+        attention = torch.softmax(self.attention_w(gate)[:, 0], dim=0)
+        pooled = (attention[:, None] * h).sum(0, keepdim=True)
+        return self.classifier(pooled), attention[None]
+
+
+def export_head(head: nn.Module, path: str, dim: int = 16) -> str:
+    """Save a slide head as a ``torch.export`` program with a dynamic patch count."""
+    n = torch.export.Dim("patches", min=1, max=200_000)
+    example = (torch.zeros(1, 5, dim), torch.zeros(1, 5, 2, dtype=torch.int64), torch.tensor(64))
+    program = torch.export.export(
+        head, example, dynamic_shapes=({1: n}, {1: n}, None)
+    )
+    torch.export.save(program, path)
+    return path

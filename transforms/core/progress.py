@@ -51,7 +51,7 @@ def slide_progress_line(tally: dict[str, int], elapsed_s: float, n_models: int =
     """Slides done of total, patch inferences done of planned, patches/s and an ETA."""
     slides_total = tally.get("slides_planned", 0) + tally.get("slides_failed", 0)
     slides_done = tally.get("slides_summarized", 0) + tally.get("slides_failed", 0)
-    planned = tally.get("patches_planned", 0) * n_models
+    planned = tally.get("patches_planned", 0) * n_models - tally.get("patches_gated_out", 0)
     done = tally.get("patches_inferred", 0)
     rate = done / elapsed_s if elapsed_s > 0 else 0.0
     eta = f"{(planned - done) / rate:.0f}s" if rate > 0 and planned >= done else "?"

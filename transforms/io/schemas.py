@@ -67,6 +67,12 @@ SLIDE_SUMMARIES = Table(
         Column("patches_planned", "INT64", "REQUIRED"),
         Column("patch_count", "INT64", "REQUIRED", description="patches with a prediction"),
         Column(
+            "patches_gated_out",
+            "INT64",
+            description="gated models: planned patches their gate held back (planned = "
+            "patch_count + gated out + dead letters)",
+        ),
+        Column(
             "coverage",
             "FLOAT64",
             description="share of the detected tissue the model's planned patches cover (grid "

@@ -11,9 +11,9 @@ reads (TRIDENT's ``trident/IO.py``: ``f['features'][:]``, ``f['coords'][:]`` and
   usual 0.25 µm/px = 40x convention), ``overlap`` (px), ``name`` (the slide), ``savetodir``,
   ``level0_width`` and ``level0_height``.
 
-Patches are in row-major order (y, then x), whatever order they arrived in, so a rerun writes
-the same file. Each file is written whole to a local temporary file and copied into place:
-a retried bundle rewrites it, never appends.
+Patches are in row-major order (y, then x: ``slide_embeddings.stacked``), whatever order they
+arrived in, so a rerun writes the same file. Each file is written whole to a local temporary
+file and copied into place: a retried bundle rewrites it, never appends.
 """
 
 from __future__ import annotations
@@ -21,16 +21,16 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
-import numpy as np
 
 from transforms.core import progress
 from transforms.core.errors import DEAD_LETTER, dead_letter
 from transforms.io.schemas import file_name
+from transforms.slides.slide_embeddings import SlideEmbeddings, by_model, compact, stacked
 
 FEATURES_H5 = "features_h5"
 """The folder of the HDF5 files (one per slide x embedding model)."""
@@ -53,22 +53,17 @@ def magnification(mpp: float | None) -> float | None:
     return round(10.0 / mpp, 3) if mpp else None
 
 
-def write_h5(uri: str, rows: Sequence[dict], info: dict, grid: EncoderGrid, folder: str) -> int:
-    """Write one slide x encoder's file from its ``patch_embeddings`` rows; returns N."""
+def write_h5(uri: str, bag: SlideEmbeddings, info: dict, grid: EncoderGrid, folder: str) -> int:
+    """Write one slide x encoder's file from its stacked embeddings; returns N."""
     import h5py
 
     from transforms.core.remote_io import open_uri
 
-    rows = sorted(rows, key=lambda r: (int(r["y_px"]), int(r["x_px"])))
-    features = np.asarray([r["embedding"] for r in rows], np.float32)
-    coords = np.asarray([(int(r["x_px"]), int(r["y_px"])) for r in rows], np.int64).reshape(-1, 2)
-    size_l0 = int(rows[0]["size_px"])
-    target = rows[0].get("mpp")
     coords_attrs = {
         "patch_size": grid.patch_px,
-        "patch_size_level0": size_l0,
+        "patch_size_level0": bag.patch_size_l0,
         "level0_magnification": magnification(info["mpp"]) or "None",
-        "target_magnification": magnification(target) or "None",
+        "target_magnification": magnification(bag.mpp) or "None",
         "overlap": grid.overlap_px,
         "name": str(info["slide_id"]),
         "savetodir": folder,
@@ -78,13 +73,13 @@ def write_h5(uri: str, rows: Sequence[dict], info: dict, grid: EncoderGrid, fold
     with tempfile.TemporaryDirectory() as tmp:
         local = os.path.join(tmp, "features.h5")
         with h5py.File(local, "w") as f:
-            f.create_dataset("features", data=features).attrs["name"] = rows[0]["model_name"]
-            dataset = f.create_dataset("coords", data=coords)
+            f.create_dataset("features", data=bag.features).attrs["name"] = bag.model_name
+            dataset = f.create_dataset("coords", data=bag.coords)
             for key, value in coords_attrs.items():
                 dataset.attrs[key] = value
         with open(local, "rb") as src, open_uri(uri, "wb", auto_mkdir=True) as dst:
             shutil.copyfileobj(src, dst, 8 << 20)
-    return len(rows)
+    return len(bag.coords)
 
 
 class _WriteSlide(beam.DoFn):
@@ -99,13 +94,11 @@ class _WriteSlide(beam.DoFn):
         infos = list(groups["info"])
         if not infos:
             return
-        by_model: dict[str, list[dict]] = {}
-        for row in groups["rows"]:  # one slide: N x D floats per encoder, a few MB
-            by_model.setdefault(row["model_name"], []).append(row)
-        for model_name, rows in sorted(by_model.items()):
+        for model_name, items in sorted(by_model(groups["rows"]).items()):
             uri = features_h5_uri(self._folder, slide_id, model_name)
             try:
-                n = write_h5(uri, rows, infos[0], self._grids[model_name], self._folder)
+                bag = stacked(items)
+                n = write_h5(uri, bag, infos[0], self._grids[model_name], self._folder)
             except Exception as exc:  # noqa: BLE001 - the tables are written already
                 yield beam.pvalue.TaggedOutput(
                     DEAD_LETTER,
@@ -136,7 +129,7 @@ class WriteFeaturesH5(beam.PTransform):
         rows, infos = inputs
         written = (
             {
-                "rows": rows | "RowsBySlide" >> beam.Map(_by_slide),
+                "rows": rows | "RowsBySlide" >> beam.Map(compact),
                 "info": infos | "InfosBySlide" >> beam.Map(_by_slide),
             }
             | "JoinSlides" >> beam.CoGroupByKey()

@@ -141,6 +141,8 @@ class WorkUnit:
     """Which of the job's patch geometries (patch px and mpp) the unit was planned for."""
     slide_dims: tuple[int, int] | None = None
     """The slide's level-0 width and height: patches past them are padded."""
+    downsample: float = 1.0
+    """``level``'s downsample from level 0."""
 
     def patch_mpp(self, box: PatchBox) -> float | None:
         """µm/px of ``box`` once resized to ``patch_px``: the grid's MPP, else from the slide's."""
@@ -338,6 +340,7 @@ def _units(
                 mpp,
                 geom.mpp,
                 slide_dims=(geom.width_px, geom.height_px),
+                downsample=geom.level_downsamples[level],
             )
 
 

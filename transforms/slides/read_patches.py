@@ -166,8 +166,8 @@ class ReadPatches(beam.PTransform):
         return {"patches": read.patches, DEAD_LETTER: read[DEAD_LETTER]}
 
 
-class _ByGeometry(beam.PartitionFn):
-    """A patch's stream: the index of the patch geometry it was cut for."""
+class ByGeometry(beam.PartitionFn):
+    """A patch's (or work unit's) stream: the index of the patch geometry it was cut for."""
 
     def partition_for(self, element: Any, num_partitions: int, *args: Any, **kwargs: Any) -> int:
         return int(element.geometry)
@@ -184,5 +184,5 @@ class SplitByGeometry(beam.PTransform):
     def expand(self, patches: beam.PCollection) -> list[beam.PCollection]:
         if self._n == 1:
             return [patches]
-        parts = patches | "ByGeometry" >> beam.Partition(_ByGeometry(), self._n)
+        parts = patches | "ByGeometry" >> beam.Partition(ByGeometry(), self._n)
         return [parts[i] for i in range(self._n)]

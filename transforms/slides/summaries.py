@@ -35,6 +35,7 @@ from transforms.slides.viewer import (
     Overlay,
     build_page,
     failed_overlay,
+    gate_overlay,
     heatmap_overlays,
     mask_overlay,
 )
@@ -302,7 +303,15 @@ class _SummarizeSlide(beam.DoFn):
         masks = {m["model_name"]: m for m in groups.get("masks", ())}
         if infos:  # predictions always come from a planned slide, so this holds
             failed = list(groups.get("failed", ()))
-            yield from self._summaries(slide_id, infos[0], dict(groups["stats"]), masks, failed)
+            gated: dict[str, int] = {}
+            for count in groups.get("gated", ()):
+                gated[count["model_name"]] = gated.get(count["model_name"], 0) + count["gated_out"]
+            verdicts: dict[tuple[str, str], list[dict]] = {}
+            for v in groups.get("verdicts", ()):
+                verdicts.setdefault((v["model_name"], v["gate_name"]), []).append(v)
+            yield from self._summaries(
+                slide_id, infos[0], dict(groups["stats"]), masks, failed, gated, verdicts
+            )
 
     def _summaries(
         self,
@@ -311,6 +320,8 @@ class _SummarizeSlide(beam.DoFn):
         by_model: dict,
         masks: dict[str, dict],
         failed: list[tuple[int, int, int]],
+        gated: dict[str, int],
+        verdicts: dict[tuple[str, str], list[dict]],
     ) -> Iterator[Any]:
         thumb, thumbnail_uri = None, None
         if self._picture_dirs:
@@ -347,6 +358,7 @@ class _SummarizeSlide(beam.DoFn):
                 except Exception as exc:  # noqa: BLE001 - the summary row still goes out
                     yield self._failed(slide_id, f"{spec.name}/overlay", exc)
             row = summary_row(info, spec, stats, heatmap_uri, self._run_id, masks.get(spec.name))
+            row["patches_gated_out"] = gated.get(spec.name)
             row["low_coverage"] = row["coverage"] is not None and (
                 row["coverage"] < self._min_coverage
             )
@@ -356,8 +368,11 @@ class _SummarizeSlide(beam.DoFn):
         viewer_uri = None
         if VIEWER in self._picture_dirs and rows:
             try:
+                folder = self._picture_dirs[VIEWER]
+                for (model, gate), its in sorted(verdicts.items()):
+                    overlays.append(gate_overlay(folder, info, model, gate, its))
                 if failed:
-                    overlays.append(failed_overlay(self._picture_dirs[VIEWER], info, failed))
+                    overlays.append(failed_overlay(folder, info, failed))
                 viewer_uri = build_page(
                     self._picture_dirs[VIEWER], info, overlays, self._viewer_mpp
                 )
@@ -526,7 +541,9 @@ class SummarizeSlides(beam.PTransform):
     def expand(self, inputs: dict[str, beam.PCollection]) -> dict:
         """``inputs``: ``results`` (result rows), ``infos`` (slide infos) and, optionally,
         ``masks`` (the stitched masks' records, ``stitch.StitchClassMaps``) and ``errors`` (dead
-        letters so far: the viewer shows where patches could not be used)."""
+        letters so far: the viewer shows where patches could not be used) and ``gated`` (per
+        slide x gated model, the patches its gate held back: ``gates.GateUnits``) and ``verdicts``
+        (``gate_verdicts`` rows, drawn in the viewer)."""
         predictions, infos = inputs["results"], inputs["infos"]
         stats = (
             predictions
@@ -538,6 +555,10 @@ class SummarizeSlides(beam.PTransform):
         joined = {"info": keyed_infos, "stats": stats}
         if "masks" in inputs:
             joined["masks"] = inputs["masks"] | "KeyMasks" >> beam.Map(_key_info)
+        if "gated" in inputs:
+            joined["gated"] = inputs["gated"] | "KeyGatedOut" >> beam.Map(_key_info)
+        if "verdicts" in inputs:
+            joined["verdicts"] = inputs["verdicts"] | "KeyGateVerdicts" >> beam.Map(_key_info)
         if "errors" in inputs:
             joined["failed"] = inputs["errors"] | "FailedPatchBoxes" >> beam.FlatMap(failed_box)
         out = (

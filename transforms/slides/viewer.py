@@ -406,21 +406,46 @@ def mask_overlay(
     return Overlay(f"{model_name}: class mask", src, span, legend)
 
 
-def failed_overlay(folder: str, info: dict, boxes: Sequence[tuple[int, int, int]]) -> Overlay:
-    """The patches that became dead letters, in red, on a raster of cells the size of the
-    smallest (at most ``MAX_OVERLAY_SIDE`` cells across)."""
+def _boxes_overlay(
+    folder: str,
+    info: dict,
+    boxes: Sequence[tuple[int, int, int, tuple[int, int, int, int]]],
+    suffix: str,
+) -> tuple[str, float]:
+    """Level-0 boxes ``(x, y, size, rgba)`` painted on a raster of cells the size of the
+    smallest (at most ``MAX_OVERLAY_SIDE`` cells across); its PNG's name and level-0 span."""
     width, height = info["width_px"], info["height_px"]
-    cell = max(min(size for _, _, size in boxes), -(-max(width, height) // MAX_OVERLAY_SIDE), 1)
+    cell = max(min(b[2] for b in boxes), -(-max(width, height) // MAX_OVERLAY_SIDE), 1)
     rgba = np.zeros((-(-height // cell), -(-width // cell), 4), np.uint8)
-    for x, y, size in boxes:
-        rgba[y // cell : -(-(y + size) // cell), x // cell : -(-(x + size) // cell)] = FAILED
-    name = file_name(info["slide_id"], None, ".failed.png")
-    src = _write_png(folder, name, rgba)
+    for x, y, size, colour in boxes:
+        rgba[y // cell : -(-(y + size) // cell), x // cell : -(-(x + size) // cell)] = colour
+    src = _write_png(folder, file_name(info["slide_id"], None, suffix), rgba)
+    return src, rgba.shape[1] * cell
+
+
+def failed_overlay(folder: str, info: dict, boxes: Sequence[tuple[int, int, int]]) -> Overlay:
+    """The patches that became dead letters, in red."""
+    src, span = _boxes_overlay(folder, info, [(*b, FAILED) for b in boxes], ".failed.png")
     label = f"dead letters: {len(boxes):,} patches"
-    return Overlay(label, src, rgba.shape[1] * cell, [("could not be used", "#d62728")])
+    return Overlay(label, src, span, [("could not be used", "#d62728")])
+
+
+def gate_overlay(
+    folder: str, info: dict, model: str, gate: str, verdicts: Sequence[dict]
+) -> Overlay:
+    """A gate's verdicts on its patches for ``model``: passed in green, held back in grey."""
+    boxes = [
+        (v["x_px"], v["y_px"], v["size_px"], PASSED if v["passed"] else HELD) for v in verdicts
+    ]
+    src, span = _boxes_overlay(folder, info, boxes, f".gate-{model}.png")
+    passed = sum(1 for v in verdicts if v["passed"])
+    label = f"gate {gate} -> {model}: {passed:,} of {len(verdicts):,} gate patches pass"
+    return Overlay(label, src, span, [("passed", "#2ca02c"), ("held back", "#7f7f7f")])
 
 
 FAILED = (214, 39, 40, 255)
+PASSED = (44, 160, 44, 255)
+HELD = (127, 127, 127, 255)
 
 
 def build_page(folder: str, info: dict, overlays: list[Overlay], viewer_mpp: float) -> str:
