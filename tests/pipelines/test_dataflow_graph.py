@@ -13,7 +13,9 @@ import pytest
 
 from tests.processes import run_python
 
-pytestmark = pytest.mark.pipeline
+pytestmark = [pytest.mark.pipeline, pytest.mark.usefixtures("local_gcp")]
+"""Launch reads each gs:// model's recipe (none here: the emulator answers 404); with no network,
+the real endpoint would not answer at all."""
 
 IMAGE = "us-central1-docker.pkg.dev/test-project/pathbeam/worker:test"
 DATAFLOW = [
@@ -92,6 +94,9 @@ print(json.dumps({
     "machine_type": options.get_all_options()["machine_type"],
     "require_gpu": options.get_all_options()["require_gpu"],
     "heavy": [m for m in ("torch", "transformers") if m in sys.modules],
+    "hints": {t.unique_name: {k: v.decode() for k, v in
+              components.environments[t.environment_id].resource_hints.items()}
+              for t in components.transforms.values() if t.environment_id},
 }))
 """
 
@@ -146,6 +151,38 @@ def test_dataflow_job_graph_offline(kind, stages):
     # The only lambdas are inside Beam's own Create and WriteToFiles, never one of our stages.
     lambdas = [n for n in job["names"] if "<lambda" in n]
     assert all(("<lambda at core.py" in n or "<lambda at fileio.py" in n) for n in lambdas)
+    assert job["heavy"] == []
+
+
+def test_a_composition_with_a_gpu_hinted_detail_model_translates_for_dataflow():
+    """A gate, a GPU-hinted gated model and a slide head over an encoder: the dry run needs no
+    credentials; only the hinted stage asks for the accelerator."""
+    l4 = "type:nvidia-l4;count:1;install-nvidia-driver"
+    plain = [f for f in DATAFLOW if not f.startswith(("--dataflow_service", "--experiments"))]
+    job = translate(
+        "slides",
+        plain,
+        (
+            "--model", "enc=gs://b/enc.pt2", "--model_output", "enc=embedding",
+            "--gate", "grade=tumor:1>=0.5",
+            "--slide_model", "head=gs://b/head.onnx", "--slide_model_input", "head=enc",
+            "--model_hints", f"grade=accelerator={l4};min_ram=32GB",
+        ),
+    )  # fmt: skip
+    names = set(job["names"])
+    for stage in (
+        "Gate/grade/ApplyGate",
+        "ReadGatedPatches/grade",
+        "ToHintedWorkers/grade",
+        "SlideModel/head/RunHead",
+        "WriteResults/slide_predictions",
+        "WriteResults/gate_verdicts",
+        "WriteResults/patch_attention",
+    ):
+        assert stage in names, stage
+    hinted = {n for n, h in job["hints"].items() if h}
+    assert hinted and all(n.startswith("RunModel/grade") for n in hinted)
+    assert all(job["hints"][n]["beam:resources:accelerator:v1"] == l4 for n in hinted)
     assert job["heavy"] == []
 
 
