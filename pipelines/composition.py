@@ -30,14 +30,16 @@ class Composition:
         by_name = {m.name: m for m in models}
         return [by_name[n] for n in gate_order(list(by_name), self.gates)]
 
-    def edges(self) -> list[dict[str, str]]:
-        """The composition as a graph: ``{from, to, kind}`` per gate and head."""
-        out = [
-            {"from": r.gate, "to": r.model, "kind": "gate", "rule": r.text}
+    def edges(self) -> tuple[dict[str, str], ...]:
+        """The composition as a graph: ``{source, target, kind, rule}`` per gate and head."""
+        gates = [
+            {"source": r.gate, "target": r.model, "kind": "gate", "rule": r.text}
             for r in self.gates.values()
         ]
-        out += [{"from": h.encoder, "to": h.name, "kind": "head", "rule": ""} for h in self.heads]
-        return out
+        heads = [
+            {"source": h.encoder, "target": h.name, "kind": "head", "rule": ""} for h in self.heads
+        ]
+        return tuple(gates + heads)
 
 
 def parse_hints(text: str, flag: str) -> dict[str, str]:

@@ -216,6 +216,7 @@ def run_info(
     run: RunStamp,
     models: tuple[ModelInfo, ...],
     units: str,
+    composition: tuple[dict[str, str], ...] = (),
 ) -> RunInfo:
     """The launch side of a run's record: its flags (as given, secrets redacted), the code, the
     runner, the worker image and the models."""
@@ -236,6 +237,7 @@ def run_info(
         git_commit=commit,
         models=models,
         units=units,
+        composition=composition,
     )
 
 
@@ -443,8 +445,13 @@ def slide_job_config(options: PipelineOptions) -> SlideJobConfig:
                     ),
                 )
                 for m in models
+            )
+            + tuple(
+                ModelInfo(h.name, h.version, h.uri, h.uri.rsplit(".", 1)[-1], "slide_head", "fp32")
+                for h in composed.heads
             ),
             "patches",
+            composed.edges(),
         )
         return SlideJobConfig(
             slides=slides,

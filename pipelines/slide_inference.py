@@ -314,6 +314,15 @@ def write(outputs: dict[str, beam.PCollection], cfg: SlideJobConfig) -> None:
     sections = {"slides": outputs["summaries"]}
     if "cases" in outputs:
         sections["cases"] = outputs["cases"]
+    stages = {}
+    if cfg.composition.edges():
+        stages["stages"] = [outputs["summaries"] | "ModelStageCounts" >> beam.Map(model_counts)]
+        if SLIDE_PREDICTIONS.name in outputs:
+            sections["heads"] = outputs[SLIDE_PREDICTIONS.name]
+            stages["stages"].append(
+                outputs[SLIDE_PREDICTIONS.name] | "HeadStageCounts" >> beam.Map(head_counts)
+            )
+        stages["stages"] = stages["stages"] | "AllStageCounts" >> beam.Flatten()
     _ = {
         OUTCOME: outputs[OUTCOME],
         "tables": by_table,
@@ -322,7 +331,20 @@ def write(outputs: dict[str, beam.PCollection], cfg: SlideJobConfig) -> None:
         "units": patches | "AllPatchRows" >> beam.Flatten(),
         "sections": sections,
         GUARD: outputs[GUARD],
+        **stages,
     } | "RecordRun" >> RecordRun(cfg.info, cfg.destination, report_dir(cfg.destination, cfg.run))
+
+
+def model_counts(summary: dict) -> tuple[str, tuple[int, int, int, int]]:
+    """A slide x model's counts for the composition's edges: (planned, with results, held back
+    by a gate, 1 if it has results)."""
+    n = int(summary["patch_count"])
+    held = int(summary.get("patches_gated_out") or 0)
+    return summary["model_name"], (int(summary["patches_planned"]), n, held, int(n > 0))
+
+
+def head_counts(prediction: dict) -> tuple[str, tuple[int, int, int, int]]:
+    return prediction["head_name"], (0, 1, 0, 0)
 
 
 def run(argv: list[str] | None = None) -> PipelineResult:

@@ -265,3 +265,23 @@ def export_head(head: nn.Module, path: str, dim: int = 16) -> str:
     )
     torch.export.save(program, path)
     return path
+
+
+def export_head_onnx(head: nn.Module, path: str, dim: int = 16) -> str:
+    """Save a slide head as ONNX with a dynamic patch count (an ABMIL uses neither coords nor
+    the patch size, so the exporter drops those inputs)."""
+    import warnings
+
+    example = (torch.zeros(1, 5, dim), torch.zeros(1, 5, 2, dtype=torch.int64), torch.tensor(64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            head.eval(),
+            example,
+            path,
+            dynamo=False,
+            input_names=["features", "coords", "patch_size"],
+            output_names=["logits", "attention"],
+            dynamic_axes={"features": {1: "n"}, "coords": {1: "n"}, "attention": {1: "n"}},
+        )
+    return path

@@ -88,6 +88,7 @@ class _Record(beam.DoFn):
         units_done: int,
         sections: dict[str, list],
         guard: list[dict],
+        stage_counts: dict[str, tuple],
     ) -> Iterator[dict]:
         sha256 = {}
         for model in self._info.models:
@@ -107,6 +108,7 @@ class _Record(beam.DoFn):
             ],
             "units_done": units_done,
             "precision_guard": per_model(guard),
+            "stage_counts": stage_counts,
             **coverage_counts(sections.get("slides") or []),
         }
         report_uri = f"{self._report_dir}/index.html" if self._report_dir else None
@@ -143,7 +145,9 @@ class RecordRun(beam.PTransform):
     ``outcome``: ``JudgeRun``'s; ``tables``: {table name: rows} (counted); ``written``: {name:
     write result} (waited for); ``errors``: every dead letter; ``units``: the result rows whose
     patches or tokens (``units_of``) make ``units_done``; ``sections``: {name: small rows} the
-    report shows (slide summaries, ...); ``GUARD`` (optional): the accuracy guard's rows.
+    report shows (slide summaries, ...); ``GUARD`` (optional): the accuracy guard's rows;
+    ``stages`` (optional): ``(stage name, counts)`` pairs, summed per stage into the record's
+    composition edges (``runs.composition_edges``).
     """
 
     def __init__(self, info: RunInfo, dest: Any, report_dir: str | None) -> None:
@@ -179,6 +183,11 @@ class RecordRun(beam.PTransform):
         ]
         all_sections = sections | "AllSections" >> beam.Flatten(pipeline=pipeline)
         guard = parts[GUARD] if GUARD in parts else pipeline | "NoGuard" >> beam.Create([])
+        stages = (
+            parts["stages"] | "StageCounts" >> beam.CombinePerKey(_sum_tuples)
+            if "stages" in parts
+            else pipeline | "NoStages" >> beam.Create([])
+        )
         return (
             pipeline
             | "Once" >> beam.Create([None])
@@ -192,5 +201,14 @@ class RecordRun(beam.PTransform):
                 beam.pvalue.AsSingleton(units),
                 beam.pvalue.AsDict(all_sections),
                 beam.pvalue.AsList(guard),
+                beam.pvalue.AsDict(stages),
             )
         )
+
+
+def _sum_tuples(values: Iterable[tuple]) -> tuple:
+    """Element-wise sums of equal-length tuples (a stage's counts over its slides)."""
+    total: list[int] = []
+    for value in values:
+        total = [a + b for a, b in zip(total, value, strict=True)] if total else list(value)
+    return tuple(total)

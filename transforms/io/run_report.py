@@ -14,6 +14,7 @@ import posixpath
 from typing import Any
 
 from transforms.core.errors import printable
+from transforms.io.composition_graph import composition_svg
 from transforms.io.runs import environment_text, guard_verdict, image_text
 
 MAX_ROWS = 2000
@@ -201,6 +202,27 @@ def _slides(rows: list[dict], report_dir: str) -> str:
     )
 
 
+def _heads(rows: list[dict], report_dir: str) -> str:
+    """The slide-level heads' predictions, with their attention heatmaps."""
+    rows = sorted(rows, key=lambda r: (str(r["slide_id"]), str(r["head_name"])))
+    body = []
+    for row in rows[:MAX_ROWS]:
+        names = row.get("class_names") or []
+        label = names[row["label"]] if row["label"] < len(names) else f"class {row['label']}"
+        body.append(
+            f"<tr><td>{e(row['slide_id'])}</td><td>{e(row['head_name'])} "
+            f"{e(row['head_version'])}</td><td>{e(row['encoder_name'])}</td>"
+            f"<td class=num>{row['patch_count']:,}</td><td>{e(label)} "
+            f"({row['probs'][row['label']]:.3f})</td><td>{_fmt_list(row['probs'])}</td>"
+            f"<td>{_img(row.get('attention_uri'), report_dir, 'attention')}</td></tr>"
+        )
+    return (
+        "<h2>Slide-level predictions</h2><table><tr><th>slide</th><th>head</th>"
+        "<th>embeddings of</th><th>patches</th><th>label</th><th>probabilities</th>"
+        "<th>attention</th></tr>" + "".join(body) + "</table>"
+    )
+
+
 def _coverage_line(row: dict) -> str:
     """The run's lowest tissue coverage, and how many slide x models are under --min_coverage."""
     lowest = row.get("coverage_min")
@@ -307,9 +329,16 @@ def text_labels(row: dict) -> list[str]:
 def render_report(row: dict, dead: dict, sections: dict[str, list], report_dir: str) -> str:
     """The report's HTML."""
     parts = [_record(row)]
+    if row.get("composition"):
+        parts.append(
+            "<h2>Composition</h2><p class=muted>each gate's counts are of the patches it "
+            "decides; each head's, of slides</p>" + composition_svg(row["composition"])
+        )
     if "slides" in sections:
         parts.append(_slides(sections["slides"], report_dir))
         parts.append(_cases(sections.get("cases", [])))
+    if "heads" in sections:
+        parts.append(_heads(sections["heads"], report_dir))
     if "documents" in sections:
         parts.append(_documents(sections["documents"], sections.get("labels", [])))
     parts.append(_dead_letters(dead))

@@ -64,6 +64,8 @@ class RunInfo:
     models: tuple[ModelInfo, ...] = ()
     units: str = "patches"
     extra: dict[str, Any] = field(default_factory=dict)
+    composition: tuple[dict[str, str], ...] = ()
+    """How the models compose: ``{source, target, kind, rule}`` per gate and slide head."""
 
     @property
     def precision(self) -> str:
@@ -225,8 +227,32 @@ def record(
         "low_coverage": counts.get("low_coverage"),
         "units_per_s": units_done / wall if units_done is not None and wall else None,
         "report_uri": report_uri,
+        "composition": composition_edges(info.composition, counts.get("stage_counts") or {}),
         "run_date": info.started_at.date(),
     }
+
+
+def composition_edges(edges: tuple[dict[str, str], ...], stages: dict[str, tuple]) -> list[dict]:
+    """Each edge of the composition with its counts. ``stages``: per model, (patches planned,
+    patches with results, patches held back by a gate, slides with results); per slide head,
+    (0, slides predicted, 0, 0).
+
+    A gate edge counts the target's patches: planned, passed (planned - held back), held back,
+    and with results. A head edge counts slides: with the encoder's embeddings, and predicted.
+    """
+    out = []
+    for edge in edges:
+        source = stages.get(edge["source"], (0, 0, 0, 0))
+        target = stages.get(edge["target"], (0, 0, 0, 0))
+        if edge["kind"] == "gate":
+            inputs, held = int(target[0]), int(target[2])
+            counts = {"inputs": inputs, "passed": inputs - held, "held_back": held}
+            counts["results"] = int(target[1])
+        else:
+            counts = {"inputs": int(source[3]), "passed": int(source[3]), "held_back": 0}
+            counts["results"] = int(target[1])
+        out.append({**edge, **counts})
+    return out
 
 
 def ran_in(model: ModelInfo, guard: list) -> str:

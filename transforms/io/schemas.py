@@ -264,6 +264,22 @@ RUNS = Table(
         Column("low_coverage", "INT64", description="slide x models under --min_coverage"),
         Column("units_per_s", "FLOAT64"),
         Column("report_uri", "STRING"),
+        Column(
+            "composition",
+            "RECORD",
+            "REPEATED",
+            (
+                Column("source", "STRING", "REQUIRED", description="the gate, or the encoder"),
+                Column("target", "STRING", "REQUIRED", description="the gated model, or head"),
+                Column("kind", "STRING", "REQUIRED", description="gate or head"),
+                Column("rule", "STRING", description="the --gate rule"),
+                Column("inputs", "INT64", description="gate: patches planned; head: slides"),
+                Column("passed", "INT64", description="gate: patches it let through"),
+                Column("held_back", "INT64", description="gate: patches it held back"),
+                Column("results", "INT64", description="patches with results, or predictions"),
+            ),
+            "how the models compose (--gate, --slide_model), with counts at each edge",
+        ),
         RUN_COLUMNS[1],  # run_date; run_id is the first column
     ),
     ("run_id",),
