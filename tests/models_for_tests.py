@@ -260,9 +260,7 @@ def export_head(head: nn.Module, path: str, dim: int = 16) -> str:
     """Save a slide head as a ``torch.export`` program with a dynamic patch count."""
     n = torch.export.Dim("patches", min=1, max=200_000)
     example = (torch.zeros(1, 5, dim), torch.zeros(1, 5, 2, dtype=torch.int64), torch.tensor(64))
-    program = torch.export.export(
-        head, example, dynamic_shapes=({1: n}, {1: n}, None)
-    )
+    program = torch.export.export(head, example, dynamic_shapes=({1: n}, {1: n}, None))
     torch.export.save(program, path)
     return path
 
