@@ -138,7 +138,11 @@ def _cli_accepts(pipeline: str, flag, value: str) -> bool:  # noqa: ANN001
         base, groups, config = ["--slides", "s.csv"], flags.SLIDES, slide_job_config
     else:
         base, groups, config = ["--documents", "d.jsonl"], flags.TEXT, text_job_config
-    base += ["--model", "m=m.pt2" if pipeline == "slides" else "m=folder"]
+    if flag.name.startswith("slide_model"):  # per slide head: m is the head
+        base += ["--model", "x=x.pt2", "--model_output", "x=embedding"]
+        base += ["--slide_model", "m=m.pt2", "--slide_model_input", "m=x"]
+    else:
+        base += ["--model", "m=m.pt2" if pipeline == "slides" else "m=folder"]
     if pipeline == "text" and flag.name != "task":
         base += ["--task", "m=embedding"]
     given = f"m={value}" if flag.per_model else value

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from transforms.io.html_text import e
+
 _NODE_W, _NODE_H, _COL, _ROW = 120, 34, 480, 64
 
 
@@ -33,8 +35,6 @@ def edge_label(edge: dict) -> str:
 
 def composition_svg(edges: Sequence[dict]) -> str:
     """The graph as an ``<svg>`` element (empty text without edges)."""
-    from transforms.io.run_report import e
-
     if not edges:
         return ""
     depth = _depths(edges)

@@ -9,12 +9,11 @@ inputs or models (ids, URIs, messages, class names) is HTML-escaped: a ``slide_i
 
 from __future__ import annotations
 
-import html
 import posixpath
 from typing import Any
 
-from transforms.core.errors import printable
 from transforms.io.composition_graph import composition_svg
+from transforms.io.html_text import e
 from transforms.io.runs import environment_text, guard_verdict, image_text
 
 MAX_ROWS = 2000
@@ -31,11 +30,6 @@ img.pic{max-width:260px;max-height:260px;display:block} .muted{color:#777}
 dl{display:grid;grid-template-columns:max-content auto;gap:2px 16px;margin:8px 0}
 dt{color:#555} dd{margin:0} code{font-size:12px;word-break:break-all}
 """
-
-
-def e(value: Any) -> str:
-    """``value`` as escaped HTML text (None: an en dash)."""
-    return "–" if value is None else html.escape(printable(str(value)), quote=True)
 
 
 def relative(uri: str | None, report_dir: str) -> str | None:
