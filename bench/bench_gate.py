@@ -4,9 +4,10 @@ passes, on the 16k bench slide.
     python -m bench.bench_gate [--side 16384] [--repeats 2] [--keep 0.3]
 
 The slide is the synthetic 16384 x 16384 px H&E-like SVS (0.5 µm/px). The detail model is
-ResNet-18 (random weights) at 224 px, 1 µm/px. The gate is a fixed-weight brightness classifier
-(global pool -> linear, ``tests.models_for_tests.DarkGate``) at 28 px, 8 µm/px: each gate patch
-covers exactly one detail patch's area, read from a coarser pyramid level.
+ResNet-18 (random weights) at 224 px, 0.5 µm/px (the slide's own). The gate is a fixed-weight
+brightness classifier (global pool -> linear, ``tests.models_for_tests.DarkGate``) at 28 px,
+8 µm/px, read from a coarser pyramid level: each gate patch covers four detail patches (the
+centre rule maps them).
 
 First a gate-only run measures the gate's own cost and its P(dark) per patch; the rule's
 threshold is the quantile that keeps ``--keep`` of the gate's patches. Then, alternating, each in
@@ -15,8 +16,8 @@ a fresh process:
   * ``gated``: the gate, then the detail model where ``gate:dark >= threshold``;
   * ``gated, all pass``: the same with a rule every patch passes (the gating's own overhead).
 Reported: medians of wall time, the detail stage's patches, the ratio gated / ungated, and the
-break-even keep fraction: with T(f) = T(1) - (1 - f) * (T(1) - T(keep)) / (1 - keep), where
-T(f) = T(ungated).
+break-even keep fraction: the two gated runs fit T(f) = a + b * f (f the share of detail patches
+kept); break-even is the f where T(f) equals the ungated time (over 1: gating pays at any f).
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def models() -> tuple[Path, Path]:
 
 def _flags(manifest: Path, out: Path, run_id: str, *extra: str) -> list[str]:
     return [
-        *("--slides", str(manifest), "--patch_px", "224", "--patch_mpp", "1.0"),
+        *("--slides", str(manifest), "--patch_px", "224", "--patch_mpp", "0.5"),
         *("--min_tissue", "0.25", "--batch_size", "32", "--no_heatmaps"),
         *("--output", str(out), "--run_id", run_id, "--progress_interval_s", "120", *extra),
     ]
@@ -112,9 +113,11 @@ def main() -> None:
     wall = {name: statistics.median(r["wall_s"] for r in rs) for name, rs in runs.items()}
     patches = {name: rs[0]["detail_patches"] for name, rs in runs.items()}
     keep = patches["gated"] / patches["ungated"]
-    saved_per_unit_dropped = (wall["gated, all pass"] - wall["gated"]) / (1 - keep)
+    keep_all = patches["gated, all pass"] / patches["ungated"]
+    slope = (wall["gated, all pass"] - wall["gated"]) / (keep_all - keep)
+    intercept = wall["gated"] - slope * keep
+    break_even = (wall["ungated"] - intercept) / slope if slope > 0 else None
     overhead = wall["gated, all pass"] - wall["ungated"]
-    break_even = 1 - overhead / saved_per_unit_dropped if saved_per_unit_dropped > 0 else None
     summary = {
         "slide_px": args.side,
         "gate_only_wall_s": round(gate_only["wall_s"], 1),
@@ -124,6 +127,7 @@ def main() -> None:
         "wall_s": {k: round(v, 1) for k, v in wall.items()},
         "gated_over_ungated": round(wall["gated"] / wall["ungated"], 3),
         "gating_overhead_s": round(overhead, 1),
+        "wall_s_each": {k: [round(r["wall_s"], 1) for r in rs] for k, rs in runs.items()},
         "break_even_keep_fraction": None if break_even is None else round(break_even, 3),
     }
     print("SUMMARY " + json.dumps(summary))

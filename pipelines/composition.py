@@ -25,11 +25,6 @@ class Composition:
     hints: dict[str, dict[str, str]] = field(default_factory=dict)
     slide_max_patches: int = SLIDE_MAX_PATCHES
 
-    def order(self, models: tuple[ModelSpec, ...]) -> list[ModelSpec]:
-        """``models`` with every gate before the models it gates."""
-        by_name = {m.name: m for m in models}
-        return [by_name[n] for n in gate_order(list(by_name), self.gates)]
-
     def edges(self) -> tuple[dict[str, str], ...]:
         """The composition as a graph: ``{source, target, kind, rule}`` per gate and head."""
         gates = [

@@ -5,7 +5,8 @@ case summaries and dead letters.
         --patch_px 224 --patch_mpp 0.5 --output results/
 
 Extract (ReadManifest) -> PlanPatches -> ReadPatches -> RunModel/<name> per model (branches over
-one decoded patch stream) -> SummarizeSlides (+ SummarizeEmbeddings) -> Write*.
+one decoded patch stream; a gated model's units go Gate/<name> -> ReadGatedPatches/<name>
+first) -> SummarizeSlides (+ SummarizeEmbeddings, SlideModel/<head>) -> Write*.
 """
 
 from __future__ import annotations
@@ -31,24 +32,21 @@ from transforms.io.record_run import RecordRun
 from transforms.io.schemas import CASE_SUMMARIES, ERRORS, RUNS, SLIDE_SUMMARIES, Table
 from transforms.models.kinds import KINDS
 from transforms.models.kinds.embedding import KIND as EMBEDDING
-from transforms.models.spec import ModelSpec
+from transforms.slides.compose import StageConfig, StageCounts, wire_heads, wire_models
 from transforms.slides.features_h5 import FEATURES_H5, EncoderGrid, WriteFeaturesH5
-from transforms.slides.gates import GATE_VERDICTS, ExportGateVerdicts, GateUnits
+from transforms.slides.gates import GATE_VERDICTS, ExportGateVerdicts
 from transforms.slides.heads import (
     ATTENTION,
     CASE_PREDICTIONS,
     PATCH_ATTENTION,
     SLIDE_PREDICTIONS,
     PredictCases,
-    RunSlideHead,
 )
 from transforms.slides.manifest_rows import PATCH_ROWS, SLIDE_ROWS
 from transforms.slides.plan_grid import PlanGridPatches
 from transforms.slides.plan_manifest import PlanManifestPatches
 from transforms.slides.qupath import ExportQuPath
-from transforms.slides.read_patches import ByGeometry, ReadPatches, SplitByGeometry
-from transforms.slides.run_model import RunModel
-from transforms.slides.stitch import CLASS_MAPS, StitchClassMaps, StitchOutputs
+from transforms.slides.stitch import StitchClassMaps, StitchOutputs
 from transforms.slides.summaries import (
     THUMBNAILS,
     SummarizeCases,
@@ -78,49 +76,12 @@ def build(pipeline: beam.Pipeline, cfg: SlideJobConfig) -> dict[str, beam.PColle
     else:
         planned = slide_rows | "PlanPatches" >> PlanGridPatches(cfg.patch_geometries)
     comp = cfg.composition
-    units, gated_units = planned["units"], None
-    if comp.gates:  # a gated model's units wait for its gate's rows, and are cut down first
-        n = len(cfg.patch_geometries)
-        parts = units | "UnitsByGeometry" >> beam.Partition(ByGeometry(), n)
-        gated_units = {spec.geometry: parts[spec.geometry] for spec in gated(cfg)}
-        units = [parts[i] for i in range(n) if i not in gated_units] | "UngatedUnits" >> (
-            beam.Flatten()
-        )
-    read = units | "ReadPatches" >> ReadPatches()
-    errors += [planned[DEAD_LETTER], read[DEAD_LETTER]]
-    streams = read["patches"] | "SplitByGeometry" >> SplitByGeometry(len(cfg.patch_geometries))
+    errors += [planned[DEAD_LETTER]]
+    staged = wire_models(planned["units"], cfg.models, stage_config(cfg))
+    errors += staged.errors
     by_output: dict[str, list[beam.PCollection]] = {}
-    guard, class_maps, gate_counts, verdicts = [], [], [], []
-    rows_of: dict[str, beam.PCollection] = {}
-    specs = {spec.name: spec for spec in cfg.models}
-    for spec in comp.order(cfg.models):
-        rule = comp.gates.get(spec.name)
-        if rule is not None and gated_units is not None:
-            kept = {
-                "units": gated_units[spec.geometry],
-                "gate": rows_of[rule.gate],
-            } | f"Gate/{spec.name}" >> GateUnits(rule, spec, specs[rule.gate], cfg.run.run_id)
-            read_kept = kept["units"] | f"ReadGatedPatches/{spec.name}" >> ReadPatches()
-            errors.append(read_kept[DEAD_LETTER])
-            gate_counts.append(kept["gated"])
-            verdicts.append(kept["verdicts"])
-            stream = read_kept["patches"]
-        else:
-            stream = streams[spec.geometry]
-        patch_px = cfg.patch_geometries[spec.geometry].patch_px
-        stage: beam.PTransform = RunModel(
-            spec, cfg.batching, cfg.run.run_id, patch_px, spec.guard or cfg.guard
-        )
-        if spec.name in comp.hints:  # its own workers: break the fusion with the decode
-            stream = stream | f"ToHintedWorkers/{spec.name}" >> beam.Reshuffle()
-            stage = stage.with_resource_hints(**comp.hints[spec.name])
-        inferred = stream | f"RunModel/{spec.name}" >> stage
-        rows_of[spec.name] = inferred["rows"]
-        by_output.setdefault(spec.kind.output, []).append(inferred["rows"])
-        errors.append(inferred[DEAD_LETTER])
-        guard.append(inferred[GUARD])
-        if spec.kind.class_map:
-            class_maps.append(inferred[CLASS_MAPS])
+    for spec in cfg.models:
+        by_output.setdefault(spec.kind.output, []).append(staged.rows[spec.name])
     results = {
         output: rows | f"All{output.title()}" >> beam.Flatten()
         for output, rows in by_output.items()
@@ -128,14 +89,14 @@ def build(pipeline: beam.Pipeline, cfg: SlideJobConfig) -> dict[str, beam.PColle
     every_result = list(results.values()) | "AllResults" >> beam.Flatten()
     folder = qupath_dir(cfg)
     summary_inputs = {"results": every_result, "infos": planned[SLIDE_INFO]}
-    if gate_counts:
-        summary_inputs["gated"] = gate_counts | "AllGatedOut" >> beam.Flatten()
-        verdict_rows = verdicts | "AllGateVerdicts" >> beam.Flatten()
+    if staged.gated:
+        summary_inputs["gated"] = staged.gated | "AllGatedOut" >> beam.Flatten()
+        verdict_rows = staged.verdicts | "AllGateVerdicts" >> beam.Flatten()
         if cfg.heatmaps:
             summary_inputs["verdicts"] = verdict_rows
-    if class_maps and cfg.heatmaps:
+    if staged.class_maps and cfg.heatmaps:
         stitched = (
-            class_maps
+            staged.class_maps
             | "AllClassMaps" >> beam.Flatten()
             | "StitchClassMaps"
             >> StitchClassMaps(
@@ -165,26 +126,23 @@ def build(pipeline: beam.Pipeline, cfg: SlideJobConfig) -> dict[str, beam.PColle
             WriteFeaturesH5(encoder_grids(cfg), features_h5_dir(cfg))
         )
         errors.append(h5[DEAD_LETTER])
-    for head in comp.heads:
-        stage = RunSlideHead(
-            head,
-            cfg.run.run_id,
-            comp.slide_max_patches,
-            picture_dirs(cfg).get(ATTENTION),
-            cfg.group_by,
+    if comp.heads:
+        heads = wire_heads(
+            results[EMBEDDING.output],
+            planned[SLIDE_INFO],
+            comp.heads,
+            comp.hints,
+            run_id=cfg.run.run_id,
+            max_patches=comp.slide_max_patches,
+            picture_dir=picture_dirs(cfg).get(ATTENTION),
+            group_by=cfg.group_by,
         )
-        if head.name in comp.hints:
-            stage = stage.with_resource_hints(**comp.hints[head.name])
-        headed = (results[EMBEDDING.output], planned[SLIDE_INFO]) | f"SlideModel/{head.name}" >> (
-            stage
+        errors += heads.errors
+        results[SLIDE_PREDICTIONS.name] = heads.predictions | "AllSlidePredictions" >> (
+            beam.Flatten()
         )
-        errors.append(headed[DEAD_LETTER])
-        results.setdefault(SLIDE_PREDICTIONS.name, []).append(headed["predictions"])
-        results.setdefault(PATCH_ATTENTION.name, []).append(headed["attention"])
-    for name in (SLIDE_PREDICTIONS.name, PATCH_ATTENTION.name):
-        if name in results:
-            results[name] = results[name] | f"All{_title(name)}" >> beam.Flatten()
-    if gate_counts:
+        results[PATCH_ATTENTION.name] = heads.attention | "AllPatchAttention" >> beam.Flatten()
+    if staged.gated:
         results[GATE_VERDICTS.name] = verdict_rows
         if folder is not None:
             exported = verdict_rows | "ExportGateVerdicts" >> ExportGateVerdicts(folder)
@@ -197,7 +155,7 @@ def build(pipeline: beam.Pipeline, cfg: SlideJobConfig) -> dict[str, beam.PColle
         **results,
         "summaries": summarized["summaries"],
         "errors": errors | "AllErrors" >> beam.Flatten(),
-        GUARD: guard | "AllGuard" >> beam.Flatten(),
+        GUARD: staged.guard | "AllGuard" >> beam.Flatten(),
     }
     if cfg.group_by:
         outputs["cases"] = outputs["summaries"] | "SummarizeCases" >> SummarizeCases(cfg.group_by)
@@ -217,13 +175,16 @@ def build(pipeline: beam.Pipeline, cfg: SlideJobConfig) -> dict[str, beam.PColle
     return outputs
 
 
-def _title(name: str) -> str:
-    return "".join(part.title() for part in name.split("_"))
-
-
-def gated(cfg: SlideJobConfig) -> list[ModelSpec]:
-    """The job's gated models."""
-    return [spec for spec in cfg.models if spec.name in cfg.composition.gates]
+def stage_config(cfg: SlideJobConfig) -> StageConfig:
+    """How the job's patch models run (``compose.wire_models``)."""
+    return StageConfig(
+        tuple(g.patch_px for g in cfg.patch_geometries),
+        cfg.batching,
+        cfg.run.run_id,
+        cfg.guard,
+        cfg.composition.gates,
+        cfg.composition.hints,
+    )
 
 
 QUPATH = "qupath"
@@ -316,13 +277,11 @@ def write(outputs: dict[str, beam.PCollection], cfg: SlideJobConfig) -> None:
         sections["cases"] = outputs["cases"]
     stages = {}
     if cfg.composition.edges():
-        stages["stages"] = [outputs["summaries"] | "ModelStageCounts" >> beam.Map(model_counts)]
+        counted: tuple[beam.PCollection, ...] = (outputs["summaries"],)
         if SLIDE_PREDICTIONS.name in outputs:
             sections["heads"] = outputs[SLIDE_PREDICTIONS.name]
-            stages["stages"].append(
-                outputs[SLIDE_PREDICTIONS.name] | "HeadStageCounts" >> beam.Map(head_counts)
-            )
-        stages["stages"] = stages["stages"] | "AllStageCounts" >> beam.Flatten()
+            counted += (outputs[SLIDE_PREDICTIONS.name],)
+        stages["stages"] = counted | "StageCounts" >> StageCounts()
     _ = {
         OUTCOME: outputs[OUTCOME],
         "tables": by_table,
@@ -333,18 +292,6 @@ def write(outputs: dict[str, beam.PCollection], cfg: SlideJobConfig) -> None:
         GUARD: outputs[GUARD],
         **stages,
     } | "RecordRun" >> RecordRun(cfg.info, cfg.destination, report_dir(cfg.destination, cfg.run))
-
-
-def model_counts(summary: dict) -> tuple[str, tuple[int, int, int, int]]:
-    """A slide x model's counts for the composition's edges: (planned, with results, held back
-    by a gate, 1 if it has results)."""
-    n = int(summary["patch_count"])
-    held = int(summary.get("patches_gated_out") or 0)
-    return summary["model_name"], (int(summary["patches_planned"]), n, held, int(n > 0))
-
-
-def head_counts(prediction: dict) -> tuple[str, tuple[int, int, int, int]]:
-    return prediction["head_name"], (0, 1, 0, 0)
 
 
 def run(argv: list[str] | None = None) -> PipelineResult:

@@ -195,3 +195,55 @@ def test_a_slide_over_the_head_bound_is_a_dead_letter_naming_its_count(composed,
     assert all("--slide_max_patches 30" in e["message"] for e in errors)
     predicted = set(pd.read_parquet(out / "slide_predictions").slide_id)
     assert predicted == set(counts.index) - over
+
+
+def test_a_chain_of_gates_runs_each_model_only_where_its_own_gate_passed(composed, tmp_path):
+    """qc1 (dark under 0.6) gates qc2, which gates the detail model; the detail model runs
+    where qc2 passed, and qc2 only ran where qc1 passed."""
+    import torch
+
+    from tests.models_for_tests import DarkGate, export_pt2
+
+    very_dark = export_pt2(DarkGate(threshold=0.3).eval(), str(tmp_path / "qc2.pt2"), 16)
+    torch.manual_seed(0)
+    slides = tmp_path / "dark.csv"
+    slides.write_text(Path(composed["slides"]).read_text().splitlines()[0] + "\n" + next(
+        line for line in Path(composed["slides"]).read_text().splitlines()
+        if line.startswith("dark,")
+    ) + "\n")  # fmt: skip
+    out = tmp_path / "out"
+    done = run_module(
+        "pipelines.slide_inference",
+        *("--slides", str(slides), "--output", str(out), "--no_heatmaps"),
+        *("--model", f"qc1={composed['gate']}", "--model", f"qc2={very_dark}"),
+        *("--model_mpp", "qc1=8", "--model_mpp", "qc2=4"),
+        *("--model_patch_px", "qc1=16", "--model_patch_px", "qc2=16"),
+        *("--model", f"detail={composed['detail']}", "--patch_px", "64", "--patch_mpp", "0.5"),
+        *("--gate", "detail=qc2:1>=0.5", "--gate", "qc2=qc1:1>=0.5", "--gate_cover", "any"),
+    )
+    assert done.returncode == 0, done.stderr
+    rows = pd.read_parquet(out / "patch_predictions")
+    qc1, qc2, detail = (rows[rows.model_name == m] for m in ("qc1", "qc2", "detail"))
+
+    def overlapping(row, gate_rows) -> bool:  # the `any` rule, from the gate's rows
+        passing = gate_rows[gate_rows.probs.map(lambda p: p[1] >= 0.5)]
+        return bool(
+            (
+                (passing.x_px < row.x_px + row.size_px)
+                & (row.x_px < passing.x_px + passing.size_px)
+                & (passing.y_px < row.y_px + row.size_px)
+                & (row.y_px < passing.y_px + passing.size_px)
+            ).any()
+        )
+
+    assert len(qc2) and all(overlapping(r, qc1) for r in qc2.itertuples())
+    assert len(detail) and all(overlapping(r, qc2) for r in detail.itertuples())
+    summaries = pd.read_parquet(out / "slide_summaries").set_index("model_name")
+    for model in ("qc2", "detail"):
+        s = summaries.loc[model]
+        assert s.patches_planned == s.patch_count + s.patches_gated_out > s.patch_count
+    [run] = pd.read_parquet(out / "runs").to_dict("records")
+    assert {(e["source"], e["target"]) for e in run["composition"]} == {
+        ("qc1", "qc2"),
+        ("qc2", "detail"),
+    }

@@ -12,6 +12,7 @@ from pipelines import slide_inference
 from pipelines.composition import parse_hints
 from pipelines.options import slide_job_config
 from transforms.core.errors import ConfigError
+from transforms.slides.gates import gate_order
 
 pytestmark = pytest.mark.pipeline
 
@@ -68,7 +69,7 @@ def test_a_chain_of_gates_orders_every_gate_before_what_it_gates():
     cfg = config(
         "--gate", "detail=qc:dark>=0.5", "--gate", "enc=detail:1>=0.5"
     )  # fmt: skip
-    order = [m.name for m in cfg.composition.order(cfg.models)]
+    order = gate_order([m.name for m in cfg.models], cfg.composition.gates)
     assert order.index("qc") < order.index("detail") < order.index("enc")
 
 
