@@ -8,8 +8,9 @@
   each with its own notification. Keyed by series, each notification pushes a quiet-period timer
   ``quiet_s`` past the latest one (event time: the publish time). When it fires, ``probe`` (the
   slide reader's check: None when the series opens as a pyramid, else what is missing) decides:
-  readable, the series is emitted once; not yet, the timer is set again. After ``max_wait_s``
-  from its first notification an unreadable series is a dead letter naming what was missing.
+  readable, the series is emitted once; not yet, it waits for its next instance's notification.
+  After ``max_wait_s`` from its first notification an unreadable series is a dead letter naming
+  what was missing.
   Notifications for a series already emitted are dropped (counted).
 """
 
@@ -128,14 +129,12 @@ class _AwaitSeries(beam.DoFn):
         landed: Any = beam.DoFn.StateParam(LANDED),
         instances: Any = beam.DoFn.StateParam(INSTANCES),
         done: Any = beam.DoFn.StateParam(DONE),
-        quiet: Any = beam.DoFn.TimerParam(QUIET),
     ) -> Iterator[Any]:
         item = landed.read()
         if done.read() or item is None:
             return
-        missing = self._probe(item.uri)
-        if missing is not None:  # not readable yet: wait another quiet period
-            quiet.set(Timestamp(fired.micros / 1e6 + self._quiet_s))
+        if self._probe(item.uri) is not None:  # not readable yet: the next instance's
+            progress.count("series_probed_incomplete")  # notification sets the timer again
             return
         done.write(True)
         progress.count("series_complete")
