@@ -236,3 +236,19 @@ def probe_decode(slide: Slide) -> None:
         raise
     except Exception as exc:  # codec errors come as many types (ValueError, imagecodecs errors)
         raise SlideError(f"slide opens but its tiles cannot be decoded: {exc}") from exc
+
+
+def unreadable(uri: str) -> str | None:
+    """None when the slide at ``uri`` opens as a pyramid with its geometry; else why not (for
+    a stream that waits for a DICOM series to be whole: ``stream.series.AwaitSeries``)."""
+    try:
+        slide = open_slide(uri)
+    except Exception as exc:  # noqa: BLE001 - the reason is the answer
+        return f"{type(exc).__name__}: {exc}"
+    try:
+        slide_geometry(slide)
+        return None
+    except Exception as exc:  # noqa: BLE001
+        return f"{type(exc).__name__}: {exc}"
+    finally:
+        slide.close()

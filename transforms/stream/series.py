@@ -108,7 +108,7 @@ class _AwaitSeries(beam.DoFn):
         done: Any = beam.DoFn.StateParam(DONE),
         quiet: Any = beam.DoFn.TimerParam(QUIET),
         give_up: Any = beam.DoFn.TimerParam(GIVE_UP),
-    ) -> Iterator[Any]:
+    ) -> None:
         _, item = element
         if done.read():
             progress.count("series_notifications_after_done")
@@ -120,7 +120,6 @@ class _AwaitSeries(beam.DoFn):
         latest = max(item.published_s, last_s.read() or item.published_s)
         last_s.write(latest)
         quiet.set(Timestamp(latest + self._quiet_s))
-        return iter(())
 
     @on_timer(QUIET)
     def quiet_passed(

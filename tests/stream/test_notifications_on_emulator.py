@@ -1,0 +1,94 @@
+"""Notifications through the real Pub/Sub emulator to slides, on the streaming direct runner:
+Cloud Storage notifications for three slides (one announced twice), a non-slide object and a
+malformed message, and a DICOM series in Orthanc whose two instances are stored 10 s apart
+(each with a Healthcare-format notification published by the test, as Orthanc publishes none).
+Within a bounded time: each slide once, the series once and after its second instance, the
+non-slide ignored, the malformed message a dead letter. The stream is then stopped."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from localgcp.orthanc import INSTALL as ORTHANC_INSTALL
+from localgcp.orthanc import Orthanc, orthanc_binary
+from localgcp.pubsub import INSTALL, PubSubEmulator, emulator_binary
+from tests.conftest import REPO
+from tests.stream.test_notifications import gcs_message
+
+pytestmark = pytest.mark.gcp
+STORE = "projects/local-project/locations/us/datasets/lab/dicomStores/wsi"
+
+
+def _read(folder: Path, kind: str) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(folder.glob(f"{kind}-*.json"))]
+
+
+def _wait(until, timeout_s: float, proc: subprocess.Popen) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout_s
+    while not until():
+        assert proc.poll() is None, "the stream exited"
+        assert time.monotonic() < deadline, "not within the bound"
+        time.sleep(0.5)
+
+
+def test_each_landed_slide_comes_out_once_and_a_dicom_series_once_it_is_whole(
+    tmp_path, shared_data
+):
+    if emulator_binary() is None:
+        pytest.skip(f"the Pub/Sub emulator is not installed: {INSTALL}")
+    if orthanc_binary() is None:
+        pytest.skip(f"Orthanc with its DICOMweb plugin is not installed: {ORTHANC_INSTALL}")
+    import pydicom
+
+    instances = sorted((shared_data / "dicom_openslide_boxes").glob("*.dcm"))
+    first = pydicom.dcmread(instances[0], stop_before_pixels=True)
+    study, series = first.StudyInstanceUID, first.SeriesInstanceUID
+    out = tmp_path / "out"
+    with PubSubEmulator(tmp_path / "pubsub") as pubsub, Orthanc(tmp_path / "orthanc") as store:
+        gcs_sub, dicom_sub = pubsub.subscription("scans"), pubsub.subscription("dicom")
+        env = {**os.environ, **pubsub.env()}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.stream.notifications_driver", str(out), gcs_sub,
+             dicom_sub, "--root", f"{STORE}={store.endpoint}/dicom-web", "--quiet_s", "15"],
+            cwd=REPO, env=env, stdout=(tmp_path / "stream.log").open("wb"),
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        try:
+            for name in ("s1.svs", "s2.ndpi", "s3.tiff", "s1.svs", "readme.txt"):
+                pubsub.publish("scans", *gcs_message(name)[:1], **gcs_message(name)[1])
+            pubsub.publish("scans", b"not a notification")
+            for i, path in enumerate(instances):
+                if i:
+                    time.sleep(10)  # the second level lands 10 s after the first
+                store.upload(path)
+                sop = pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
+                name = f"{STORE}/dicomWeb/studies/{study}/series/{series}/instances/{sop}"
+                pubsub.publish("dicom", name.encode(), action="StoreInstances")
+            second_at = time.monotonic()
+            _wait(lambda: len(_read(out, "slides")) >= 4, 120, proc)
+            series_seen = time.monotonic()
+            time.sleep(5)  # a duplicate, were there one, would have landed by now
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    slides = _read(out, "slides")
+    assert sorted(s["slide_id"] for s in slides) == sorted(["s1", "s2", "s3", series])
+    [dicom] = [s for s in slides if s["slide_id"] == series]
+    assert dicom["uri"] == store.series_uri(study, series)
+    assert dicom["instances"] == str(len(instances))  # processed after its second level
+    assert series_seen - second_at >= 14  # and only once that level had been quiet for 15 s
+    assert [i["uri"] for i in _read(out, "ignored")] == ["gs://scans/readme.txt"]
+    [dead] = _read(out, "dead_letters")
+    assert dead["stage"] == "ReadNotifications"
