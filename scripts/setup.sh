@@ -39,6 +39,16 @@ if (( ${#missing[@]} )) && command -v apt-get >/dev/null && [[ "$(id -u)" == 0 ]
       "${missing[@]}" >/dev/null; } ||
     echo "warning: apt-get could not install ${missing[*]}; the tests that need them will skip"
 fi
+# The Pub/Sub emulator the stream tests publish notifications through: Google's Debian package
+# (on the machine image; from Google's apt repository elsewhere), and a Java runtime for it.
+# Installed on its own, so that a machine without that repository still gets the rest.
+emulator=/usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator
+if [[ ! -x $emulator || -z "$(command -v java)" ]] && command -v apt-get >/dev/null &&
+  [[ "$(id -u)" == 0 ]]; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq google-cloud-cli-pubsub-emulator \
+    default-jre-headless >/dev/null 2>&1 ||
+    echo "warning: apt-get could not install the Pub/Sub emulator; the stream tests will skip"
+fi
 # The slide viewer's library, from the npm registry at the version viewer/package-lock.json pins
 # (its sha512 checked); every run copies it beside its viewer pages, so they open offline.
 lib=viewer/node_modules/openseadragon/build/openseadragon/openseadragon.min.js
