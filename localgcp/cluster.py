@@ -33,6 +33,18 @@ def _die_with_parent() -> None:
         pass
 
 
+def stop_group(proc: subprocess.Popen, timeout_s: float = 10) -> None:
+    """End ``proc``'s process group: SIGTERM, then SIGKILL if it is still there after
+    ``timeout_s``."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -179,11 +191,7 @@ class LocalGcp:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
         for proc in self._procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            stop_group(proc)
         self._procs.clear()
         if self._tokens is not None:
             self._tokens.stop()

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
 from typing import Self
 
-from localgcp.cluster import PROJECT, _die_with_parent, free_port
+from localgcp.cluster import PROJECT, _die_with_parent, free_port, stop_group
 
 LAUNCHER = "/usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator"
 INSTALL = "apt-get install google-cloud-cli-pubsub-emulator default-jre-headless"
@@ -85,13 +84,8 @@ class PubSubEmulator:
         return publisher.publish(path, data, **attributes).result(timeout=30)
 
     def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            os.killpg(self._proc.pid, signal.SIGTERM)
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self._proc.pid, signal.SIGKILL)
-                self._proc.wait()
+        if self._proc is not None:
+            stop_group(self._proc)
         self._proc = None
 
     def __enter__(self) -> Self:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from localgcp.cluster import stop_group
 from localgcp.orthanc import INSTALL as ORTHANC_INSTALL
 from localgcp.orthanc import Orthanc, orthanc_binary
 from localgcp.pubsub import INSTALL, PubSubEmulator, emulator_binary
@@ -77,12 +77,7 @@ def test_each_landed_slide_comes_out_once_and_a_dicom_series_once_it_is_whole(
             series_seen = time.monotonic()
             time.sleep(5)  # a duplicate, were there one, would have landed by now
         finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            stop_group(proc, 20)
     slides = _read(out, "slides")
     assert sorted(s["slide_id"] for s in slides) == sorted(["s1", "s2", "s3", series])
     [dicom] = [s for s in slides if s["slide_id"] == series]
