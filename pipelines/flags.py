@@ -42,6 +42,8 @@ from transforms.slides.regions import MIN_REGION_UM2 as QUPATH_MIN_REGION_UM2
 from transforms.slides.run_model import BatchingConfig
 from transforms.slides.summaries import MIN_COVERAGE
 from transforms.slides.viewer import VIEWER_MPP
+from transforms.stream.record import WINDOW_S
+from transforms.stream.series import MAX_WAIT_S, QUIET_S
 from transforms.text.batching import TokenBatchingConfig
 from transforms.text.tasks import TASK_NAMES, TASKS
 from transforms.text.windows import WindowConfig
@@ -828,6 +830,60 @@ SLIDES: tuple[Group, ...] = (
     ),
 )
 
+STREAM_INPUT: Group = (
+    "stream",
+    (
+        Flag(
+            "subscription",
+            "a Pub/Sub subscription (projects/P/subscriptions/S) of Cloud Storage OBJECT_FINALIZE "
+            "or DICOM store notifications; repeat it for several",
+            metavar="SUBSCRIPTION",
+            repeat=True,
+            label="Notification subscriptions",
+            pattern=r"projects/[a-z][a-z0-9-]{4,28}[a-z0-9]/subscriptions/[A-Za-z][\w.~+%-]{2,254}",
+            required=True,
+        ),
+        Flag(
+            "dicomweb_root",
+            "STORE=URL: the DICOMweb root of a DICOM store named in notifications (its resource "
+            "name), where it is not the Healthcare API's",
+            metavar="STORE=URL",
+            repeat=True,
+            label="DICOMweb roots",
+        ),
+        Flag(
+            "quiet_s",
+            "seconds a DICOM series must go without a new instance before it is read",
+            f"{QUIET_S:g}",
+            float,
+            "S",
+            label="DICOM series quiet period (s)",
+            pattern=NUMBER,
+        ),
+        Flag(
+            "max_wait_s",
+            "seconds after its first notification that a DICOM series still unreadable becomes "
+            "a dead letter",
+            f"{MAX_WAIT_S:g}",
+            float,
+            "S",
+            label="DICOM series longest wait (s)",
+            pattern=NUMBER,
+        ),
+        Flag(
+            "window_s",
+            "seconds of the windows results are written in (and the runs row updated after)",
+            f"{WINDOW_S:g}",
+            float,
+            "S",
+            label="Window (s)",
+            pattern=NUMBER,
+        ),
+    ),
+)
+STREAM: tuple[Group, ...] = (STREAM_INPUT, *(g for g in SLIDES if g[0] != "input"))
+"""The stream's flags: its subscriptions instead of manifests, then every slide flag."""
+
 TEXT: tuple[Group, ...] = (
     (
         "input",
@@ -958,6 +1014,11 @@ TEMPLATES = {
         "batches, windows for long documents) and write entities, labels or embeddings and "
         "dead letters.",
     ),
+    "stream": (
+        "pathbeam slide stream",
+        "Process whole-slide images as they land: Cloud Storage and DICOM store notifications "
+        "from Pub/Sub, the slide pipeline's models on GPU workers, each slide's rows once.",
+    ),
 }
 
 
@@ -965,7 +1026,7 @@ def template_metadata(pipeline: str) -> dict[str, Any]:
     """The Flex Template metadata of ``pipeline`` (``slides`` or ``text``), built from the flag
     table: every flag with a label, its help, and regexes from its choices or pattern."""
     name, description = TEMPLATES[pipeline]
-    groups = COMMON + (SLIDES if pipeline == "slides" else TEXT)
+    groups = COMMON + {"slides": SLIDES, "text": TEXT, "stream": STREAM}[pipeline]
     return {
         "name": name,
         "description": description,
@@ -1030,7 +1091,17 @@ def check_known(argv: Sequence[str], groups: tuple[Group, ...]) -> None:
         raise ConfigError(f"unexpected argument {token!r}: flags take the form --name value")
 
 
-ORDER = ("input", "models", "patches", "batching", "pictures", "output", "run")
+ORDER = (
+    "stream",
+    "input",
+    "models",
+    "patches",
+    "batching",
+    "pictures",
+    "composition",
+    "output",
+    "run",
+)
 
 
 def print_help(prog: str, summary: str, groups: tuple[Group, ...], out: Any = None) -> None:

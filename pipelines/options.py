@@ -25,7 +25,16 @@ from apache_beam.options.pipeline_options import (
 )
 
 from pipelines.composition import Composition, composition
-from pipelines.flags import COMMON, SLIDES, TEXT, Group, add_flags, named_values, per_model_flags
+from pipelines.flags import (
+    COMMON,
+    SLIDES,
+    STREAM_INPUT,
+    TEXT,
+    Group,
+    add_flags,
+    named_values,
+    per_model_flags,
+)
 from transforms.core.errors import ConfigError
 from transforms.io.bigquery import resolve_endpoint
 from transforms.io.destinations import RUN_ID_PATTERN, Destination, RunStamp, destination
@@ -48,6 +57,8 @@ from transforms.slides.run_model import BatchingConfig
 from transforms.slides.stain_norm import resolve_reference
 from transforms.slides.summaries import MIN_COVERAGE
 from transforms.slides.viewer import VIEWER_MPP
+from transforms.stream.record import WINDOW_S
+from transforms.stream.series import MAX_WAIT_S, QUIET_S
 from transforms.text.batching import TokenBatchingConfig
 from transforms.text.models import TextModelSpec
 from transforms.text.windows import WindowConfig
@@ -89,6 +100,70 @@ class SlideInferenceOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser: Any) -> None:
         add_flags(parser, SLIDES)
+
+
+class SlideStreamOptions(PipelineOptions):
+    """Flags of ``python -m pipelines.slide_stream`` of its own (it takes the slide flags too)."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser: Any) -> None:
+        add_flags(parser, (STREAM_INPUT,))
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """What the stream adds to the slide pipeline's config: where notifications come from and
+    how long it waits."""
+
+    subscriptions: tuple[str, ...]
+    dicomweb_roots: dict[str, str]
+    quiet_s: float = QUIET_S
+    max_wait_s: float = MAX_WAIT_S
+    window_s: float = WINDOW_S
+
+    def __post_init__(self) -> None:
+        from apache_beam.io.gcp.pubsub import parse_subscription
+
+        if not self.subscriptions:
+            raise ConfigError("--subscription is required: projects/P/subscriptions/S")
+        for path in self.subscriptions:
+            try:
+                parse_subscription(path)
+            except ValueError as exc:
+                raise ConfigError(f"--subscription {path}: {exc}") from None
+        for name, value in (
+            ("quiet_s", self.quiet_s),
+            ("max_wait_s", self.max_wait_s),
+            ("window_s", self.window_s),
+        ):
+            if not value > 0:
+                raise ConfigError(f"--{name} must be > 0, got {value}")
+        if self.max_wait_s < self.quiet_s:
+            raise ConfigError(
+                f"--max_wait_s ({self.max_wait_s:g}) must be at least --quiet_s ({self.quiet_s:g})"
+            )
+
+
+def stream_config(options: PipelineOptions) -> tuple[SlideJobConfig, StreamConfig]:
+    """Validate the stream's flags; ``ConfigError`` naming the first bad one."""
+    opts = options.view_as(SlideStreamOptions)
+    stream = StreamConfig(
+        tuple(opts.subscription or ()),
+        {store: url for store, _, url in (r.partition("=") for r in opts.dicomweb_root or ())},
+        **given(quiet_s=opts.quiet_s, max_wait_s=opts.max_wait_s, window_s=opts.window_s),
+    )
+    for text in opts.dicomweb_root or ():
+        if "=" not in text or not text.startswith("projects/"):
+            raise ConfigError(
+                f"--dicomweb_root expects STORE=URL (STORE: projects/…), got {text!r}"
+            )
+    cfg = slide_job_config(options, stream=True)
+    if cfg.destination.bigquery is not None:
+        raise ConfigError(
+            "--output bq://… is not written by the stream yet: give a folder (local or gs://); "
+            "each slide's rows are one file per table, replaced whole"
+        )
+    return cfg, stream
 
 
 class TextInferenceOptions(PipelineOptions):
@@ -171,7 +246,8 @@ def _source(uri: str | None, flag: str, options: PipelineOptions, what: str) -> 
 class SlideJobConfig:
     """Everything ``pipelines.slide_inference.build`` needs, validated."""
 
-    slides: ManifestSource
+    slides: ManifestSource | None
+    """None in a stream: its slides come from notifications."""
     patches: ManifestSource | None
     models: tuple[ModelSpec, ...]
     patching: PatchingConfig
@@ -391,12 +467,16 @@ def _failed_fraction(common: InferenceOptions) -> float | None:
     return fraction
 
 
-def slide_job_config(options: PipelineOptions) -> SlideJobConfig:
-    """Validate the slide pipeline's flags; raise ``ConfigError`` naming the first bad one."""
+def slide_job_config(options: PipelineOptions, stream: bool = False) -> SlideJobConfig:
+    """Validate the slide pipeline's flags; raise ``ConfigError`` naming the first bad one.
+    ``stream``: the stream's (``stream_config``), whose slides come from notifications."""
     common = options.view_as(InferenceOptions)
     opts = options.view_as(SlideInferenceOptions)
-    slides = _source(opts.slides, "--slides", options, "a manifest with slide_id and uri columns")
-    patches = _source(opts.patches, "--patches", options, "") if opts.patches else None
+    slides, patches = None, None
+    if not stream:
+        what = "a manifest with slide_id and uri columns"
+        slides = _source(opts.slides, "--slides", options, what)
+        patches = _source(opts.patches, "--patches", options, "") if opts.patches else None
     patching = given(
         patch_px=opts.patch_px,
         patch_mpp=opts.patch_mpp,
@@ -464,8 +544,8 @@ def slide_job_config(options: PipelineOptions) -> SlideJobConfig:
                 options, needs_artifacts=not opts.no_heatmaps or opts.features_h5
             ),
             run=run,
-            skip_existing=common.skip_existing,
-            group_by=opts.group_by,
+            skip_existing=common.skip_existing and not stream,
+            group_by=None if stream else opts.group_by,
             heatmaps=not opts.no_heatmaps,
             max_failed_fraction=_failed_fraction(common),
             info=info,

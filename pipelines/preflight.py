@@ -155,10 +155,10 @@ def check_slide_inputs(cfg: SlideJobConfig, options: PipelineOptions) -> None:
     check, local = _checks_apply(options)
     if not check:
         return
-    columns = _check_manifest(cfg.slides, "--slides", SLIDE_ROWS)
+    columns = _check_manifest(cfg.slides, "--slides", SLIDE_ROWS) if cfg.slides else []
     if cfg.patches is not None:
         _check_manifest(cfg.patches, "--patches", PATCH_ROWS)
-    if cfg.group_by:
+    if cfg.group_by and cfg.slides is not None:
         _require(
             columns,
             cfg.group_by,

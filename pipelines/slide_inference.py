@@ -59,6 +59,7 @@ from transforms.slides.viewer import VIEWER
 
 def build(pipeline: beam.Pipeline, cfg: SlideJobConfig) -> dict[str, beam.PCollection]:
     """Wire the slide pipeline; return its output PCollections (before the writes)."""
+    assert cfg.slides is not None  # a batch job's config (a stream's has none)
     slides = pipeline | "ReadSlideManifest" >> ReadManifest(cfg.slides, SLIDE_ROWS)
     errors = [slides[DEAD_LETTER]]
     slide_rows, skipped = slides["rows"], None
@@ -75,6 +76,23 @@ def build(pipeline: beam.Pipeline, cfg: SlideJobConfig) -> dict[str, beam.PColle
         planned = plan_input | "PlanPatches" >> PlanManifestPatches(cfg.patch_geometries)
     else:
         planned = slide_rows | "PlanPatches" >> PlanGridPatches(cfg.patch_geometries)
+    outputs = infer(planned, cfg, errors)
+    judged = {
+        "inputs": slides["rows"],
+        "rejected": slides[DEAD_LETTER],
+        "results": outputs["summaries"],
+        "errors": outputs["errors"],
+    }
+    if skipped is not None:
+        judged["skipped_ids"] = skipped
+    outputs[OUTCOME] = judged | "JudgeRun" >> JudgeRun("slide_id", cfg.max_failed_fraction)
+    return outputs
+
+
+def infer(planned: dict, cfg: SlideJobConfig, errors: list) -> dict[str, beam.PCollection]:
+    """Planned work units (``PlanPatches``' outputs) -> every result: the models' rows, slide
+    summaries and pictures, masks, QuPath files, heads; ``errors`` (the dead letters so far)
+    with this part's added, flattened. What the batch pipeline and the stream share."""
     comp = cfg.composition
     errors += [planned[DEAD_LETTER]]
     staged = wire_models(planned["units"], cfg.models, stage_config(cfg))
@@ -163,15 +181,6 @@ def build(pipeline: beam.Pipeline, cfg: SlideJobConfig) -> dict[str, beam.PColle
             outputs[CASE_PREDICTIONS.name] = outputs[SLIDE_PREDICTIONS.name] | (
                 "PredictCases" >> PredictCases(cfg.group_by)
             )
-    judged = {
-        "inputs": slides["rows"],
-        "rejected": slides[DEAD_LETTER],
-        "results": outputs["summaries"],
-        "errors": outputs["errors"],
-    }
-    if skipped is not None:
-        judged["skipped_ids"] = skipped
-    outputs[OUTCOME] = judged | "JudgeRun" >> JudgeRun("slide_id", cfg.max_failed_fraction)
     return outputs
 
 

@@ -362,3 +362,30 @@ class ReadManifest(beam.PTransform):
         )
         errors = (read[DEAD_LETTER], unique[DEAD_LETTER]) | "Errors" >> beam.Flatten()
         return {"rows": unique.rows, DEAD_LETTER: errors}
+
+
+class _CheckRow(beam.DoFn):
+    def __init__(self, rule: RowRule, stage: str) -> None:
+        self._rule = rule
+        self._stage = stage
+
+    def process(self, row: dict[str, Any]) -> Iterator[Any]:
+        try:
+            yield _checked_id(self._rule.check(dict(row), ""), self._rule.id_column)
+        except ManifestError as exc:
+            key = str(row.get(self._rule.id_column or "", "") or row.get("_row"))
+            yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead_letter(self._stage, key, exc, row))
+
+
+class CheckRows(beam.PTransform):
+    """Raw rows that came from elsewhere than a manifest file (a stream's notifications) ->
+    clean rows by ``rule``, as ``ReadManifest`` makes them; a bad row is a dead letter at
+    ``stage``. Out: a dict with ``rows`` and ``DEAD_LETTER``."""
+
+    def __init__(self, rule: RowRule, stage: str) -> None:
+        super().__init__()
+        self._fn = _CheckRow(rule, stage)
+
+    def expand(self, rows: beam.PCollection) -> dict[str, beam.PCollection]:
+        out = rows | "Check" >> beam.ParDo(self._fn).with_outputs(DEAD_LETTER, main="rows")
+        return {"rows": out.rows, DEAD_LETTER: out[DEAD_LETTER]}

@@ -120,6 +120,11 @@ SLIDE_SUMMARIES = Table(
             "overlays), one per slide",
         ),
         Column("metadata", "RECORD", "REPEATED", _KEY_VALUE, "extra slide manifest columns"),
+        Column(
+            "latency_s",
+            "FLOAT64",
+            description="stream: seconds from the slide's notification to its rows",
+        ),
         *RUN_COLUMNS,
     ),
     SLIDE_KEY,
@@ -264,6 +269,13 @@ RUNS = Table(
         Column("low_coverage", "INT64", description="slide x models under --min_coverage"),
         Column("units_per_s", "FLOAT64"),
         Column("report_uri", "STRING"),
+        Column(
+            "inputs_ignored",
+            "INT64",
+            description="stream: notifications that announced no slide (not a slide, a delete)",
+        ),
+        Column("latency_p50_s", "FLOAT64", description="stream: the last window's median latency"),
+        Column("latency_p95_s", "FLOAT64", description="stream: the last window's p95 latency"),
         Column(
             "composition",
             "RECORD",
