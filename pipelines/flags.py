@@ -1144,8 +1144,9 @@ def markdown_reference() -> str:
     """The flag tables of README's "Flag reference" (a test keeps README equal to this)."""
     parts = []
     for heading, groups in (
-        ("Both pipelines:", COMMON),
+        ("Every pipeline:", COMMON),
         ("Slide pipeline:", SLIDES),
+        ("Slide stream (and every slide pipeline flag but its input ones):", (STREAM_INPUT,)),
         ("Text pipeline:", TEXT),
     ):
         rows = [

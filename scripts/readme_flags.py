@@ -15,7 +15,7 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 def main() -> None:
     text = README.read_text()
-    start = text.index("Both pipelines:\n")
+    start = text.index("Every pipeline:\n")
     end = text.index("\n## ", start)  # the reference runs to the next section
     README.write_text(text[:start] + markdown_reference() + text[end:])
 

@@ -66,7 +66,7 @@ def known_options() -> set[str]:
     return set(PipelineOptions([]).get_all_options())
 
 
-@pytest.mark.parametrize("kind", ["slides", "text"])
+@pytest.mark.parametrize("kind", ["slides", "text", "stream"])
 def test_flex_template_metadata_names_real_options_with_working_regexes(kind):
     metadata = json.loads((REPO / "containers" / "launcher" / f"{kind}_metadata.json").read_text())
     assert metadata["name"] and metadata["description"]
@@ -95,11 +95,12 @@ def test_flex_template_metadata_names_real_options_with_working_regexes(kind):
 LOCAL_ONLY = {"progress_interval_s", "bigquery_endpoint", "verbose"}
 
 
-@pytest.mark.parametrize("kind", ["slides", "text"])
+@pytest.mark.parametrize("kind", ["slides", "text", "stream"])
 def test_flex_template_metadata_describes_every_user_facing_flag(kind):
-    from pipelines.flags import COMMON, SLIDES, TEXT, flag_names
+    from pipelines.flags import COMMON, SLIDES, STREAM, TEXT, flag_names
 
-    flags = set(flag_names(COMMON + (SLIDES if kind == "slides" else TEXT))) - LOCAL_ONLY
+    groups = {"slides": SLIDES, "text": TEXT, "stream": STREAM}[kind]
+    flags = set(flag_names(COMMON + groups)) - LOCAL_ONLY
     if kind == "text":  # a shared flag the text pipeline does not read
         flags -= {"artifacts"}
     metadata = json.loads((REPO / "containers" / "launcher" / f"{kind}_metadata.json").read_text())

@@ -109,7 +109,7 @@ def test_template_regexes_follow_the_one_model_name_rule(metadata):
         }, regex
 
 
-@pytest.mark.parametrize("pipeline", ["slides", "text"])
+@pytest.mark.parametrize("pipeline", ["slides", "text", "stream"])
 def test_template_metadata_is_generated_from_the_flag_table(pipeline):
     """Nothing in the Flex Template metadata is typed twice: the files are the flag table's
     output (``python -m pipelines.flags slides > containers/launcher/slides_metadata.json``)."""

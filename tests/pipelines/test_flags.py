@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.flags import COMMON, SLIDES, TEXT, _beam_parser, flag_names
+from pipelines.flags import COMMON, SLIDES, STREAM, TEXT, _beam_parser, flag_names
 from pipelines.launch import pipeline_options
 from transforms.core.errors import ConfigError
 
@@ -33,7 +33,7 @@ def test_beam_s_flag_hook_still_lists_every_beam_flag():
     it gives must be exactly Beam's options as the public ``get_all_options`` lists them."""
     parser = _beam_parser()
     beam_names = {a.dest for a in parser._actions}  # noqa: SLF001 - checks the private route
-    ours = set(flag_names(COMMON + SLIDES + TEXT)) | {"gpu"}
+    ours = set(flag_names(COMMON + SLIDES + TEXT + STREAM)) | {"gpu"}
     public = set(PipelineOptions([]).get_all_options()) - ours
     assert public - beam_names == set()
     assert {"--runner", "--experiment", "--experiments", "--sdk_container_image"} <= set(
