@@ -15,17 +15,17 @@ from tests.e2e.cli import read_errors, run_module
 pytestmark = pytest.mark.e2e
 
 SLIDES, TEXT = "pipelines.slide_inference", "pipelines.text_inference"
+STREAM = "pipelines.slide_stream"
 
 
 def pipeline_options_names(module: str) -> set[str]:
-    from pipelines.flags import COMMON, flag_names
-    from pipelines.flags import SLIDES as SLIDE_GROUPS
-    from pipelines.flags import TEXT as TEXT_GROUPS
+    from pipelines import flags
 
-    return set(flag_names(COMMON + (SLIDE_GROUPS if module == SLIDES else TEXT_GROUPS)))
+    groups = {SLIDES: flags.SLIDES, TEXT: flags.TEXT, STREAM: flags.STREAM}[module]
+    return set(flags.flag_names(flags.COMMON + groups))
 
 
-@pytest.mark.parametrize("module", [SLIDES, TEXT])
+@pytest.mark.parametrize("module", [SLIDES, TEXT, STREAM])
 def test_help_lists_every_flag_the_pipeline_reads_with_defaults(module):
     proc = run_module(module, "--help")
     assert proc.returncode == 0, proc.stderr
@@ -33,12 +33,30 @@ def test_help_lists_every_flag_the_pipeline_reads_with_defaults(module):
     assert pipeline_options_names(module) <= shown
     source = (REPO / "pipelines" / "options.py").read_text()
     read = set(re.findall(r"\b(?:opts|common)\.(\w+)", source))
-    own = {"slides", "patches"} if module == SLIDES else {"documents"}  # per-model: the table
+    own = {SLIDES: {"slides", "patches"}, TEXT: {"documents"}, STREAM: {"subscription"}}[module]
     assert own <= read and read & pipeline_options_names(module) <= shown
     assert "Default: 224." in proc.stdout or module == TEXT
     assert "--help_beam" in proc.stdout
     beam = run_module(module, "--help_beam")
     assert beam.returncode == 0 and "--runner" in beam.stdout and "--temp_location" in beam.stdout
+
+
+@pytest.mark.parametrize(
+    "flags, said",
+    [
+        ((), "--subscription is required"),
+        (("--subscription", "scans"), "--subscription scans: PubSub subscription must be"),
+        (("--output", "bq://my-project.results"), "--output bq://"),
+        (("--quiet_s", "120", "--max_wait_s", "60"), "--max_wait_s (60) must be at least"),
+    ],
+)
+def test_the_stream_refuses_a_bad_configuration_before_it_starts(tmp_path, flags, said):
+    base = ["--model", "a=a.pt2", "--output", str(tmp_path / "out")]
+    if not any(f == "--subscription" for f in flags) and flags:
+        base += ["--subscription", "projects/my-lab/subscriptions/scans"]
+    proc = run_module(STREAM, *base, *flags)
+    assert proc.returncode == 2, proc.stderr
+    assert said in proc.stderr
 
 
 @pytest.mark.parametrize("typo, closest", [("--outptu", "--output"), ("--patch-px", "--patch_px")])
