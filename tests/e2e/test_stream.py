@@ -23,10 +23,10 @@ from localgcp.orthanc import INSTALL as ORTHANC_INSTALL
 from localgcp.orthanc import Orthanc, orthanc_binary
 from localgcp.pubsub import INSTALL, PubSubEmulator, emulator_binary
 from tests.conftest import REPO
+from tests.stream.landing import STORE, store_series, wait_until
 from tests.stream.test_notifications import gcs_message
 
 pytestmark = pytest.mark.gcp
-STORE = "projects/local-project/locations/us/datasets/lab/dicomStores/wsi"
 SLIDES = {
     "s1.svs": "aperio_cmu1_small_region/CMU-1-Small-Region.svs",
     "s2.tiff": "generic_tiff_boxes/boxes.tiff",
@@ -58,14 +58,6 @@ def _files(out: Path, table: str) -> list[Path]:
     return sorted((out / table).glob("*.parquet")) if (out / table).exists() else []
 
 
-def _wait(until, timeout_s: float, proc: subprocess.Popen) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout_s
-    while not until():
-        assert proc.poll() is None, "the stream exited"
-        assert time.monotonic() < deadline, "not within the bound"
-        time.sleep(0.5)
-
-
 def _summaries(out: Path) -> pd.DataFrame:
     return pd.concat([pd.read_parquet(p) for p in _files(out, "slide_summaries")])
 
@@ -94,15 +86,11 @@ def test_slides_and_a_dicom_series_are_processed_once_as_they_land(
             for name in ("s1.svs", "s2.tiff", "s3.svs", "s1.svs", "broken.svs", "notes.txt"):
                 data, attributes = gcs_message(name)
                 pubsub.publish("scans", data, **attributes)
-            for i, path in enumerate(instances):
-                if i:
-                    time.sleep(10)  # the second level lands 10 s after the first
-                store.upload(path)
-                sop = pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
-                name = f"{STORE}/dicomWeb/studies/{study}/series/{series}/instances/{sop}"
-                pubsub.publish("dicom", name.encode(), action="StoreInstances")
-            _wait(lambda: len(_files(out, "slide_summaries")) >= 4, 240, proc)
-            _wait(lambda: (out / "runs").exists() and len(_files(out, "errors")) >= 1, 60, proc)
+            store_series(store, pubsub, instances, gap_s=10)  # the 2nd level 10 s later
+            wait_until(lambda: len(_files(out, "slide_summaries")) >= 4, 240, proc)
+            wait_until(
+                lambda: (out / "runs").exists() and len(_files(out, "errors")) >= 1, 60, proc
+            )
             time.sleep(8)  # two more windows: a duplicate, were there one, would be written
         finally:
             stop_group(proc, 20)
@@ -143,14 +131,14 @@ def test_a_stream_killed_mid_slide_and_restarted_finishes_every_slide_once(
             data, attributes = gcs_message(name)
             attributes["bucketId"] = "again"
             pubsub.publish("again", data.replace(b'"scans"', b'"again"'), **attributes)
-        _wait(lambda: len(list((out / "_inbox").glob("*.json"))) >= 1, 120, proc)
+        wait_until(lambda: len(list((out / "_inbox").glob("*.json"))) >= 1, 120, proc)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # no teardown, no flush: a crash
         proc.wait()
     assert len(list((out / "_inbox").glob("*.done"))) < 3  # it died before finishing
     proc = _start(out, [sub], tiny_models["two"], env)  # the same subscription and folder
     try:
-        _wait(lambda: len(list((out / "_inbox").glob("*.done"))) == 3, 240, proc)
+        wait_until(lambda: len(list((out / "_inbox").glob("*.done"))) == 3, 240, proc)
         time.sleep(6)
     finally:
         stop_group(proc, 20)

@@ -21,22 +21,14 @@ from localgcp.orthanc import INSTALL as ORTHANC_INSTALL
 from localgcp.orthanc import Orthanc, orthanc_binary
 from localgcp.pubsub import INSTALL, PubSubEmulator, emulator_binary
 from tests.conftest import REPO
+from tests.stream.landing import STORE, store_series, wait_until
 from tests.stream.test_notifications import gcs_message
 
 pytestmark = pytest.mark.gcp
-STORE = "projects/local-project/locations/us/datasets/lab/dicomStores/wsi"
 
 
 def _read(folder: Path, kind: str) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(folder.glob(f"{kind}-*.json"))]
-
-
-def _wait(until, timeout_s: float, proc: subprocess.Popen) -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout_s
-    while not until():
-        assert proc.poll() is None, "the stream exited"
-        assert time.monotonic() < deadline, "not within the bound"
-        time.sleep(0.5)
 
 
 def test_each_landed_slide_comes_out_once_and_a_dicom_series_once_it_is_whole(
@@ -65,15 +57,9 @@ def test_each_landed_slide_comes_out_once_and_a_dicom_series_once_it_is_whole(
             for name in ("s1.svs", "s2.ndpi", "s3.tiff", "s1.svs", "readme.txt"):
                 pubsub.publish("scans", *gcs_message(name)[:1], **gcs_message(name)[1])
             pubsub.publish("scans", b"not a notification")
-            for i, path in enumerate(instances):
-                if i:
-                    time.sleep(10)  # the second level lands 10 s after the first
-                store.upload(path)
-                sop = pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID
-                name = f"{STORE}/dicomWeb/studies/{study}/series/{series}/instances/{sop}"
-                pubsub.publish("dicom", name.encode(), action="StoreInstances")
+            store_series(store, pubsub, instances, gap_s=10)  # the 2nd level 10 s later
             second_at = time.monotonic()
-            _wait(lambda: len(_read(out, "slides")) >= 4, 120, proc)
+            wait_until(lambda: len(_read(out, "slides")) >= 4, 120, proc)
             series_seen = time.monotonic()
             time.sleep(5)  # a duplicate, were there one, would have landed by now
         finally:
