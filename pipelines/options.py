@@ -157,11 +157,6 @@ def stream_config(options: PipelineOptions) -> tuple[SlideJobConfig, StreamConfi
             raise ConfigError(
                 f"--dicomweb_root expects STORE=URL (STORE: projects/…), got {text!r}"
             )
-    if str(options.view_as(InferenceOptions).output or "").startswith("bq://"):
-        raise ConfigError(
-            "--output bq://… is not written by the stream yet: give a folder (local or gs://); "
-            "each slide's rows are one file per table, replaced whole"
-        )
     cfg = slide_job_config(options, stream=True)
     return cfg, stream
 

@@ -1,14 +1,14 @@
 """Slides processed as they land: Pub/Sub notifications -> the slide pipeline's stages -> each
-slide's rows, once, in a folder.
+slide's rows, once, in a folder (local or gs://) or in BigQuery.
 
     python -m pipelines.slide_stream --subscription projects/P/subscriptions/scans \
         --model tumor=gs://B/tumor.pt2 --output gs://B/stream --window_s 60
 
 ReadNotifications (Cloud Storage objects; DICOM series once quiet and readable; duplicates
 dropped) -> RecordLanded (the inbox) -> CheckSlideRows -> Windows -> PlanPatches -> the slide
-pipeline's model stages and summaries (``slide_inference.infer``) -> WriteKeyedTables (one file
-per table and slide, replaced whole) -> MarkDone; RecordStream rewrites the stream's runs row
-after each window. A separate entry point, not a flag of the batch one: its input (subscriptions,
+pipeline's model stages and summaries (``slide_inference.infer``) -> WriteKeyedTables (a folder:
+one file per table and slide, replaced whole; BigQuery: a keyed merge per table and window) ->
+MarkDone; RecordStream rewrites the stream's runs row after each window. A separate entry point, not a flag of the batch one: its input (subscriptions,
 not manifests), its end (none: it runs until drained) and its writes differ; the stages between
 are the batch pipeline's own.
 """
@@ -34,9 +34,10 @@ from transforms.io.manifests import CheckRows
 from transforms.slides.manifest_rows import SLIDE_ROWS
 from transforms.slides.plan_grid import PlanGridPatches
 from transforms.slides.reader import unreadable
-from transforms.stream.inbox import MarkDone, RecordLanded, pending, restamped
+from transforms.stream.inbox import MarkDone, RecordLanded, inbox_folder, pending, restamped
 from transforms.stream.read import IGNORED, ReadNotifications
 from transforms.stream.record import RecordStream, landed_row, with_latency
+from transforms.stream.series import FirstOfEach
 
 
 def build(pipeline: beam.Pipeline, cfg: SlideJobConfig, stream: StreamConfig) -> dict:
@@ -44,12 +45,14 @@ def build(pipeline: beam.Pipeline, cfg: SlideJobConfig, stream: StreamConfig) ->
     read = pipeline | "ReadNotifications" >> ReadNotifications(
         stream.subscriptions, unreadable, stream.dicomweb_roots, stream.quiet_s, stream.max_wait_s
     )
-    folder = str(cfg.destination.folder)
+    folder = inbox_folder(cfg.destination)
     landed = read["slides"] | "RecordLanded" >> RecordLanded(folder)
     left = pending(folder)  # slides a stopped stream had taken and not finished
-    if left:
+    if left:  # once each: an updated Dataflow job may still hold some of them in flight
         taken_up = pipeline | "TakeUpInbox" >> beam.Create(left)
-        landed = (landed, taken_up) | "AllLanded" >> beam.Flatten()
+        landed = (
+            (landed, taken_up) | "AllLanded" >> beam.Flatten() | "OncePerSlide" >> FirstOfEach()
+        )
     windows = FixedWindows(stream.window_s)  # of landing time: every input is stamped as it lands
     rows = (
         landed
@@ -72,15 +75,16 @@ def build(pipeline: beam.Pipeline, cfg: SlideJobConfig, stream: StreamConfig) ->
 
 
 def write(outputs: dict, cfg: SlideJobConfig) -> None:
-    """Each table's rows per slide, replaced whole; each slide marked done once all of its
-    files are in place; the stream's runs row after each window."""
+    """Each table's rows, once per slide (``WriteKeyedTables``); each slide marked done once all
+    of its rows are in place; the stream's runs row after each window."""
     schemas = tables(cfg)
     by_table = {schemas[n].name: rows for n, rows in outputs.items() if n in schemas}
     errors = (outputs["errors"], outputs["read_errors"]) | "EveryDeadLetter" >> beam.Flatten()
     by_table[schemas["errors"].name] = errors
-    folder = str(cfg.destination.folder)
-    written = by_table | "WriteResults" >> WriteKeyedTables(folder, cfg.run, schemas.values())
-    _ = written | "MarkDone" >> MarkDone(folder)
+    written = by_table | "WriteResults" >> WriteKeyedTables(
+        cfg.destination, cfg.run, schemas.values()
+    )
+    _ = written | "MarkDone" >> MarkDone(inbox_folder(cfg.destination))
     if cfg.info is not None:
         _ = {
             "summaries": outputs["summaries"],
@@ -104,7 +108,7 @@ def run(argv: list[str] | None = None) -> PipelineResult:
         "stream %s reading %s; writing to %s",
         cfg.run.run_id,
         ", ".join(stream.subscriptions),
-        cfg.destination.folder,
+        cfg.destination.describe(),
     )
     result = pipeline.run()
     if options.view_as(StandardOptions).runner in ("DirectRunner", LOCAL_RUNNER):

@@ -43,8 +43,9 @@ def pubsub(tmp_path):
         yield emulator
 
 
-def _start(out: Path, subscriptions: list[str], model: str, env: dict, *extra: str):
-    log = (out.parent / f"stream-{time.monotonic_ns()}.log").open("wb")
+def _start(out: Path | str, subscriptions: list[str], model: str, env: dict, *extra: str):
+    logs = out.parent if isinstance(out, Path) else Path(env["STREAM_LOGS"])
+    log = (logs / f"stream-{time.monotonic_ns()}.log").open("wb")
     flags = [f"--subscription={s}" for s in subscriptions]
     return subprocess.Popen(
         [sys.executable, "-m", "pipelines.slide_stream", *flags, "--model", f"two={model}",
@@ -150,6 +151,83 @@ def test_a_stream_killed_mid_slide_and_restarted_finishes_every_slide_once(
     assert rows.groupby("slide_id").size().to_dict() == dict(
         zip(summaries.slide_id, summaries.patch_count, strict=True)
     )
+
+
+def _cloud_table(local_gcp, output: str, table: str) -> pd.DataFrame:
+    """A table of a stream's results in BigQuery (``bq://``) or in a gs:// folder."""
+    if output.startswith("bq://"):
+        name = f"{output.removeprefix('bq://')}.{table}"
+        result = local_gcp.bigquery().query(f"SELECT * FROM `{name}`").result()
+        return pd.DataFrame([dict(row) for row in result])
+    import gcsfs
+
+    fs = gcsfs.GCSFileSystem()
+    files = fs.glob(f"{output.removeprefix('gs://')}/{table}/*.parquet")
+    return (
+        pd.concat([pd.read_parquet(fs.open(f, "rb")) for f in files]) if files else pd.DataFrame()
+    )
+
+
+@pytest.mark.parametrize("kind", ["bq", "gs"])
+def test_a_stream_into_bigquery_or_cloud_storage_keeps_each_slide_once(
+    kind, tmp_path, pubsub, local_gcp, shared_data, tiny_models
+):
+    """Into BigQuery (a keyed merge per window) or a gs:// folder (a file per slide): a
+    duplicate notification passes once, and a new generation of a slide replaces its rows."""
+    from transforms.io.destinations import destination
+    from transforms.io.runs import read_records
+
+    bucket = f"landing-{kind}"
+    for name in ("s1.svs", "s2.tiff", "broken.svs"):
+        local_gcp.upload(shared_data / SLIDES[name], f"gs://{bucket}/{name}")
+    local_gcp.upload(shared_data / SLIDES["s1.svs"], "gs://scratch-stream/keep")  # the bucket
+    output = (
+        f"bq://{local_gcp.project}.stream_{kind}" if kind == "bq" else "gs://scratch-stream/out"
+    )
+    dest = destination(output, None, "gs://scratch-stream/tmp", False, local_gcp.bigquery_endpoint)
+    sub = pubsub.subscription(bucket)
+    env = {**os.environ, **pubsub.env(), "STREAM_LOGS": str(tmp_path)}
+
+    def publish(name: str, generation: int = 1) -> None:
+        data, attributes = gcs_message(name, generation)
+        attributes["bucketId"] = bucket
+        pubsub.publish(bucket, data.replace(b'"scans"', f'"{bucket}"'.encode()), **attributes)
+
+    def summarized() -> int:
+        runs = read_records(dest, "stream-test")
+        return int(runs[0]["inputs_with_results"]) if runs else 0
+
+    proc = _start(
+        output, [sub], tiny_models["two"], env, "--temp_location", "gs://scratch-stream/tmp"
+    )
+    try:
+        for name in ("s1.svs", "s2.tiff", "s1.svs", "broken.svs"):
+            publish(name)
+        wait_until(lambda: summarized() >= 2, 240, proc)
+        publish("s1.svs", generation=2)  # the scanner wrote s1 again: its rows are replaced
+        wait_until(lambda: summarized() >= 3, 120, proc)
+        time.sleep(6)  # two more windows: a duplicate, were there one, would be written
+    finally:
+        stop_group(proc, 20)
+    summaries = _cloud_table(local_gcp, output, "slide_summaries")
+    assert sorted(summaries.slide_id) == ["s1", "s2"]
+    rows = _cloud_table(local_gcp, output, "patch_predictions")
+    assert len(rows) == len(rows.drop_duplicates(["slide_id", "x_px", "y_px"]))
+    assert rows.groupby("slide_id").size().to_dict() == dict(
+        zip(summaries.slide_id, summaries.patch_count, strict=True)
+    )
+    errors = _cloud_table(local_gcp, output, "errors")
+    assert len(errors) == 1 and "broken" in errors.key.iloc[0]
+    [run] = read_records(dest, "stream-test")
+    assert run["status"] == "running" and run["inputs_with_results"] == 3  # s1 twice, s2
+    import gcsfs
+
+    inbox = (
+        "scratch-stream/out/_inbox"
+        if kind == "gs"
+        else (f"scratch-stream/tmp/pathbeam_stream/{local_gcp.project}.stream_bq/_inbox")
+    )
+    assert {Path(p).name for p in gcsfs.GCSFileSystem().ls(inbox)} >= {"s1.done", "s2.done"}
 
 
 def test_stage_names_are_the_same_from_build_to_build():

@@ -148,6 +148,22 @@ def open_uri(uri: str, mode: str = "rb", **kwargs: Any) -> Any:
     return fsspec.open(uri, mode, **remote_options(uri), **kwargs)
 
 
+def write_whole(uri: str, data: bytes) -> None:
+    """Write ``data`` to ``uri`` so that a reader sees the old file or the new one, never half:
+    on a local disk a temporary file renamed into place; on an object store one upload, which
+    is atomic there (and gcsfs's ``mv`` would first try GCS's moveTo, which the emulator answers
+    501 after ~30 s of retries)."""
+    fs, path = filesystem(uri)
+    if "file" not in fs.protocol:
+        with fs.open(path, "wb") as f:
+            f.write(data)
+        return
+    fs.makedirs(os.path.dirname(path), exist_ok=True)
+    with fs.open(path + ".tmp", "wb") as f:
+        f.write(data)
+    fs.mv(path + ".tmp", path)
+
+
 REMOTE_BLOCK_BYTES = 256 << 10
 REMOTE_CACHED_BLOCKS = 64
 """Remote slides are read in 256 KiB range requests kept in a 64-block LRU cache (16 MiB per open

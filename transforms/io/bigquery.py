@@ -329,6 +329,21 @@ class WriteToBigQueryTable(beam.PTransform):
         )
 
 
+def json_value(value: Any) -> Any:
+    """``json.dumps``'s ``default`` for a row: dates and times in ISO form, anything else as
+    text."""
+    if isinstance(value, dt.date | dt.datetime):
+        return value.isoformat()
+    return str(value)
+
+
+def json_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A row as BigQuery's JSON takes it."""
+    import json
+
+    return json.loads(json.dumps(row, default=json_value))
+
+
 def query_keys(target: BigQueryDataset, table: Table, columns: tuple[str, ...]) -> set[tuple]:
     """Distinct ``columns`` of ``table`` in ``target``; empty if the table does not exist."""
     from google.api_core.exceptions import NotFound

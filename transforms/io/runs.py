@@ -321,13 +321,12 @@ def write_record(dest: Any, row: dict[str, Any]) -> None:
 
 
 def _write_bigquery(target: Any, row: dict[str, Any]) -> None:
-    import json
-
     from google.cloud import bigquery
 
     from transforms.io.bigquery import (
         client,
         ensure_table,
+        json_row,
         replace_sql,
         schema_fields,
         staging_table,
@@ -340,21 +339,11 @@ def _write_bigquery(target: Any, row: dict[str, Any]) -> None:
     # the runs row is never streamed into the target itself, so a later replace can delete it.
     bq.delete_table(target.table_id(staging), not_found_ok=True)
     bq.create_table(bigquery.Table(target.table_id(staging), schema=schema_fields(RUNS)))
-    errors = bq.insert_rows_json(
-        target.table_id(staging), [json.loads(json.dumps(row, default=_json_value))]
-    )
+    errors = bq.insert_rows_json(target.table_id(staging), [json_row(row)])
     if errors:
         raise RuntimeError(f"the runs row was refused: {errors}")
     bq.query(replace_sql(target, RUNS, staging)).result()
     bq.delete_table(target.table_id(staging), not_found_ok=True)
-
-
-def _json_value(value: Any) -> Any:
-    if isinstance(value, dt.datetime):
-        return value.isoformat()
-    if isinstance(value, dt.date):
-        return value.isoformat()
-    return str(value)
 
 
 def read_records(dest: Any, run_id: str | None = None, last: int | None = None) -> list[dict]:

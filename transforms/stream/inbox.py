@@ -2,7 +2,9 @@
 rows are in place; a restarted stream takes up every slide it finds not done.
 
     <output>/_inbox/<slide>.json   the landed slide (its manifest row, key, publish time)
-    <output>/_inbox/<slide>.done   written after every table's file of that slide is in place
+    <output>/_inbox/<slide>.done   written after every table's rows of that slide are in place
+
+(with a BigQuery output, ``<temp_location>/pathbeam_stream/<project>.<dataset>/_inbox``).
 
 On Dataflow, Pub/Sub messages are acknowledged only once the first stage's output is durable, so
 a crash re-delivers them; Beam's direct runner acknowledges on pull, so without the inbox a slide
@@ -31,6 +33,17 @@ from transforms.stream.notifications import Landed
 INBOX = "_inbox"
 
 
+def inbox_folder(dest: Any) -> str:
+    """Where a stream's inbox lives (``_inbox`` under it): its output folder; with a BigQuery
+    output, a folder of ``--temp_location`` named for the dataset, so that a restarted stream
+    writing to the same dataset finds it."""
+    if dest.bigquery is None:
+        return str(dest.folder)
+    from transforms.io.bigquery_windows import stream_temp
+
+    return stream_temp(str(dest.temp_location), f"{dest.bigquery.project}.{dest.bigquery.dataset}")
+
+
 def _uri(folder: str, slide_id: str, suffix: str) -> str:
     return f"{folder.rstrip('/')}/{INBOX}/{safe_name(slide_id)}{suffix}"
 
@@ -57,16 +70,13 @@ class _Record(beam.DoFn):
         self._folder = folder
 
     def process(self, landed: Landed) -> Iterator[Landed]:
-        from transforms.core.remote_io import filesystem, open_uri
+        from transforms.core.remote_io import filesystem, write_whole
 
         uri = _uri(self._folder, landed.slide_id, ".json")
-        with open_uri(uri + ".tmp", "w", auto_mkdir=True) as f:
-            json.dump(dataclasses.asdict(landed), f)
-        fs, path = filesystem(uri)
-        fs.mv(path + ".tmp", path)
-        done = _uri(self._folder, landed.slide_id, ".done")
-        if fs.exists(filesystem(done)[1]):  # a new generation of a slide done before
-            fs.rm(filesystem(done)[1])
+        write_whole(uri, json.dumps(dataclasses.asdict(landed)).encode())
+        fs, done = filesystem(_uri(self._folder, landed.slide_id, ".done"))
+        if fs.exists(done):  # a new generation of a slide done before
+            fs.rm(done)
         progress.count("slides_landed")
         yield landed
 
