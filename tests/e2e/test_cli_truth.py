@@ -46,7 +46,7 @@ def test_help_lists_every_flag_the_pipeline_reads_with_defaults(module):
     [
         ((), "--subscription is required"),
         (("--subscription", "scans"), "--subscription scans: PubSub subscription must be"),
-        (("--output", "bq://my-project.results"), "--output bq://"),
+        (("--output", "bq://my-project.results"), "--temp_location gs://BUCKET/PREFIX is required"),
         (("--quiet_s", "120", "--max_wait_s", "60"), "--max_wait_s (60) must be at least"),
     ],
 )
