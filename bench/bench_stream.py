@@ -42,13 +42,6 @@ CMU1 = REPO.parent / "shared" / "data" / "aperio_cmu1_small_region" / "CMU-1-Sma
 FLAGS = ["--patch_level", "0", "--patch_px", "64", "--min_tissue", "0.5", "--no_heatmaps"]
 
 
-def _message(bucket: str, name: str) -> tuple[bytes, dict[str, str]]:
-    resource = {"bucket": bucket, "name": name, "generation": "1"}
-    attributes = {"eventType": "OBJECT_FINALIZE", "bucketId": bucket, "objectId": name,
-                  "objectGeneration": "1", "payloadFormat": "JSON_API_V1"}  # fmt: skip
-    return json.dumps(resource).encode(), attributes
-
-
 def _summaries(out: Path) -> pd.DataFrame:
     files = sorted((out / "slide_summaries").glob("*.parquet"))
     return pd.concat([pd.read_parquet(p) for p in files]) if files else pd.DataFrame()
@@ -80,6 +73,7 @@ def main() -> None:
     import torch
 
     from localgcp.cluster import LocalGcp, stop_group
+    from localgcp.notify import gcs_message
     from localgcp.pubsub import PubSubEmulator
     from tests.models_for_tests import export_pt2, tiny_net
 
@@ -110,7 +104,7 @@ def main() -> None:
             )  # fmt: skip
             beat = threading.Event()
             if args.heartbeat_s > 0:
-                ping = _message("lab", "heartbeat.txt")
+                ping = gcs_message("lab", "heartbeat.txt")
 
                 def heartbeat(stop: threading.Event = beat, ping: tuple = ping) -> None:
                     while not stop.wait(args.heartbeat_s):
@@ -122,15 +116,13 @@ def main() -> None:
                 started = time.monotonic()
                 if phase == "latency":
                     for i, name in enumerate(names[:count]):
-                        pubsub.publish(
-                            "lab", *_message("lab", name)[:1], **_message("lab", name)[1]
-                        )
+                        data, attributes = gcs_message("lab", name)
+                        pubsub.publish("lab", data, **attributes)
                         _wait(lambda i=i, out=out: len(_summaries(out)) > i, 300)
                 else:
                     for name in names[:count] + names[:10]:  # 10 repeats: redeliveries
-                        pubsub.publish(
-                            "lab", *_message("lab", name)[:1], **_message("lab", name)[1]
-                        )
+                        data, attributes = gcs_message("lab", name)
+                        pubsub.publish("lab", data, **attributes)
                     _wait(lambda out=out, c=count: len(_summaries(out)) >= c, 1800)
                 elapsed = time.monotonic() - started
                 time.sleep(3)

@@ -19,12 +19,13 @@ import pandas as pd
 import pytest
 
 from localgcp.cluster import stop_group
+from localgcp.notify import gcs_message
 from localgcp.orthanc import INSTALL as ORTHANC_INSTALL
 from localgcp.orthanc import Orthanc, orthanc_binary
 from localgcp.pubsub import INSTALL, PubSubEmulator, emulator_binary
 from tests.conftest import REPO
+from tests.gcp import bq_table
 from tests.stream.landing import STORE, store_series, wait_until
-from tests.stream.test_notifications import gcs_message
 
 pytestmark = pytest.mark.gcp
 SLIDES = {
@@ -85,7 +86,7 @@ def test_slides_and_a_dicom_series_are_processed_once_as_they_land(
         )  # fmt: skip
         try:
             for name in ("s1.svs", "s2.tiff", "s3.svs", "s1.svs", "broken.svs", "notes.txt"):
-                data, attributes = gcs_message(name)
+                data, attributes = gcs_message("scans", name)
                 pubsub.publish("scans", data, **attributes)
             store_series(store, pubsub, instances, gap_s=10)  # the 2nd level 10 s later
             wait_until(lambda: len(_files(out, "slide_summaries")) >= 4, 240, proc)
@@ -129,9 +130,8 @@ def test_a_stream_killed_mid_slide_and_restarted_finishes_every_slide_once(
     proc = _start(out, [sub], tiny_models["two"], env)
     try:
         for name in ("s1.svs", "s2.tiff", "s3.svs"):
-            data, attributes = gcs_message(name)
-            attributes["bucketId"] = "again"
-            pubsub.publish("again", data.replace(b'"scans"', b'"again"'), **attributes)
+            data, attributes = gcs_message("again", name)
+            pubsub.publish("again", data, **attributes)
         wait_until(lambda: len(list((out / "_inbox").glob("*.json"))) >= 1, 120, proc)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # no teardown, no flush: a crash
@@ -156,9 +156,7 @@ def test_a_stream_killed_mid_slide_and_restarted_finishes_every_slide_once(
 def _cloud_table(local_gcp, output: str, table: str) -> pd.DataFrame:
     """A table of a stream's results in BigQuery (``bq://``) or in a gs:// folder."""
     if output.startswith("bq://"):
-        name = f"{output.removeprefix('bq://')}.{table}"
-        result = local_gcp.bigquery().query(f"SELECT * FROM `{name}`").result()
-        return pd.DataFrame([dict(row) for row in result])
+        return bq_table(local_gcp, output.rpartition(".")[2], table)
     import gcsfs
 
     fs = gcsfs.GCSFileSystem()
@@ -189,9 +187,8 @@ def test_a_stream_into_bigquery_or_cloud_storage_keeps_each_slide_once(
     env = {**os.environ, **pubsub.env(), "STREAM_LOGS": str(tmp_path)}
 
     def publish(name: str, generation: int = 1) -> None:
-        data, attributes = gcs_message(name, generation)
-        attributes["bucketId"] = bucket
-        pubsub.publish(bucket, data.replace(b'"scans"', f'"{bucket}"'.encode()), **attributes)
+        data, attributes = gcs_message(bucket, name, generation)
+        pubsub.publish(bucket, data, **attributes)
 
     def summarized() -> int:
         runs = read_records(dest, "stream-test")

@@ -8,9 +8,9 @@ from __future__ import annotations
 import datetime as dt
 
 import gcsfs
-import pandas as pd
 import pytest
 
+from tests.gcp import bq_table
 from transforms.io.bigquery import STAGING_PREFIX, BigQueryDataset
 from transforms.io.bigquery_windows import MergeWindow, stream_temp
 from transforms.io.keyed_writes import key_of
@@ -37,11 +37,6 @@ def _summary(slide: str, patches: int, run_id: str) -> dict:
     }  # fmt: skip
 
 
-def _table(local_gcp, target: BigQueryDataset, name: str) -> pd.DataFrame:
-    result = local_gcp.bigquery().query(f"SELECT * FROM {target.sql_name(name)}").result()
-    return pd.DataFrame([dict(row) for row in result])
-
-
 def _merge(target: BigQueryDataset, table, rows: list[dict], run_id: str) -> list:
     merge = MergeWindow(target, table, run_id, TEMP, key_of)
     merge.setup()
@@ -64,7 +59,7 @@ def test_a_window_merged_twice_or_a_slide_merged_again_leaves_one_set_of_rows(lo
     ]
     _merge(target, SLIDE_SUMMARIES, first, "run-1")  # the same window again: a retried bundle
     _merge(target, SLIDE_SUMMARIES, [_summary("a", 6, "run-2")], "run-2")  # a restart, later
-    rows = _table(local_gcp, target, "slide_summaries").sort_values("slide_id")
+    rows = bq_table(local_gcp, target.dataset, "slide_summaries").sort_values("slide_id")
     assert list(rows.slide_id) == ["a", "b"]
     assert list(rows.patch_count) == [6, 7] and list(rows.run_id) == ["run-2", "run-1"]
     assert _leftovers(local_gcp, target) == []
@@ -76,7 +71,7 @@ def test_dead_letters_merge_by_stage_and_key_and_name_their_slide(local_gcp, tar
              "run_date": dt.date(2026, 12, 3)}  # fmt: skip
     assert _merge(target, ERRORS, [error], "r") == [("a", "errors")]
     _merge(target, ERRORS, [error], "r")
-    assert len(_table(local_gcp, target, "errors")) == 1
+    assert len(bq_table(local_gcp, target.dataset, "errors")) == 1
 
 
 def test_a_failed_load_leaves_no_staging_table_nor_file(local_gcp, target):

@@ -14,7 +14,7 @@ from localgcp.fault_proxy import FaultProxy, is_object_read
 from pipelines.report import counters
 from pipelines.slide_inference import run
 from tests.e2e.cli import read_errors
-from tests.gcp import route_gcs_through
+from tests.gcp import bq_table, route_gcs_through
 from tests.tables import PATCH_PREDICTIONS
 from transforms.io.bigquery import BigQueryDataset, ensure_table
 from transforms.io.schemas import ERRORS, SLIDE_SUMMARIES
@@ -79,11 +79,6 @@ def bq_args(dataset: str) -> list[str]:
     ]
 
 
-def table(local_gcp, dataset: str, name: str) -> pd.DataFrame:
-    query = f"SELECT * FROM `{local_gcp.project}.{dataset}.{name}`"
-    return pd.DataFrame([dict(row) for row in local_gcp.bigquery().query(query).result()])
-
-
 def duplicate_keys(frame: pd.DataFrame, key: list[str]) -> int:
     return int(frame.duplicated(subset=key).sum())
 
@@ -117,9 +112,9 @@ def test_bigquery_results_match_parquet_and_reruns_leave_one_set(
 
     local_predictions = pd.read_parquet(local_out / PATCH_PREDICTIONS.name)
     local_summaries = pd.read_parquet(local_out / SLIDE_SUMMARIES.name)
-    predictions = table(local_gcp, "parity", PATCH_PREDICTIONS.name)
-    summaries = table(local_gcp, "parity", SLIDE_SUMMARIES.name)
-    errors = table(local_gcp, "parity", ERRORS.name)
+    predictions = bq_table(local_gcp, "parity", PATCH_PREDICTIONS.name)
+    summaries = bq_table(local_gcp, "parity", SLIDE_SUMMARIES.name)
+    errors = bq_table(local_gcp, "parity", ERRORS.name)
 
     # Three runs, one set of rows: no duplicate keys, and the last run's rows.
     assert duplicate_keys(predictions, PATCH_KEY) == 0
@@ -178,9 +173,9 @@ def test_skip_existing_reads_only_new_slides(
     assert c["skipped_existing"] == 2
     assert c["slides_opened"] == 2 and c["slides_planned"] == 2
 
-    summaries = table(local_gcp, "incremental", SLIDE_SUMMARIES.name)
+    summaries = bq_table(local_gcp, "incremental", SLIDE_SUMMARIES.name)
     assert sorted(summaries.slide_id) == sorted(grown)
-    predictions = table(local_gcp, "incremental", PATCH_PREDICTIONS.name)
+    predictions = bq_table(local_gcp, "incremental", PATCH_PREDICTIONS.name)
     assert set(predictions.slide_id) == set(grown)
     assert duplicate_keys(predictions, PATCH_KEY) == 0
 
@@ -190,7 +185,7 @@ def test_skip_existing_reads_only_new_slides(
         + bq_args("incremental")
     )
     assert "skipped_existing" not in counters(result)
-    summaries = table(local_gcp, "incremental", SLIDE_SUMMARIES.name)
+    summaries = bq_table(local_gcp, "incremental", SLIDE_SUMMARIES.name)
     assert sorted(summaries.model_version.value_counts().items()) == [("v1", 4), ("v2", 4)]
 
 
@@ -365,7 +360,7 @@ def test_embedding_and_segmentation_tables_round_trip_through_bigquery(
         )
     for schema in (PATCH_EMBEDDINGS, PATCH_SEGMENTATIONS, PATCH_PREDICTIONS):
         theirs = pd.read_parquet(local_out / schema.name).sort_values(PATCH_KEY)
-        mine = table(local_gcp, "kinds", schema.name).sort_values(PATCH_KEY)
+        mine = bq_table(local_gcp, "kinds", schema.name).sort_values(PATCH_KEY)
         assert duplicate_keys(mine, PATCH_KEY) == 0 and set(mine.run_id) == {"kinds1"}
         assert len(mine) == len(theirs) > 100, schema.name
         column = {"patch_embeddings": "embedding", "patch_segmentations": "class_fractions"}
@@ -375,9 +370,9 @@ def test_embedding_and_segmentation_tables_round_trip_through_bigquery(
     meta = local_gcp.bigquery().get_table(f"{local_gcp.project}.kinds.patch_embeddings")
     field = next(f for f in meta.schema if f.name == "embedding")
     assert (field.field_type, field.mode) in {("FLOAT", "REPEATED"), ("FLOAT64", "REPEATED")}
-    slide_embedding = table(local_gcp, "kinds", SLIDE_EMBEDDINGS.name)
+    slide_embedding = bq_table(local_gcp, "kinds", SLIDE_EMBEDDINGS.name)
     assert len(slide_embedding) == 1 and len(slide_embedding.embedding[0]) == 16
-    summaries = table(local_gcp, "kinds", SLIDE_SUMMARIES.name).set_index("model_name")
+    summaries = bq_table(local_gcp, "kinds", SLIDE_SUMMARIES.name).set_index("model_name")
     assert len(summaries) == 3 and len(summaries.loc["seg"].class_area_mm2) == 2
 
     # --skip_existing per model: a new version of the encoder alone reruns the slide for it only.
@@ -387,10 +382,10 @@ def test_embedding_and_segmentation_tables_round_trip_through_bigquery(
         + bq_args("kinds")
     )
     assert counters(result)["slides_planned"] == 1
-    embeddings = table(local_gcp, "kinds", PATCH_EMBEDDINGS.name)
+    embeddings = bq_table(local_gcp, "kinds", PATCH_EMBEDDINGS.name)
     assert sorted(embeddings.model_version.unique()) == ["unversioned", "v2"]
     # Every run recorded itself once, in the same dataset.
-    runs = table(local_gcp, "kinds", "runs")
+    runs = bq_table(local_gcp, "kinds", "runs")
     assert runs.run_id.is_unique and {"kinds0", "kinds1"} <= set(runs.run_id)
     assert set(runs.status) == {"succeeded"} and len(runs) == 3
 
@@ -430,7 +425,7 @@ def test_runs_rows_in_bigquery_are_one_per_run_id(local_gcp, scratch_bucket, tmp
     info = RunInfo("same-run", "slides", dt.datetime.now(dt.UTC), (("output", "bq://x"),), "r")
     write_record(dest, record(info, "submitted"))
     write_record(dest, record(info, "succeeded", finished_at=dt.datetime.now(dt.UTC)))
-    rows = table(local_gcp, "records", "runs")
+    rows = bq_table(local_gcp, "records", "runs")
     assert list(rows.run_id) == ["same-run"] and list(rows.status) == ["succeeded"]
     [again] = read_records(dest, "same-run")
     assert again["status"] == "succeeded" and again["flags"] == [

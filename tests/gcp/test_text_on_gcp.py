@@ -11,15 +11,11 @@ import pytest
 from pipelines.report import counters
 from pipelines.text_inference import run
 from tests.e2e.cli import read_errors, tiny_text_model_flags
+from tests.gcp import bq_table
 from tests.tables import TEXT_ENTITIES, TEXT_LABELS
 from transforms.io.schemas import ERRORS
 
 pytestmark = [pytest.mark.pipeline, pytest.mark.gcp]
-
-
-def rows(local_gcp, dataset: str, table: str) -> pd.DataFrame:
-    query = f"SELECT * FROM `{local_gcp.project}.{dataset}.{table}`"
-    return pd.DataFrame([dict(r) for r in local_gcp.bigquery().query(query).result()])
 
 
 def text_args(docs: str, models: dict[str, str], output: str, *extra: str) -> list[str]:
@@ -57,9 +53,9 @@ def test_text_results_in_bigquery(local_gcp, shared_data, tiny_text_models, tmp_
     for attempt in range(3):
         run(text_args(docs, tiny_text_models, out, "--run_id", f"t{attempt}"))
 
-    entities = rows(local_gcp, "papers", TEXT_ENTITIES.name)
-    labels = rows(local_gcp, "papers", TEXT_LABELS.name)
-    errors = rows(local_gcp, "papers", ERRORS.name)
+    entities = bq_table(local_gcp, "papers", TEXT_ENTITIES.name)
+    labels = bq_table(local_gcp, "papers", TEXT_LABELS.name)
+    errors = bq_table(local_gcp, "papers", ERRORS.name)
     local_entities = pd.read_parquet(tmp_path / "parquet" / TEXT_ENTITIES.name)
     local_labels = pd.read_parquet(tmp_path / "parquet" / TEXT_LABELS.name)
     assert len(entities) == len(local_entities) == 30
@@ -84,7 +80,7 @@ def test_text_results_in_bigquery(local_gcp, shared_data, tiny_text_models, tmp_
     c = counters(result)
     assert c["skipped_existing"] == 30
     assert c["documents_tokenized"] == 2 * len(later)
-    labels = rows(local_gcp, "papers", TEXT_LABELS.name)
+    labels = bq_table(local_gcp, "papers", TEXT_LABELS.name)
     assert sorted(labels.doc_id) == sorted(p["pmid"] for p in papers)
 
 

@@ -2,32 +2,17 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
+from localgcp.notify import gcs_message
 from transforms.stream.notifications import Ignored, Landed, parse
 
 STORE = "projects/p/locations/us/datasets/d/dicomStores/wsi"
 
 
-def gcs_message(name: str, generation: int = 1, event: str = "OBJECT_FINALIZE", **extra):
-    resource = {"bucket": "scans", "name": name, "generation": str(generation), **extra}
-    attributes = {
-        "notificationConfig": "projects/_/buckets/scans/notificationConfigs/1",
-        "eventType": event,
-        "payloadFormat": "JSON_API_V1",
-        "bucketId": "scans",
-        "objectId": name,
-        "objectGeneration": str(generation),
-        "eventTime": "2026-12-03T08:00:00.000000Z",
-    }
-    return json.dumps(resource).encode(), attributes
-
-
 def test_a_finalized_slide_object_lands_with_its_metadata_as_manifest_columns():
     data, attributes = gcs_message(
-        "scanner-2/2026/s17.svs", 1733, metadata={"case_id": "c9", "mpp": "0.25"}
+        "scans", "scanner-2/2026/s17.svs", 1733, metadata={"case_id": "c9", "mpp": "0.25"}
     )
     landed = parse(data, attributes, 1000.0)
     assert isinstance(landed, Landed)
@@ -38,7 +23,7 @@ def test_a_finalized_slide_object_lands_with_its_metadata_as_manifest_columns():
         "uri": "gs://scans/scanner-2/2026/s17.svs",
     }
     assert landed.key == "gs://scans/scanner-2/2026/s17.svs#1733"
-    again = parse(*gcs_message("scanner-2/2026/s17.svs", 1734), 1001.0)
+    again = parse(*gcs_message("scans", "scanner-2/2026/s17.svs", 1734), 1001.0)
     assert again.key != landed.key  # a new generation is a new slide version
 
 
@@ -52,7 +37,7 @@ def test_a_finalized_slide_object_lands_with_its_metadata_as_manifest_columns():
     ],
 )
 def test_what_is_not_a_new_slide_is_ignored_with_its_reason(name, event, extra, reason):
-    ignored = parse(*gcs_message(name, event=event, **extra), 0.0)
+    ignored = parse(*gcs_message("scans", name, event=event, **extra), 0.0)
     assert isinstance(ignored, Ignored) and reason in ignored.reason
 
 

@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 
 from localgcp.cluster import stop_group
+from localgcp.notify import gcs_message
 from localgcp.orthanc import INSTALL as ORTHANC_INSTALL
 from localgcp.orthanc import Orthanc, orthanc_binary
 from localgcp.pubsub import INSTALL, PubSubEmulator, emulator_binary
 from tests.conftest import REPO
 from tests.stream.landing import STORE, store_series, wait_until
-from tests.stream.test_notifications import gcs_message
 
 pytestmark = pytest.mark.gcp
 
@@ -55,7 +55,8 @@ def test_each_landed_slide_comes_out_once_and_a_dicom_series_once_it_is_whole(
         )  # fmt: skip
         try:
             for name in ("s1.svs", "s2.ndpi", "s3.tiff", "s1.svs", "readme.txt"):
-                pubsub.publish("scans", *gcs_message(name)[:1], **gcs_message(name)[1])
+                data, attributes = gcs_message("scans", name)
+                pubsub.publish("scans", data, **attributes)
             pubsub.publish("scans", b"not a notification")
             store_series(store, pubsub, instances, gap_s=10)  # the 2nd level 10 s later
             second_at = time.monotonic()

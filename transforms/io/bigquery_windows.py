@@ -20,6 +20,7 @@ more (a table takes 2 concurrent mutating statements and queues 20).
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -29,6 +30,8 @@ import apache_beam as beam
 from transforms.core import progress
 from transforms.io.bigquery import BigQueryDataset
 from transforms.io.schemas import Table
+
+log = logging.getLogger(__name__)
 
 STREAM_TEMP = "pathbeam_stream"
 """The folder under ``--temp_location`` for a stream's load files and its inbox."""
@@ -101,5 +104,7 @@ class MergeWindow(beam.DoFn):
             bq.delete_table(self._target.table_id(staging), not_found_ok=True)
             fs.rm(path)
         progress.count(f"merged_{self._table.name}", len(rows))
-        for key in sorted({self._key_of(row) for row in rows}):
+        keys = sorted({self._key_of(row) for row in rows})
+        log.info("BigQuery %s: merged %d rows of %d slides", self._table.name, len(rows), len(keys))
+        for key in keys:
             yield key, self._table.name
