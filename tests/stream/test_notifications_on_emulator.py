@@ -74,3 +74,33 @@ def test_each_landed_slide_comes_out_once_and_a_dicom_series_once_it_is_whole(
     assert [i["uri"] for i in _read(out, "ignored")] == ["gs://scans/readme.txt"]
     [dead] = _read(out, "dead_letters")
     assert dead["stage"] == "ReadNotifications"
+
+
+def test_localgcp_notify_publishes_an_objects_notification_as_cloud_storage_would(
+    tmp_path, local_gcp, shared_data, monkeypatch, capsys
+):
+    """``python -m localgcp.notify``: what a new user runs to try the stream locally. The
+    message carries the object's real generation and metadata, and the stream reads it as the
+    slide it is."""
+    if emulator_binary() is None:
+        pytest.skip(f"the Pub/Sub emulator is not installed: {INSTALL}")
+    from google.cloud import pubsub_v1
+
+    from localgcp.notify import main
+    from transforms.stream.notifications import Landed, parse
+
+    uri = local_gcp.upload(shared_data / "generic_tiff_boxes/boxes.tiff", "gs://lab/2026/b1.tiff")
+    blob = local_gcp.storage().bucket("lab").get_blob("2026/b1.tiff")
+    with PubSubEmulator(tmp_path / "pubsub") as pubsub:
+        for name, value in pubsub.env().items():
+            monkeypatch.setenv(name, value)
+        main([uri, "--topic", "lab", "--metadata", "case_id=c7"])
+        main([uri, "--topic", "lab"])  # the topic and subscription exist now: reused
+        subscription = capsys.readouterr().out.split()[-1]
+        pulled = pubsub_v1.SubscriberClient().pull(subscription=subscription, max_messages=10)
+    messages = [m.message for m in pulled.received_messages]
+    assert len(messages) == 2
+    landed = parse(messages[0].data, dict(messages[0].attributes), 0.0)
+    assert isinstance(landed, Landed)
+    assert landed.uri == uri and landed.key.endswith(str(blob.generation))
+    assert landed.manifest_row()["case_id"] == "c7"
