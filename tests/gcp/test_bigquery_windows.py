@@ -79,3 +79,23 @@ def test_a_failed_load_leaves_no_staging_table_nor_file(local_gcp, target):
     with pytest.raises(Exception, match="(?i)width_px|invalid|parse|convert"):
         _merge(target, SLIDE_SUMMARIES, [bad], "r")
     assert _leftovers(local_gcp, target) == []
+
+
+def test_a_workers_first_merge_drops_staging_tables_a_killed_worker_left(
+    local_gcp, target, monkeypatch
+):
+    """A worker killed between its load and its merge leaves a staging table; the next worker's
+    first merge drops those past the age limit (a week; zero here, so that the test need not
+    wait one)."""
+    import transforms.io.bigquery as bigquery
+
+    prepare = bigquery.prepare_dataset
+    monkeypatch.setattr(
+        bigquery, "prepare_dataset", lambda t: prepare(t, stale_after=dt.timedelta(0))
+    )
+    bq = local_gcp.bigquery()
+    bq.create_dataset(f"{target.project}.{target.dataset}", exists_ok=True)
+    left = f"{STAGING_PREFIX}slide_summaries_killed_0a1b2c"
+    bq.query(f"CREATE TABLE {target.sql_name(left)} AS SELECT 1 AS x").result()
+    _merge(target, SLIDE_SUMMARIES, [_summary("d", 2, "r")], "r")
+    assert _leftovers(local_gcp, target) == []

@@ -9,6 +9,9 @@ Per window and table, one worker takes the window's rows (a ``GroupByKey`` on on
    the staged rows inserted;
 4. drops the staging table and the file, and emits ``(slide, table)`` for each slide written.
 
+A worker killed between 2 and 4 leaves a staging table; each worker's first merge drops those
+older than a week (``bigquery.prepare_dataset``, as a batch job's start does).
+
 Exactly once by key: a slide processed again (a redelivered notification, a restarted stream, a
 retried bundle) replaces its rows instead of adding to them, since a retried merge deletes what
 the first one inserted. The Storage Write API's exactly-once mode would be the other way; from
@@ -72,6 +75,7 @@ class MergeWindow(beam.DoFn):
             client,
             ensure_table,
             json_value,
+            prepare_dataset,
             replace_sql,
             schema_fields,
         )
@@ -80,7 +84,8 @@ class MergeWindow(beam.DoFn):
         if not rows:
             return
         bq = client(self._target)
-        if not self._ready:  # once per worker: the table exists with every column
+        if not self._ready:  # once per worker: the table exists with every column, and staging
+            prepare_dataset(self._target)  # tables a killed worker left a week ago are dropped
             ensure_table(bq, self._target, self._table)
             self._ready = True
         attempt = uuid.uuid4().hex[:12]
