@@ -8,6 +8,7 @@ under the same folder, so Beam's FILE_LOADS (files staged in GCS, then a load jo
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -22,15 +23,17 @@ from localgcp.oauth import TokenServer, write_adc_file
 PROJECT = "local-project"
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: Linux sends it SIGTERM when the process that started it dies,
-    so emulators never outlive a test run that was killed before its teardown."""
-    import ctypes
+def dying_with_parent(argv: list[str]) -> list[str]:
+    """``argv`` run so that Linux sends it SIGTERM when the process that started it dies
+    (util-linux's ``setpriv --pdeathsig``, kept across exec), so emulators never outlive a test
+    run that was killed before its teardown.
 
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+    Not a ``preexec_fn``: Python code between fork and exec is unsafe in a process with threads.
+    A test run hung that way, in gRPC's fork handler, once an in-process Pub/Sub client had
+    started gRPC's threads; without a ``preexec_fn``, subprocess spawns with vfork and runs no
+    fork handlers."""
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--", *argv] if setpriv else list(argv)
 
 
 def stop_group(proc: subprocess.Popen, timeout_s: float = 10) -> None:
@@ -128,13 +131,12 @@ class LocalGcp:
     def _spawn(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
         log = self.root / f"{name}.log"
         proc = subprocess.Popen(
-            argv,
+            dying_with_parent(argv),
             cwd=self.root,
             env={**os.environ, **env},
             stdout=log.open("wb"),
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
         )
         self._procs.append(proc)
         return proc

@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 from typing import Self
 
-from localgcp.cluster import _die_with_parent, _wait_until_up, free_port
+from localgcp.cluster import _wait_until_up, dying_with_parent, free_port
 
 PLUGIN_FOLDERS = ("/usr/share/orthanc/plugins", "/usr/lib/orthanc")
 INSTALL = "apt-get install orthanc orthanc-dicomweb"
@@ -78,10 +78,9 @@ class Orthanc:
     def start(self) -> Self:
         with self._log.open("wb") as log:
             self._proc = subprocess.Popen(
-                [self._binary, str(self.root / "orthanc.json")],
+                dying_with_parent([self._binary, str(self.root / "orthanc.json")]),
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
             )
         _wait_until_up(f"{self.endpoint}/system", self._proc, self._log)
         return self

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Self
 
-from localgcp.cluster import PROJECT, _die_with_parent, free_port, stop_group
+from localgcp.cluster import PROJECT, dying_with_parent, free_port, stop_group
 
 LAUNCHER = "/usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator"
 INSTALL = "apt-get install google-cloud-cli-pubsub-emulator default-jre-headless"
@@ -46,12 +46,11 @@ class PubSubEmulator:
         self.root.mkdir(parents=True, exist_ok=True)
         log = self.root / "pubsub.log"
         self._proc = subprocess.Popen(
-            [binary, "--host=127.0.0.1", f"--port={self.port}"],
+            dying_with_parent([binary, "--host=127.0.0.1", f"--port={self.port}"]),
             cwd=self.root,
             stdout=log.open("wb"),
             stderr=subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
         )
         deadline = time.monotonic() + timeout_s
         while b"Server started" not in log.read_bytes():

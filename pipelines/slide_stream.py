@@ -8,9 +8,9 @@ ReadNotifications (Cloud Storage objects; DICOM series once quiet and readable; 
 dropped) -> RecordLanded (the inbox) -> CheckSlideRows -> Windows -> PlanPatches -> the slide
 pipeline's model stages and summaries (``slide_inference.infer``) -> WriteKeyedTables (a folder:
 one file per table and slide, replaced whole; BigQuery: a keyed merge per table and window) ->
-MarkDone; RecordStream rewrites the stream's runs row after each window. A separate entry point, not a flag of the batch one: its input (subscriptions,
-not manifests), its end (none: it runs until drained) and its writes differ; the stages between
-are the batch pipeline's own.
+MarkDone; RecordStream rewrites the stream's runs row after each window. A separate entry point,
+not a flag of the batch one: its input (subscriptions, not manifests), its end (none: it runs
+until drained) and its writes differ; the stages between are the batch pipeline's own.
 """
 
 from __future__ import annotations

@@ -7,8 +7,9 @@ A stream processes a slide again after a redelivery, a restart or a retried bund
 rows are grouped by table and key (a slide), and the key's file is written whole
 (``remote_io.write_whole``): whatever is processed twice, the folder holds one set of rows per key
 (the same bytes, or the later run's: a restarted stream, with a new run id, replaces them too).
-Readers read ``<folder>/<table>/*.parquet`` as they read a batch run's folder. Each write emits ``(key, table)`` once the file is in place, so what follows
-(``stream.inbox``: the slide is done) happens only once its rows are durable.
+Readers read ``<folder>/<table>/*.parquet`` as they read a batch run's folder. Each write emits
+``(key, table)`` once the file is in place, so what follows (``stream.inbox``: the slide is
+done) happens only once its rows are durable.
 """
 
 from __future__ import annotations
