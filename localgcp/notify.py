@@ -47,7 +47,7 @@ def publish(topic: str, data: bytes, attributes: dict[str, str], project: str = 
     """Publish on ``topic`` (created, with a pull subscription ``TOPIC-sub``, if missing);
     return the subscription's path."""
     from google.api_core.exceptions import AlreadyExists
-    from google.cloud import pubsub_v1
+    from google.cloud import pubsub_v1  # type: ignore[attr-defined]  # untyped package
 
     publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
     topic_path = publisher.topic_path(project, topic)
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     if blob is None:
         parser.error(f"{args.object} is not in the GCS emulator")
     metadata = dict(item.split("=", 1) for item in args.metadata)
-    extra = {"metadata": metadata} if metadata else {}
+    extra: dict[str, Any] = {"metadata": metadata} if metadata else {}
     data, attributes = gcs_message(bucket, name, blob.generation, size=str(blob.size), **extra)
     print(publish(args.topic, data, attributes))
 
